@@ -1,0 +1,90 @@
+"""Train one problem with one weighting method: the loop shared by the demo and the benchmark."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from lossrag.compose import wrap
+from lossrag.record import StepRecord
+from lossrag.weighting import Method
+
+__all__ = ["FitResult", "fit"]
+
+
+@dataclass
+class FitResult:
+    """Outcome of one training run."""
+
+    problem: str
+    method: str
+    seed: int
+    metrics: dict[str, float]
+    steps: int
+    skipped: int
+    cpu_s: float
+    wall_s: float
+    last_weights: dict[str, float | None] = field(default_factory=dict)
+
+
+def fit(
+    problem: object,
+    policy: str | Method,
+    seed: int,
+    *,
+    epochs: int | None = None,
+    trace: str | os.PathLike[str] | None = None,
+    on_step: Callable[[StepRecord], None] | None = None,
+    split: str = "test",
+) -> FitResult:
+    """Train ``problem.build_model(seed)`` on ``problem.load(seed).train`` with ``policy`` through
+    :func:`lossrag.wrap`, then evaluate on ``split``.
+
+    Everything random (data order, model init, the method's own stream) follows ``seed``. Uses the
+    problem's budget (epochs, batch size, Adam learning rate); ``epochs`` overrides the budget.
+    """
+    from lossrag.bench.problems import Problem
+
+    if not isinstance(problem, Problem):
+        raise TypeError(f"fit: expected a Problem, got {type(problem).__name__}.")
+    torch.manual_seed(seed)
+    splits = problem.load(seed)
+    model = problem.build_model(seed)
+    budget = problem.budget
+    optimizer = torch.optim.Adam(model.parameters(), lr=budget.lr)
+    shared = getattr(model, "trunk", None)
+    composer = wrap(model, problem.tasks, policy, shared=shared, trace=trace, seed=seed)
+    order = torch.Generator().manual_seed(seed)
+    train = splits.train
+    n = train.x.shape[0]
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    skipped = 0
+    record: StepRecord | None = None
+    try:
+        for _ in range(epochs if epochs is not None else budget.epochs):
+            model.train()
+            perm = torch.randperm(n, generator=order)
+            for start in range(0, n, budget.batch_size):
+                idx = perm[start : start + budget.batch_size]
+                optimizer.zero_grad(set_to_none=True)
+                record = composer.backward(model(train.x[idx]), {k: v[idx] for k, v in train.y.items()})
+                optimizer.step()
+                skipped += record.skipped
+                if on_step is not None:
+                    on_step(record)
+            composer.epoch_end()
+    finally:
+        composer.close()
+    wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+    model.eval()
+    with torch.no_grad():
+        metrics = problem.evaluate(model, getattr(splits, split))
+    return FitResult(
+        problem=problem.name, method=composer.policy_name, seed=seed, metrics=metrics,
+        steps=composer.step, skipped=skipped, cpu_s=cpu, wall_s=wall,
+        last_weights={} if record is None else record.task_weights(),
+    )

@@ -1,0 +1,463 @@
+"""``lossrag.wrap`` and the :class:`Composer`: one training-step API for every weighting method."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lossrag.losses import Loss, registry
+from lossrag.record import StepRecord, Term, TraceWriter
+from lossrag.tasks import Task
+from lossrag.weighting import GradMethod, GradNorm, LossMethod, Method, make_method
+
+__all__ = ["Composer", "NonFiniteLossError", "wrap"]
+
+_STATE_VERSION = 1
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised after more consecutive non-finite steps than ``max_skips`` allows."""
+
+
+def wrap(
+    model: nn.Module,
+    tasks: Sequence[Task],
+    policy: str | Method = "ew",
+    shared: nn.Module | None = None,
+    trace: str | os.PathLike[str] | None = None,
+    *,
+    seed: int | None = None,
+    max_skips: int = 10,
+) -> Composer:
+    """Wrap ``model`` so that ``composer.backward(model(x), y)`` trains all ``tasks`` at once.
+
+    Args:
+        model: The multi-task model; ``model(x)`` returns ``{task name: output}``.
+        tasks: The tasks, with unique names.
+        policy: A weighting method name (``lossrag.weighting.available()``: ``ew``, ``uw``,
+            ``dwa``, ``famo``, ``rlw``, ``gradnorm``, ``mgda``, ``pcgrad``, ``cagrad``, ``nashmtl``,
+            ``imtlg``, ``upgrad``, ``alignedmtl``, ``imtll``, ``geometricmean``, ``stch``,
+            ``dualproj``, ``gradvac``, ``fairgrad``, ``graddrop``, ``config``) or a configured
+            method object such as ``lossrag.weighting.UW(lr=1e-2)``.
+        shared: The shared trunk, a submodule of ``model``. Gradient-based methods work on its
+            parameters, GradNorm on its last layer, representation losses on its output.
+        trace: Path of a JSONL file to which every :class:`StepRecord` is appended.
+        seed: Seed of the composer's own random stream (RLW, PCGrad, GradVac, GradDrop draw from
+            it, never from the global one). Defaults to ``torch.initial_seed()``.
+        max_skips: Consecutive non-finite steps tolerated before :class:`NonFiniteLossError`.
+
+    DWA weighs by epoch-average losses: call ``composer.epoch_end()`` at the end of each epoch
+    (or build ``lossrag.weighting.DWA(period=steps_per_epoch)``).
+
+    >>> import torch, lossrag
+    >>> from lossrag.models import MultiTaskMLP
+    >>> tasks = [lossrag.Task("a", kind="regression"), lossrag.Task("b", kind="regression")]
+    >>> model = MultiTaskMLP(3, [8], tasks)
+    >>> composer = lossrag.wrap(model, tasks, policy="ew", shared=model.trunk)
+    >>> x, y = torch.randn(4, 3), {"a": torch.randn(4), "b": torch.randn(4)}
+    >>> record = composer.backward(model(x), y)
+    >>> [t.weight for t in record.terms]
+    [1.0, 1.0]
+    """
+    return Composer(model, tasks, policy, shared, trace, seed=seed, max_skips=max_skips)
+
+
+class Composer:
+    """Computes every task's loss, weighs them with a method and fills ``.grad``.
+
+    Build it with :func:`wrap`. The composer owns and steps the method's state (log-variances,
+    logits, solver warm starts); the user's optimizer only ever sees the model's parameters.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tasks: Sequence[Task],
+        policy: str | Method,
+        shared: nn.Module | None,
+        trace: str | os.PathLike[str] | None,
+        *,
+        seed: int | None = None,
+        max_skips: int = 10,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"wrap: `model` must be a torch.nn.Module, got {type(model).__name__}.")
+        self.model = model
+        self.tasks = _check_tasks(tasks)
+        self.method = _make_policy(policy)
+        self.policy_name = self.method.name or type(self.method).__name__
+        needs_shared = (
+            isinstance(self.method, GradMethod | GradNorm)
+            or any(t.kind == "representation" for t in self.tasks)
+        )
+        self.shared = _check_shared(model, shared, self.policy_name, needs_shared)
+        params = [p for p in model.parameters() if p.requires_grad]
+        shared_ids = {id(p) for p in self.shared.parameters()} if self.shared is not None else set()
+        self._shared = [p for p in params if id(p) in shared_ids]
+        self._heads = [p for p in params if id(p) not in shared_ids]
+        self.terms: list[tuple[Task, Loss]] = [
+            (t, registry.create(t.loss or "", **t.loss_params)) for t in self.tasks
+        ]
+        self.method.setup(len(self.terms), _last_layer(self.shared))
+        if max_skips < 0:
+            raise ValueError(f"wrap: max_skips must be >= 0, got {max_skips}.")
+        self.max_skips = max_skips
+        self._rng = torch.Generator().manual_seed(
+            torch.initial_seed() if seed is None else seed
+        ).get_state()
+        self.step = 0
+        self._skips = 0
+        self._features: Tensor | None = None
+        self._inputs: tuple[tuple[Any, ...], dict[str, Any]] | None = None
+        self._pending: tuple[tuple[Any, ...], dict[str, Any], dict[str, Tensor]] | None = None
+        self._rerunning = False
+        self._hooks: list[Any] = []
+        if self.shared is not None and any(t.kind == "representation" for t in self.tasks):
+            self._hooks.append(self.shared.register_forward_hook(self._keep_features))
+        if self.method.needs_rerun:
+            self._hooks.append(model.register_forward_pre_hook(self._keep_inputs, with_kwargs=True))
+        self._writer = TraceWriter(trace) if trace is not None else None
+
+    # ------------------------------------------------------------------ the training step
+    def backward(self, outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor]) -> StepRecord:
+        """Weigh this batch's task losses and accumulate the gradients into ``.grad``.
+
+        Equivalent to ``total.backward()`` on the method's combined loss (for gradient-based
+        methods: the aggregated direction on the ``shared`` parameters and the plain sum of the
+        task losses on every other parameter). Bad input raises before anything changes. A step
+        whose losses or per-task gradients are not finite writes no gradient, leaves the method's
+        state as it was and is recorded with ``skipped=True``; after ``max_skips`` consecutive
+        skips :class:`NonFiniteLossError` is raised.
+        """
+        self._check_batch(outputs, targets)
+        record = self._step(outputs, targets)
+        if self._writer is not None:
+            self._writer.write(record)
+        self.step += 1
+        if record.skipped:
+            self._skips += 1
+            if self._skips > self.max_skips:
+                raise NonFiniteLossError(
+                    f"{self._skips} consecutive steps skipped (last: {record.reason}); the limit "
+                    f"is max_skips={self.max_skips}."
+                )
+        else:
+            self._skips = 0
+            if self.method.needs_rerun and self._inputs is not None:
+                self._pending = (*self._inputs, dict(targets))
+        self._inputs = None
+        return record
+
+    def _step(self, outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor]) -> StepRecord:
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        losses = self._losses(outputs, targets)
+        values = [float(v) for v in losses.detach().cpu().tolist()]
+        timings["losses"] = time.perf_counter() - t0
+        bad = [t.name for (t, _), v in zip(self.terms, values, strict=True) if not math.isfinite(v)]
+        if bad:
+            return self._record(values, None, timings, f"non-finite loss in task(s) {', '.join(bad)}")
+        if self._pending is not None:
+            t1 = time.perf_counter()
+            self._rerun()
+            timings["rerun"] = time.perf_counter() - t1
+        if isinstance(self.method, LossMethod):
+            return self._loss_step(losses, values, timings)
+        return self._grad_step(losses, values, timings)
+
+    def _loss_step(self, losses: Tensor, values: list[float], timings: dict[str, float]) -> StepRecord:
+        assert isinstance(self.method, LossMethod)
+        t1 = time.perf_counter()
+        with self._own_rng():
+            weights = self.method.weigh(losses)
+        timings["weights"] = time.perf_counter() - t1
+        if not bool(torch.isfinite(weights).all()):
+            return self._record(values, None, timings, "non-finite weights")
+        t2 = time.perf_counter()
+        torch.autograd.backward(losses, grad_tensors=weights.detach().to(losses))
+        timings["backward"] = time.perf_counter() - t2
+        return self._record(values, weights.tolist(), timings)
+
+    def _grad_step(self, losses: Tensor, values: list[float], timings: dict[str, float]) -> StepRecord:
+        assert isinstance(self.method, GradMethod)
+        t1 = time.perf_counter()
+        rows = []
+        for loss in losses:
+            grads = torch.autograd.grad(loss, self._shared, retain_graph=True, allow_unused=True)
+            rows.append(torch.cat([_flat(g, p) for g, p in zip(grads, self._shared, strict=True)]))
+        jacobian = torch.stack(rows)
+        timings["jacobian"] = time.perf_counter() - t1
+        if not bool(torch.isfinite(jacobian).all()):
+            return self._record(values, None, timings, "non-finite per-task gradient")
+        t2 = time.perf_counter()
+        with self._own_rng():
+            direction, weights = self.method.aggregate(jacobian)
+        timings["weights"] = time.perf_counter() - t2
+        if not bool(torch.isfinite(direction).all()):
+            return self._record(values, None, timings, "non-finite aggregated gradient")
+        t3 = time.perf_counter()
+        offset = 0
+        for p in self._shared:
+            n = p.numel()
+            g = direction[offset : offset + n].view_as(p).to(p.dtype)
+            p.grad = g.clone() if p.grad is None else p.grad + g
+            offset += n
+        if self._heads:
+            torch.autograd.backward(losses.sum(), inputs=self._heads)
+        timings["backward"] = time.perf_counter() - t3
+        return self._record(values, None if weights is None else weights.tolist(), timings)
+
+    # ------------------------------------------------------------------ losses and checks
+    def _check_batch(self, outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor]) -> None:
+        if not isinstance(outputs, Mapping) or not isinstance(targets, Mapping):
+            raise TypeError(
+                "Composer.backward: outputs and targets must be dicts {task name: tensor}, got "
+                f"{type(outputs).__name__} and {type(targets).__name__}."
+            )
+        heads = {t.name for t in self.tasks if t.kind != "representation"}
+        _same_keys("outputs", set(outputs), heads)
+        _same_keys("targets", set(targets), heads)
+        for task in self.tasks:
+            if task.kind != "representation":
+                task.check(outputs[task.name], targets[task.name])
+
+    def _losses(self, outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor]) -> Tensor:
+        values = []
+        for task, loss in self.terms:
+            if task.kind == "representation":
+                if self._features is None:
+                    raise ValueError(
+                        f"Task {task.name!r} (representation): `shared` produced no output in "
+                        "this forward; call model(x) before composer.backward."
+                    )
+                value = loss(self._features.flatten(1), targets[task.positives or ""])
+            else:
+                value = loss(outputs[task.name], targets[task.name])
+            values.append(value if value.dim() == 0 else value.mean())
+        self._features = None
+        return torch.stack(values)
+
+    def _rerun(self) -> None:
+        """Re-evaluate the previous batch after the optimizer step (FAMO's weight update): one
+        no-grad forward with the model's buffers restored and the global RNG left untouched."""
+        assert self._pending is not None
+        args, kwargs, targets = self._pending
+        self._pending = None
+        # The rerun's forward writes running statistics into stand-in copies of the buffers, so the
+        # originals (which this step's graph may have saved) are never modified.
+        originals = [(m, name, b) for m in self.model.modules() for name, b in m._buffers.items()
+                     if b is not None]
+        for m, name, b in originals:
+            m._buffers[name] = b.clone()
+        self._rerunning = True
+        try:
+            with torch.no_grad(), torch.random.fork_rng(devices=[]):
+                outputs = self.model(*args, **kwargs)
+                after = self._losses(outputs, targets)
+        finally:
+            self._rerunning = False
+            for m, name, b in originals:
+                m._buffers[name] = b
+        if bool(torch.isfinite(after).all()):
+            self.method.observe_rerun(after)
+
+    def _keep_features(self, module: nn.Module, args: Any, output: Tensor) -> None:
+        self._features = output
+
+    def _keep_inputs(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if not self._rerunning:
+            self._inputs = (_detach(args), _detach(kwargs))
+
+    @contextlib.contextmanager
+    def _own_rng(self) -> Iterator[None]:
+        """Run randomised methods on the composer's own CPU random stream."""
+        if not self.method.randomized:
+            yield
+            return
+        with torch.random.fork_rng(devices=[]):
+            torch.set_rng_state(self._rng)
+            yield
+            self._rng = torch.get_rng_state()
+
+    # ------------------------------------------------------------------ records
+    def _record(
+        self,
+        values: list[float],
+        weights: list[float] | None,
+        timings: dict[str, float],
+        skipped: str | None = None,
+    ) -> StepRecord:
+        terms = [
+            Term.model_construct(
+                task=t.name, loss=loss.name, weight=None if weights is None else weights[i],
+                active=True, score=None,
+            )
+            for i, (t, loss) in enumerate(self.terms)
+        ]
+        return StepRecord.model_construct(
+            step=self.step, method=self.policy_name,
+            losses={t.name: v for (t, _), v in zip(self.terms, values, strict=True)},
+            terms=terms, skipped=skipped is not None, reason=skipped, timings=timings,
+        )
+
+    # ------------------------------------------------------------------ state and lifecycle
+    def epoch_end(self) -> None:
+        """Tell the method an epoch ended (DWA rolls its epoch-average losses)."""
+        self.method.epoch_end()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume bit-for-bit (tensors, numbers, strings, lists, dicts):
+        the step, the method's state, the composer's random stream and FAMO's pending batch."""
+        return {
+            "version": _STATE_VERSION,
+            "policy": self.policy_name,
+            "tasks": [t.name for t in self.tasks],
+            "step": self.step,
+            "skips": self._skips,
+            "rng": self._rng.clone(),
+            "method": self.method.state_dict(),
+            "pending": self._pending,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a :meth:`state_dict`; a state from another policy or task list is refused."""
+        if not isinstance(state, Mapping) or state.get("version") != _STATE_VERSION:
+            raise ValueError(
+                f"Composer.load_state_dict: not a LossRAG composer state of version "
+                f"{_STATE_VERSION}."
+            )
+        names = [t.name for t in self.tasks]
+        if state["policy"] != self.policy_name or list(state["tasks"]) != names:
+            raise ValueError(
+                f"Composer.load_state_dict: the state is for policy {state['policy']!r} with tasks "
+                f"{list(state['tasks'])}, this composer runs {self.policy_name!r} with {names}."
+            )
+        self.method.load_state_dict(dict(state["method"]))
+        self.step = int(state["step"])
+        self._skips = int(state["skips"])
+        self._rng = state["rng"].clone()
+        pending = state["pending"]
+        self._pending = None if pending is None else tuple(pending)  # type: ignore[assignment]
+
+    def close(self) -> None:
+        """Remove the hooks from the model and close the trace."""
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks.clear()
+        if self._writer is not None:
+            self._writer.close()
+
+    def __enter__(self) -> Composer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# ---------------------------------------------------------------------- helpers
+def _make_policy(policy: str | Method) -> Method:
+    if isinstance(policy, Method):
+        return policy
+    if not isinstance(policy, str):
+        raise TypeError(f"wrap: `policy` must be a name or a Method, got {type(policy).__name__}.")
+    if policy == "default":
+        raise ValueError(
+            "wrap: policy 'default' (the shipped, meta-trained LossRAG policy) is not part of "
+            "this release yet; use a baseline name from lossrag.weighting.available()."
+        )
+    return make_method(policy)
+
+
+def _check_tasks(tasks: Sequence[Task]) -> list[Task]:
+    tasks = list(tasks)
+    if not tasks:
+        raise ValueError("wrap: `tasks` is empty; pass at least one lossrag.Task.")
+    for t in tasks:
+        if not isinstance(t, Task):
+            raise TypeError(f"wrap: every task must be a lossrag.Task, got {type(t).__name__}.")
+    names = [t.name for t in tasks]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(f"wrap: task names must be unique; repeated: {', '.join(dupes)}.")
+    kinds = {t.name: t.kind for t in tasks}
+    for t in tasks:
+        if t.positives is not None and kinds.get(t.positives) != "classification":
+            raise ValueError(
+                f"Task {t.name!r}: positives={t.positives!r} must name a classification task of "
+                f"this model (classification tasks: "
+                f"{', '.join(n for n, k in kinds.items() if k == 'classification') or 'none'})."
+            )
+    return tasks
+
+
+def _check_shared(
+    model: nn.Module, shared: nn.Module | None, policy: str, needed: bool
+) -> nn.Module | None:
+    if shared is None:
+        if needed:
+            raise ValueError(
+                f"wrap: policy {policy!r} or a representation task needs `shared=` (the shared "
+                "trunk, e.g. shared=model.trunk): per-task gradients, GradNorm's last layer and "
+                "representation losses are taken there."
+            )
+        return None
+    if not isinstance(shared, nn.Module):
+        raise TypeError(f"wrap: `shared` must be an nn.Module, got {type(shared).__name__}.")
+    own = {id(p) for p in model.parameters()}
+    trainable = [p for p in shared.parameters() if p.requires_grad]
+    if not trainable or any(id(p) not in own for p in trainable):
+        raise ValueError(
+            "wrap: `shared` must hold trainable parameters of `model` (a submodule such as "
+            "model.trunk); the module given has "
+            + ("none." if not trainable else "parameters that are not the model's.")
+        )
+    return shared
+
+
+def _last_layer(shared: nn.Module | None) -> list[nn.Parameter]:
+    """Trainable parameters of the last submodule of ``shared`` that owns any (GradNorm's W)."""
+    if shared is None:
+        return []
+    last: list[nn.Parameter] = []
+    for module in shared.modules():
+        own = [p for p in module.parameters(recurse=False) if p.requires_grad]
+        if own:
+            last = own
+    return last
+
+
+def _same_keys(what: str, found: set[str], expected: set[str]) -> None:
+    missing, extra = sorted(expected - found), sorted(found - expected)
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"missing task(s) {', '.join(map(repr, missing))}")
+        if extra:
+            parts.append(f"unknown key(s) {', '.join(map(repr, extra))}")
+        raise ValueError(
+            f"Composer.backward: {what} {' and '.join(parts)}; expected exactly "
+            f"{', '.join(map(repr, sorted(expected)))}."
+        )
+
+
+def _flat(grad: Tensor | None, param: Tensor) -> Tensor:
+    return param.new_zeros(param.numel()) if grad is None else grad.reshape(-1)
+
+
+def _detach(value: Any) -> Any:
+    if isinstance(value, Tensor):
+        return value.detach()
+    if isinstance(value, tuple):
+        return tuple(_detach(v) for v in value)
+    if isinstance(value, list):
+        return [_detach(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _detach(v) for k, v in value.items()}
+    return value

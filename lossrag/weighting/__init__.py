@@ -1,0 +1,62 @@
+"""Weighting methods: every baseline reachable as ``lossrag.wrap(..., policy=NAME)``.
+
+>>> from lossrag.weighting import available
+>>> "famo" in available() and "mgda" in available()
+True
+"""
+
+from lossrag.weighting.aggregators import (
+    IMTLG,
+    MGDA,
+    AlignedMTL,
+    CAGrad,
+    ConFIG,
+    DualProj,
+    FairGrad,
+    GradDrop,
+    GradVac,
+    NashMTL,
+    PCGrad,
+    UPGrad,
+)
+from lossrag.weighting.base import (
+    GradMethod,
+    LossMethod,
+    Method,
+    available,
+    make_method,
+    register_method,
+)
+from lossrag.weighting.gradnorm import GradNorm, gradnorm_weight_grad
+from lossrag.weighting.scalarizers import DWA, EW, FAMO, RLW, STCH, UW, GeometricMean, IMTLL
+
+__all__ = [
+    "DWA",
+    "EW",
+    "FAMO",
+    "IMTLG",
+    "MGDA",
+    "RLW",
+    "STCH",
+    "UW",
+    "AlignedMTL",
+    "CAGrad",
+    "ConFIG",
+    "DualProj",
+    "FairGrad",
+    "GeometricMean",
+    "GradDrop",
+    "GradMethod",
+    "GradNorm",
+    "GradVac",
+    "IMTLL",
+    "LossMethod",
+    "Method",
+    "NashMTL",
+    "PCGrad",
+    "UPGrad",
+    "available",
+    "gradnorm_weight_grad",
+    "make_method",
+    "register_method",
+]

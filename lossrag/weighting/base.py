@@ -1,0 +1,105 @@
+"""The interface every weighting method implements, and the name registry.
+
+A method is either *loss-based* (:class:`LossMethod`: statistic = the detached task losses, output =
+one weight per term; never computes per-task gradients) or *gradient-based* (:class:`GradMethod`:
+statistic = the Jacobian of the term losses with respect to the parameters of ``shared``, output =
+the update direction for those parameters and, where it exists, one weight per term).
+
+Methods carry state (log-variances, logits, loss histories, solver warm starts); they declare it
+through ``state_dict``/``load_state_dict`` so that a run resumes bit-for-bit. The composer owns the
+method and steps it: the user's optimizer never sees a method's parameters.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar, Literal
+
+from torch import Tensor, nn
+
+from lossrag._util import unknown_name_error
+
+__all__ = ["GradMethod", "LossMethod", "Method", "available", "make_method", "register_method"]
+
+
+class Method(ABC):
+    """Base class of all weighting methods."""
+
+    #: Registry name (``policy=NAME`` in :func:`lossrag.wrap`).
+    name: ClassVar[str] = ""
+    #: ``"loss"`` or ``"gradient"``.
+    kind: ClassVar[Literal["loss", "gradient"]]
+    #: True when the method draws random numbers; the composer then runs it on its own RNG stream.
+    randomized: ClassVar[bool] = False
+    #: True when the method needs the losses of the previous batch re-evaluated after the user's
+    #: optimizer step (FAMO); the composer does it with one no-grad forward at the next step.
+    needs_rerun: ClassVar[bool] = False
+
+    def setup(self, num_terms: int, last_shared: Sequence[nn.Parameter]) -> None:
+        """Prepare state for ``num_terms`` terms. ``last_shared`` are the parameters of the last
+        parameterised layer of ``shared`` (GradNorm's W). Called once by the composer."""
+        self.num_terms = num_terms
+
+    def observe_rerun(self, losses_after: Tensor) -> None:
+        """Receive the previous batch's term losses evaluated after the optimizer step."""
+
+    def epoch_end(self) -> None:
+        """Called by ``Composer.epoch_end()`` at the end of each epoch (DWA rolls its history)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume: tensors, numbers, strings, lists and dicts only."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+
+
+class LossMethod(Method):
+    """A method that turns the term losses into weights."""
+
+    kind: ClassVar[Literal["loss", "gradient"]] = "loss"
+
+    @abstractmethod
+    def weigh(self, losses: Tensor) -> Tensor:
+        """Return one weight per term for this step's backward (``Σ w_i L_i``) and update the
+        method's own state. ``losses`` is the live ``(K,)`` loss vector (it still has its graph,
+        which only GradNorm uses, to take gradients with respect to the last shared layer)."""
+
+
+class GradMethod(Method):
+    """A method that aggregates the per-term gradients on the shared parameters."""
+
+    kind: ClassVar[Literal["loss", "gradient"]] = "gradient"
+
+    @abstractmethod
+    def aggregate(self, jacobian: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Map the ``(K, n)`` Jacobian to the update direction ``(n,)`` and the ``(K,)`` weights
+        that produce it, or ``None`` when the direction is not a weighted sum of the rows."""
+
+
+_REGISTRY: dict[str, Callable[..., Method]] = {}
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    """Class decorator: make ``cls`` available as ``policy=cls.name``."""
+    if not cls.name or cls.name in _REGISTRY:
+        raise ValueError(f"Weighting method name {cls.name!r} is empty or already registered.")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def available() -> list[str]:
+    """Names of every registered weighting method."""
+    return sorted(_REGISTRY)
+
+
+def make_method(name: str, **options: Any) -> Method:
+    """Build the method registered as ``name`` with its published defaults, overridden by
+    ``options``. Unknown names raise a ValueError listing the closest matches."""
+    if name not in _REGISTRY:
+        raise unknown_name_error("policy", name, _REGISTRY)
+    try:
+        return _REGISTRY[name](**options)
+    except TypeError as err:
+        raise TypeError(f"Weighting method {name!r}: {err}") from err

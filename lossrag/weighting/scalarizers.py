@@ -1,0 +1,249 @@
+"""Loss-based baselines taken from ``torchjd.scalarization``.
+
+Each wraps one torchjd scalarizer ``S``. The weight of term ``i`` is the effective weight
+``∂S/∂L_i`` at this step's losses, and the model's gradient is ``Σ_i (∂S/∂L_i) ∇L_i``, which is
+exactly the gradient of ``S(L)`` by the chain rule. Learnable scalarizer parameters (UW's
+log-variances, IMTL-L's scales) get their gradient from the same call and are stepped by the
+method's own Adam; FAMO steps its own logits after the re-evaluated losses arrive.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+from torchjd import scalarization as sc
+
+from lossrag.weighting.base import LossMethod, register_method
+
+__all__ = ["DWA", "EW", "FAMO", "RLW", "STCH", "UW", "GeometricMean", "IMTLL"]
+
+
+class _Scalarized(LossMethod):
+    """A torchjd scalarizer plus, if it has parameters, the Adam that learns them."""
+
+    lr: float = 1e-3
+
+    def _build(self, num_terms: int) -> sc.Scalarizer:
+        raise NotImplementedError
+
+    def setup(self, num_terms: int, last_shared: Sequence[nn.Parameter]) -> None:
+        super().setup(num_terms, last_shared)
+        self.scalarizer = self._build(num_terms)
+        params = list(self.scalarizer.parameters())
+        self.optimizer = torch.optim.Adam(params, lr=self.lr) if params else None
+
+    def weigh(self, losses: Tensor) -> Tensor:
+        values = losses.detach().clone().requires_grad_(True)
+        params = list(self.scalarizer.parameters())
+        with torch.enable_grad():
+            total = self.scalarizer(values)
+        grads = torch.autograd.grad(total, [values, *params])
+        if self.optimizer is not None:
+            for p, g in zip(params, grads[1:], strict=True):
+                p.grad = g
+            self.optimizer.step()
+            for p in params:
+                p.grad = None
+        return grads[0]
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"scalarizer": self.scalarizer.state_dict()}
+        if self.optimizer is not None:
+            state["optimizer"] = self.optimizer.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.scalarizer.load_state_dict(state["scalarizer"])
+        if self.optimizer is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
+
+
+@register_method
+class EW(_Scalarized):
+    """Equal weighting: the plain sum of the task losses (every weight is 1)."""
+
+    name = "ew"
+
+    def _build(self, num_terms: int) -> sc.Scalarizer:
+        return sc.Sum()
+
+
+@register_method
+class UW(_Scalarized):
+    """Uncertainty weighting (Kendall, Gal & Cipolla, CVPR 2018): ``Σ ½e^{-s_i}L_i + ½s_i``.
+
+    Args:
+        lr: Adam learning rate of the log-variances ``s`` (the paper learns them with the model's
+            optimizer; 1e-3 is the benchmark's model learning rate).
+    """
+
+    name = "uw"
+
+    def __init__(self, lr: float = 1e-3) -> None:
+        self.lr = lr
+
+    def _build(self, num_terms: int) -> sc.Scalarizer:
+        return sc.UW(num_terms)
+
+
+@register_method
+class IMTLL(_Scalarized):
+    """IMTL-L, the loss-balance half of Impartial MTL (Liu et al., ICLR 2021): ``Σ e^{s_i}L_i − s_i``.
+
+    Args:
+        lr: Adam learning rate of the scales ``s``.
+    """
+
+    name = "imtll"
+
+    def __init__(self, lr: float = 1e-3) -> None:
+        self.lr = lr
+
+    def _build(self, num_terms: int) -> sc.Scalarizer:
+        return sc.IMTLL(num_terms)
+
+
+@register_method
+class RLW(_Scalarized):
+    """Random loss weighting (Lin et al., TMLR 2022): weights ``softmax(ε)``, ``ε ~ N(0, I)``."""
+
+    name = "rlw"
+    randomized = True
+
+    def _build(self, num_terms: int) -> sc.Scalarizer:
+        return sc.Random()
+
+
+@register_method
+class GeometricMean(_Scalarized):
+    """Geometric loss strategy (Chennupati et al., CVPRW 2019): ``(Π L_i)^{1/K}``."""
+
+    name = "geometricmean"
+
+    def _build(self, num_terms: int) -> sc.Scalarizer:
+        return sc.GeometricMean()
+
+
+@register_method
+class STCH(_Scalarized):
+    """Smooth Tchebycheff scalarisation (Lin et al., ICML 2024): ``μ log Σ exp(L_i/(Kμ))``.
+
+    Args:
+        mu: Smoothing parameter; the paper studies {0.01, 0.1, 0.5, 1} and finds no single best.
+    """
+
+    name = "stch"
+
+    def __init__(self, mu: float = 1.0) -> None:
+        self.mu = mu
+
+    def _build(self, num_terms: int) -> sc.Scalarizer:
+        return sc.STCH(mu=self.mu)
+
+
+@register_method
+class DWA(_Scalarized):
+    """Dynamic weight average (Liu, Johns & Davison, CVPR 2019), temperature 2.
+
+    The weights use the ratio of the last two *epoch* average losses. The history rolls at each
+    ``Composer.epoch_end()``, or every ``period`` steps when ``period`` is given; until two epochs
+    have passed the weights are uniform (1 each).
+    """
+
+    name = "dwa"
+
+    def __init__(self, temperature: float = 2.0, period: int | None = None) -> None:
+        if period is not None and period < 1:
+            raise ValueError(f"DWA: period must be a positive number of steps, got {period}.")
+        self.temperature = temperature
+        self.period = period
+        self._calls = 0
+
+    def _build(self, num_terms: int) -> sc.Scalarizer:
+        return sc.DWA(temperature=self.temperature)
+
+    def weigh(self, losses: Tensor) -> Tensor:
+        weights = super().weigh(losses)
+        self._calls += 1
+        if self.period is not None and self._calls % self.period == 0:
+            self.epoch_end()
+        return weights
+
+    def epoch_end(self) -> None:
+        self.scalarizer.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        s = self.scalarizer
+        return {
+            "calls": self._calls,
+            "loss_sum": s._loss_sum,
+            "n_batches": s._n_batches,
+            "previous": list(s._previous_averages),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        s = self.scalarizer
+        self._calls = int(state["calls"])
+        s._loss_sum, s._n_batches = state["loss_sum"], int(state["n_batches"])
+        s._previous_averages = list(state["previous"])
+
+
+@register_method
+class FAMO(_Scalarized):
+    """Fast adaptive multitask optimisation (Liu et al., NeurIPS 2023).
+
+    The model step uses ``c·Σ z_i log L_i``; after the optimizer step the composer re-evaluates the
+    previous batch without gradients (one extra forward, buffers restored) and FAMO takes an Adam
+    step on its logits towards the tasks whose log-loss fell least.
+
+    Args:
+        lr: Adam learning rate of the logits (paper: 0.025).
+        weight_decay: Logit regularisation γ (paper's Algorithm 2: 1e-3).
+    """
+
+    name = "famo"
+    needs_rerun = True
+
+    def __init__(self, lr: float = 0.025, weight_decay: float = 1e-3) -> None:
+        self.lr = lr
+        self.weight_decay = weight_decay
+
+    def _build(self, num_terms: int) -> sc.Scalarizer:
+        return sc.FAMO(num_terms, lr=self.lr, weight_decay=self.weight_decay)
+
+    def setup(self, num_terms: int, last_shared: Sequence[nn.Parameter]) -> None:
+        super().setup(num_terms, last_shared)
+        self.optimizer = None  # FAMO steps its logits itself, in `update`
+        self._logits = next(iter(self.scalarizer.parameters()))
+
+    def weigh(self, losses: Tensor) -> Tensor:
+        values = losses.detach().clone().requires_grad_(True)
+        with torch.enable_grad():
+            total = self.scalarizer(values)
+        (weights,) = torch.autograd.grad(total, [values])
+        return weights
+
+    def observe_rerun(self, losses_after: Tensor) -> None:
+        self.scalarizer.update(losses_after.detach())
+
+    def state_dict(self) -> dict[str, Any]:
+        s = self.scalarizer
+        opt = s._optimizer
+        return {
+            "logits": self._logits.detach().clone(),
+            "prev": s._prev_losses,
+            "optimizer": None if opt is None else opt.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        s = self.scalarizer
+        with torch.no_grad():
+            self._logits.copy_(state["logits"])
+        s._prev_losses = state["prev"]
+        s._optimizer = None
+        if state["optimizer"] is not None:
+            s._optimizer = torch.optim.Adam([self._logits], lr=self.lr, weight_decay=self.weight_decay)
+            s._optimizer.load_state_dict(state["optimizer"])

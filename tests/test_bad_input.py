@@ -1,0 +1,159 @@
+"""Bad input gets a clear error naming what is wrong, and the composer stays usable."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+import torch
+
+import lossrag
+from lossrag.compose import NonFiniteLossError
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Exact, recursive equality of two state dicts."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return a == b
+
+
+def _ok_step(composer, model, digits):
+    x, y = digits.batch(0)
+    record = composer.backward(model(x), y)
+    assert not record.skipped
+    return record
+
+
+def test_unknown_policy_suggests(digits):
+    model = digits.model()
+    with pytest.raises(ValueError, match="'famo'"):
+        lossrag.wrap(model, digits.tasks, "fam")
+    with pytest.raises(ValueError, match="'pcgrad'"):
+        lossrag.wrap(model, digits.tasks, "pcgard", shared=model.trunk)
+
+
+def test_default_policy_is_honest(digits):
+    with pytest.raises(ValueError, match="not part of this release"):
+        lossrag.wrap(digits.model(), digits.tasks, "default")
+
+
+def test_unknown_loss_suggests():
+    with pytest.raises(ValueError, match="huber"):
+        lossrag.Task("y", kind="regression", loss="hubr")
+
+
+def test_loss_for_wrong_kind():
+    with pytest.raises(ValueError, match="does not apply to regression"):
+        lossrag.Task("y", kind="regression", loss="ce")
+
+
+def test_task_definition_errors():
+    with pytest.raises(ValueError, match="num_classes"):
+        lossrag.Task("c", kind="classification")
+    with pytest.raises(ValueError, match="unknown kind"):
+        lossrag.Task("c", kind="ranking")
+    with pytest.raises(ValueError, match="metric 'accuracy'"):
+        lossrag.Task("r", kind="regression", metric="accuracy")
+
+
+def test_duplicate_tasks(digits):
+    with pytest.raises(ValueError, match="repeated: digit"):
+        lossrag.wrap(digits.model(), [*digits.tasks, digits.tasks[0]], "ew")
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda o, y: o.pop("ink"), "outputs missing task"),
+        (lambda o, y: y.pop("digit"), "targets missing task"),
+        (lambda o, y: y.__setitem__("extra", y["ink"]), "unknown key"),
+        (lambda o, y: o.__setitem__("digit", o["digit"][:, :9]), r"expected logits \(B, 10\)"),
+        (lambda o, y: y.__setitem__("digit", y["digit"].float()), "integer class indices"),
+        (lambda o, y: y.__setitem__("digit", y["digit"] + 10), r"must lie in \[0, 10\)"),
+        (lambda o, y: y.__setitem__("ink", y["ink"][:, None]), "does not match output shape"),
+        (lambda o, y: y.__setitem__("ink", y["ink"].long()), "float target"),
+    ],
+)
+def test_bad_batch_raises_and_composer_survives(digits, mutate, message):
+    model = digits.model()
+    composer = lossrag.wrap(model, digits.tasks, "uw")
+    state = composer.state_dict()
+    x, y = digits.batch(0)
+    outputs, y = model(x), dict(y)
+    mutate(outputs, y)
+    with pytest.raises((ValueError, TypeError), match=message):
+        composer.backward(outputs, y)
+    assert composer.step == 0
+    assert torch.equal(composer.state_dict()["method"]["scalarizer"]["log_var"],
+                       state["method"]["scalarizer"]["log_var"])
+    _ok_step(composer, model, digits)
+
+
+def test_error_names_the_task(digits):
+    model = digits.model()
+    composer = lossrag.wrap(model, digits.tasks, "ew")
+    x, y = digits.batch(0)
+    y = dict(y, parity=y["parity"] + 5)
+    with pytest.raises(ValueError, match="Task 'parity'"):
+        composer.backward(model(x), y)
+
+
+@pytest.mark.parametrize("policy", ["uw", "famo", "mgda", "gradnorm", "nashmtl"])
+def test_nan_loss_skips_without_touching_state(digits, policy):
+    model = digits.model()
+    composer = lossrag.wrap(model, digits.tasks, policy, shared=model.trunk, max_skips=2)
+    _ok_step(composer, model, digits)
+    before = composer.state_dict()
+    model.zero_grad()
+    x, y = digits.batch(1)
+    y = dict(y, ink=y["ink"].clone())
+    y["ink"][3] = math.nan
+    record = composer.backward(model(x), y)
+    assert record.skipped and "ink" in (record.reason or "")
+    assert all(p.grad is None for p in model.parameters())
+    assert all(t.weight is None for t in record.terms)
+    after = composer.state_dict()
+    assert after["step"] == before["step"] + 1
+    assert _same(after["method"], before["method"])
+    _ok_step(composer, model, digits)
+
+
+def test_consecutive_skips_raise(digits):
+    model = digits.model()
+    composer = lossrag.wrap(model, digits.tasks, "ew", max_skips=2)
+    x, y = digits.batch(0)
+    y = dict(y, ink=torch.full_like(y["ink"], math.inf))
+    composer.backward(model(x), y)
+    composer.backward(model(x), y)
+    with pytest.raises(NonFiniteLossError, match="3 consecutive"):
+        composer.backward(model(x), y)
+
+
+def test_shared_must_hold_model_parameters(digits):
+    model = digits.model()
+    with pytest.raises(ValueError, match="trainable parameters of `model`"):
+        lossrag.wrap(model, digits.tasks, "mgda", shared=torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="none"):
+        lossrag.wrap(model, digits.tasks, "mgda", shared=torch.nn.ReLU())
+
+
+def test_unwritable_trace(digits, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(ValueError, match="cannot be written"):
+        lossrag.wrap(digits.model(), digits.tasks, "ew", trace=blocker / "t.jsonl")
+
+
+def test_state_from_another_configuration_is_refused(digits):
+    model = digits.model()
+    state = lossrag.wrap(model, digits.tasks, "uw").state_dict()
+    with pytest.raises(ValueError, match="policy 'uw'"):
+        lossrag.wrap(model, digits.tasks, "ew").load_state_dict(state)
+    with pytest.raises(ValueError, match="not a LossRAG composer state"):
+        lossrag.wrap(model, digits.tasks, "uw").load_state_dict({"step": 3})
