@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Annotated
 
+import tomllib
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from lossrag._util import data_dir
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="LossRAG: loss weighting for MTL.")
+app = typer.Typer(
+    no_args_is_help=True, add_completion=False, help="LossRAG: loss weighting for MTL."
+)
 library_app = typer.Typer(no_args_is_help=True, help="The loss library.")
 policies_app = typer.Typer(no_args_is_help=True, help="Shipped policies.")
 app.add_typer(library_app, name="library")
@@ -51,8 +53,14 @@ def library_list(
     for name in names:
         spec = registry.spec(name)
         params = ", ".join(f"{k}={v.default:g}" for k, v in spec.params.items())
-        table.add_row(name, spec.family, ",".join(spec.kinds), params or "-",
-                      "batch" if spec.per_batch else "sample", spec.description)
+        table.add_row(
+            name,
+            spec.family,
+            ",".join(spec.kinds),
+            params or "-",
+            "batch" if spec.per_batch else "sample",
+            spec.description,
+        )
     console.print(table)
 
 
@@ -68,10 +76,14 @@ def library_show(name: Annotated[str, typer.Argument(help="loss name")]) -> None
     table = Table(title=f"loss {spec.name}", show_header=False)
     for key, value in spec.model_dump().items():
         if key == "params":
-            value = "\n".join(
-                f"{k}: default {p['default']:g}, range [{p['low']:g}, {p['high']:g}], "
-                f"grid {p['grid']}" for k, p in value.items()
-            ) or "-"
+            value = (
+                "\n".join(
+                    f"{k}: default {p['default']:g}, range [{p['low']:g}, {p['high']:g}], "
+                    f"grid {p['grid']}"
+                    for k, p in value.items()
+                )
+                or "-"
+            )
         table.add_row(key, str(value))
     console.print(table)
 
@@ -102,7 +114,9 @@ def inspect(
     step: Annotated[int | None, typer.Option(help="show every term of this step")] = None,
     task: Annotated[str | None, typer.Option(help="only this task")] = None,
     rows: Annotated[int, typer.Option(help="at most this many steps in the table")] = 25,
-    plot: Annotated[Path | None, typer.Option(help="where to write the PNG (default: beside)")] = None,
+    plot: Annotated[
+        Path | None, typer.Option(help="where to write the PNG (default: beside)")
+    ] = None,
 ) -> None:
     """Per-step table of losses and weights, and a PNG of the weights over time."""
     from lossrag.inspect import render_step, render_steps

@@ -93,9 +93,8 @@ class Composer:
         self.tasks = _check_tasks(tasks)
         self.method = _make_policy(policy)
         self.policy_name = self.method.name or type(self.method).__name__
-        needs_shared = (
-            isinstance(self.method, GradMethod | GradNorm)
-            or any(t.kind == "representation" for t in self.tasks)
+        needs_shared = isinstance(self.method, GradMethod | GradNorm) or any(
+            t.kind == "representation" for t in self.tasks
         )
         self.shared = _check_shared(model, shared, self.policy_name, needs_shared)
         params = [p for p in model.parameters() if p.requires_grad]
@@ -109,9 +108,11 @@ class Composer:
         if max_skips < 0:
             raise ValueError(f"wrap: max_skips must be >= 0, got {max_skips}.")
         self.max_skips = max_skips
-        self._rng = torch.Generator().manual_seed(
-            torch.initial_seed() if seed is None else seed
-        ).get_state()
+        self._rng = (
+            torch.Generator()
+            .manual_seed(torch.initial_seed() if seed is None else seed)
+            .get_state()
+        )
         self.step = 0
         self._skips = 0
         self._features: Tensor | None = None
@@ -163,7 +164,9 @@ class Composer:
         timings["losses"] = time.perf_counter() - t0
         bad = [t.name for (t, _), v in zip(self.terms, values, strict=True) if not math.isfinite(v)]
         if bad:
-            return self._record(values, None, timings, f"non-finite loss in task(s) {', '.join(bad)}")
+            return self._record(
+                values, None, timings, f"non-finite loss in task(s) {', '.join(bad)}"
+            )
         if self._pending is not None:
             t1 = time.perf_counter()
             self._rerun()
@@ -172,7 +175,9 @@ class Composer:
             return self._loss_step(losses, values, timings)
         return self._grad_step(losses, values, timings)
 
-    def _loss_step(self, losses: Tensor, values: list[float], timings: dict[str, float]) -> StepRecord:
+    def _loss_step(
+        self, losses: Tensor, values: list[float], timings: dict[str, float]
+    ) -> StepRecord:
         assert isinstance(self.method, LossMethod)
         t1 = time.perf_counter()
         with self._own_rng():
@@ -185,7 +190,9 @@ class Composer:
         timings["backward"] = time.perf_counter() - t2
         return self._record(values, weights.tolist(), timings)
 
-    def _grad_step(self, losses: Tensor, values: list[float], timings: dict[str, float]) -> StepRecord:
+    def _grad_step(
+        self, losses: Tensor, values: list[float], timings: dict[str, float]
+    ) -> StepRecord:
         assert isinstance(self.method, GradMethod)
         t1 = time.perf_counter()
         rows = []
@@ -252,8 +259,12 @@ class Composer:
         self._pending = None
         # The rerun's forward writes running statistics into stand-in copies of the buffers, so the
         # originals (which this step's graph may have saved) are never modified.
-        originals = [(m, name, b) for m in self.model.modules() for name, b in m._buffers.items()
-                     if b is not None]
+        originals = [
+            (m, name, b)
+            for m in self.model.modules()
+            for name, b in m._buffers.items()
+            if b is not None
+        ]
         for m, name, b in originals:
             m._buffers[name] = b.clone()
         self._rerunning = True
@@ -271,7 +282,9 @@ class Composer:
     def _keep_features(self, module: nn.Module, args: Any, output: Tensor) -> None:
         self._features = output
 
-    def _keep_inputs(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    def _keep_inputs(
+        self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
         if not self._rerunning:
             self._inputs = (_detach(args), _detach(kwargs))
 
@@ -296,15 +309,22 @@ class Composer:
     ) -> StepRecord:
         terms = [
             Term.model_construct(
-                task=t.name, loss=loss.name, weight=None if weights is None else weights[i],
-                active=True, score=None,
+                task=t.name,
+                loss=loss.name,
+                weight=None if weights is None else weights[i],
+                active=True,
+                score=None,
             )
             for i, (t, loss) in enumerate(self.terms)
         ]
         return StepRecord.model_construct(
-            step=self.step, method=self.policy_name,
+            step=self.step,
+            method=self.policy_name,
             losses={t.name: v for (t, _), v in zip(self.terms, values, strict=True)},
-            terms=terms, skipped=skipped is not None, reason=skipped, timings=timings,
+            terms=terms,
+            skipped=skipped is not None,
+            reason=skipped,
+            timings=timings,
         )
 
     # ------------------------------------------------------------------ state and lifecycle
@@ -344,7 +364,7 @@ class Composer:
         self._skips = int(state["skips"])
         self._rng = state["rng"].clone()
         pending = state["pending"]
-        self._pending = None if pending is None else tuple(pending)  # type: ignore[assignment]
+        self._pending = None if pending is None else (pending[0], pending[1], pending[2])
 
     def close(self) -> None:
         """Remove the hooks from the model and close the trace."""

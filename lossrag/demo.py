@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from lossrag.plots import plot_metrics, plot_weights
@@ -39,15 +39,19 @@ def run_demo(methods: list[str], epochs: int, seed: int, out: Path, console: Con
     steps = epochs * math.ceil(n_train / problem.budget.batch_size)
     results = {}
     with Progress(
-        TextColumn("{task.fields[method]:>8}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-        TimeRemainingColumn(), TextColumn("{task.fields[weights]}"), console=console,
+        TextColumn("{task.fields[method]:>8}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[weights]}"),
+        console=console,
     ) as progress:
         for method in methods:
             bar = progress.add_task("", total=steps, method=method, weights="")
             trace = out / f"{method}.jsonl"
             trace.unlink(missing_ok=True)
 
-            def show(record: StepRecord, bar: int = bar) -> None:
+            def show(record: StepRecord, bar: TaskID = bar) -> None:
                 w = record.task_weights()
                 text = " ".join(f"{k}={'-' if v is None else f'{v:.2f}'}" for k, v in w.items())
                 progress.update(bar, advance=1, weights=text)
@@ -61,10 +65,16 @@ def run_demo(methods: list[str], epochs: int, seed: int, out: Path, console: Con
         table.add_column(f"{t.name} {t.metric} {arrow}", justify="right")
     table.add_column("cpu s", justify="right")
     for method, r in results.items():
-        table.add_row(method, *(f"{r.metrics[t.name]:.4f}" for t in problem.tasks), f"{r.cpu_s:.1f}")
+        table.add_row(
+            method, *(f"{r.metrics[t.name]:.4f}" for t in problem.tasks), f"{r.cpu_s:.1f}"
+        )
     console.print(table)
     higher = {t.name: t.higher_is_better for t in problem.tasks}
-    png = plot_metrics({m: r.metrics for m, r in results.items()}, higher, out / "metrics.png",
-                       f"digits-mtl test metrics, {epochs} epochs, seed {seed}")
+    png = plot_metrics(
+        {m: r.metrics for m, r in results.items()},
+        higher,
+        out / "metrics.png",
+        f"digits-mtl test metrics, {epochs} epochs, seed {seed}",
+    )
     console.print(f"traces and weight plots: {out}/<method>.jsonl|.png; metrics plot: {png}")
     console.print("look inside a trace with: lossrag inspect " + str(out / f"{methods[0]}.jsonl"))

@@ -27,7 +27,9 @@ def render_steps(records: Sequence[StepRecord], task: str | None = None, rows: i
     task's loss and weight."""
     names = _tasks(records, task)
     stride = max(1, len(records) // max(rows, 1))
-    chosen = [r for i, r in enumerate(records) if i % stride == 0 or r.skipped or i == len(records) - 1]
+    chosen = [
+        r for i, r in enumerate(records) if i % stride == 0 or r.skipped or i == len(records) - 1
+    ]
     table = Table(title=f"{records[0].method}: {len(records)} steps (every {stride})")
     table.add_column("step", justify="right")
     for name in names:
@@ -59,6 +61,12 @@ def render_step(records: Sequence[StepRecord], step: int, task: str | None = Non
         table.add_column(col)
     for term in r.terms:
         if term.task in names:
-            table.add_row(term.task, term.loss, _fmt(r.losses.get(term.task)), _fmt(term.weight),
-                          "on" if term.active else "off", _fmt(term.score))
+            table.add_row(
+                term.task,
+                term.loss,
+                _fmt(r.losses.get(term.task)),
+                _fmt(term.weight),
+                "on" if term.active else "off",
+                _fmt(term.score),
+            )
     return table

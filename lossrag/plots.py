@@ -48,8 +48,13 @@ def plot_weights(
     if skipped:
         ax.plot(skipped, [0.0] * len(skipped), "rx", label="skipped step")
     if not series:
-        ax.text(0.5, 0.5, "this method produces no per-task weights", ha="center",
-                transform=ax.transAxes)
+        ax.text(
+            0.5,
+            0.5,
+            "this method produces no per-task weights",
+            ha="center",
+            transform=ax.transAxes,
+        )
     method = records[0].method if records else "?"
     ax.set(xlabel="step", ylabel="task weight", title=title or f"weights over time ({method})")
     if series or skipped:

@@ -116,9 +116,12 @@ def iter_trace(path: str | os.PathLike[str]) -> Iterator[StepRecord]:
         try:
             yield StepRecord.model_validate(json.loads(line))
         except (json.JSONDecodeError, ValueError) as err:
-            raise ValueError(f"Trace {str(p)!r}, line {number}: not a step record ({err}).") from err
+            raise ValueError(
+                f"Trace {str(p)!r}, line {number}: not a step record ({err})."
+            ) from err
     if tail.strip():
         warnings.warn(
-            f"Trace {str(p)!r} ends with an unfinished line (an interrupted write); it was ignored.",
+            f"Trace {str(p)!r} ends with an unfinished line (an interrupted write); "
+            "it was ignored.",
             stacklevel=2,
         )

@@ -67,7 +67,8 @@ class Task:
             raise ValueError(f"Task name must be a non-empty string, got {self.name!r}.")
         if self.kind not in KINDS:
             raise ValueError(
-                f"Task {self.name!r}: unknown kind {self.kind!r}; expected one of {', '.join(KINDS)}."
+                f"Task {self.name!r}: unknown kind {self.kind!r}; "
+                f"expected one of {', '.join(KINDS)}."
             )
         self._check_classes()
         allowed = METRICS[self.kind]
@@ -76,21 +77,21 @@ class Task:
         elif self.metric not in allowed:
             raise ValueError(
                 f"Task {self.name!r} ({self.kind}): metric {self.metric!r} is not available; "
-                f"expected one of {', '.join(allowed) or 'none (representation tasks are not scored)'}."
+                f"expected one of {', '.join(allowed) or 'none (the kind is not scored)'}."
             )
         if (self.kind == "representation") != (self.positives is not None):
             raise ValueError(
                 f"Task {self.name!r}: `positives` (the classification task giving the labels) is "
                 "required for representation tasks and only for them."
             )
-        if self.loss is None:
-            object.__setattr__(self, "loss", NATURAL_LOSS[self.kind])
+        loss = self.loss if self.loss is not None else NATURAL_LOSS[self.kind]
+        object.__setattr__(self, "loss", loss)
         from lossrag.losses import registry
 
-        spec = registry.spec(self.loss)  # raises with close matches for an unknown name
+        spec = registry.spec(loss)  # raises with close matches for an unknown name
         if self.kind not in spec.kinds:
             raise ValueError(
-                f"Task {self.name!r}: loss {self.loss!r} does not apply to {self.kind} tasks "
+                f"Task {self.name!r}: loss {loss!r} does not apply to {self.kind} tasks "
                 f"(it applies to {', '.join(spec.kinds)})."
             )
         spec.check_params(self.loss_params)
@@ -146,9 +147,7 @@ def _check_regression(where: str, output: Tensor, target: Tensor) -> None:
 
 def _check_classification(where: str, output: Tensor, target: Tensor, classes: int) -> None:
     if output.dim() != 2 or output.shape[1] != classes:
-        raise ValueError(
-            f"{where}: expected logits (B, {classes}), found {tuple(output.shape)}."
-        )
+        raise ValueError(f"{where}: expected logits (B, {classes}), found {tuple(output.shape)}.")
     if target.shape != output.shape[:1]:
         raise ValueError(
             f"{where}: expected target ({output.shape[0]},) of class indices, "

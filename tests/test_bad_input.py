@@ -90,8 +90,10 @@ def test_bad_batch_raises_and_composer_survives(digits, mutate, message):
     with pytest.raises((ValueError, TypeError), match=message):
         composer.backward(outputs, y)
     assert composer.step == 0
-    assert torch.equal(composer.state_dict()["method"]["scalarizer"]["log_var"],
-                       state["method"]["scalarizer"]["log_var"])
+    assert torch.equal(
+        composer.state_dict()["method"]["scalarizer"]["log_var"],
+        state["method"]["scalarizer"]["log_var"],
+    )
     _ok_step(composer, model, digits)
 
 

@@ -13,15 +13,26 @@ import lossrag
 from lossrag.weighting import available
 
 ALL = available()
-STATEFUL_OR_RANDOM = ["uw", "imtll", "dwa", "famo", "rlw", "gradnorm", "nashmtl", "gradvac",
-                      "pcgrad", "graddrop"]
+STATEFUL_OR_RANDOM = [
+    "uw",
+    "imtll",
+    "dwa",
+    "famo",
+    "rlw",
+    "gradnorm",
+    "nashmtl",
+    "gradvac",
+    "pcgrad",
+    "graddrop",
+]
 
 
 def _train(digits, policy, steps, seed=0, composer_seed=0, **wrap_kw):
     model = digits.model(seed)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    composer = lossrag.wrap(model, digits.tasks, policy, shared=model.trunk, seed=composer_seed,
-                            **wrap_kw)
+    composer = lossrag.wrap(
+        model, digits.tasks, policy, shared=model.trunk, seed=composer_seed, **wrap_kw
+    )
     records = []
     for i in range(steps):
         x, y = digits.batch(i)
@@ -34,9 +45,29 @@ def _train(digits, policy, steps, seed=0, composer_seed=0, **wrap_kw):
 
 
 def test_every_required_method_is_registered():
-    required = {"ew", "uw", "dwa", "famo", "rlw", "gradnorm", "mgda", "pcgrad", "cagrad",
-                "nashmtl", "imtlg", "upgrad", "alignedmtl", "imtll", "geometricmean", "stch",
-                "dualproj", "gradvac", "fairgrad", "graddrop", "config"}
+    required = {
+        "ew",
+        "uw",
+        "dwa",
+        "famo",
+        "rlw",
+        "gradnorm",
+        "mgda",
+        "pcgrad",
+        "cagrad",
+        "nashmtl",
+        "imtlg",
+        "upgrad",
+        "alignedmtl",
+        "imtll",
+        "geometricmean",
+        "stch",
+        "dualproj",
+        "gradvac",
+        "fairgrad",
+        "graddrop",
+        "config",
+    }
     assert required <= set(ALL)
 
 
@@ -63,18 +94,23 @@ def test_ew_equals_plain_backward(digits):
     composer = lossrag.wrap(model_a, digits.tasks, "ew")
     record = composer.backward(model_a(x), y)
     out = model_b(x)
-    sum(lossrag.registry.create(t.loss)(out[t.name], y[t.name]).mean()
-        for t in digits.tasks).backward()
+    sum(
+        lossrag.registry.create(t.loss)(out[t.name], y[t.name]).mean() for t in digits.tasks
+    ).backward()
     out = model_c(x)
-    (torch.nn.functional.cross_entropy(out["digit"], y["digit"])
-     + torch.nn.functional.cross_entropy(out["parity"], y["parity"])
-     + torch.nn.functional.mse_loss(out["ink"], y["ink"])).backward()
-    for pa, pb, pc in zip(model_a.parameters(), model_b.parameters(), model_c.parameters(),
-                          strict=True):
+    (
+        torch.nn.functional.cross_entropy(out["digit"], y["digit"])
+        + torch.nn.functional.cross_entropy(out["parity"], y["parity"])
+        + torch.nn.functional.mse_loss(out["ink"], y["ink"])
+    ).backward()
+    for pa, pb, pc in zip(
+        model_a.parameters(), model_b.parameters(), model_c.parameters(), strict=True
+    ):
         assert torch.equal(pa.grad, pb.grad)
         torch.testing.assert_close(pa.grad, pc.grad)
     assert record.losses["digit"] == pytest.approx(
-        float(torch.nn.functional.cross_entropy(out["digit"], y["digit"]).detach()))
+        float(torch.nn.functional.cross_entropy(out["digit"], y["digit"]).detach())
+    )
 
 
 def test_gradients_accumulate_like_backward(digits):
@@ -93,18 +129,22 @@ def test_aggregator_matches_torchjd_mtl_backward(digits):
     model_a, model_b = digits.model(3), digits.model(3)
     x, y = digits.batch(1)
     record = lossrag.wrap(model_a, digits.tasks, "upgrad", shared=model_a.trunk).backward(
-        model_a(x), y)
+        model_a(x), y
+    )
     feats = model_b.trunk(x)
     outs = {n: h(feats) for n, h in model_b.heads.items()}
-    losses = [torch.nn.functional.cross_entropy(outs["digit"], y["digit"]),
-              torch.nn.functional.cross_entropy(outs["parity"], y["parity"]),
-              torch.nn.functional.mse_loss(outs["ink"].squeeze(-1), y["ink"])]
+    losses = [
+        torch.nn.functional.cross_entropy(outs["digit"], y["digit"]),
+        torch.nn.functional.cross_entropy(outs["parity"], y["parity"]),
+        torch.nn.functional.mse_loss(outs["ink"].squeeze(-1), y["ink"]),
+    ]
     mtl_backward(losses, features=feats)
     weights = jac_to_grad(list(model_b.trunk.parameters()), UPGrad())
     for pa, pb in zip(model_a.parameters(), model_b.parameters(), strict=True):
         torch.testing.assert_close(pa.grad, pb.grad, rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(torch.tensor([t.weight for t in record.terms]), weights,
-                               rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(
+        torch.tensor([t.weight for t in record.terms]), weights, rtol=1e-4, atol=1e-6
+    )
 
 
 def test_loss_methods_compute_no_per_task_gradients(digits, monkeypatch):
@@ -133,8 +173,10 @@ def test_loss_methods_compute_no_per_task_gradients(digits, monkeypatch):
 def test_resume_is_bit_for_bit(digits, policy, tmp_path):
     model, opt, composer, _ = _train(digits, policy, steps=7, composer_seed=5)
     path = tmp_path / "ckpt.pt"
-    torch.save({"model": model.state_dict(), "opt": opt.state_dict(),
-                "composer": composer.state_dict()}, path)
+    torch.save(
+        {"model": model.state_dict(), "opt": opt.state_dict(), "composer": composer.state_dict()},
+        path,
+    )
 
     def go_on(model, opt, composer, start):
         for i in range(start, start + 6):
@@ -198,9 +240,13 @@ def test_famo_reruns_previous_batch_with_buffers_restored(digits):
     twin = copy.deepcopy(model)
     with torch.no_grad():
         out = twin(x0)
-    after = torch.stack([torch.nn.functional.cross_entropy(out["digit"], y0["digit"]),
-                         torch.nn.functional.cross_entropy(out["parity"], y0["parity"]),
-                         torch.nn.functional.mse_loss(out["ink"], y0["ink"])])
+    after = torch.stack(
+        [
+            torch.nn.functional.cross_entropy(out["digit"], y0["digit"]),
+            torch.nn.functional.cross_entropy(out["parity"], y0["parity"]),
+            torch.nn.functional.mse_loss(out["ink"], y0["ink"]),
+        ]
+    )
     reference = FAMO(3)
     reference(torch.tensor([r0.losses[k] for k in ("digit", "parity", "ink")]))
     reference.update(after)

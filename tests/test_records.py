@@ -40,9 +40,16 @@ def test_trace_round_trip(digits, tmp_path):
 
 
 def test_record_task_weights():
-    r = StepRecord(step=0, method="x", losses={"a": 1.0, "b": 2.0}, terms=[
-        Term(task="a", loss="l2", weight=0.5), Term(task="a", loss="l1", weight=0.25),
-        Term(task="b", loss="ce", weight=2.0, active=False)])
+    r = StepRecord(
+        step=0,
+        method="x",
+        losses={"a": 1.0, "b": 2.0},
+        terms=[
+            Term(task="a", loss="l2", weight=0.5),
+            Term(task="a", loss="l1", weight=0.25),
+            Term(task="b", loss="ce", weight=2.0, active=False),
+        ],
+    )
     assert r.task_weights() == {"a": 0.75, "b": 0.0}
 
 
@@ -71,8 +78,10 @@ def test_inspect_table_and_plot(digits, tmp_path):
     png = trace.with_suffix(".png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    result = runner.invoke(app, ["inspect", str(trace), "--step", "5", "--task", "ink",
-                                 "--plot", str(tmp_path / "w.png")])
+    result = runner.invoke(
+        app,
+        ["inspect", str(trace), "--step", "5", "--task", "ink", "--plot", str(tmp_path / "w.png")],
+    )
     assert result.exit_code == 0, result.output
     assert "step 5" in result.output and "ink" in result.output and "digit" not in result.output
     weight = records[5].terms[2].weight

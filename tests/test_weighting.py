@@ -77,12 +77,14 @@ def test_gradnorm_rule_worked_example():
     L̃ = (0.5, 1), r = (2/3, 4/3), G = (2, 1), Ḡ = 1.5, target = 1.5·r^1.5 = (0.816, 2.309):
     G − target = (+1.18, −1.31), so ∂L_grad/∂w = (+2, −1): the fast learner (task 1) loses
     weight, the slow one gains."""
-    grad = gradnorm_weight_grad(torch.ones(2), torch.tensor([2.0, 1.0]), torch.ones(2),
-                                torch.tensor([2.0, 1.0]), alpha=1.5)
+    grad = gradnorm_weight_grad(
+        torch.ones(2), torch.tensor([2.0, 1.0]), torch.ones(2), torch.tensor([2.0, 1.0]), alpha=1.5
+    )
     torch.testing.assert_close(grad, torch.tensor([2.0, -1.0]))
     # α = 0 pulls every G to the mean: (2, 1) vs 1.5 -> (+2, -1) too; equal G -> zero-ish balance
-    grad0 = gradnorm_weight_grad(torch.tensor([0.5, 1.0]), torch.tensor([2.0, 1.0]),
-                                 torch.ones(2), torch.ones(2), alpha=0.0)
+    grad0 = gradnorm_weight_grad(
+        torch.tensor([0.5, 1.0]), torch.tensor([2.0, 1.0]), torch.ones(2), torch.ones(2), alpha=0.0
+    )
     torch.testing.assert_close(grad0, torch.tensor([0.0, 0.0]))
 
 
@@ -167,7 +169,9 @@ def test_mgda_and_imtlg_defining_properties():
     # MGDA's min-norm point of the hull (interior here): equal inner products with every g_i
     d, _ = _aggregate("mgda", G3)
     products = G3 @ d
-    assert float(products.max() - products.min()) < 1e-2 * float(products.mean())  # Frank-Wolfe, eps 1e-3
+    assert float(products.max() - products.min()) < 1e-2 * float(
+        products.mean()
+    )  # Frank-Wolfe, eps 1e-3
     # IMTL-G: equal projections of d on every unit gradient
     d, _ = _aggregate("imtlg", G3)
     cos = (G3 @ d) / G3.norm(dim=1)

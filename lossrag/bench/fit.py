@@ -71,7 +71,9 @@ def fit(
             for start in range(0, n, budget.batch_size):
                 idx = perm[start : start + budget.batch_size]
                 optimizer.zero_grad(set_to_none=True)
-                record = composer.backward(model(train.x[idx]), {k: v[idx] for k, v in train.y.items()})
+                record = composer.backward(
+                    model(train.x[idx]), {k: v[idx] for k, v in train.y.items()}
+                )
                 optimizer.step()
                 skipped += record.skipped
                 if on_step is not None:
@@ -84,7 +86,13 @@ def fit(
     with torch.no_grad():
         metrics = problem.evaluate(model, getattr(splits, split))
     return FitResult(
-        problem=problem.name, method=composer.policy_name, seed=seed, metrics=metrics,
-        steps=composer.step, skipped=skipped, cpu_s=cpu, wall_s=wall,
+        problem=problem.name,
+        method=composer.policy_name,
+        seed=seed,
+        metrics=metrics,
+        steps=composer.step,
+        skipped=skipped,
+        cpu_s=cpu,
+        wall_s=wall,
         last_weights={} if record is None else record.task_weights(),
     )

@@ -28,13 +28,14 @@ from lossrag.weighting.base import (
     register_method,
 )
 from lossrag.weighting.gradnorm import GradNorm, gradnorm_weight_grad
-from lossrag.weighting.scalarizers import DWA, EW, FAMO, RLW, STCH, UW, GeometricMean, IMTLL
+from lossrag.weighting.scalarizers import DWA, EW, FAMO, IMTLL, RLW, STCH, UW, GeometricMean
 
 __all__ = [
     "DWA",
     "EW",
     "FAMO",
     "IMTLG",
+    "IMTLL",
     "MGDA",
     "RLW",
     "STCH",
@@ -49,7 +50,6 @@ __all__ = [
     "GradMethod",
     "GradNorm",
     "GradVac",
-    "IMTLL",
     "LossMethod",
     "Method",
     "NashMTL",

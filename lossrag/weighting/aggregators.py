@@ -20,6 +20,7 @@ from torchjd import aggregation as agg
 from lossrag.weighting.base import GradMethod, register_method
 
 __all__ = [
+    "IMTLG",
     "MGDA",
     "AlignedMTL",
     "CAGrad",
@@ -28,7 +29,6 @@ __all__ = [
     "FairGrad",
     "GradDrop",
     "GradVac",
-    "IMTLG",
     "NashMTL",
     "PCGrad",
     "UPGrad",
@@ -57,30 +57,61 @@ def _simple(name: str, factory: Any, doc: str, randomized: bool = False) -> type
     """Define and register a stateless wrapper around ``factory()``."""
 
     def _build(self: _Aggregated, num_terms: int) -> agg.Aggregator:
-        return factory()  # type: ignore[no-any-return]
+        return factory()
 
-    cls = type(name, (_Aggregated,), {"name": name.lower(), "_build": _build, "__doc__": doc})
-    cls.randomized = randomized
+    body = {"name": name.lower(), "_build": _build, "__doc__": doc, "randomized": randomized}
+    cls = type(name, (_Aggregated,), body)
     register_method(cls)
     return cls
 
 
-MGDA = _simple("MGDA", agg.MGDA, "MGDA (Sener & Koltun, NeurIPS 2018): the min-norm point of the "
-               "convex hull of the task gradients, by Frank–Wolfe.")
-PCGrad = _simple("PCGrad", agg.PCGrad, "PCGrad (Yu et al., NeurIPS 2020): project away conflicting "
-                 "components in random order.", randomized=True)
-IMTLG = _simple("IMTLG", agg.IMTLG, "IMTL-G (Liu et al., ICLR 2021): equal projections of the update "
-                "on every task gradient.")
-UPGrad = _simple("UPGrad", agg.UPGrad, "UPGrad (Quinton & Rey, 2024): project each gradient onto the "
-                 "dual cone of the others and average.")
-AlignedMTL = _simple("AlignedMTL", agg.AlignedMTL, "Aligned-MTL (Senushkin et al., CVPR 2023): align "
-                     "the principal components of the gradient system.")
-DualProj = _simple("DualProj", agg.DualProj, "DualProj: project the mean gradient onto the dual cone "
-                   "of the task gradients.")
-ConFIG = _simple("ConFIG", agg.ConFIG, "ConFIG (Liu et al., ICLR 2025): conflict-free direction from "
-                 "the pseudo-inverse of the unit gradients.")
-GradDrop = _simple("GradDrop", agg.GradDrop, "GradDrop (Chen et al., NeurIPS 2020): keep, per "
-                   "coordinate, gradients of one sign drawn by sign purity.", randomized=True)
+MGDA = _simple(
+    "MGDA",
+    agg.MGDA,
+    "MGDA (Sener & Koltun, NeurIPS 2018): the min-norm point of the "
+    "convex hull of the task gradients, by Frank–Wolfe.",
+)
+PCGrad = _simple(
+    "PCGrad",
+    agg.PCGrad,
+    "PCGrad (Yu et al., NeurIPS 2020): project away conflicting components in random order.",
+    randomized=True,
+)
+IMTLG = _simple(
+    "IMTLG",
+    agg.IMTLG,
+    "IMTL-G (Liu et al., ICLR 2021): equal projections of the update on every task gradient.",
+)
+UPGrad = _simple(
+    "UPGrad",
+    agg.UPGrad,
+    "UPGrad (Quinton & Rey, 2024): project each gradient onto the "
+    "dual cone of the others and average.",
+)
+AlignedMTL = _simple(
+    "AlignedMTL",
+    agg.AlignedMTL,
+    "Aligned-MTL (Senushkin et al., CVPR 2023): align "
+    "the principal components of the gradient system.",
+)
+DualProj = _simple(
+    "DualProj",
+    agg.DualProj,
+    "DualProj: project the mean gradient onto the dual cone of the task gradients.",
+)
+ConFIG = _simple(
+    "ConFIG",
+    agg.ConFIG,
+    "ConFIG (Liu et al., ICLR 2025): conflict-free direction from "
+    "the pseudo-inverse of the unit gradients.",
+)
+GradDrop = _simple(
+    "GradDrop",
+    agg.GradDrop,
+    "GradDrop (Chen et al., NeurIPS 2020): keep, per "
+    "coordinate, gradients of one sign drawn by sign purity.",
+    randomized=True,
+)
 
 
 @register_method
@@ -127,7 +158,7 @@ class GradVac(_Aggregated):
         return agg.GradVac(beta=self.beta)
 
     def _weighting(self) -> Any:
-        return self.aggregator.gramian_weighting  # type: ignore[union-attr]
+        return self.aggregator.gramian_weighting
 
     def state_dict(self) -> dict[str, Any]:
         w = self._weighting()
@@ -165,7 +196,7 @@ class NashMTL(_Aggregated):
         )
 
     def _weighting(self) -> Any:
-        return self.aggregator.weighting  # type: ignore[union-attr]
+        return self.aggregator.weighting
 
     def aggregate(self, jacobian: Tensor) -> tuple[Tensor, Tensor | None]:
         with warnings.catch_warnings():  # cvxpy's note that the problem is not DPP: harmless

@@ -24,8 +24,9 @@ __all__ = ["GradNorm", "gradnorm_weight_grad"]
 _EPS = 1e-12
 
 
-def gradnorm_weight_grad(weights: Tensor, norms: Tensor, losses: Tensor, initial: Tensor,
-                         alpha: float) -> Tensor:
+def gradnorm_weight_grad(
+    weights: Tensor, norms: Tensor, losses: Tensor, initial: Tensor, alpha: float
+) -> Tensor:
     """Gradient of GradNorm's ``L_grad`` with respect to the weights (paper §3, Eq. 2).
 
     Args:

@@ -10,7 +10,7 @@ method's own Adam; FAMO steps its own logits after the re-evaluated losses arriv
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -18,7 +18,7 @@ from torchjd import scalarization as sc
 
 from lossrag.weighting.base import LossMethod, register_method
 
-__all__ = ["DWA", "EW", "FAMO", "RLW", "STCH", "UW", "GeometricMean", "IMTLL"]
+__all__ = ["DWA", "EW", "FAMO", "IMTLL", "RLW", "STCH", "UW", "GeometricMean"]
 
 
 class _Scalarized(LossMethod):
@@ -70,6 +70,10 @@ class EW(_Scalarized):
     def _build(self, num_terms: int) -> sc.Scalarizer:
         return sc.Sum()
 
+    def weigh(self, losses: Tensor) -> Tensor:
+        # ∂(Σ L_i)/∂L_i = 1: skip the autograd call of the generic path.
+        return torch.ones_like(losses.detach())
+
 
 @register_method
 class UW(_Scalarized):
@@ -91,7 +95,7 @@ class UW(_Scalarized):
 
 @register_method
 class IMTLL(_Scalarized):
-    """IMTL-L, the loss-balance half of Impartial MTL (Liu et al., ICLR 2021): ``Σ e^{s_i}L_i − s_i``.
+    """IMTL-L, loss-balance half of Impartial MTL (Liu et al., ICLR 2021): ``Σ e^{s_i}L_i − s_i``.
 
     Args:
         lr: Adam learning rate of the scales ``s``.
@@ -173,10 +177,11 @@ class DWA(_Scalarized):
         return weights
 
     def epoch_end(self) -> None:
-        self.scalarizer.step()
+        scalarizer: Any = self.scalarizer
+        scalarizer.step()
 
     def state_dict(self) -> dict[str, Any]:
-        s = self.scalarizer
+        s: Any = self.scalarizer
         return {
             "calls": self._calls,
             "loss_sum": s._loss_sum,
@@ -185,7 +190,7 @@ class DWA(_Scalarized):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        s = self.scalarizer
+        s: Any = self.scalarizer
         self._calls = int(state["calls"])
         s._loss_sum, s._n_batches = state["loss_sum"], int(state["n_batches"])
         s._previous_averages = list(state["previous"])
@@ -227,10 +232,11 @@ class FAMO(_Scalarized):
         return weights
 
     def observe_rerun(self, losses_after: Tensor) -> None:
-        self.scalarizer.update(losses_after.detach())
+        famo: Any = self.scalarizer
+        famo.update(losses_after.detach())
 
     def state_dict(self) -> dict[str, Any]:
-        s = self.scalarizer
+        s: Any = self.scalarizer
         opt = s._optimizer
         return {
             "logits": self._logits.detach().clone(),
@@ -239,11 +245,13 @@ class FAMO(_Scalarized):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        s = self.scalarizer
+        s: Any = self.scalarizer
         with torch.no_grad():
             self._logits.copy_(state["logits"])
         s._prev_losses = state["prev"]
         s._optimizer = None
         if state["optimizer"] is not None:
-            s._optimizer = torch.optim.Adam([self._logits], lr=self.lr, weight_decay=self.weight_decay)
+            s._optimizer = torch.optim.Adam(
+                [self._logits], lr=self.lr, weight_decay=self.weight_decay
+            )
             s._optimizer.load_state_dict(state["optimizer"])
