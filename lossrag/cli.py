@@ -144,7 +144,9 @@ def inspect(
 @app.command()
 def demo(
     epochs: Annotated[int, typer.Option(help="training epochs per method")] = 30,
-    methods: Annotated[str, typer.Option(help="comma-separated methods")] = "ew,uw,famo,mgda",
+    methods: Annotated[
+        str, typer.Option(help="comma-separated methods")
+    ] = "ew,uw,dwa,famo,gradnorm,mgda,pcgrad,upgrad",
     seed: Annotated[int, typer.Option(help="seed of data, model and methods")] = 0,
     out: Annotated[Path, typer.Option(help="folder for traces and plots")] = Path("lossrag-demo"),
 ) -> None:

@@ -92,6 +92,7 @@ def plot_metrics(
         pad = (hi - lo) * 0.5 or abs(hi) * 0.05 or 1.0
         ax.set_ylim(max(lo - pad, 0.0) if lo >= 0 else lo - pad, hi + pad)
     fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
     out = Path(path)
     atomic_write_bytes(out, _figure_bytes(fig))
     plt.close(fig)

@@ -270,3 +270,38 @@ def test_gradnorm_grad_needs_shared(digits):
         lossrag.wrap(model, digits.tasks, "gradnorm")
     with pytest.raises(ValueError, match="shared="):
         lossrag.wrap(model, digits.tasks, "mgda")
+
+
+def test_representation_task_trains_shared_features(digits):
+    """A SupCon term on the output of `shared`, with the digit labels as positives: it reaches the
+    trunk only, and lowering it pulls same-class features together."""
+    rep = lossrag.Task("emb", kind="representation", positives="digit", loss="supcon")
+    tasks = [*digits.tasks, rep]
+    model = digits.model(0)
+    head = model.heads["ink"].weight
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    composer = lossrag.wrap(model, tasks, "ew", shared=model.trunk)
+    x, y = digits.batch(0)
+    record = composer.backward(model(x), y)
+    assert [t.loss for t in record.terms] == ["ce", "ce", "l2", "supcon"]
+    assert math.isfinite(record.losses["emb"])
+    # the representation term alone: gradient on the trunk, none on the heads
+    model.zero_grad()
+    only_rep = lossrag.wrap(model, [rep, digits.tasks[0]], lossrag.weighting.make_method("ew"),
+                            shared=model.trunk)
+    only_rep.backward({"digit": model(x)["digit"].detach().requires_grad_()}, {"digit": y["digit"]})
+    assert head.grad is None
+    assert model.trunk[1].weight.grad is not None and model.trunk[1].weight.grad.abs().sum() > 0
+    first = record.losses["emb"]
+    for i in range(30):
+        x, y = digits.batch(i % 4)
+        opt.zero_grad()
+        last = composer.backward(model(x), y)
+        opt.step()
+    assert last.losses["emb"] < first
+
+
+def test_representation_task_needs_a_classification_positive(digits):
+    rep = lossrag.Task("emb", kind="representation", positives="ink")
+    with pytest.raises(ValueError, match="must name a classification task"):
+        lossrag.wrap(digits.model(), [*digits.tasks, rep], "ew", shared=digits.model().trunk)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from lossrag.bench.problems import Problem
 from lossrag.compose import wrap
 from lossrag.record import StepRecord
 from lossrag.weighting import Method
@@ -32,7 +33,7 @@ class FitResult:
 
 
 def fit(
-    problem: object,
+    problem: Problem,
     policy: str | Method,
     seed: int,
     *,
@@ -47,33 +48,25 @@ def fit(
     Everything random (data order, model init, the method's own stream) follows ``seed``. Uses the
     problem's budget (epochs, batch size, Adam learning rate); ``epochs`` overrides the budget.
     """
-    from lossrag.bench.problems import Problem
-
-    if not isinstance(problem, Problem):
-        raise TypeError(f"fit: expected a Problem, got {type(problem).__name__}.")
     torch.manual_seed(seed)
     splits = problem.load(seed)
     model = problem.build_model(seed)
     budget = problem.budget
-    optimizer = torch.optim.Adam(model.parameters(), lr=budget.lr)
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=budget.lr, weight_decay=budget.weight_decay
+    )
     shared = getattr(model, "trunk", None)
     composer = wrap(model, problem.tasks, policy, shared=shared, trace=trace, seed=seed)
     order = torch.Generator().manual_seed(seed)
-    train = splits.train
-    n = train.x.shape[0]
     wall0, cpu0 = time.perf_counter(), time.process_time()
     skipped = 0
     record: StepRecord | None = None
     try:
         for _ in range(epochs if epochs is not None else budget.epochs):
             model.train()
-            perm = torch.randperm(n, generator=order)
-            for start in range(0, n, budget.batch_size):
-                idx = perm[start : start + budget.batch_size]
+            for x, y in problem.train_batches(splits, order):
                 optimizer.zero_grad(set_to_none=True)
-                record = composer.backward(
-                    model(train.x[idx]), {k: v[idx] for k, v in train.y.items()}
-                )
+                record = composer.backward(model(x), y)
                 optimizer.step()
                 skipped += record.skipped
                 if on_step is not None:
@@ -82,9 +75,7 @@ def fit(
     finally:
         composer.close()
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
-    model.eval()
-    with torch.no_grad():
-        metrics = problem.evaluate(model, getattr(splits, split))
+    metrics = problem.evaluate(model, getattr(splits, split))
     return FitResult(
         problem=problem.name,
         method=composer.policy_name,
