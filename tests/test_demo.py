@@ -14,7 +14,9 @@ def test_demo_runs_and_writes_traces_and_plots(tmp_path):
         app, ["demo", "--epochs", "2", "--methods", "ew,famo,mgda", "--out", str(out)]
     )
     assert result.exit_code == 0, result.output
-    assert "digits-mtl test metrics" in result.output and "not part of this release" in result.output
+    assert (
+        "digits-mtl test metrics" in result.output and "not part of this release" in result.output
+    )
     for method in ("ew", "famo", "mgda"):
         records = lossrag.read_trace(out / f"{method}.jsonl")
         assert len(records) == 2 * 17  # 1077 training samples, batches of 64, 2 epochs

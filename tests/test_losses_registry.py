@@ -109,7 +109,8 @@ def test_create_validates_hyper_parameters() -> None:
 
 
 def test_check_params_fills_defaults_and_accepts_numpy() -> None:
-    np = pytest.importorskip("numpy")
+    import numpy as np
+
     spec = registry.spec("asymmetric")
     assert spec.check_params({}) == spec.defaults
     checked = spec.check_params({"clip": np.float64(0.1)})
@@ -174,9 +175,16 @@ def test_card_content(name: str) -> None:
 
 def _card(name: str, **override: object) -> str:
     fields: dict[str, object] = {
-        "name": name, "family": "squared", "kinds": ["regression"], "target": "float",
-        "description": "A test loss.", "formula": "r**2", "reference": "Nobody (2024).",
-        "non_negative": True, "smooth": True, **override,
+        "name": name,
+        "family": "squared",
+        "kinds": ["regression"],
+        "target": "float",
+        "description": "A test loss.",
+        "formula": "r**2",
+        "reference": "Nobody (2024).",
+        "non_negative": True,
+        "smooth": True,
+        **override,
     }
     lines = []
     for key, value in fields.items():
@@ -206,8 +214,11 @@ def _registry(tmp_path: Path, cards: dict[str, str], functions: dict[str, LossFn
 
 
 def test_private_registry_works(tmp_path: Path) -> None:
-    reg = _registry(tmp_path, {"sq": _card("sq"), "scaled": _card("scaled") + SCALED_PARAM},
-                    {"sq": _sq, "scaled": _scaled})
+    reg = _registry(
+        tmp_path,
+        {"sq": _card("sq"), "scaled": _card("scaled") + SCALED_PARAM},
+        {"sq": _sq, "scaled": _scaled},
+    )
     assert reg.list() == ["scaled", "sq"]
     assert reg.variants() == [("scaled", {"k": 1.0}), ("scaled", {"k": 2.0}), ("sq", {})]
     assert float(reg.create("scaled", k=3.0)(torch.ones(1), torch.zeros(1))) == 3.0
@@ -216,8 +227,11 @@ def test_private_registry_works(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("cards", "functions", "message"),
     [
-        ({"sq": _card("sq"), "other": _card("other")}, {"sq": _sq},
-         r"other\.toml has no registered function"),
+        (
+            {"sq": _card("sq"), "other": _card("other")},
+            {"sq": _sq},
+            r"other\.toml has no registered function",
+        ),
         ({}, {"sq": _sq}, r"sq have no card .*sq\.toml"),
         ({"sq": "name = [unclosed"}, {"sq": _sq}, r"Invalid loss card .*sq\.toml"),
         ({"sq": _card("sq", colour="red")}, {"sq": _sq}, r"Invalid loss card .*sq\.toml.*colour"),
@@ -225,14 +239,26 @@ def test_private_registry_works(tmp_path: Path) -> None:
         ({"sq": _card("sq", family="magic")}, {"sq": _sq}, r"sq\.toml.*family"),
         ({"sq": _card("sqq")}, {"sq": _sq}, r"sq\.toml names the loss 'sqq'"),
         ({"sq": _card("sq") + SCALED_PARAM}, {"sq": _sq}, r"sq\.toml does not match .*keyword"),
-        ({"scaled": _card("scaled") + SCALED_PARAM.replace("default = 2.0", "default = 1.0")},
-         {"scaled": _scaled}, r"scaled\.toml does not match .*defaults"),
-        ({"sq": _card("sq") + SCALED_PARAM.replace("grid = [1.0, 2.0]", "grid = [2.0, 1.0]")},
-         {"sq": _sq}, r"sq\.toml.*strictly increasing"),
-        ({"sq": _card("sq") + SCALED_PARAM.replace("grid = [1.0, 2.0]", "grid = [1.0]")},
-         {"sq": _sq}, r"sq\.toml.*must contain the default"),
-        ({"sq": _card("sq") + SCALED_PARAM.replace("default = 2.0", "default = 20.0")},
-         {"sq": _sq}, r"sq\.toml.*outside \[0, 10\]"),
+        (
+            {"scaled": _card("scaled") + SCALED_PARAM.replace("default = 2.0", "default = 1.0")},
+            {"scaled": _scaled},
+            r"scaled\.toml does not match .*defaults",
+        ),
+        (
+            {"sq": _card("sq") + SCALED_PARAM.replace("grid = [1.0, 2.0]", "grid = [2.0, 1.0]")},
+            {"sq": _sq},
+            r"sq\.toml.*strictly increasing",
+        ),
+        (
+            {"sq": _card("sq") + SCALED_PARAM.replace("grid = [1.0, 2.0]", "grid = [1.0]")},
+            {"sq": _sq},
+            r"sq\.toml.*must contain the default",
+        ),
+        (
+            {"sq": _card("sq") + SCALED_PARAM.replace("default = 2.0", "default = 20.0")},
+            {"sq": _sq},
+            r"sq\.toml.*outside \[0, 10\]",
+        ),
     ],
 )
 def test_inconsistent_library_is_an_error_naming_the_file(

@@ -52,9 +52,7 @@ def fit(
     splits = problem.load(seed)
     model = problem.build_model(seed)
     budget = problem.budget
-    optimizer = torch.optim.Adam(
-        model.parameters(), lr=budget.lr, weight_decay=budget.weight_decay
-    )
+    optimizer = torch.optim.Adam(model.parameters(), lr=budget.lr, weight_decay=budget.weight_decay)
     shared = getattr(model, "trunk", None)
     composer = wrap(model, problem.tasks, policy, shared=shared, trace=trace, seed=seed)
     order = torch.Generator().manual_seed(seed)

@@ -1,0 +1,142 @@
+"""The CAGrad toy: closed-form values and gradients against torch autograd, the Pareto set, runs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from pydantic import ValidationError
+
+from lossrag.bench.problems import START_POINTS, Toy2D
+from lossrag.bench.problems.toy2d import pareto_set, toy_gradients, toy_losses
+
+LOWER = 5e-6
+
+
+def reference(x: torch.Tensor) -> torch.Tensor:
+    """The toy as published (CAGrad's toy code), first loss ×0.1 (Nash-MTL, FAMO)."""
+    x1, x2 = x[0], x[1]
+    f1 = torch.clamp((0.5 * (-x1 - 7) - torch.tanh(-x2)).abs(), LOWER).log() + 6
+    f2 = torch.clamp((0.5 * (-x1 + 3) + torch.tanh(-x2) + 2).abs(), LOWER).log() + 6
+    c1 = torch.clamp(torch.tanh(x2 * 0.5), 0)
+    f1_sq = ((-x1 + 7).pow(2) + 0.1 * (-x2 - 8).pow(2)) / 10 - 20
+    f2_sq = ((-x1 - 7).pow(2) + 0.1 * (-x2 - 8).pow(2)) / 10 - 20
+    c2 = torch.clamp(torch.tanh(-x2 * 0.5), 0)
+    return torch.stack([0.1 * (f1 * c1 + f1_sq * c2), f2 * c1 + f2_sq * c2])
+
+
+def jacobian(point: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    x = torch.tensor(point, dtype=torch.float64, requires_grad=True)
+    f = reference(x)
+    rows = [torch.autograd.grad(f[i], x, retain_graph=True)[0] for i in range(2)]
+    return f.detach().numpy(), torch.stack(rows).numpy()
+
+
+def ew(losses: np.ndarray, grads: np.ndarray) -> np.ndarray:
+    return np.ones_like(losses)
+
+
+def mgda(losses: np.ndarray, grads: np.ndarray) -> np.ndarray:
+    """Min-norm point of the two gradients (closed form for two tasks)."""
+    g1, g2 = grads[:, 0], grads[:, 1]
+    diff = g1 - g2
+    a = np.clip(((g2 - g1) * g2).sum(1) / np.maximum((diff * diff).sum(1), 1e-20), 0, 1)
+    return np.stack([a, 1 - a], axis=1)
+
+
+def test_values_and_gradients_match_autograd() -> None:
+    rng = np.random.default_rng(0)
+    special = [[0, 0], [3, 0], [-7, 1e-9], [-7.0, 0.0], *START_POINTS]  # tanh/clamp boundaries
+    points = np.concatenate([rng.uniform(-10, 10, (300, 2)), special])
+    for point in points:
+        values, grads = jacobian(point)
+        np.testing.assert_allclose(toy_losses(point), values, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(toy_gradients(point), grads, rtol=0, atol=1e-12)
+    batch = toy_gradients(points)
+    assert batch.shape == (len(points), 2, 2)
+    np.testing.assert_allclose(batch[-1], toy_gradients(points[-1]))
+
+
+def test_bad_points_are_rejected() -> None:
+    with pytest.raises(ValueError, match=r"\(\.\.\., 2\)"):
+        toy_losses(np.zeros(3))
+
+
+def test_pareto_set_is_stationary_and_not_dominated() -> None:
+    curve = pareto_set(201)
+    grads = toy_gradients(curve)
+    lam = (curve[:, 0] + 7) / 14  # weight of f1 in the unscaled problem
+    unscaled = grads / np.array([0.1, 1.0])[:, None]
+    combo = lam[:, None] * unscaled[:, 0] + (1 - lam)[:, None] * unscaled[:, 1]
+    assert np.abs(combo).max() < 1e-6
+    # Brute force on a grid: its non-dominated values lie on the curve's front (in objective
+    # space: along x2 the objectives are so flat that the grid front is a band in x), and no grid
+    # point dominates a point of the curve.
+    axis = np.linspace(-10, 10, 801)
+    grid = np.stack(np.meshgrid(axis, axis), -1).reshape(-1, 2)
+    values = toy_losses(grid)
+    order = np.argsort(values[:, 0])
+    best_f2 = np.minimum.accumulate(values[order, 1])
+    keep = np.concatenate([[True], values[order[1:], 1] < best_f2[:-1]])
+    front_values = values[order[keep]]
+    assert len(front_values) > 300
+    curve_front = toy_losses(pareto_set(4001))
+    gap = np.linalg.norm(front_values[:, None] - curve_front[None], axis=-1).min(axis=1)
+    assert gap.max() < 0.01
+    assert np.all(Toy2D().pareto_distance(grid[order[keep]]) < 0.5)
+    curve_values = toy_losses(curve)
+    dominated = (values[None, :, 0] < curve_values[:, None, 0] - 1e-9) & (
+        values[None, :, 1] < curve_values[:, None, 1] - 1e-9
+    )
+    assert not dominated.any()
+
+
+def test_adam_matches_torch() -> None:
+    toy = Toy2D(steps=300, record_every=1)
+    run = toy.run(ew)
+    for s, start in enumerate(START_POINTS):
+        x = torch.tensor(start, dtype=torch.float64, requires_grad=True)
+        opt = torch.optim.Adam([x], lr=1e-3)
+        for _ in range(300):
+            opt.zero_grad()
+            reference(x).sum().backward()
+            opt.step()
+        np.testing.assert_allclose(run.final[s], x.detach().numpy(), atol=1e-10)
+    assert run.trajectory.shape == (5, 301, 2) and run.weights.shape == (5, 301, 2)
+    np.testing.assert_allclose(run.trajectory[:, 0], np.array(START_POINTS))
+
+
+def test_equal_weighting_gets_stuck_from_nine_nine() -> None:
+    """The known failure of linear scalarisation (Nash-MTL Fig. 1): (9, 9) stalls far away."""
+    run = Toy2D(record_every=1000).run(ew)
+    stuck = START_POINTS.index((9.0, 9.0))
+    assert run.pareto_distance[stuck] > 5
+    np.testing.assert_allclose(run.final[stuck], [5.0, 3.9], atol=0.1)
+    others = [i for i in range(5) if i != stuck]
+    assert np.all(run.pareto_distance[others] < 0.05)
+    np.testing.assert_allclose(run.final[others], [[-5.73, -8.41]] * 4, atol=0.02)
+
+
+def test_mgda_reaches_the_pareto_set_from_every_start() -> None:
+    run = Toy2D(record_every=1000).run(mgda)
+    assert np.all(run.pareto_distance < 0.05)
+    assert np.ptp(run.final[:, 0]) > 5  # different Pareto points, not one
+
+
+def test_non_finite_weights_skip_the_step() -> None:
+    def broken(losses: np.ndarray, grads: np.ndarray) -> np.ndarray:
+        w = np.ones_like(losses)
+        w[0] = np.nan
+        return w
+
+    run = Toy2D(steps=50).run(broken)
+    assert run.skipped.tolist() == [50, 0, 0, 0, 0]
+    np.testing.assert_array_equal(run.final[0], START_POINTS[0])
+    with pytest.raises(ValueError, match="shape"):
+        Toy2D(steps=5).run(lambda losses, grads: np.ones(2))
+
+
+def test_config_is_typed() -> None:
+    with pytest.raises(ValidationError):
+        Toy2D(stepz=10)  # type: ignore[call-arg]
+    assert Toy2D(optimizer="sgd", steps=10, lr=0.1).run(ew).final.shape == (5, 2)
