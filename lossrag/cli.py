@@ -141,6 +141,50 @@ def inspect(
     console.print(f"weights over time: {target}")
 
 
+#: The methods of the benchmark protocol's table.
+PROTOCOL_METHODS = "ew,uw,dwa,famo,rlw,gradnorm,mgda,pcgrad,cagrad,nashmtl,imtlg,upgrad,alignedmtl"
+
+
+@app.command()
+def bench(
+    problems: Annotated[str | None, typer.Option(help="comma-separated problems")] = None,
+    methods: Annotated[str | None, typer.Option(help="comma-separated methods")] = None,
+    seeds: Annotated[int | None, typer.Option(help="number of seeds (0, 1, ...)")] = None,
+    out: Annotated[Path, typer.Option(help="output folder")] = Path("lossrag-bench"),
+    quick: Annotated[bool, typer.Option(help="every baseline on digits-mtl, one seed")] = False,
+    resume: Annotated[bool, typer.Option(help="continue an interrupted run in --out")] = False,
+    force: Annotated[bool, typer.Option(help="discard what --out holds")] = False,
+    jobs: Annotated[int, typer.Option(help="parallel processes (one thread each)")] = 2,
+    toy_steps: Annotated[int | None, typer.Option(help="toy2d steps (default 50k)")] = None,
+) -> None:
+    """Run methods × problems × seeds with single-task baselines; write results.json, table.md
+    and plots."""
+    from lossrag.bench.problems import list_problems
+    from lossrag.bench.runner import QUICK_METHODS, BenchConfig, run_bench
+
+    def split(text: str) -> list[str]:
+        return [part.strip() for part in text.split(",") if part.strip()]
+
+    if quick:
+        chosen_problems = split(problems) if problems else ["digits-mtl"]
+        chosen_methods = split(methods) if methods else list(QUICK_METHODS)
+        n_seeds = seeds or 1
+    else:
+        chosen_problems = split(problems) if problems else [*list_problems(), "toy2d"]
+        chosen_methods = split(methods or PROTOCOL_METHODS)
+        n_seeds = seeds or 3
+    try:
+        config = BenchConfig(
+            problems=chosen_problems,
+            methods=chosen_methods,
+            seeds=list(range(n_seeds)),
+            toy_steps=toy_steps,
+        )
+        run_bench(config, out, jobs=jobs, resume=resume, force=force, console=console)
+    except ValueError as err:
+        _fail(str(err))
+
+
 @app.command()
 def demo(
     epochs: Annotated[int, typer.Option(help="training epochs per method")] = 30,

@@ -41,12 +41,15 @@ def fit(
     trace: str | os.PathLike[str] | None = None,
     on_step: Callable[[StepRecord], None] | None = None,
     split: str = "test",
+    only: str | None = None,
 ) -> FitResult:
     """Train ``problem.build_model(seed)`` on ``problem.load(seed).train`` with ``policy`` through
     :func:`lossrag.wrap`, then evaluate on ``split``.
 
     Everything random (data order, model init, the method's own stream) follows ``seed``. Uses the
     problem's budget (epochs, batch size, Adam learning rate); ``epochs`` overrides the budget.
+    ``only`` names one task to train alone (a single-task baseline: same model, data and budget;
+    the other heads get no gradient and are not scored).
     """
     torch.manual_seed(seed)
     splits = problem.load(seed)
@@ -54,7 +57,14 @@ def fit(
     budget = problem.budget
     optimizer = torch.optim.Adam(model.parameters(), lr=budget.lr, weight_decay=budget.weight_decay)
     shared = getattr(model, "trunk", None)
-    composer = wrap(model, problem.tasks, policy, shared=shared, trace=trace, seed=seed)
+    tasks = [t for t in problem.tasks if only is None or t.name == only]
+    if not tasks:
+        raise ValueError(
+            f"fit: problem {problem.name!r} has no task {only!r} "
+            f"(tasks: {', '.join(t.name for t in problem.tasks)})."
+        )
+    names = {t.name for t in tasks}
+    composer = wrap(model, tasks, policy, shared=shared, trace=trace, seed=seed)
     order = torch.Generator().manual_seed(seed)
     wall0, cpu0 = time.perf_counter(), time.process_time()
     skipped = 0
@@ -64,7 +74,11 @@ def fit(
             model.train()
             for x, y in problem.train_batches(splits, order):
                 optimizer.zero_grad(set_to_none=True)
-                record = composer.backward(model(x), y)
+                outputs = model(x)
+                if only is not None:
+                    outputs = {k: v for k, v in outputs.items() if k in names}
+                    y = {k: v for k, v in y.items() if k in names}
+                record = composer.backward(outputs, y)
                 optimizer.step()
                 skipped += record.skipped
                 if on_step is not None:
@@ -74,6 +88,8 @@ def fit(
         composer.close()
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
     metrics = problem.evaluate(model, getattr(splits, split))
+    if only is not None:
+        metrics = {k: v for k, v in metrics.items() if k in names}
     return FitResult(
         problem=problem.name,
         method=composer.policy_name,

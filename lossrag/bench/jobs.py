@@ -1,0 +1,169 @@
+"""The units of work of a benchmark: a training run, a single-task run, a cost measurement.
+
+Each job is a plain pydantic value (picklable for worker processes) with a stable ``key`` used as
+its result file's name; :func:`execute` runs one in the current process with one intra-op thread
+and returns its result as a JSON-able dict, with the error instead when it crashed.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+import traceback
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+__all__ = ["Job", "execute"]
+
+
+class Job(BaseModel):
+    """One unit of work.
+
+    Attributes:
+        kind: ``train`` (a method on all tasks), ``stl`` (EW on the single task ``task``),
+            ``cost`` (per-step time of ``method`` against EW, interleaved) or ``toy`` (``toy2d``).
+        problem: Registered problem name.
+        method: Weighting method name (``ew`` for STL runs).
+        seed: Seed of data, model and method.
+        task: The task of an STL run.
+        epochs: Budget override (``--quick``); ``None`` keeps the problem's budget.
+        steps: Steps of a cost measurement or of a ``toy2d`` run.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["train", "stl", "cost", "toy"]
+    problem: str
+    method: str
+    seed: int
+    task: str | None = None
+    epochs: int | None = None
+    steps: int | None = None
+
+    @property
+    def key(self) -> str:
+        """File-name-safe identity of the job."""
+        parts = [self.kind, self.problem, self.method, f"s{self.seed}"]
+        if self.task:
+            parts.append(self.task)
+        return "__".join(parts)
+
+
+def execute(job: Job) -> dict[str, Any]:
+    """Run ``job`` with one intra-op thread; never raises (a crash is returned as ``error``)."""
+    import torch
+
+    torch.set_num_threads(1)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    started = time.perf_counter()
+    result: dict[str, Any] = {"job": job.model_dump(), "key": job.key}
+    try:
+        result.update(_RUNNERS[job.kind](job))
+    except Exception as err:  # reported in the table; the other runs go on
+        result["error"] = f"{type(err).__name__}: {err}"
+        result["traceback"] = traceback.format_exc(limit=8)
+    result["elapsed_s"] = time.perf_counter() - started
+    return result
+
+
+def _train(job: Job) -> dict[str, Any]:
+    from lossrag.bench.fit import fit
+    from lossrag.bench.problems import get_problem
+
+    problem = get_problem(job.problem)
+    weights: list[dict[str, float | None]] = []
+    every = 10
+
+    def keep(record: Any) -> None:
+        if record.step % every == 0:
+            weights.append(record.task_weights())
+
+    r = fit(problem, job.method, job.seed, epochs=job.epochs, on_step=keep)
+    return {
+        "metrics": r.metrics,
+        "steps": r.steps,
+        "skipped": r.skipped,
+        "cpu_s": r.cpu_s,
+        "wall_s": r.wall_s,
+        "weights_every": every,
+        "weights": weights,
+    }
+
+
+def _stl(job: Job) -> dict[str, Any]:
+    from lossrag.bench.fit import fit
+    from lossrag.bench.problems import get_problem
+
+    problem = get_problem(job.problem)
+    r = fit(problem, "ew", job.seed, epochs=job.epochs, only=job.task)
+    return {"metrics": r.metrics, "steps": r.steps, "cpu_s": r.cpu_s, "wall_s": r.wall_s}
+
+
+def _cost(job: Job) -> dict[str, Any]:
+    """Per-step time of the method over EW, steps alternating EW, method, EW, ... in one process
+    (forward + composer.backward + optimizer step, same batches), median of each."""
+    import torch
+
+    from lossrag.bench.problems import get_problem
+    from lossrag.compose import wrap
+
+    problem = get_problem(job.problem)
+    splits = problem.load(job.seed)
+    arms = []
+    for policy in ("ew", job.method):
+        model = problem.build_model(job.seed)
+        opt = torch.optim.Adam(model.parameters(), lr=problem.budget.lr)
+        arms.append(
+            (
+                model,
+                opt,
+                wrap(
+                    model,
+                    problem.tasks,
+                    policy,
+                    shared=getattr(model, "trunk", None),
+                    seed=job.seed,
+                ),
+            )
+        )
+    times: list[list[float]] = [[], []]
+    order = torch.Generator().manual_seed(job.seed)
+    steps, warmup, done = job.steps or 60, 5, 0
+    while done < steps + warmup:
+        for x, y in problem.train_batches(splits, order):
+            for i, (model, opt, composer) in enumerate(arms):
+                t0 = time.perf_counter()
+                opt.zero_grad(set_to_none=True)
+                composer.backward(model(x), y)
+                opt.step()
+                if done >= warmup:
+                    times[i].append(time.perf_counter() - t0)
+            done += 1
+            if done >= steps + warmup:
+                break
+    ew, method = statistics.median(times[0]), statistics.median(times[1])
+    return {
+        "ew_step_ms": ew * 1e3,
+        "step_ms": method * 1e3,
+        "cost_ratio": method / ew,
+        "steps": steps,
+    }
+
+
+def _toy(job: Job) -> dict[str, Any]:
+    from lossrag.bench.toyrun import run_toy
+
+    t0 = time.process_time()
+    run = run_toy(job.method, job.seed, steps=job.steps)
+    return {
+        "pareto_distance": run.pareto_distance.tolist(),
+        "final": run.final.tolist(),
+        "trajectory": run.trajectory[:, :: max(1, run.trajectory.shape[1] // 200)].tolist(),
+        "skipped": run.skipped.tolist(),
+        "cpu_s": time.process_time() - t0,
+    }
+
+
+_RUNNERS = {"train": _train, "stl": _stl, "cost": _cost, "toy": _toy}

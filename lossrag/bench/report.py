@@ -1,0 +1,279 @@
+"""Benchmark reports: ``results.json``, ``table.md`` and PNG plots."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from lossrag._util import atomic_write_bytes, atomic_write_text
+from lossrag.bench.metrics import delta_m, mean_rank
+
+__all__ = ["summarise", "write_reports"]
+
+Result = dict[str, Any]
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def summarise(results: Sequence[Result]) -> dict[str, Any]:
+    """Aggregate raw job results: per-run Δm (against the seed-mean single-task metrics), per
+    (problem, method) mean ± std, mean rank over every scored metric, and cost ratios."""
+    from lossrag.bench.problems import get_problem
+
+    by_kind: dict[str, list[Result]] = defaultdict(list)
+    for r in results:
+        by_kind[r["job"]["kind"]].append(r)
+    stl: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in by_kind["stl"]:
+        if "error" not in r:
+            for task, value in r["metrics"].items():
+                stl[r["job"]["problem"]][task].append(value)
+    stl_mean = {p: {t: statistics.fmean(v) for t, v in tasks.items()} for p, tasks in stl.items()}
+    cost = {(r["job"]["problem"], r["job"]["method"]): r.get("cost_ratio") for r in by_kind["cost"]}
+    runs, cells = [], defaultdict(list)
+    per_metric: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    higher: dict[str, bool] = {}
+    for r in by_kind["train"]:
+        job = r["job"]
+        problem, method = job["problem"], job["method"]
+        row = {
+            "problem": problem,
+            "method": method,
+            "seed": job["seed"],
+            "metrics": r.get("metrics"),
+            "delta_m": None,
+            "cost_ratio": cost.get((problem, method), 1.0 if method == "ew" else None),
+            "cpu_s": r.get("cpu_s"),
+            "wall_s": r.get("wall_s"),
+            "steps": r.get("steps"),
+            "skipped": r.get("skipped"),
+            "error": r.get("error"),
+        }
+        if "error" not in r:
+            hib = get_problem(problem).higher_is_better
+            base = stl_mean.get(problem, {})
+            if set(hib) <= set(base) and all(math.isfinite(v) for v in r["metrics"].values()):
+                row["delta_m"] = delta_m(r["metrics"], base, hib)
+                cells[(problem, method)].append(row["delta_m"])
+            for task, value in r["metrics"].items():
+                per_metric[method][f"{problem}/{task}"].append(value)
+                higher[f"{problem}/{task}"] = hib[task]
+        runs.append(row)
+    table = {
+        m: {k: statistics.fmean(v) for k, v in metrics.items()} for m, metrics in per_metric.items()
+    }
+    common = set.intersection(*(set(v) for v in table.values())) if table else set()
+    ranks = (
+        mean_rank(
+            {m: {k: v[k] for k in common} for m, v in table.items()}, {k: higher[k] for k in common}
+        )
+        if common and len(table) > 1
+        else {}
+    )
+    toy = {r["job"]["method"]: r for r in by_kind["toy"]}
+    return {
+        "runs": runs,
+        "stl": stl_mean,
+        "cells": {f"{p}|{m}": v for (p, m), v in cells.items()},
+        "mean_rank": ranks,
+        "cost": {f"{p}|{m}": c for (p, m), c in cost.items()},
+        "toy": toy,
+        "metric_means": table,
+    }
+
+
+def _cell(values: Sequence[float] | None) -> str:
+    if not values:
+        return "–"
+    mean, std = _mean_std(values)
+    return f"{mean:+.1f} ± {std:.1f}"
+
+
+def markdown_table(config: Mapping[str, Any], summary: Mapping[str, Any]) -> str:
+    """Methods × problems: Δm% mean ± std over seeds, mean rank, median cost ratio."""
+    problems = [p for p in config["problems"] if p != "toy2d"]
+    has_toy = "toy2d" in config["problems"]
+    crashed = {(r["problem"], r["method"]) for r in summary["runs"] if r["error"]}
+    head = ["method", *problems, *(["toy2d dist"] if has_toy else []), "MR", "cost ×EW"]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for method in config["methods"]:
+        row = [method]
+        for p in problems:
+            cell = _cell(summary["cells"].get(f"{p}|{method}"))
+            row.append(cell + (" (crash)" if (p, method) in crashed else ""))
+        if has_toy:
+            toy = summary["toy"].get(method)
+            row.append(
+                "–"
+                if not toy or "error" in toy
+                else f"{statistics.fmean(toy['pareto_distance']):.2f}"
+            )
+        mr = summary["mean_rank"].get(method)
+        row.append("–" if mr is None else f"{mr:.2f}")
+        costs = [c for k, c in summary["cost"].items() if k.endswith(f"|{method}") and c]
+        row.append(
+            "1.00" if method == "ew" else (f"{statistics.median(costs):.2f}" if costs else "–")
+        )
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _detail_tables(config: Mapping[str, Any], summary: Mapping[str, Any]) -> str:
+    """Per problem: each method's test metrics (mean over seeds) beside single-task learning,
+    and each method's cost ratio."""
+    parts = []
+    for p in (p for p in config["problems"] if p != "toy2d"):
+        tasks = list(summary["stl"].get(p, {}))
+        if not tasks:
+            continue
+        lines = [
+            f"### {p}",
+            "",
+            "| method | " + " | ".join(tasks) + " | cost ×EW |",
+            "|" + " --- |" * (len(tasks) + 2),
+            "| STL | " + " | ".join(f"{summary['stl'][p][t]:.4g}" for t in tasks) + " | |",
+        ]
+        for m in config["methods"]:
+            values = summary["metric_means"].get(m, {})
+            if not any(f"{p}/{t}" in values for t in tasks):
+                continue
+            cost = summary["cost"].get(f"{p}|{m}", 1.0 if m == "ew" else None)
+            lines.append(
+                f"| {m} | "
+                + " | ".join(
+                    f"{values[f'{p}/{t}']:.4g}" if f"{p}/{t}" in values else "–" for t in tasks
+                )
+                + f" | {'–' if cost is None else f'{cost:.2f}'} |"
+            )
+        parts.append("\n".join(lines) + "\n")
+    return "\n".join(parts)
+
+
+def write_reports(
+    config: Any, results: Sequence[Result], out: Path, console: Console | None = None
+) -> dict[str, Any]:
+    """Write ``results.json``, ``table.md`` and the plots into ``out``; print the table."""
+    cfg = json.loads(config.model_dump_json())
+    summary = summarise(results)
+    runs = summary["runs"]
+    payload = {
+        "config": cfg,
+        "runs": runs,
+        "stl": summary["stl"],
+        "mean_rank": summary["mean_rank"],
+        "toy2d": {
+            m: {k: r.get(k) for k in ("pareto_distance", "final", "error")}
+            for m, r in summary["toy"].items()
+        },
+    }
+    atomic_write_text(out / "results.json", json.dumps(payload, indent=1))
+    text = (
+        f"Δm% vs single-task learning (lower is better), mean ± std over seeds "
+        f"{cfg['seeds']}; MR = mean rank over all scored metrics; cost = median per-step "
+        f"time ratio to EW (interleaved).\n\n"
+        + markdown_table(cfg, summary)
+        + "\n"
+        + _detail_tables(cfg, summary)
+    )
+    atomic_write_text(out / "table.md", text)
+    _plots(cfg, results, summary, out)
+    errors = [r for r in results if "error" in r]
+    if console is not None:
+        console.print(markdown_table(cfg, summary))
+        for r in errors:
+            console.print(f"[red]crashed[/red] {r['key']}: {r['error']}")
+        console.print(f"results: {out / 'results.json'}, table: {out / 'table.md'}, plots: {out}")
+    return summary
+
+
+def _plots(
+    cfg: Mapping[str, Any], results: Sequence[Result], summary: Mapping[str, Any], out: Path
+) -> None:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def save(fig: Any, name: str) -> None:
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+        atomic_write_bytes(out / name, buffer.getvalue())
+        plt.close(fig)
+
+    problems = [p for p in cfg["problems"] if p != "toy2d"]
+    if problems:
+        fig, axes = plt.subplots(len(problems), 1, figsize=(9, 2.6 * len(problems)), squeeze=False)
+        for ax, p in zip(axes[:, 0], problems, strict=True):
+            methods = [m for m in cfg["methods"] if summary["cells"].get(f"{p}|{m}")]
+            stats = [_mean_std(summary["cells"][f"{p}|{m}"]) for m in methods]
+            ax.bar(
+                range(len(methods)),
+                [s[0] for s in stats],
+                yerr=[s[1] for s in stats],
+                color=[f"C{i % 10}" for i in range(len(methods))],
+                capsize=3,
+            )
+            ax.set_xticks(range(len(methods)), methods, rotation=45, ha="right", fontsize=8)
+            ax.axhline(0.0, color="black", linewidth=0.8)
+            ax.set_ylabel("Δm % (lower is better)")
+            ax.set_title(p, fontsize=10)
+        fig.tight_layout()
+        save(fig, "delta_m.png")
+    for p in problems:
+        runs = [
+            r
+            for r in results
+            if r["job"]["kind"] == "train"
+            and r["job"]["problem"] == p
+            and r["job"]["seed"] == cfg["seeds"][0]
+            and r.get("weights")
+        ]
+        if not runs:
+            continue
+        cols = 4
+        rows = math.ceil(len(runs) / cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.4 * rows), squeeze=False)
+        for ax, r in zip(axes.flat, runs, strict=False):
+            steps = [i * r["weights_every"] for i in range(len(r["weights"]))]
+            for task in r["weights"][0]:
+                ys = [w.get(task) for w in r["weights"]]
+                if all(y is not None for y in ys):
+                    ax.plot(steps, ys, linewidth=0.9, label=task)
+            ax.set_title(r["job"]["method"], fontsize=9)
+            ax.tick_params(labelsize=7)
+        for ax in list(axes.flat)[len(runs) :]:
+            ax.axis("off")
+        axes[0, 0].legend(fontsize=6)
+        fig.suptitle(f"{p}: task weights over steps (seed {cfg['seeds'][0]})")
+        fig.tight_layout()
+        save(fig, f"weights_{p}.png")
+    toy = {m: r for m, r in summary["toy"].items() if "error" not in r}
+    if toy:
+        from lossrag.bench.problems import Toy2D
+
+        front = Toy2D().pareto
+        cols = 4
+        rows = math.ceil(len(toy) / cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3 * rows), squeeze=False)
+        for ax, (m, r) in zip(axes.flat, toy.items(), strict=False):
+            ax.plot(front[:, 0], front[:, 1], color="black", linewidth=2, label="Pareto set")
+            for path in r["trajectory"]:
+                px, py = zip(*path, strict=True)
+                ax.plot(px, py, linewidth=1)
+                ax.plot(px[0], py[0], "ko", markersize=3)
+            ax.set(xlim=(-10, 10), ylim=(-10, 10), title=m)
+        for ax in list(axes.flat)[len(toy) :]:
+            ax.axis("off")
+        fig.tight_layout()
+        save(fig, "toy2d.png")

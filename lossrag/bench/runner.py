@@ -1,0 +1,239 @@
+"""``lossrag bench``: plan the jobs, run them in parallel processes, resume, and report."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing as mp
+import shutil
+from collections.abc import Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+import lossrag
+from lossrag._util import atomic_write_text, unknown_name_error
+from lossrag.bench.data.cache import cache_dir
+from lossrag.bench.jobs import Job, execute
+
+__all__ = ["QUICK_METHODS", "BenchConfig", "plan", "run_bench"]
+
+#: Every baseline, as ``--quick`` runs them.
+QUICK_METHODS = (
+    "ew",
+    "uw",
+    "dwa",
+    "famo",
+    "rlw",
+    "gradnorm",
+    "imtll",
+    "geometricmean",
+    "stch",
+    "mgda",
+    "pcgrad",
+    "cagrad",
+    "nashmtl",
+    "imtlg",
+    "upgrad",
+    "alignedmtl",
+    "dualproj",
+    "gradvac",
+    "fairgrad",
+    "graddrop",
+    "config",
+)
+#: Per-task-gradient methods, which the protocol runs on gradnorm-synth only up to T = 10.
+GRADIENT_METHODS = frozenset(
+    {
+        "mgda",
+        "pcgrad",
+        "cagrad",
+        "nashmtl",
+        "imtlg",
+        "upgrad",
+        "alignedmtl",
+        "dualproj",
+        "gradvac",
+        "fairgrad",
+        "graddrop",
+        "config",
+        "gradnorm",
+    }
+)
+_TOO_MANY_TASKS = frozenset({"gradnorm-synth-t40"})
+
+
+class BenchConfig(BaseModel):
+    """What a benchmark runs; saved as ``config.json`` in the output folder.
+
+    Attributes:
+        problems: Problem names (``toy2d`` included).
+        methods: Weighting method names.
+        seeds: Seeds, shared by every method.
+        epochs: Budget override for every problem (``--quick``); ``None`` keeps each budget.
+        cost_steps: Steps per arm of the interleaved cost measurement.
+        toy_steps: Steps of a ``toy2d`` run (``None``: the protocol's 50k).
+        version: LossRAG version that ran it.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    problems: list[str] = Field(min_length=1)
+    methods: list[str] = Field(min_length=1)
+    seeds: list[int] = Field(min_length=1)
+    epochs: int | None = None
+    cost_steps: int = 60
+    toy_steps: int | None = None
+    version: str = lossrag.__version__
+
+    def validate_names(self) -> None:
+        """Unknown problems or methods are an error with the closest names."""
+        from lossrag.bench.problems import list_problems
+        from lossrag.weighting import available
+
+        for p in self.problems:
+            if p != "toy2d" and p not in list_problems():
+                raise unknown_name_error("problem", p, [*list_problems(), "toy2d"])
+        for m in self.methods:
+            if m not in available():
+                raise unknown_name_error("method", m, available())
+
+
+def plan(config: BenchConfig) -> list[Job]:
+    """Every job of the benchmark: methods × problems × seeds, single-task runs, cost runs."""
+    from lossrag.bench.problems import get_problem
+    from lossrag.bench.toyrun import TOY_UNSUPPORTED
+
+    jobs: list[Job] = []
+    for name in config.problems:
+        if name == "toy2d":
+            jobs += [
+                Job(kind="toy", problem=name, method=m, seed=0, steps=config.toy_steps)
+                for m in config.methods
+                if m not in TOY_UNSUPPORTED
+            ]
+            continue
+        methods = [
+            m for m in config.methods if not (name in _TOO_MANY_TASKS and m in GRADIENT_METHODS)
+        ]
+        for seed in config.seeds:
+            jobs += [
+                Job(kind="train", problem=name, method=m, seed=seed, epochs=config.epochs)
+                for m in methods
+            ]
+            jobs += [
+                Job(kind="stl", problem=name, method="ew", seed=seed, task=t, epochs=config.epochs)
+                for t in get_problem(name).scored
+            ]
+        jobs += [
+            Job(kind="cost", problem=name, method=m, seed=0, steps=config.cost_steps)
+            for m in methods
+            if m != "ew"
+        ]
+    return jobs
+
+
+def _stl_cache(job: Job) -> Path:
+    """STL results are shared across benchmarks: keyed by problem, budget, seed and version."""
+    from lossrag.bench.problems import get_problem
+
+    budget = get_problem(job.problem).budget.model_dump_json()
+    digest = hashlib.sha256(f"{job.key}|{budget}|{job.epochs}|{lossrag.__version__}".encode())
+    return cache_dir() / "stl" / f"{job.key}-{digest.hexdigest()[:12]}.json"
+
+
+def _prepare(out: Path, config: BenchConfig, resume: bool, force: bool) -> None:
+    saved = out / "config.json"
+    if saved.exists():
+        previous = json.loads(saved.read_text())
+        same = previous == json.loads(config.model_dump_json())
+        if force:
+            shutil.rmtree(out / "runs", ignore_errors=True)
+        elif not resume:
+            raise ValueError(
+                f"bench: {out} already holds results "
+                f"({'of this configuration' if same else 'of another configuration'}); "
+                "pass --resume to continue it or --force to start over."
+            )
+        elif not same:
+            raise ValueError(
+                f"bench: {out} holds results of another configuration ({previous}); "
+                "--resume continues only the same configuration, --force starts over."
+            )
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    atomic_write_text(saved, config.model_dump_json(indent=2))
+
+
+def run_bench(
+    config: BenchConfig,
+    out: Path,
+    *,
+    jobs: int = 2,
+    resume: bool = False,
+    force: bool = False,
+    console: Console | None = None,
+) -> list[dict[str, Any]]:
+    """Run (or finish) the benchmark in ``out`` and write its reports; return every result.
+
+    Finished jobs are files in ``out/runs`` (written atomically), so an interrupted benchmark
+    resumes where it stopped; single-task runs are also cached across benchmarks.
+    """
+    console = console or Console()
+    config.validate_names()
+    _prepare(out, config, resume, force)
+    todo, results = [], []
+    for job in plan(config):
+        path = out / "runs" / f"{job.key}.json"
+        cached = _stl_cache(job) if job.kind == "stl" else None
+        if path.exists():
+            results.append(json.loads(path.read_text()))
+        elif cached is not None and cached.exists():
+            atomic_write_text(path, cached.read_text())
+            results.append(json.loads(cached.read_text()))
+        else:
+            todo.append(job)
+    # longest first: cost and gradient-method runs are the slow ones
+    todo.sort(key=lambda j: (j.kind != "toy", j.method not in GRADIENT_METHODS, j.kind == "cost"))
+    results += _run_jobs(todo, out, jobs, console)
+    from lossrag.bench.report import write_reports
+
+    write_reports(config, results, out, console)
+    return results
+
+
+def _run_jobs(
+    todo: Sequence[Job], out: Path, workers: int, console: Console
+) -> list[dict[str, Any]]:
+    done: list[dict[str, Any]] = []
+    if not todo:
+        return done
+    columns = (
+        TextColumn("bench"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[last]}"),
+    )
+    with (
+        Progress(*columns, console=console) as progress,
+        ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool,
+    ):
+        bar = progress.add_task("", total=len(todo), last="")
+        pending: dict[Future[dict[str, Any]], Job] = {pool.submit(execute, j): j for j in todo}
+        while pending:
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in finished:
+                job = pending.pop(future)
+                result = future.result()
+                text = json.dumps(result)
+                atomic_write_text(out / "runs" / f"{job.key}.json", text)
+                if job.kind == "stl" and "error" not in result:
+                    atomic_write_text(_stl_cache(job), text)
+                done.append(result)
+                status = "[red]crashed[/red]" if "error" in result else "ok"
+                progress.update(bar, advance=1, last=f"{job.key} {status}")
+    return done

@@ -1,0 +1,123 @@
+"""`lossrag bench`: planning, resume, refusal, crash reporting and a --quick end-to-end run."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from lossrag.bench.metrics import delta_m
+from lossrag.bench.problems import get_problem
+from lossrag.bench.runner import BenchConfig, plan, run_bench
+from lossrag.cli import app
+
+
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOSSRAG_CACHE", str(tmp_path / "cache"))
+
+
+def _small(**kw) -> BenchConfig:
+    base = {
+        "problems": ["digits-mtl"],
+        "methods": ["ew", "famo"],
+        "seeds": [0],
+        "epochs": 1,
+        "cost_steps": 5,
+    }
+    return BenchConfig(**{**base, **kw})
+
+
+def test_plan_counts_and_protocol_exclusions():
+    cfg = BenchConfig(
+        problems=["digits-mtl", "gradnorm-synth-t40", "toy2d"],
+        methods=["ew", "mgda", "graddrop"],
+        seeds=[0, 1],
+    )
+    jobs = plan(cfg)
+    kinds = [(j.kind, j.problem, j.method) for j in jobs]
+    assert kinds.count(("train", "digits-mtl", "mgda")) == 2
+    assert ("train", "gradnorm-synth-t40", "mgda") not in kinds  # T = 40: gradient methods out
+    assert ("train", "gradnorm-synth-t40", "ew") in kinds
+    assert ("toy", "toy2d", "graddrop") not in kinds and ("toy", "toy2d", "mgda") in kinds
+    stl = [j for j in jobs if j.kind == "stl" and j.problem == "digits-mtl"]
+    assert len(stl) == 2 * len(get_problem("digits-mtl").scored)
+    assert len({j.key for j in jobs}) == len(jobs)
+
+
+def test_unknown_names_suggest(tmp_path):
+    with pytest.raises(ValueError, match="'digits-mtl'"):
+        run_bench(_small(problems=["digits-mt"]), tmp_path / "o")
+    with pytest.raises(ValueError, match="'famo'"):
+        run_bench(_small(methods=["famoo"]), tmp_path / "o")
+
+
+def test_resume_refusal_and_crash_report(tmp_path):
+    out = tmp_path / "bench"
+    cfg = _small()
+    results = run_bench(cfg, out)
+    assert not any("error" in r for r in results)
+    files = sorted((out / "runs").glob("*.json"))
+    assert len(files) == len(plan(cfg))
+    # a second run without a flag is refused, as is --resume with another configuration
+    with pytest.raises(ValueError, match="--resume"):
+        run_bench(cfg, out)
+    with pytest.raises(ValueError, match="another configuration"):
+        run_bench(_small(seeds=[0, 1]), out, resume=True)
+    # interrupted: one result lost -> --resume reruns exactly that one
+    victim = out / "runs" / "train__digits-mtl__famo__s0.json"
+    kept = {f: f.stat().st_mtime_ns for f in files if f != victim}
+    victim.unlink()
+    run_bench(cfg, out, resume=True)
+    assert victim.exists()
+    assert all(f.stat().st_mtime_ns == t for f, t in kept.items())
+    # --force starts over
+    run_bench(cfg, out, force=True)
+    assert all(f.stat().st_mtime_ns != t for f, t in kept.items() if "stl__" not in f.name)
+
+
+def test_crashed_run_is_reported_and_others_survive(tmp_path, monkeypatch):
+    from lossrag.bench import jobs
+
+    out = tmp_path / "crash"
+    cfg = _small(methods=["ew", "mgda"])
+    original = jobs._train
+
+    def broken(job):
+        if job.method == "mgda":
+            raise RuntimeError("solver exploded")
+        return original(job)
+
+    monkeypatch.setitem(jobs._RUNNERS, "train", broken)
+    results = [jobs.execute(j) for j in plan(cfg)]
+    crashed = [r for r in results if "error" in r]
+    assert [r["key"] for r in crashed] == ["train__digits-mtl__mgda__s0"]
+    assert "solver exploded" in crashed[0]["error"]
+    from lossrag.bench.report import write_reports
+
+    write_reports(cfg, results, out)
+    table = (out / "table.md").read_text()
+    assert "(crash)" in table
+    assert json.loads((out / "results.json").read_text())["runs"][1]["error"]
+
+
+def test_quick_end_to_end(tmp_path):
+    out = tmp_path / "quick"
+    result = CliRunner().invoke(app, ["bench", "--quick", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    payload = json.loads((out / "results.json").read_text())
+    runs = payload["runs"]
+    assert len(runs) == 21 and not any(r["error"] for r in runs)
+    hib = get_problem("digits-mtl").higher_is_better
+    for r in runs:
+        assert all(math.isfinite(v) for v in r["metrics"].values())
+        assert math.isfinite(r["delta_m"]) and r["cost_ratio"] > 0
+        assert r["delta_m"] == pytest.approx(
+            delta_m(r["metrics"], payload["stl"]["digits-mtl"], hib)
+        )
+    assert "| ew |" in (out / "table.md").read_text()
+    for png in ("delta_m.png", "weights_digits-mtl.png"):
+        assert Path(out / png).read_bytes()[:4] == b"\x89PNG"
