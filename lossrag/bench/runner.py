@@ -196,8 +196,8 @@ def run_bench(
             results.append(json.loads(cached.read_text()))
         else:
             todo.append(job)
-    # longest first: cost and gradient-method runs are the slow ones
-    todo.sort(key=lambda j: (j.kind != "toy", j.method not in GRADIENT_METHODS, j.kind == "cost"))
+    # plan order: problem by problem, seed by seed, so that an interrupted run leaves whole
+    # cells behind
     results += _run_jobs(todo, out, jobs, console)
     from lossrag.bench.report import write_reports
 
