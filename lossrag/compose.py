@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from lossrag.losses import Loss, registry
 from lossrag.record import StepRecord, Term, TraceWriter
 from lossrag.tasks import Task
-from lossrag.weighting import GradMethod, GradNorm, LossMethod, Method, make_method
+from lossrag.weighting import GradMethod, LossMethod, Method, make_method
 
 __all__ = ["Composer", "NonFiniteLossError", "wrap"]
 
@@ -93,7 +93,7 @@ class Composer:
         self.tasks = _check_tasks(tasks)
         self.method = _make_policy(policy)
         self.policy_name = self.method.name or type(self.method).__name__
-        needs_shared = isinstance(self.method, GradMethod | GradNorm) or any(
+        needs_shared = self.method.per_task_gradients or any(
             t.kind == "representation" for t in self.tasks
         )
         self.shared = _check_shared(model, shared, self.policy_name, needs_shared)

@@ -19,51 +19,14 @@ import lossrag
 from lossrag._util import atomic_write_text, unknown_name_error
 from lossrag.bench.data.cache import cache_dir
 from lossrag.bench.jobs import Job, execute
+from lossrag.weighting import available, make_method
 
 __all__ = ["QUICK_METHODS", "BenchConfig", "plan", "run_bench"]
 
 #: Every baseline, as ``--quick`` runs them.
-QUICK_METHODS = (
-    "ew",
-    "uw",
-    "dwa",
-    "famo",
-    "rlw",
-    "gradnorm",
-    "imtll",
-    "geometricmean",
-    "stch",
-    "mgda",
-    "pcgrad",
-    "cagrad",
-    "nashmtl",
-    "imtlg",
-    "upgrad",
-    "alignedmtl",
-    "dualproj",
-    "gradvac",
-    "fairgrad",
-    "graddrop",
-    "config",
-)
-#: Per-task-gradient methods, which the protocol runs on gradnorm-synth only up to T = 10.
-GRADIENT_METHODS = frozenset(
-    {
-        "mgda",
-        "pcgrad",
-        "cagrad",
-        "nashmtl",
-        "imtlg",
-        "upgrad",
-        "alignedmtl",
-        "dualproj",
-        "gradvac",
-        "fairgrad",
-        "graddrop",
-        "config",
-        "gradnorm",
-    }
-)
+QUICK_METHODS = tuple(available())
+#: Methods that take per-task gradients; the protocol runs them on gradnorm-synth up to T = 10.
+GRADIENT_METHODS = frozenset(m for m in QUICK_METHODS if make_method(m).per_task_gradients)
 _TOO_MANY_TASKS = frozenset({"gradnorm-synth-t40"})
 
 
@@ -93,7 +56,6 @@ class BenchConfig(BaseModel):
     def validate_names(self) -> None:
         """Unknown problems or methods are an error with the closest names."""
         from lossrag.bench.problems import list_problems
-        from lossrag.weighting import available
 
         for p in self.problems:
             if p != "toy2d" and p not in list_problems():

@@ -32,6 +32,8 @@ class Method(ABC):
     kind: ClassVar[Literal["loss", "gradient"]]
     #: True when the method draws random numbers; the composer then runs it on its own RNG stream.
     randomized: ClassVar[bool] = False
+    #: True when the method takes one gradient per task (cost grows with the number of tasks).
+    per_task_gradients: ClassVar[bool] = False
     #: True when the method needs the losses of the previous batch re-evaluated after the user's
     #: optimizer step (FAMO); the composer does it with one no-grad forward at the next step.
     needs_rerun: ClassVar[bool] = False
@@ -71,6 +73,7 @@ class GradMethod(Method):
     """A method that aggregates the per-term gradients on the shared parameters."""
 
     kind: ClassVar[Literal["loss", "gradient"]] = "gradient"
+    per_task_gradients: ClassVar[bool] = True
 
     @abstractmethod
     def aggregate(self, jacobian: Tensor) -> tuple[Tensor, Tensor | None]:
