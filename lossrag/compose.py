@@ -97,10 +97,9 @@ class Composer:
             t.kind == "representation" for t in self.tasks
         )
         self.shared = _check_shared(model, shared, self.policy_name, needs_shared)
-        params = [p for p in model.parameters() if p.requires_grad]
-        shared_ids = {id(p) for p in self.shared.parameters()} if self.shared is not None else set()
-        self._shared = [p for p in params if id(p) in shared_ids]
-        self._heads = [p for p in params if id(p) not in shared_ids]
+        self._shared_ids = (
+            {id(p) for p in self.shared.parameters()} if self.shared is not None else set()
+        )
         self.terms: list[tuple[Task, Loss]] = [
             (t, registry.create(t.loss or "", **t.loss_params)) for t in self.tasks
         ]
@@ -119,12 +118,12 @@ class Composer:
         self._inputs: tuple[tuple[Any, ...], dict[str, Any]] | None = None
         self._pending: tuple[tuple[Any, ...], dict[str, Any], dict[str, Tensor]] | None = None
         self._rerunning = False
+        self._writer = TraceWriter(trace) if trace is not None else None
         self._hooks: list[Any] = []
         if self.shared is not None and any(t.kind == "representation" for t in self.tasks):
             self._hooks.append(self.shared.register_forward_hook(self._keep_features))
         if self.method.needs_rerun:
             self._hooks.append(model.register_forward_pre_hook(self._keep_inputs, with_kwargs=True))
-        self._writer = TraceWriter(trace) if trace is not None else None
 
     # ------------------------------------------------------------------ the training step
     def backward(self, outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor]) -> StepRecord:
@@ -152,7 +151,7 @@ class Composer:
         else:
             self._skips = 0
             if self.method.needs_rerun and self._inputs is not None:
-                self._pending = (*self._inputs, dict(targets))
+                self._pending = (*self._inputs, {k: v.detach().clone() for k, v in targets.items()})
         self._inputs = None
         return record
 
@@ -167,6 +166,18 @@ class Composer:
             return self._record(
                 values, None, timings, f"non-finite loss in task(s) {', '.join(bad)}"
             )
+        if self.method.positive_losses:
+            low = [
+                f"{t.name!r} ({v:.3g})"
+                for (t, _), v in zip(self.terms, values, strict=True)
+                if v <= 0
+            ]
+            if low:
+                raise ValueError(
+                    f"Policy {self.policy_name!r} takes the logarithm of each loss, which must be "
+                    f"> 0; task(s) {', '.join(low)} are not. Use losses bounded below by 0 "
+                    "(e.g. not gaussian_nll with a small sigma)."
+                )
         if self._pending is not None:
             t1 = time.perf_counter()
             self._rerun()
@@ -186,7 +197,13 @@ class Composer:
         if not bool(torch.isfinite(weights).all()):
             return self._record(values, None, timings, "non-finite weights")
         t2 = time.perf_counter()
-        torch.autograd.backward(losses, grad_tensors=weights.detach().to(losses))
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        grads = torch.autograd.grad(
+            losses, params, grad_outputs=weights.detach().to(losses), allow_unused=True
+        )
+        if not _all_finite(grads):
+            return self._record(values, None, timings, "non-finite gradient")
+        _accumulate(params, grads)
         timings["backward"] = time.perf_counter() - t2
         return self._record(values, weights.tolist(), timings)
 
@@ -195,11 +212,15 @@ class Composer:
     ) -> StepRecord:
         assert isinstance(self.method, GradMethod)
         t1 = time.perf_counter()
-        rows = []
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        shared = [p for p in params if id(p) in self._shared_ids]
+        heads = [p for p in params if id(p) not in self._shared_ids]
+        rows, reached = [], [False] * len(shared)
         for loss in losses:
-            grads = torch.autograd.grad(loss, self._shared, retain_graph=True, allow_unused=True)
-            rows.append(torch.cat([_flat(g, p) for g, p in zip(grads, self._shared, strict=True)]))
-        jacobian = torch.stack(rows)
+            grads = torch.autograd.grad(loss, shared, retain_graph=True, allow_unused=True)
+            rows.append(torch.cat([_flat(g, p) for g, p in zip(grads, shared, strict=True)]))
+            reached = [r or g is not None for r, g in zip(reached, grads, strict=True)]
+        jacobian = torch.stack(rows).float()
         timings["jacobian"] = time.perf_counter() - t1
         if not bool(torch.isfinite(jacobian).all()):
             return self._record(values, None, timings, "non-finite per-task gradient")
@@ -210,14 +231,16 @@ class Composer:
         if not bool(torch.isfinite(direction).all()):
             return self._record(values, None, timings, "non-finite aggregated gradient")
         t3 = time.perf_counter()
-        offset = 0
-        for p in self._shared:
-            n = p.numel()
-            g = direction[offset : offset + n].view_as(p).to(p.dtype)
-            p.grad = g.clone() if p.grad is None else p.grad + g
-            offset += n
-        if self._heads:
-            torch.autograd.backward(losses.sum(), inputs=self._heads)
+        head_grads = torch.autograd.grad(losses.sum(), heads, allow_unused=True) if heads else ()
+        if not _all_finite(head_grads):
+            return self._record(values, None, timings, "non-finite gradient")
+        sizes = [p.numel() for p in shared]
+        pieces = [
+            d.view_as(p).to(p.dtype, copy=True) if r else None
+            for d, p, r in zip(direction.split(sizes), shared, reached, strict=True)
+        ]
+        _accumulate(shared, pieces)
+        _accumulate(heads, head_grads)
         timings["backward"] = time.perf_counter() - t3
         return self._record(values, None if weights is None else weights.tolist(), timings)
 
@@ -234,6 +257,11 @@ class Composer:
         for task in self.tasks:
             if task.kind != "representation":
                 task.check(outputs[task.name], targets[task.name])
+                if not outputs[task.name].requires_grad:
+                    raise ValueError(
+                        f"Task {task.name!r}: its output does not require grad (computed under "
+                        "torch.no_grad() or detached?); nothing could be trained."
+                    )
 
     def _losses(self, outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor]) -> Tensor:
         values = []
@@ -276,7 +304,9 @@ class Composer:
             self._rerunning = False
             for m, name, b in originals:
                 m._buffers[name] = b
-        if bool(torch.isfinite(after).all()):
+        if bool(torch.isfinite(after).all()) and (
+            not self.method.positive_losses or bool((after > 0).all())
+        ):
             self.method.observe_rerun(after)
 
     def _keep_features(self, module: nn.Module, args: Any, output: Tensor) -> None:
@@ -286,15 +316,20 @@ class Composer:
         self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> None:
         if not self._rerunning:
-            self._inputs = (_detach(args), _detach(kwargs))
+            self._inputs = (_copy(args), _copy(kwargs))
 
     @contextlib.contextmanager
     def _own_rng(self) -> Iterator[None]:
-        """Run randomised methods on the composer's own CPU random stream."""
-        if not self.method.randomized:
-            yield
-            return
-        with torch.random.fork_rng(devices=[]):
+        """Run the method in full precision (autocast off) and, if it is randomised, on the
+        composer's own CPU random stream (CUDA draws still come from the global CUDA stream)."""
+        with contextlib.ExitStack() as stack:
+            for device in ("cpu", "cuda"):
+                if torch.is_autocast_enabled(device):
+                    stack.enter_context(torch.autocast(device, enabled=False))
+            if not self.method.randomized:
+                yield
+                return
+            stack.enter_context(torch.random.fork_rng(devices=[]))
             torch.set_rng_state(self._rng)
             yield
             self._rng = torch.get_rng_state()
@@ -471,13 +506,31 @@ def _flat(grad: Tensor | None, param: Tensor) -> Tensor:
     return param.new_zeros(param.numel()) if grad is None else grad.reshape(-1)
 
 
-def _detach(value: Any) -> Any:
+def _copy(value: Any) -> Any:
+    """Detached copies of the tensors in (nested tuples, lists and dicts of) ``value``: a loader
+    that reuses its buffers must not change the batch FAMO re-evaluates."""
     if isinstance(value, Tensor):
-        return value.detach()
+        return value.detach().clone()
     if isinstance(value, tuple):
-        return tuple(_detach(v) for v in value)
+        return tuple(_copy(v) for v in value)
     if isinstance(value, list):
-        return [_detach(v) for v in value]
+        return [_copy(v) for v in value]
     if isinstance(value, dict):
-        return {k: _detach(v) for k, v in value.items()}
+        return {k: _copy(v) for k, v in value.items()}
     return value
+
+
+def _all_finite(grads: Sequence[Tensor | None]) -> bool:
+    present = [g for g in grads if g is not None]
+    return not present or bool(torch.stack([g.abs().max() for g in present]).isfinite().all())
+
+
+def _accumulate(params: Sequence[Tensor], grads: Sequence[Tensor | None]) -> None:
+    """Add ``grads`` into ``.grad`` as ``backward()`` would (``None`` where nothing reached)."""
+    for p, g in zip(params, grads, strict=True):
+        if g is None:
+            continue
+        if p.grad is None:
+            p.grad = g
+        else:
+            p.grad.add_(g)

@@ -69,14 +69,16 @@ class StepRecord(BaseModel):
 class TraceWriter:
     """Append records to a JSONL file, one whole line per record, flushed after each write.
 
-    The file is opened when the writer is made, so an unwritable path fails at ``wrap`` time.
+    The file is opened when the writer is made, so an unwritable path fails at ``wrap`` time. A
+    last line left unfinished by a crash is cut off first, so that appending keeps the file valid.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._handle: IO[str] | None = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+            self._handle: IO[str] | None = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115
+            _drop_torn_line(self._handle)
         except OSError as err:
             raise ValueError(f"Trace path {str(self.path)!r} cannot be written: {err}.") from err
 
@@ -94,6 +96,21 @@ class TraceWriter:
             self._handle = None
 
 
+def _drop_torn_line(handle: IO[str]) -> None:
+    """Truncate an append-mode file after its last newline."""
+    binary = handle.buffer  # type: ignore[attr-defined]
+    size = binary.seek(0, os.SEEK_END)
+    if size == 0:
+        return
+    binary.seek(size - 1)
+    if binary.read(1) == b"\n":
+        return
+    binary.seek(0)
+    data = binary.read()
+    binary.truncate(data.rfind(b"\n") + 1)
+    handle.seek(0, os.SEEK_END)
+
+
 def read_trace(path: str | os.PathLike[str]) -> list[StepRecord]:
     """Load every record of a JSONL trace.
 
@@ -104,24 +121,26 @@ def read_trace(path: str | os.PathLike[str]) -> list[StepRecord]:
 
 
 def iter_trace(path: str | os.PathLike[str]) -> Iterator[StepRecord]:
-    """Yield the records of a JSONL trace one by one (see :func:`read_trace`)."""
+    """Yield the records of a JSONL trace one by one, reading line by line (see
+    :func:`read_trace`)."""
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"Trace {str(p)!r} does not exist.")
-    lines = p.read_text(encoding="utf-8").split("\n")
-    complete, tail = lines[:-1], lines[-1]
-    for number, line in enumerate(complete, start=1):
-        if not line.strip():
-            continue
-        try:
-            yield StepRecord.model_validate(json.loads(line))
-        except (json.JSONDecodeError, ValueError) as err:
-            raise ValueError(
-                f"Trace {str(p)!r}, line {number}: not a step record ({err})."
-            ) from err
-    if tail.strip():
-        warnings.warn(
-            f"Trace {str(p)!r} ends with an unfinished line (an interrupted write); "
-            "it was ignored.",
-            stacklevel=2,
-        )
+    with open(p, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.endswith("\n"):
+                if line.strip():
+                    warnings.warn(
+                        f"Trace {str(p)!r} ends with an unfinished line (an interrupted write); "
+                        "it was ignored.",
+                        stacklevel=3,
+                    )
+                return
+            if not line.strip():
+                continue
+            try:
+                yield StepRecord.model_validate(json.loads(line))
+            except (json.JSONDecodeError, ValueError) as err:
+                raise ValueError(
+                    f"Trace {str(p)!r}, line {number}: not a step record ({err})."
+                ) from err

@@ -159,3 +159,77 @@ def test_state_from_another_configuration_is_refused(digits):
         lossrag.wrap(model, digits.tasks, "ew").load_state_dict(state)
     with pytest.raises(ValueError, match="not a LossRAG composer state"):
         lossrag.wrap(model, digits.tasks, "uw").load_state_dict({"step": 3})
+
+
+def test_famo_refuses_non_positive_losses_by_name(digits):
+    tasks = [
+        digits.tasks[0],
+        lossrag.Task("ink", kind="regression", loss="gaussian_nll", loss_params={"sigma": 0.05}),
+    ]
+    model = digits.model()
+    composer = lossrag.wrap(model, tasks, "famo")
+    x, y = digits.batch(0)
+    out = model(x)
+    with pytest.raises(ValueError, match="'ink'"):  # NLL at the target: log(0.05) + ... < 0
+        composer.backward(out, {"digit": y["digit"], "ink": out["ink"].detach()})
+    assert composer.step == 0 and torch.equal(
+        composer.method.scalarizer._w.detach(), torch.zeros(2)
+    )
+
+
+def test_non_finite_gradient_from_finite_losses_is_skipped(digits):
+    model = digits.model()
+    composer = lossrag.wrap(model, digits.tasks, "ew")
+    x, y = digits.batch(0)
+    out = model(x)
+    z = model.trunk(x)
+    out["ink"] = out["ink"] + 0 * (z.sum() * 0).sqrt()  # value 0, gradient 0 · ∞ = NaN
+    record = composer.backward(out, y)
+    assert record.skipped and record.reason == "non-finite gradient"
+    assert all(p.grad is None for p in model.parameters())
+    _ok_step(composer, model, digits)
+
+
+def test_outputs_without_grad_name_the_task(digits):
+    model = digits.model()
+    composer = lossrag.wrap(model, digits.tasks, "famo", shared=model.trunk)
+    x, y = digits.batch(0)
+    with torch.no_grad():
+        out = model(x)
+    with pytest.raises(ValueError, match=r"Task .digit..*does not require grad"):
+        composer.backward(out, y)
+    assert composer.step == 0
+    _ok_step(composer, model, digits)
+
+
+def test_failed_wrap_leaves_no_hooks(digits, tmp_path):
+    model = digits.model()
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(ValueError):
+        lossrag.wrap(model, digits.tasks, "famo", trace=blocker / "t.jsonl")
+    assert not model._forward_pre_hooks and not model.trunk._forward_hooks
+
+
+def test_parameters_frozen_or_unfrozen_after_wrap(digits):
+    model = digits.model()
+    composer = lossrag.wrap(model, digits.tasks, "mgda", shared=model.trunk)
+    model.trunk[1].weight.requires_grad_(False)
+    model.heads["ink"].weight.requires_grad_(False)
+    _ok_step(composer, model, digits)
+    assert model.trunk[1].weight.grad is None and model.heads["ink"].weight.grad is None
+    model.heads["ink"].weight.requires_grad_(True)
+    _ok_step(composer, model, digits)
+    assert model.heads["ink"].weight.grad is not None
+
+
+def test_weights_are_computed_in_full_precision_under_autocast(digits):
+    model = digits.model()
+    composer = lossrag.wrap(model, digits.tasks, "mgda", shared=model.trunk)
+    x, y = digits.batch(0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+        record = composer.backward({k: v.float() for k, v in out.items()}, y)
+    w = [t.weight for t in record.terms]
+    assert all(v == torch.tensor(v, dtype=torch.float32).item() for v in w)
+    assert not all(v == torch.tensor(v, dtype=torch.bfloat16).item() for v in w)

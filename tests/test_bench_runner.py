@@ -121,3 +121,53 @@ def test_quick_end_to_end(tmp_path):
     assert "| ew |" in (out / "table.md").read_text()
     for png in ("delta_m.png", "weights_digits-mtl.png"):
         assert Path(out / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def _fake(kind, method, seed, metrics=None, task=None, **extra):
+    job = {
+        "kind": kind,
+        "problem": "digits-mtl",
+        "method": method,
+        "seed": seed,
+        "task": task,
+        "epochs": None,
+        "steps": None,
+    }
+    out = {"job": job, "key": f"{kind}__{method}__{seed}__{task}", **extra}
+    if metrics is not None:
+        out["metrics"] = metrics
+    return out
+
+
+def test_summary_marks_diverged_runs_and_ranks_per_problem():
+    from lossrag.bench.report import summarise
+
+    stl = {"digit": 0.8, "parity": 0.9, "has_loop": 0.9, "denoise": 0.02}
+    good = {"digit": 0.85, "parity": 0.9, "has_loop": 0.9, "denoise": 0.02}
+    worse = {"digit": 0.70, "parity": 0.8, "has_loop": 0.8, "denoise": 0.04}
+    results = [_fake("stl", "ew", 0, {t: v}, task=t) for t, v in stl.items()]
+    results += [
+        _fake("train", "ew", 0, worse),
+        _fake("train", "uw", 0, good),
+        _fake("train", "famo", 0, {**good, "denoise": float("nan")}),
+        _fake("train", "mgda", 0, error="RuntimeError: boom"),
+    ]
+    summary = summarise(results)
+    rows = {r["method"]: r for r in summary["runs"]}
+    assert rows["famo"]["error"].startswith("diverged") and rows["famo"]["delta_m"] is None
+    assert rows["mgda"]["error"] == "RuntimeError: boom"
+    assert summary["mean_rank"] == {"uw": 1.0, "ew": 2.0}  # diverged and crashed runs unranked
+    expected = 100 / 4 * (-(0.85 - 0.8) / 0.8)  # only digit differs from STL
+    assert rows["uw"]["delta_m"] == pytest.approx(expected)
+
+
+def test_resume_retries_crashed_runs(tmp_path):
+    out = tmp_path / "retry"
+    cfg = _small(methods=["ew"])
+    run_bench(cfg, out)
+    path = out / "runs" / "train__digits-mtl__ew__s0.json"
+    crashed = json.loads(path.read_text())
+    crashed["error"] = "RuntimeError: transient"
+    path.write_text(json.dumps(crashed))
+    run_bench(cfg, out, resume=True)
+    assert "error" not in json.loads(path.read_text())

@@ -148,6 +148,8 @@ def test_aggregator_matches_torchjd_mtl_backward(digits):
 
 
 def test_loss_methods_compute_no_per_task_gradients(digits, monkeypatch):
+    """Loss-based methods take one combined gradient per step with respect to the model, never one
+    per task (the method's own bookkeeping may differentiate its small scalar state)."""
     calls = []
     original = torch.autograd.grad
 
@@ -158,14 +160,14 @@ def test_loss_methods_compute_no_per_task_gradients(digits, monkeypatch):
     for policy in ["ew", "uw", "dwa", "famo", "rlw", "imtll", "geometricmean", "stch"]:
         model = digits.model(0)
         composer = lossrag.wrap(model, digits.tasks, policy)
+        params = {id(p) for p in model.parameters()}
         monkeypatch.setattr(torch.autograd, "grad", spy)
         for i in range(3):
             x, y = digits.batch(i)
             composer.backward(model(x), y)
         monkeypatch.setattr(torch.autograd, "grad", original)
-        params = {id(p) for p in model.parameters()}
-        # only the method's own scalar bookkeeping may call grad, never w.r.t. model parameters
-        assert not any(id(t) in params for inputs in calls for t in inputs), policy
+        on_model = [c for c in calls if any(id(t) in params for t in c)]
+        assert len(on_model) == 3, policy
         calls.clear()
 
 
@@ -287,8 +289,9 @@ def test_representation_task_trains_shared_features(digits):
     assert math.isfinite(record.losses["emb"])
     # the representation term alone: gradient on the trunk, none on the heads
     model.zero_grad()
-    only_rep = lossrag.wrap(model, [rep, digits.tasks[0]], lossrag.weighting.make_method("ew"),
-                            shared=model.trunk)
+    only_rep = lossrag.wrap(
+        model, [rep, digits.tasks[0]], lossrag.weighting.make_method("ew"), shared=model.trunk
+    )
     only_rep.backward({"digit": model(x)["digit"].detach().requires_grad_()}, {"digit": y["digit"]})
     assert head.grad is None
     assert model.trunk[1].weight.grad is not None and model.trunk[1].weight.grad.abs().sum() > 0

@@ -128,3 +128,11 @@ def test_library_cli():
 def test_policies_cli():
     result = runner.invoke(app, ["policies", "list"])
     assert result.exit_code == 0 and "policies" in result.output.lower()
+
+
+def test_appending_after_a_crash_keeps_the_trace_valid(digits, tmp_path):
+    trace, _ = _run(digits, tmp_path, steps=2)
+    with open(trace, "a") as handle:
+        handle.write('{"step": 7, "meth')  # the crash
+    _run(digits, tmp_path, steps=2)  # resumed run appends to the same trace
+    assert [r.step for r in lossrag.read_trace(trace)] == [0, 1, 0, 1]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -29,7 +29,6 @@ class FitResult:
     skipped: int
     cpu_s: float
     wall_s: float
-    last_weights: dict[str, float | None] = field(default_factory=dict)
 
 
 def fit(
@@ -68,7 +67,6 @@ def fit(
     order = torch.Generator().manual_seed(seed)
     wall0, cpu0 = time.perf_counter(), time.process_time()
     skipped = 0
-    record: StepRecord | None = None
     try:
         for _ in range(epochs if epochs is not None else budget.epochs):
             model.train()
@@ -99,5 +97,4 @@ def fit(
         skipped=skipped,
         cpu_s=cpu,
         wall_s=wall,
-        last_weights={} if record is None else record.task_weights(),
     )

@@ -40,7 +40,9 @@ def summarise(results: Sequence[Result]) -> dict[str, Any]:
     stl_mean = {p: {t: statistics.fmean(v) for t, v in tasks.items()} for p, tasks in stl.items()}
     cost = {(r["job"]["problem"], r["job"]["method"]): r.get("cost_ratio") for r in by_kind["cost"]}
     runs, cells = [], defaultdict(list)
-    per_metric: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    per_metric: dict[str, dict[str, dict[str, list[float]]]] = defaultdict(
+        lambda: defaultdict(lambda: defaultdict(list))
+    )
     higher: dict[str, bool] = {}
     for r in by_kind["train"]:
         job = r["job"]
@@ -58,27 +60,20 @@ def summarise(results: Sequence[Result]) -> dict[str, Any]:
             "skipped": r.get("skipped"),
             "error": r.get("error"),
         }
-        if "error" not in r:
+        finite = "error" not in r and all(math.isfinite(v) for v in r["metrics"].values())
+        if "error" not in r and not finite:
+            row["error"] = "diverged: non-finite test metric"
+        if finite:
             hib = get_problem(problem).higher_is_better
             base = stl_mean.get(problem, {})
-            if set(hib) <= set(base) and all(math.isfinite(v) for v in r["metrics"].values()):
+            if set(hib) <= set(base):
                 row["delta_m"] = delta_m(r["metrics"], base, hib)
                 cells[(problem, method)].append(row["delta_m"])
             for task, value in r["metrics"].items():
-                per_metric[method][f"{problem}/{task}"].append(value)
+                per_metric[problem][method][task].append(value)
                 higher[f"{problem}/{task}"] = hib[task]
         runs.append(row)
-    table = {
-        m: {k: statistics.fmean(v) for k, v in metrics.items()} for m, metrics in per_metric.items()
-    }
-    common = set.intersection(*(set(v) for v in table.values())) if table else set()
-    ranks = (
-        mean_rank(
-            {m: {k: v[k] for k in common} for m, v in table.items()}, {k: higher[k] for k in common}
-        )
-        if common and len(table) > 1
-        else {}
-    )
+    ranks = _mean_ranks(per_metric, higher)
     toy = {r["job"]["method"]: r for r in by_kind["toy"]}
     return {
         "runs": runs,
@@ -87,8 +82,34 @@ def summarise(results: Sequence[Result]) -> dict[str, Any]:
         "mean_rank": ranks,
         "cost": {f"{p}|{m}": c for (p, m), c in cost.items()},
         "toy": toy,
-        "metric_means": table,
+        "metric_means": {
+            m: {
+                f"{p}/{t}": statistics.fmean(v)
+                for p, by in per_metric.items()
+                for t, v in by.get(m, {}).items()
+            }
+            for m in {m for by in per_metric.values() for m in by}
+        },
     }
+
+
+def _mean_ranks(
+    per_metric: Mapping[str, Mapping[str, Mapping[str, list[float]]]],
+    higher: Mapping[str, bool],
+) -> dict[str, float]:
+    """Mean rank per problem (over its scored metrics, methods that finished every seed-mean
+    metric), then averaged over the problems each method was ranked on (Nash-MTL and FAMO report
+    MR per dataset; averaging per problem keeps QM9's 11 metrics from dominating)."""
+    by_method: dict[str, list[float]] = defaultdict(list)
+    for problem, methods in per_metric.items():
+        tasks = set.intersection(*(set(v) for v in methods.values()))
+        table = {m: {t: statistics.fmean(v[t]) for t in tasks} for m, v in methods.items()}
+        if len(table) < 2 or not tasks:
+            continue
+        ranks = mean_rank(table, {t: higher[f"{problem}/{t}"] for t in tasks})
+        for method, rank in ranks.items():
+            by_method[method].append(rank)
+    return {m: statistics.fmean(v) for m, v in by_method.items()}
 
 
 def _cell(values: Sequence[float] | None) -> str:
@@ -178,7 +199,8 @@ def write_reports(
     atomic_write_text(out / "results.json", json.dumps(payload, indent=1))
     text = (
         f"Δm% vs single-task learning (lower is better), mean ± std over seeds "
-        f"{cfg['seeds']}; MR = mean rank over all scored metrics; cost = median per-step "
+        f"{cfg['seeds']}; MR = mean rank over each problem's scored metrics, averaged over "
+        f"problems; cost = median per-step "
         f"time ratio to EW (interleaved).\n\n"
         + markdown_table(cfg, summary)
         + "\n"

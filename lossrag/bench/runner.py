@@ -16,17 +16,17 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 import lossrag
-from lossrag._util import atomic_write_text, unknown_name_error
+from lossrag._util import atomic_write_text, data_dir, unknown_name_error
 from lossrag.bench.data.cache import cache_dir
 from lossrag.bench.jobs import Job, execute
-from lossrag.weighting import available, make_method
+from lossrag.weighting import available, method_class
 
 __all__ = ["QUICK_METHODS", "BenchConfig", "plan", "run_bench"]
 
 #: Every baseline, as ``--quick`` runs them.
 QUICK_METHODS = tuple(available())
 #: Methods that take per-task gradients; the protocol runs them on gradnorm-synth up to T = 10.
-GRADIENT_METHODS = frozenset(m for m in QUICK_METHODS if make_method(m).per_task_gradients)
+GRADIENT_METHODS = frozenset(m for m in QUICK_METHODS if method_class(m).per_task_gradients)
 _TOO_MANY_TASKS = frozenset({"gradnorm-synth-t40"})
 
 
@@ -99,13 +99,25 @@ def plan(config: BenchConfig) -> list[Job]:
     return jobs
 
 
-def _stl_cache(job: Job) -> Path:
-    """STL results are shared across benchmarks: keyed by problem, budget, seed and version."""
+def code_fingerprint() -> str:
+    """Hash of LossRAG's source and loss cards, torch's version and the package version."""
+    import torch
+
+    digest = hashlib.sha256(f"{lossrag.__version__}|{torch.__version__}".encode())
+    root = Path(lossrag.__file__).parent
+    for path in sorted([*root.rglob("*.py"), *data_dir("library").glob("*.toml")]):
+        digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _stl_cache(job: Job, fingerprint: str) -> Path:
+    """STL results are shared across benchmarks, keyed by the job (problem, seed, task, budget
+    override), the problem's whole configuration and the code fingerprint."""
     from lossrag.bench.problems import get_problem
 
-    budget = get_problem(job.problem).budget.model_dump_json()
-    digest = hashlib.sha256(f"{job.key}|{budget}|{job.epochs}|{lossrag.__version__}".encode())
-    return cache_dir() / "stl" / f"{job.key}-{digest.hexdigest()[:12]}.json"
+    problem = get_problem(job.problem).model_dump_json()
+    digest = hashlib.sha256(f"{job.key}|{job.epochs}|{problem}|{fingerprint}".encode())
+    return cache_dir() / "stl" / f"{job.key}-{digest.hexdigest()[:16]}.json"
 
 
 def _prepare(out: Path, config: BenchConfig, resume: bool, force: bool) -> None:
@@ -147,12 +159,14 @@ def run_bench(
     console = console or Console()
     config.validate_names()
     _prepare(out, config, resume, force)
+    fingerprint = code_fingerprint()
     todo, results = [], []
     for job in plan(config):
         path = out / "runs" / f"{job.key}.json"
-        cached = _stl_cache(job) if job.kind == "stl" else None
-        if path.exists():
-            results.append(json.loads(path.read_text()))
+        cached = _stl_cache(job, fingerprint) if job.kind == "stl" and not force else None
+        done = json.loads(path.read_text()) if path.exists() else None
+        if done is not None and "error" not in done:  # crashed jobs are retried
+            results.append(done)
         elif cached is not None and cached.exists():
             atomic_write_text(path, cached.read_text())
             results.append(json.loads(cached.read_text()))
@@ -160,7 +174,7 @@ def run_bench(
             todo.append(job)
     # plan order: problem by problem, seed by seed, so that an interrupted run leaves whole
     # cells behind
-    results += _run_jobs(todo, out, jobs, console)
+    results += _run_jobs(todo, out, jobs, console, fingerprint)
     from lossrag.bench.report import write_reports
 
     write_reports(config, results, out, console)
@@ -168,7 +182,7 @@ def run_bench(
 
 
 def _run_jobs(
-    todo: Sequence[Job], out: Path, workers: int, console: Console
+    todo: Sequence[Job], out: Path, workers: int, console: Console, fingerprint: str
 ) -> list[dict[str, Any]]:
     done: list[dict[str, Any]] = []
     if not todo:
@@ -190,11 +204,11 @@ def _run_jobs(
             finished, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in finished:
                 job = pending.pop(future)
-                result = future.result()
+                result = {**future.result(), "code": fingerprint}
                 text = json.dumps(result)
                 atomic_write_text(out / "runs" / f"{job.key}.json", text)
                 if job.kind == "stl" and "error" not in result:
-                    atomic_write_text(_stl_cache(job), text)
+                    atomic_write_text(_stl_cache(job, fingerprint), text)
                 done.append(result)
                 status = "[red]crashed[/red]" if "error" in result else "ok"
                 progress.update(bar, advance=1, last=f"{job.key} {status}")

@@ -9,6 +9,8 @@ GradDrop and ConFIG produce directions that are not weighted sums and are not ru
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 from torch import nn
@@ -63,7 +65,14 @@ class _MethodRule:
         return weights.detach().numpy()
 
 
-def run_toy(method: str, seed: int, steps: int | None = None) -> ToyRun:
-    """Run ``method`` from the five start points of :class:`Toy2D` (``steps`` overrides 50k)."""
-    toy = Toy2D() if steps is None else Toy2D(steps=steps)
+def run_toy(
+    method: str, seed: int, steps: int | None = None, starts: Sequence[int] | None = None
+) -> ToyRun:
+    """Run ``method`` from the start points of :class:`Toy2D` (all five, or those indexed by
+    ``starts``); ``steps`` overrides the protocol's 50k."""
+    toy = Toy2D()
+    if starts is not None:
+        toy = Toy2D(starts=tuple(toy.starts[i] for i in starts))
+    if steps is not None:
+        toy = Toy2D(starts=toy.starts, steps=steps)
     return toy.run(_MethodRule(method, len(toy.starts), seed))

@@ -25,6 +25,7 @@ from lossrag.weighting.base import (
     Method,
     available,
     make_method,
+    method_class,
     register_method,
 )
 from lossrag.weighting.gradnorm import GradNorm, gradnorm_weight_grad
@@ -58,5 +59,6 @@ __all__ = [
     "available",
     "gradnorm_weight_grad",
     "make_method",
+    "method_class",
     "register_method",
 ]

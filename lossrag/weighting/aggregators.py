@@ -162,7 +162,7 @@ class GradVac(_Aggregated):
 
     def state_dict(self) -> dict[str, Any]:
         w = self._weighting()
-        return {"phi": w._phi_t, "key": None if w._state_key is None else str(w._state_key[1])}
+        return {"phi": w._phi_t}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         w = self._weighting()

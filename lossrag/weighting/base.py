@@ -13,14 +13,22 @@ method and steps it: the user's optimizer never sees a method's parameters.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
 from torch import Tensor, nn
 
 from lossrag._util import unknown_name_error
 
-__all__ = ["GradMethod", "LossMethod", "Method", "available", "make_method", "register_method"]
+__all__ = [
+    "GradMethod",
+    "LossMethod",
+    "Method",
+    "available",
+    "make_method",
+    "method_class",
+    "register_method",
+]
 
 
 class Method(ABC):
@@ -34,6 +42,8 @@ class Method(ABC):
     randomized: ClassVar[bool] = False
     #: True when the method takes one gradient per task (cost grows with the number of tasks).
     per_task_gradients: ClassVar[bool] = False
+    #: True when the method takes log L (FAMO, the geometric mean): every loss must be > 0.
+    positive_losses: ClassVar[bool] = False
     #: True when the method needs the losses of the previous batch re-evaluated after the user's
     #: optimizer step (FAMO); the composer does it with one no-grad forward at the next step.
     needs_rerun: ClassVar[bool] = False
@@ -81,7 +91,7 @@ class GradMethod(Method):
         that produce it, or ``None`` when the direction is not a weighted sum of the rows."""
 
 
-_REGISTRY: dict[str, Callable[..., Method]] = {}
+_REGISTRY: dict[str, type[Method]] = {}
 
 
 def register_method(cls: type[Method]) -> type[Method]:
@@ -97,12 +107,18 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def method_class(name: str) -> type[Method]:
+    """The class registered as ``name`` (unknown names: ValueError with the closest matches)."""
+    if name not in _REGISTRY:
+        raise unknown_name_error("policy", name, _REGISTRY)
+    return _REGISTRY[name]
+
+
 def make_method(name: str, **options: Any) -> Method:
     """Build the method registered as ``name`` with its published defaults, overridden by
     ``options``. Unknown names raise a ValueError listing the closest matches."""
-    if name not in _REGISTRY:
-        raise unknown_name_error("policy", name, _REGISTRY)
+    factory = method_class(name)
     try:
-        return _REGISTRY[name](**options)
+        return factory(**options)
     except TypeError as err:
         raise TypeError(f"Weighting method {name!r}: {err}") from err

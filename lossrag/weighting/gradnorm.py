@@ -77,6 +77,8 @@ class GradNorm(LossMethod):
         if self.initial is None:
             self.initial = detached.clone()
         norms = torch.stack([self._norm(loss) for loss in losses]).to(detached)
+        if not bool(torch.isfinite(norms).all()):
+            return current.to(losses)  # the composer skips the step; the weights stay as they are
         grad = gradnorm_weight_grad(current, norms, detached, self.initial, self.alpha)
         self.weights.grad = grad.to(self.weights)
         self.optimizer.step()

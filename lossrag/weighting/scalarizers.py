@@ -126,6 +126,7 @@ class GeometricMean(_Scalarized):
     """Geometric loss strategy (Chennupati et al., CVPRW 2019): ``(Π L_i)^{1/K}``."""
 
     name = "geometricmean"
+    positive_losses = True
 
     def _build(self, num_terms: int) -> sc.Scalarizer:
         return sc.GeometricMean()
@@ -211,6 +212,7 @@ class FAMO(_Scalarized):
 
     name = "famo"
     needs_rerun = True
+    positive_losses = True
 
     def __init__(self, lr: float = 0.025, weight_decay: float = 1e-3) -> None:
         self.lr = lr
@@ -220,7 +222,8 @@ class FAMO(_Scalarized):
         return sc.FAMO(num_terms, lr=self.lr, weight_decay=self.weight_decay)
 
     def setup(self, num_terms: int, last_shared: Sequence[nn.Parameter]) -> None:
-        super().setup(num_terms, last_shared)
+        self.num_terms = num_terms
+        self.scalarizer = self._build(num_terms)
         self.optimizer = None  # FAMO steps its logits itself, in `update`
         self._logits = next(iter(self.scalarizer.parameters()))
 
