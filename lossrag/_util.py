@@ -47,6 +47,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    os.fchmod(fd, 0o644)  # mkstemp's 0600 would make results unreadable to others
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
