@@ -521,8 +521,10 @@ def _copy(value: Any) -> Any:
 
 
 def _all_finite(grads: Sequence[Tensor | None]) -> bool:
+    """Whether every gradient is finite (one fused norm per tensor; a norm past float range also
+    counts as non-finite)."""
     present = [g for g in grads if g is not None]
-    return not present or bool(torch.stack([g.abs().max() for g in present]).isfinite().all())
+    return not present or bool(torch.stack(torch._foreach_norm(present)).isfinite().all())
 
 
 def _accumulate(params: Sequence[Tensor], grads: Sequence[Tensor | None]) -> None:
