@@ -156,11 +156,22 @@ def bench(
     force: Annotated[bool, typer.Option(help="discard what --out holds")] = False,
     jobs: Annotated[int, typer.Option(help="parallel processes (one thread each)")] = 2,
     toy_steps: Annotated[int | None, typer.Option(help="toy2d steps (default 50k)")] = None,
+    report: Annotated[
+        bool, typer.Option(help="only write the reports of --out from its finished problems")
+    ] = False,
 ) -> None:
     """Run methods × problems × seeds with single-task baselines; write results.json, table.md
     and plots."""
     from lossrag.bench.problems import list_problems
-    from lossrag.bench.runner import QUICK_METHODS, BenchConfig, run_bench
+    from lossrag.bench.runner import QUICK_METHODS, BenchConfig, report_finished, run_bench
+
+    if report:
+        try:
+            done = report_finished(out, console)
+        except ValueError as err:
+            _fail(str(err))
+        console.print(f"reported the finished problems: {', '.join(done)}")
+        return
 
     def split(text: str) -> list[str]:
         return [part.strip() for part in text.split(",") if part.strip()]

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from lossrag.bench.metrics import delta_m
 from lossrag.bench.problems import get_problem
-from lossrag.bench.runner import BenchConfig, plan, run_bench
+from lossrag.bench.runner import BenchConfig, plan, report_finished, run_bench
 from lossrag.cli import app
 
 
@@ -171,3 +171,8 @@ def test_resume_retries_crashed_runs(tmp_path):
     path.write_text(json.dumps(crashed))
     run_bench(cfg, out, resume=True)
     assert "error" not in json.loads(path.read_text())
+    # reports from the finished problems only; nothing is run
+    assert report_finished(out) == ["digits-mtl"]
+    path.unlink()
+    with pytest.raises(ValueError, match="no problem"):
+        report_finished(out)

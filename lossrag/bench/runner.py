@@ -21,7 +21,7 @@ from lossrag.bench.data.cache import cache_dir
 from lossrag.bench.jobs import Job, execute
 from lossrag.weighting import available, method_class
 
-__all__ = ["QUICK_METHODS", "BenchConfig", "plan", "run_bench"]
+__all__ = ["QUICK_METHODS", "BenchConfig", "plan", "report_finished", "run_bench"]
 
 #: Every baseline, as ``--quick`` runs them.
 QUICK_METHODS = tuple(available())
@@ -213,3 +213,31 @@ def _run_jobs(
                 status = "[red]crashed[/red]" if "error" in result else "ok"
                 progress.update(bar, advance=1, last=f"{job.key} {status}")
     return done
+
+
+def report_finished(out: Path, console: Console | None = None) -> list[str]:
+    """Write the reports of ``out`` from the runs finished so far, over the problems whose every
+    training and single-task run has finished; return those problems. Runs nothing."""
+    saved = out / "config.json"
+    if not saved.exists():
+        raise ValueError(f"bench: {out} holds no benchmark (no config.json).")
+    config = BenchConfig.model_validate_json(saved.read_text())
+    runs = {}
+    for path in (out / "runs").glob("*.json"):
+        result = json.loads(path.read_text())
+        runs[result["key"]] = result
+    jobs = plan(config)
+    complete = [
+        p
+        for p in config.problems
+        if all(j.key in runs for j in jobs if j.problem == p and j.kind in ("train", "stl", "toy"))
+    ]
+    if not complete:
+        raise ValueError(f"bench: no problem of {out} has finished all its runs yet.")
+    from lossrag.bench.report import write_reports
+
+    partial = config.model_copy(update={"problems": complete})
+    write_reports(
+        partial, [r for r in runs.values() if r["job"]["problem"] in complete], out, console
+    )
+    return complete
