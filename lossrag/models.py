@@ -8,7 +8,20 @@ from torch import Tensor, nn
 
 from lossrag.tasks import Task
 
-__all__ = ["MultiTaskMLP", "head_size"]
+__all__ = ["MultiTaskMLP", "head_size", "mlp_trunk"]
+
+
+def mlp_trunk(in_dim: int, hidden: Sequence[int]) -> nn.Sequential:
+    """``Flatten`` then ``Linear + ReLU`` per width in ``hidden``: the shared trunk of the reference
+    models."""
+    if not hidden:
+        raise ValueError("mlp_trunk: `hidden` needs at least one layer width.")
+    layers: list[nn.Module] = [nn.Flatten()]
+    width = in_dim
+    for h in hidden:
+        layers += [nn.Linear(width, h), nn.ReLU()]
+        width = h
+    return nn.Sequential(*layers)
 
 
 def head_size(task: Task, regression_dim: int = 1) -> int:
@@ -44,14 +57,8 @@ class MultiTaskMLP(nn.Module):
         regression_dims: dict[str, int] | None = None,
     ) -> None:
         super().__init__()
-        if not hidden:
-            raise ValueError("MultiTaskMLP: `hidden` needs at least one layer width.")
-        layers: list[nn.Module] = [nn.Flatten()]
-        width = in_dim
-        for h in hidden:
-            layers += [nn.Linear(width, h), nn.ReLU()]
-            width = h
-        self.trunk = nn.Sequential(*layers)
+        self.trunk = mlp_trunk(in_dim, hidden)
+        width = hidden[-1]
         dims = regression_dims or {}
         self.heads = nn.ModuleDict(
             {

@@ -20,6 +20,7 @@ from lossrag.bench.problems.base import (
     split_sizes,
     standardize,
 )
+from lossrag.models import mlp_trunk
 from lossrag.tasks import Task
 
 __all__ = ["METRIC_UNITS", "FusedHeadMLP", "QM9Problem"]
@@ -45,13 +46,8 @@ class FusedHeadMLP(nn.Module):
 
     def __init__(self, in_dim: int, hidden: Sequence[int], names: Sequence[str]) -> None:
         super().__init__()
-        layers: list[nn.Module] = [nn.Flatten()]
-        width = in_dim
-        for h in hidden:
-            layers += [nn.Linear(width, h), nn.ReLU()]
-            width = h
-        self.trunk = nn.Sequential(*layers)
-        self.head = nn.Linear(width, len(names))
+        self.trunk = mlp_trunk(in_dim, hidden)
+        self.head = nn.Linear(hidden[-1], len(names))
         self.names = list(names)
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
