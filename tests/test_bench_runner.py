@@ -176,3 +176,18 @@ def test_resume_retries_crashed_runs(tmp_path):
     path.unlink()
     with pytest.raises(ValueError, match="no problem"):
         report_finished(out)
+
+
+def test_toy2d_runs_per_start_point_and_reports(tmp_path):
+    out = tmp_path / "toy"
+    cfg = BenchConfig(
+        problems=["toy2d"], methods=["ew", "mgda", "graddrop"], seeds=[0], toy_steps=300
+    )
+    assert len([j for j in plan(cfg) if j.method == "ew"]) == 5
+    run_bench(cfg, out)
+    payload = json.loads((out / "results.json").read_text())
+    assert set(payload["toy2d"]) == {"ew", "mgda"}  # GradDrop gives no weights: not run
+    assert len(payload["toy2d"]["mgda"]["pareto_distance"]) == 5
+    table = (out / "table.md").read_text()
+    assert "toy2d dist" in table and "EW stalls from (9, 9)" in table
+    assert (out / "toy2d.png").read_bytes()[:4] == b"\x89PNG"

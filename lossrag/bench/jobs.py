@@ -29,6 +29,7 @@ class Job(BaseModel):
         task: The task of an STL run.
         epochs: Budget override (``--quick``); ``None`` keeps the problem's budget.
         steps: Steps of a cost measurement or of a ``toy2d`` run.
+        start: The ``toy2d`` start point (0-4) of a ``toy`` job.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -40,6 +41,7 @@ class Job(BaseModel):
     task: str | None = None
     epochs: int | None = None
     steps: int | None = None
+    start: int | None = None
 
     @property
     def key(self) -> str:
@@ -47,6 +49,8 @@ class Job(BaseModel):
         parts = [self.kind, self.problem, self.method, f"s{self.seed}"]
         if self.task:
             parts.append(self.task)
+        if self.start is not None:
+            parts.append(f"p{self.start}")
         return "__".join(parts)
 
 
@@ -156,7 +160,9 @@ def _toy(job: Job) -> dict[str, Any]:
     from lossrag.bench.toyrun import run_toy
 
     t0 = time.process_time()
-    run = run_toy(job.method, job.seed, steps=job.steps)
+    run = run_toy(
+        job.method, job.seed, steps=job.steps, starts=None if job.start is None else [job.start]
+    )
     return {
         "pareto_distance": run.pareto_distance.tolist(),
         "final": run.final.tolist(),

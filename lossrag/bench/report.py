@@ -74,7 +74,7 @@ def summarise(results: Sequence[Result]) -> dict[str, Any]:
                 higher[f"{problem}/{task}"] = hib[task]
         runs.append(row)
     ranks = _mean_ranks(per_metric, higher)
-    toy = {r["job"]["method"]: r for r in by_kind["toy"]}
+    toy = _merge_toy(by_kind["toy"])
     return {
         "runs": runs,
         "stl": stl_mean,
@@ -91,6 +91,25 @@ def summarise(results: Sequence[Result]) -> dict[str, Any]:
             for m in {m for by in per_metric.values() for m in by}
         },
     }
+
+
+def _merge_toy(parts: Sequence[Result]) -> dict[str, Result]:
+    """One ``toy2d`` result per method from its per-start-point jobs (ordered by start)."""
+    by_method: dict[str, list[Result]] = defaultdict(list)
+    for r in parts:
+        by_method[r["job"]["method"]].append(r)
+    merged: dict[str, Result] = {}
+    for method, runs in by_method.items():
+        runs.sort(key=lambda r: r["job"].get("start") or 0)
+        errors = [r["error"] for r in runs if "error" in r]
+        if errors:
+            merged[method] = {"error": errors[0]}
+            continue
+        merged[method] = {
+            key: [v for r in runs for v in r[key]]
+            for key in ("pareto_distance", "final", "trajectory", "skipped")
+        }
+    return merged
 
 
 def _mean_ranks(
