@@ -167,16 +167,17 @@ class Composer:
                 values, None, timings, f"non-finite loss in task(s) {', '.join(bad)}"
             )
         if self.method.positive_losses:
+            floors = getattr(self.method, "min_losses", None) or [0.0] * len(values)
             low = [
-                f"{t.name!r} ({v:.3g})"
-                for (t, _), v in zip(self.terms, values, strict=True)
-                if v <= 0
+                f"{t.name!r} ({v:.3g} <= {b:g})"
+                for (t, _), v, b in zip(self.terms, values, floors, strict=True)
+                if v <= b
             ]
             if low:
                 raise ValueError(
-                    f"Policy {self.policy_name!r} takes the logarithm of each loss, which must be "
-                    f"> 0; task(s) {', '.join(low)} are not. Use losses bounded below by 0 "
-                    "(e.g. not gaussian_nll with a small sigma)."
+                    f"Policy {self.policy_name!r} takes the logarithm of each loss, which must "
+                    f"exceed its lower bound; task(s) {', '.join(low)} do not. Use losses "
+                    "bounded below by 0 (e.g. not gaussian_nll with a small sigma)."
                 )
         if self._pending is not None:
             t1 = time.perf_counter()
@@ -304,8 +305,9 @@ class Composer:
             self._rerunning = False
             for m, name, b in originals:
                 m._buffers[name] = b
+        floors = getattr(self.method, "min_losses", None) or [0.0] * len(after)
         if bool(torch.isfinite(after).all()) and (
-            not self.method.positive_losses or bool((after > 0).all())
+            not self.method.positive_losses or bool((after > after.new_tensor(floors)).all())
         ):
             self.method.observe_rerun(after)
 

@@ -4,7 +4,9 @@ The toy has closed-form gradients, so each start point gets its own method objec
 ``lossrag.wrap`` builds) fed with the objective values and gradients. Methods that take
 gradients through autograd (GradNorm) see a linearised graph ``L_i + ⟨θ − θ₀, ∇f_i⟩`` whose value
 and gradient at θ₀ are exact; FAMO receives the objectives after each step as its re-evaluation.
-GradDrop and ConFIG produce directions that are not weighted sums and are not run here.
+GradDrop and ConFIG produce directions that are not weighted sums and are not run here. The toy's
+objectives are negative in places; FAMO gets their lower bounds (−2, −20) as its ``b_i``, as its
+paper defines them (``log(L − b)``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ from lossrag.weighting import GradMethod, LossMethod, Method, make_method
 
 __all__ = ["TOY_UNSUPPORTED", "run_toy"]
 
+#: Lower bounds of the two toy objectives (their infima over the plane are −1.9989 and −19.989).
+TOY_LOWER_BOUNDS = (-2.0, -20.0)
+
 #: Methods whose update is not a weighted sum of the two gradients.
 TOY_UNSUPPORTED = frozenset({"graddrop", "config"})
 
@@ -33,7 +38,11 @@ class _MethodRule:
         self.thetas = [nn.Parameter(torch.zeros(2, dtype=torch.float64)) for _ in range(starts)]
         self.methods: list[Method] = []
         for theta in self.thetas:
-            method = make_method(name)
+            method = (
+                make_method(name, min_losses=TOY_LOWER_BOUNDS)
+                if name == "famo"
+                else (make_method(name))
+            )
             method.setup(2, [theta])
             self.methods.append(method)
         self.rng = torch.Generator().manual_seed(seed)

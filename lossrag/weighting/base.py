@@ -42,7 +42,8 @@ class Method(ABC):
     randomized: ClassVar[bool] = False
     #: True when the method takes one gradient per task (cost grows with the number of tasks).
     per_task_gradients: ClassVar[bool] = False
-    #: True when the method takes log L (FAMO, the geometric mean): every loss must be > 0.
+    #: True when the method takes log L (FAMO, the geometric mean): every loss must exceed its
+    #: lower bound, ``min_losses`` when the method has one, else 0.
     positive_losses: ClassVar[bool] = False
     #: True when the method needs the losses of the previous batch re-evaluated after the user's
     #: optimizer step (FAMO); the composer does it with one no-grad forward at the next step.

@@ -208,18 +208,31 @@ class FAMO(_Scalarized):
     Args:
         lr: Adam learning rate of the logits (paper: 0.025).
         weight_decay: Logit regularisation γ (paper's Algorithm 2: 1e-3).
+        min_losses: The lower bound ``b_i`` of each loss (paper: 0 for non-negative losses);
+            FAMO works on ``log(L_i − b_i)``, so every loss must stay above its bound.
     """
 
     name = "famo"
     needs_rerun = True
     positive_losses = True
 
-    def __init__(self, lr: float = 0.025, weight_decay: float = 1e-3) -> None:
+    def __init__(
+        self,
+        lr: float = 0.025,
+        weight_decay: float = 1e-3,
+        min_losses: Sequence[float] | None = None,
+    ) -> None:
         self.lr = lr
         self.weight_decay = weight_decay
+        self.min_losses = None if min_losses is None else [float(b) for b in min_losses]
 
     def _build(self, num_terms: int) -> sc.Scalarizer:
-        return sc.FAMO(num_terms, lr=self.lr, weight_decay=self.weight_decay)
+        if self.min_losses is not None and len(self.min_losses) != num_terms:
+            raise ValueError(
+                f"FAMO: min_losses has {len(self.min_losses)} values for {num_terms} terms."
+            )
+        bounds = None if self.min_losses is None else torch.tensor(self.min_losses)
+        return sc.FAMO(num_terms, bounds, lr=self.lr, weight_decay=self.weight_decay)
 
     def setup(self, num_terms: int, last_shared: Sequence[nn.Parameter]) -> None:
         self.num_terms = num_terms
