@@ -233,3 +233,20 @@ def test_weights_are_computed_in_full_precision_under_autocast(digits):
     w = [t.weight for t in record.terms]
     assert all(v == torch.tensor(v, dtype=torch.float32).item() for v in w)
     assert not all(v == torch.tensor(v, dtype=torch.bfloat16).item() for v in w)
+
+
+def test_famo_accepts_losses_above_given_lower_bounds(digits):
+    from lossrag.weighting import FAMO
+
+    tasks = [
+        digits.tasks[0],
+        lossrag.Task("ink", kind="regression", loss="gaussian_nll", loss_params={"sigma": 0.05}),
+    ]
+    model = digits.model()
+    composer = lossrag.wrap(model, tasks, FAMO(min_losses=[0.0, -10.0]))
+    x, y = digits.batch(0)
+    out = model(x)
+    record = composer.backward(out, {"digit": y["digit"], "ink": out["ink"].detach()})
+    assert not record.skipped and record.losses["ink"] < 0
+    with pytest.raises(ValueError, match="min_losses has 1 values for 2 terms"):
+        lossrag.wrap(model, tasks, FAMO(min_losses=[0.0]))
