@@ -155,7 +155,7 @@ def bench(
     resume: Annotated[bool, typer.Option(help="continue an interrupted run in --out")] = False,
     force: Annotated[bool, typer.Option(help="discard what --out holds")] = False,
     jobs: Annotated[int, typer.Option(help="parallel processes (one thread each)")] = 2,
-    toy_steps: Annotated[int, typer.Option(help="toy2d Adam steps, every method")] = 20000,
+    toy_steps: Annotated[int, typer.Option(help="toy2d Adam steps, every method")] = 50000,
     report: Annotated[
         bool, typer.Option(help="only write the reports of --out from its finished problems")
     ] = False,
