@@ -319,6 +319,7 @@ def _plots(
             and r["job"]["seed"] == cfg["seeds"][0]
             and r.get("weights")
         ]
+        runs.sort(key=lambda r: cfg["methods"].index(r["job"]["method"]))
         if not runs:
             continue
         cols = 4
