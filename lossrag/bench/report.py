@@ -148,7 +148,14 @@ def markdown_table(config: Mapping[str, Any], summary: Mapping[str, Any]) -> str
     for method in config["methods"]:
         row = [method]
         for p in problems:
-            cell = _cell(summary["cells"].get(f"{p}|{method}"))
+            values = summary["cells"].get(f"{p}|{method}") or []
+            cell = _cell(values)
+            if values and len(values) < len(config["seeds"]):  # the rest crashed or diverged
+                cell += f" ({len(values)}/{len(config['seeds'])} seeds)"
+            if not summary["stl"].get(p) and any(
+                r["problem"] == p and r["method"] == method for r in summary["runs"]
+            ):
+                cell = "no STL"
             row.append(cell + (" (crash)" if (p, method) in crashed else ""))
         if has_toy:
             toy = summary["toy"].get(method)
@@ -254,7 +261,8 @@ def write_reports(
     }
     atomic_write_text(out / "results.json", json.dumps(payload, indent=1))
     text = (
-        f"Δm% vs single-task learning (lower is better), mean ± std over seeds "
+        f"Δm% vs single-task learning (lower is better; each run against the single-task "
+        f"metrics averaged over seeds), mean ± std over seeds "
         f"{cfg['seeds']}; MR = mean rank over each problem's scored metrics, averaged over "
         f"problems; cost = median per-step "
         f"time ratio to EW (interleaved).\n\n"
