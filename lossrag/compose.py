@@ -133,8 +133,10 @@ class Composer:
         methods: the aggregated direction on the ``shared`` parameters and the plain sum of the
         task losses on every other parameter). Bad input raises before anything changes. A step
         whose losses or per-task gradients are not finite writes no gradient, leaves the method's
-        state as it was and is recorded with ``skipped=True``; after ``max_skips`` consecutive
-        skips :class:`NonFiniteLossError` is raised.
+        state as it was and is recorded with ``skipped=True``. A step whose weights, direction or
+        combined gradient turn out non-finite is skipped the same way, but a stateful loss-based
+        method may already have taken its own update. After ``max_skips`` consecutive skips
+        :class:`NonFiniteLossError` is raised.
         """
         self._check_batch(outputs, targets)
         record = self._step(outputs, targets)
