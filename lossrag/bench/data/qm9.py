@@ -14,6 +14,7 @@ modification times. The CSV folder is ``$LOSSRAG_QM9`` if set, else the installe
 from __future__ import annotations
 
 import csv
+import hashlib
 import importlib.util
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -205,4 +206,7 @@ def load_qm9_arrays() -> dict[str, np.ndarray]:
         features = coulomb_features(parsed.z, parsed.xyz, parsed.counts)
         return {"features": features, "targets": parsed.targets}
 
-    return cached_arrays("qm9", FEATURE_VERSION, build, fingerprint=_fingerprint(files))
+    # the unit constants are part of the key: changing one must not serve stale targets
+    constants = repr((HARTREE_EV, ATOMREF_HARTREE, QM9_TARGETS, _BOHR_PER_ANGSTROM))
+    fingerprint = _fingerprint(files) + "|" + hashlib.sha256(constants.encode()).hexdigest()[:12]
+    return cached_arrays("qm9", FEATURE_VERSION, build, fingerprint=fingerprint)
