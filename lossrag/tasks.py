@@ -155,11 +155,13 @@ def _check_classification(where: str, output: Tensor, target: Tensor, classes: i
         )
     if target.is_floating_point() or target.dtype == torch.bool or target.is_complex():
         raise ValueError(f"{where}: expected integer class indices, found dtype {target.dtype}.")
-    if target.numel() and (int(target.min()) < 0 or int(target.max()) >= classes):
-        raise ValueError(
-            f"{where}: class indices must lie in [0, {classes}); found values in "
-            f"[{int(target.min())}, {int(target.max())}]."
-        )
+    if target.numel():
+        low, high = (int(v) for v in torch.aminmax(target))  # one device sync
+        if low < 0 or high >= classes:
+            raise ValueError(
+                f"{where}: class indices must lie in [0, {classes}); found values in "
+                f"[{low}, {high}]."
+            )
 
 
 def _check_multilabel(where: str, output: Tensor, target: Tensor, classes: int) -> None:
