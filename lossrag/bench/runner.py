@@ -177,6 +177,12 @@ def run_bench(
             results.append(json.loads(cached.read_text()))
         else:
             todo.append(job)
+    other = sum(1 for r in results if r.get("code") != fingerprint)
+    if other:
+        console.print(
+            f"[yellow]note:[/yellow] {other} of the {len(results)} finished runs in {out} were "
+            f"made by other code than this ({fingerprint}) or record none; the report mixes them."
+        )
     # plan order: problem by problem, seed by seed, so that an interrupted run leaves whole
     # cells behind
     results += _run_jobs(todo, out, jobs, console, fingerprint)
