@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any
 
@@ -83,7 +84,7 @@ def test_duplicate_tasks(digits):
 def test_bad_batch_raises_and_composer_survives(digits, mutate, message):
     model = digits.model()
     composer = lossrag.wrap(model, digits.tasks, "uw")
-    state = composer.state_dict()
+    state = copy.deepcopy(composer.state_dict())  # state_dict holds live tensors
     x, y = digits.batch(0)
     outputs, y = model(x), dict(y)
     mutate(outputs, y)
@@ -111,7 +112,7 @@ def test_nan_loss_skips_without_touching_state(digits, policy):
     model = digits.model()
     composer = lossrag.wrap(model, digits.tasks, policy, shared=model.trunk, max_skips=2)
     _ok_step(composer, model, digits)
-    before = composer.state_dict()
+    before = copy.deepcopy(composer.state_dict())
     model.zero_grad()
     x, y = digits.batch(1)
     y = dict(y, ink=y["ink"].clone())
