@@ -8,9 +8,25 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "data_dir", "suggest", "unknown_name_error"]
+__all__ = [
+    "CACHE_ENV",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "cache_dir",
+    "data_dir",
+    "suggest",
+    "unknown_name_error",
+]
 
 _PACKAGE = Path(__file__).resolve().parent
+#: Environment variable naming the cache folder.
+CACHE_ENV = "LOSSRAG_CACHE"
+
+
+def cache_dir() -> Path:
+    """The cache folder: ``$LOSSRAG_CACHE`` if set, else ``~/.cache/lossrag``."""
+    configured = os.environ.get(CACHE_ENV)
+    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "lossrag"
 
 
 def data_dir(name: str) -> Path:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import tomllib
 import typer
@@ -88,6 +88,37 @@ def library_show(name: Annotated[str, typer.Argument(help="loss name")]) -> None
     console.print(table)
 
 
+@library_app.command("build-index")
+def library_build_index(
+    out: Annotated[Path | None, typer.Option(help="index file (default: the cache)")] = None,
+    density: Annotated[
+        int, typer.Option(help="points per grid interval (1: the cards' grids)")
+    ] = 1,
+) -> None:
+    """Embed every variant of the library and write the FAISS loss index."""
+    import time
+
+    from rich.progress import Progress
+
+    from lossrag._util import cache_dir
+    from lossrag.index import LossIndex, library_fingerprint
+    from lossrag.losses import registry
+
+    if density < 1:
+        _fail(f"--density must be >= 1, got {density}.")
+    total = len(registry.variants(density=density))
+    start = time.perf_counter()
+    with Progress(console=console, transient=True) as progress:
+        bar = progress.add_task("embedding losses", total=total)
+        index = LossIndex.build(density=density, progress=lambda n: progress.advance(bar, n))
+    target = out or cache_dir() / f"index-{library_fingerprint(density=density)}.lossidx"
+    index.save(target)
+    console.print(
+        f"{len(index)} entries ({', '.join(index.kinds())}) embedded and indexed in "
+        f"{time.perf_counter() - start:.1f} s: {target}"
+    )
+
+
 @policies_app.command("list")
 def policies_list() -> None:
     """The policies shipped in ``policies/``, with their cards."""
@@ -118,8 +149,16 @@ def inspect(
         Path | None, typer.Option(help="where to write the PNG (default: beside)")
     ] = None,
 ) -> None:
-    """Per-step table of losses and weights, and a PNG of the weights over time."""
-    from lossrag.inspect import render_step, render_steps
+    """Per-step table of losses and weights (with each task's mean weight, and the terms a
+    retrieval policy switched on or off and why), and a PNG of the weights (and gates) over
+    time."""
+    from lossrag.inspect import (
+        gate_changes,
+        render_changes,
+        render_step,
+        render_steps,
+        render_summary,
+    )
     from lossrag.plots import plot_weights
     from lossrag.record import read_trace
 
@@ -134,6 +173,9 @@ def inspect(
             console.print(render_step(records, step, task))
         else:
             console.print(render_steps(records, task, rows))
+            console.print(render_summary(records, task))
+            if gate_changes(records):
+                console.print(render_changes(records, task))
     except ValueError as err:
         _fail(str(err))
     target = plot or trace.with_suffix(".png")
@@ -159,12 +201,21 @@ def bench(
     report: Annotated[
         bool, typer.Option(help="only write the reports of --out from its finished problems")
     ] = False,
+    index: Annotated[
+        bool,
+        typer.Option(
+            help="only measure the loss index: embedding 10⁴ variants, search at 10⁵ entries"
+        ),
+    ] = False,
 ) -> None:
     """Run methods × problems × seeds with single-task baselines; write results.json, table.md
     and plots."""
     from lossrag.bench.problems import list_problems
     from lossrag.bench.runner import QUICK_METHODS, BenchConfig, report_finished, run_bench
 
+    if index:
+        _bench_index(out, jobs)
+        return
     if report:
         try:
             done = report_finished(out, console)
@@ -201,7 +252,7 @@ def demo(
     epochs: Annotated[int, typer.Option(help="training epochs per method")] = 30,
     methods: Annotated[
         str, typer.Option(help="comma-separated methods")
-    ] = "ew,uw,dwa,famo,gradnorm,mgda,pcgrad,upgrad",
+    ] = "lossrag,ew,uw,dwa,famo,gradnorm,mgda,pcgrad,upgrad",
     seed: Annotated[int, typer.Option(help="seed of data, model and methods")] = 0,
     out: Annotated[Path, typer.Option(help="folder for traces and plots")] = Path("lossrag-demo"),
 ) -> None:
@@ -212,3 +263,41 @@ def demo(
         run_demo([m.strip() for m in methods.split(",") if m.strip()], epochs, seed, out, console)
     except ValueError as err:
         _fail(str(err))
+
+
+def _bench_index(out: Path, jobs: int) -> None:
+    import json
+
+    from rich.progress import Progress
+
+    from lossrag._util import atomic_write_text
+    from lossrag.bench.indexbench import bench_index
+
+    with Progress(console=console, transient=True) as progress:
+        bars: dict[str, Any] = {}
+
+        def advance(phase: str, done: int, total: int) -> None:
+            if phase not in bars:
+                bars[phase] = progress.add_task(f"embedding ({phase})", total=total)
+            progress.update(bars[phase], completed=done)
+
+        result = bench_index(jobs=jobs, progress=advance)
+    atomic_write_text(out / "index.json", json.dumps(result, indent=2))
+    build, search = result["build"], result["search"]
+    console.print(
+        f"embedded and indexed {build['entries']} variants (density {build['density']}) in "
+        f"{build['seconds']:.1f} s with {jobs} processes"
+    )
+    table = Table(title=f"search at {search['entries']} entries, k={result['k']}, one thread")
+    for col in ("kind", "entries", "index", "µs / query", f"recall@{result['k']}"):
+        table.add_column(col)
+    for row in search["kinds"]:
+        table.add_row(
+            row["kind"],
+            str(row["entries"]),
+            row["index"],
+            f"{row['latency_us']:.1f}",
+            f"{row['recall_at_k']:.3f}",
+        )
+    console.print(table)
+    console.print(f"written: {out / 'index.json'}")

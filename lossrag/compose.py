@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from lossrag.losses import Loss, registry
+from lossrag.policy import LossRAG as _Composing
 from lossrag.record import StepRecord, Term, TraceWriter
 from lossrag.tasks import Task
 from lossrag.weighting import GradMethod, LossMethod, Method, make_method
@@ -41,7 +42,9 @@ def wrap(
     Args:
         model: The multi-task model; ``model(x)`` returns ``{task name: output}``.
         tasks: The tasks, with unique names.
-        policy: A weighting method name (``lossrag.weighting.available()``: ``ew``, ``uw``,
+        policy: ``"lossrag"`` (the retrieval policy, :class:`lossrag.policy.LossRAG`, with its
+            untrained prior) or a weighting method name (``lossrag.weighting.available()``:
+            ``ew``, ``uw``,
             ``dwa``, ``famo``, ``rlw``, ``gradnorm``, ``mgda``, ``pcgrad``, ``cagrad``, ``nashmtl``,
             ``imtlg``, ``upgrad``, ``alignedmtl``, ``imtll``, ``geometricmean``, ``stch``,
             ``dualproj``, ``gradvac``, ``fairgrad``, ``graddrop``, ``config``) or a configured
@@ -93,8 +96,11 @@ class Composer:
         self.tasks = _check_tasks(tasks)
         self.method = _make_policy(policy)
         self.policy_name = self.method.name or type(self.method).__name__
-        needs_shared = self.method.per_task_gradients or any(
-            t.kind == "representation" for t in self.tasks
+        composes = isinstance(self.method, _Composing)
+        needs_shared = (
+            self.method.per_task_gradients
+            or composes
+            or any(t.kind == "representation" for t in self.tasks)
         )
         self.shared = _check_shared(model, shared, self.policy_name, needs_shared)
         self._shared_ids = (
@@ -104,6 +110,8 @@ class Composer:
             (t, registry.create(t.loss or "", **t.loss_params)) for t in self.tasks
         ]
         self.method.setup(len(self.terms), _last_layer(self.shared))
+        if isinstance(self.method, _Composing):
+            self.method.bind(self.tasks)
         if max_skips < 0:
             raise ValueError(f"wrap: max_skips must be >= 0, got {max_skips}.")
         self.max_skips = max_skips
@@ -120,7 +128,9 @@ class Composer:
         self._rerunning = False
         self._writer = TraceWriter(trace) if trace is not None else None
         self._hooks: list[Any] = []
-        if self.shared is not None and any(t.kind == "representation" for t in self.tasks):
+        if self.shared is not None and (
+            composes or any(t.kind == "representation" for t in self.tasks)
+        ):
             self._hooks.append(self.shared.register_forward_hook(self._keep_features))
         if self.method.needs_rerun:
             self._hooks.append(model.register_forward_pre_hook(self._keep_inputs, with_kwargs=True))
@@ -158,6 +168,8 @@ class Composer:
         return record
 
     def _step(self, outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor]) -> StepRecord:
+        if isinstance(self.method, _Composing):
+            return self._compose_step(self.method, outputs, targets)
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         losses = self._losses(outputs, targets)
@@ -246,6 +258,86 @@ class Composer:
         _accumulate(heads, head_grads)
         timings["backward"] = time.perf_counter() - t3
         return self._record(values, None if weights is None else weights.tolist(), timings)
+
+    def _compose_step(
+        self, policy: _Composing, outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor]
+    ) -> StepRecord:
+        """A step of a retrieval policy: its active terms, a refresh when due, held weights."""
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        features, self._features = self._features, None
+        terms = policy.terms()
+        losses = policy.term_losses(outputs, targets, features)
+        values = [float(v) for v in losses.detach().cpu().tolist()]
+        timings["losses"] = time.perf_counter() - t0
+        bad = [f"{t}:{e}" for (t, e), v in zip(terms, values, strict=True) if not math.isfinite(v)]
+        if bad:
+            return self._policy_record(
+                policy, values, timings, f"non-finite loss in {', '.join(bad)}"
+            )
+        policy.observe(self.step, values)
+        candidates: list[Term] = []
+        context: dict[str, dict[str, float]] = {}
+        note = None
+        if policy.due(self.step) and features is not None:
+            t1 = time.perf_counter()
+            try:
+                with self._own_rng():
+                    candidates, context = policy.refresh(
+                        self.step, outputs, targets, features, losses
+                    )
+            except FloatingPointError as err:  # keep the last good weights, say so
+                note = f"refresh skipped ({err}); last good weights kept"
+            timings["refresh"] = time.perf_counter() - t1
+        t2 = time.perf_counter()
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        coefficients = policy.coefficients(losses)
+        grads = torch.autograd.grad(losses, params, grad_outputs=coefficients, allow_unused=True)
+        if not _all_finite(grads):
+            return self._policy_record(policy, values, timings, "non-finite gradient")
+        _accumulate(params, grads)
+        timings["backward"] = time.perf_counter() - t2
+        record = self._policy_record(policy, values, timings, None, candidates, context)
+        if note is not None:
+            record.reason = note
+        return record
+
+    def _policy_record(
+        self,
+        policy: _Composing,
+        values: list[float],
+        timings: dict[str, float],
+        skipped: str | None,
+        candidates: Sequence[Term] = (),
+        context: dict[str, dict[str, float]] | None = None,
+    ) -> StepRecord:
+        terms = policy.terms()
+        listed = {(c.task, c.loss) for c in candidates}
+        active = [
+            Term.model_construct(
+                task=t,
+                loss=e,
+                weight=policy.weights.get(f"{t}:{e}"),
+                active=True,
+                score=policy.scores.get(f"{t}:{e}"),
+                note=None,
+            )
+            for t, e in terms
+            if (t, e) not in listed
+        ]
+        first: dict[str, float] = {}
+        for (t, _), v in zip(terms, values, strict=True):
+            first.setdefault(t, v)
+        return StepRecord.model_construct(
+            step=self.step,
+            method=self.policy_name,
+            losses=first,
+            terms=[*active, *candidates],
+            skipped=skipped is not None,
+            reason=skipped,
+            timings=timings,
+            context=context or {},
+        )
 
     # ------------------------------------------------------------------ losses and checks
     def _check_batch(self, outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor]) -> None:
@@ -364,6 +456,7 @@ class Composer:
             skipped=skipped is not None,
             reason=skipped,
             timings=timings,
+            context={},
         )
 
     # ------------------------------------------------------------------ state and lifecycle
@@ -429,7 +522,8 @@ def _make_policy(policy: str | Method) -> Method:
     if policy == "default":
         raise ValueError(
             "wrap: policy 'default' (the shipped, meta-trained LossRAG policy) is not part of "
-            "this release yet; use a baseline name from lossrag.weighting.available()."
+            "this release yet; use 'lossrag' (the retrieval policy with its untrained prior) or "
+            "a baseline name from lossrag.weighting.available()."
         )
     return make_method(policy)
 

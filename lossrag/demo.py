@@ -32,8 +32,9 @@ def run_demo(methods: list[str], epochs: int, seed: int, out: Path, console: Con
     out.mkdir(parents=True, exist_ok=True)
     console.print(
         f"[bold]digits-mtl[/bold]: tasks {', '.join(t.name for t in problem.tasks)}; "
-        f"{epochs} epochs per method, seed {seed}. This demo runs baseline weighting methods "
-        "through lossrag.wrap; the meta-trained LossRAG policy is not part of this release yet."
+        f"{epochs} epochs per method, seed {seed}. Every method runs through lossrag.wrap; "
+        "'lossrag' is the retrieval policy with its untrained prior (no meta-trained policy "
+        "ships yet)."
     )
     n_train = problem.load(seed).train.x.shape[0]
     steps = epochs * math.ceil(n_train / problem.budget.batch_size)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from lossrag._util import atomic_write_bytes
 from lossrag.record import StepRecord
@@ -25,14 +26,22 @@ def plot_weights(
 ) -> Path:
     """Plot each task's weight over the steps (skipped steps marked) and write a PNG to ``path``.
 
-    Methods without weights (GradDrop, ConFIG) get a note instead of lines.
+    Methods without weights (GradDrop, ConFIG) get a note instead of lines. For a retrieval
+    policy a second panel shows, per term, the steps at which it was active (its gate).
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    gated = any(t.note is not None for r in records for t in r.terms)
+    if gated:
+        fig, (ax, gates_ax) = plt.subplots(
+            2, 1, figsize=(8, 7.5), sharex=True, gridspec_kw={"height_ratios": [3, 2]}
+        )
+        _plot_gates(gates_ax, records)
+    else:
+        fig, ax = plt.subplots(figsize=(8, 4.5))
     series: dict[str, tuple[list[int], list[float]]] = {}
     skipped = [r.step for r in records if r.skipped]
     for r in records:
@@ -64,6 +73,24 @@ def plot_weights(
     atomic_write_bytes(out, _figure_bytes(fig))
     plt.close(fig)
     return out
+
+
+def _plot_gates(ax: Any, records: Sequence[StepRecord]) -> None:
+    """One row per (task, loss) term, a mark at every step where it was active."""
+    rows: dict[str, int] = {}
+    xs: list[int] = []
+    ys: list[int] = []
+    for r in records:
+        for t in r.terms:
+            if t.active:
+                label = f"{t.task}: {t.loss}"
+                xs.append(r.step)
+                ys.append(rows.setdefault(label, len(rows)))
+    ax.scatter(xs, ys, marker="|", s=12, linewidths=0.8)
+    ax.set_yticks(range(len(rows)), list(rows), fontsize=7)
+    ax.set(xlabel="step", title="gates: steps at which each term was active")
+    ax.invert_yaxis()
+    ax.grid(alpha=0.3, axis="x")
 
 
 def plot_metrics(

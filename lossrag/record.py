@@ -18,7 +18,9 @@ class Term(BaseModel):
     """One (task, loss) pair at one step.
 
     ``weight`` is the weight the method gave the term (not divided by any loss scale); ``None`` for
-    methods that produce no weights (e.g. GradDrop). ``score`` is the policy's score, if it has one.
+    methods that produce no weights (e.g. GradDrop). ``score`` is the policy's score, if it has one;
+    ``note`` says why a retrieval policy lists the term (``retrieved``, ``explore``) or why its gate
+    changed (``on: ...``, ``off: ...``). ``loss`` is the library entry id (``huber(delta=0.5)``).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -28,6 +30,7 @@ class Term(BaseModel):
     weight: float | None
     active: bool = True
     score: float | None = None
+    note: str | None = None
 
 
 class StepRecord(BaseModel):
@@ -42,6 +45,8 @@ class StepRecord(BaseModel):
             and no weighting state was updated.
         reason: Why the step was skipped, if it was.
         timings: Seconds spent per phase (``losses``, ``weights``, ``backward``, ...).
+        context: At a retrieval policy's refresh steps, task name -> its context features
+            (:data:`lossrag.context.TERM_FEATURES`); empty otherwise.
     """
 
     model_config = ConfigDict(extra="forbid", ser_json_inf_nan="constants")
@@ -53,6 +58,7 @@ class StepRecord(BaseModel):
     skipped: bool = False
     reason: str | None = None
     timings: dict[str, float] = Field(default_factory=dict)
+    context: dict[str, dict[str, float]] = Field(default_factory=dict)
 
     def task_weights(self) -> dict[str, float | None]:
         """Task name -> sum of the weights of its active terms (``None`` if the method has none)."""

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from lossrag.bench.metrics import delta_m
 from lossrag.bench.problems import get_problem
-from lossrag.bench.runner import BenchConfig, plan, report_finished, run_bench
+from lossrag.bench.runner import QUICK_METHODS, BenchConfig, plan, report_finished, run_bench
 from lossrag.cli import app
 
 
@@ -110,7 +110,8 @@ def test_quick_end_to_end(tmp_path):
     assert result.exit_code == 0, result.output
     payload = json.loads((out / "results.json").read_text())
     runs = payload["runs"]
-    assert len(runs) == 21 and not any(r["error"] for r in runs)
+    assert len(runs) == len(QUICK_METHODS) == 22 and not any(r["error"] for r in runs)
+    assert "lossrag" in {r["method"] for r in runs}
     hib = get_problem("digits-mtl").higher_is_better
     for r in runs:
         assert all(math.isfinite(v) for v in r["metrics"].values())

@@ -11,13 +11,11 @@ from lossrag.cli import app
 def test_demo_runs_and_writes_traces_and_plots(tmp_path):
     out = tmp_path / "demo"
     result = CliRunner().invoke(
-        app, ["demo", "--epochs", "2", "--methods", "ew,famo,mgda", "--out", str(out)]
+        app, ["demo", "--epochs", "2", "--methods", "lossrag,ew,famo,mgda", "--out", str(out)]
     )
     assert result.exit_code == 0, result.output
-    assert (
-        "digits-mtl test metrics" in result.output and "not part of this release" in result.output
-    )
-    for method in ("ew", "famo", "mgda"):
+    assert "digits-mtl test metrics" in result.output and "untrained prior" in result.output
+    for method in ("lossrag", "ew", "famo", "mgda"):
         records = lossrag.read_trace(out / f"{method}.jsonl")
         assert len(records) == 2 * 17  # 1077 training samples, batches of 64, 2 epochs
         assert records[-1].method == method and not any(r.skipped for r in records)

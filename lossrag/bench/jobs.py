@@ -152,6 +152,8 @@ def _cost(job: Job) -> dict[str, Any]:
         "ew_step_ms": ew * 1e3,
         "step_ms": method * 1e3,
         "cost_ratio": method / ew,
+        # the median is the step with weights held; the mean includes a policy's periodic refresh
+        "cost_ratio_mean": sum(times[1]) / sum(times[0]),
         "steps": steps,
     }
 

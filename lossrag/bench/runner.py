@@ -23,7 +23,7 @@ from lossrag.weighting import available, method_class
 
 __all__ = ["QUICK_METHODS", "BenchConfig", "plan", "report_finished", "run_bench"]
 
-#: Every baseline, as ``--quick`` runs them.
+#: Every registered method (the baselines and ``lossrag``), as ``--quick`` runs them.
 QUICK_METHODS = tuple(available())
 #: Methods that take per-task gradients; the protocol runs them on gradnorm-synth up to T = 10.
 GRADIENT_METHODS = frozenset(m for m in QUICK_METHODS if method_class(m).per_task_gradients)

@@ -118,9 +118,16 @@ class LossRegistry:
             if fnmatch.fnmatchcase(name, pattern) and (kind is None or kind in spec.kinds)
         )
 
-    def variants(self, kind: str | None = None) -> builtins.list[tuple[str, dict[str, float]]]:
-        """Every ``(name, hyper-parameters)`` on each card's grid; by name, then in grid order."""
-        return [(name, point) for name in self.list(kind=kind) for point in self.spec(name).grid()]
+    def variants(
+        self, kind: str | None = None, density: int = 1
+    ) -> builtins.list[tuple[str, dict[str, float]]]:
+        """Every ``(name, hyper-parameters)`` on each card's grid (densified by ``density``, see
+        :meth:`LossSpec.grid`); by name, then in grid order."""
+        return [
+            (name, point)
+            for name in self.list(kind=kind)
+            for point in self.spec(name).grid(density)
+        ]
 
     def __contains__(self, name: object) -> bool:
         return name in self._loaded()

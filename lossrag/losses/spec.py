@@ -199,8 +199,28 @@ class LossSpec(BaseModel):
         """The default value of every hyper-parameter."""
         return {key: hp.default for key, hp in self.params.items()}
 
-    def grid(self) -> list[dict[str, float]]:
-        """Every combination of the hyper-parameter grids (one empty dict for a loss without)."""
+    def grid(self, density: int = 1) -> list[dict[str, float]]:
+        """Every combination of the hyper-parameter grids (one empty dict for a loss without).
+
+        ``density > 1`` puts ``density - 1`` extra points between neighbouring grid values
+        (geometrically spaced when both are positive, evenly otherwise; integers rounded), which
+        is how the parametric library grows to the 10⁴–10⁵ entries an approximate index serves.
+        """
+        if density < 1:
+            raise ValueError(f"Loss {self.name!r}: grid density must be >= 1, got {density}.")
         keys = list(self.params)
-        values = [[hp.check(self.name, k, v) for v in hp.grid] for k, hp in self.params.items()]
+        values = [
+            [hp.check(self.name, k, v) for v in _densify(hp, density)]
+            for k, hp in self.params.items()
+        ]
         return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*values)]
+
+
+def _densify(hp: HyperParam, density: int) -> list[float]:
+    points = list(hp.grid)
+    for a, b in itertools.pairwise(hp.grid):
+        for j in range(1, density):
+            f = j / density
+            v = a * (b / a) ** f if a > 0 and b > 0 else a + (b - a) * f
+            points.append(float(round(v)) if hp.integer else v)
+    return sorted(set(points))

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import warnings
 import zipfile
 from collections.abc import Callable, Mapping
@@ -21,19 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from lossrag._util import atomic_write_bytes
+from lossrag._util import CACHE_ENV, atomic_write_bytes, cache_dir
 
 __all__ = ["CACHE_ENV", "cache_dir", "cached_arrays"]
 
-#: Environment variable naming the cache folder.
-CACHE_ENV = "LOSSRAG_CACHE"
 _META = "__meta__"
-
-
-def cache_dir() -> Path:
-    """The cache folder: ``$LOSSRAG_CACHE`` if set, else ``~/.cache/lossrag``."""
-    configured = os.environ.get(CACHE_ENV)
-    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "lossrag"
 
 
 def _digest(array: np.ndarray) -> str:

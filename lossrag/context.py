@@ -1,0 +1,135 @@
+"""Context: detached, scale-free features of the training state, for the retrieval policy.
+
+Per term, cheaply every step (Python floats): the first loss ``L0``, an EMA of the loss (the
+scale each term is divided by) and an EMA of ``log L``. At a refresh (every few steps), per term,
+from one head-only backward to the output of ``shared``: the log gradient signal-to-noise over
+samples, the log norm ratio and the cosine of the term's scale-normalised gradient with the
+mean, plus ``log(L/L0)`` and the slope of ``log L``. Globally: progress ``t/T`` and the effective
+rank of the shared features.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lossrag.embed.stats import log_gsnr
+
+__all__ = [
+    "GLOBAL_FEATURES",
+    "TERM_FEATURES",
+    "LossTracker",
+    "global_features",
+    "gradient_features",
+]
+
+#: Per-term context features, in order.
+TERM_FEATURES: tuple[str, ...] = (
+    "log_loss_ratio",  # log(L / L0)
+    "slope",  # change of the EMA of log L per 100 steps since the last refresh
+    "log_gsnr",  # gradient signal-to-noise over the samples at the output of `shared`
+    "log_norm_ratio",  # ‖∇L/EMA(L)‖ over the mean of the terms
+    "cos_mean",  # cosine of ∇L/EMA(L) with the mean of the terms'
+    "cos_query",  # cosine with the last query gradient (0 until meta-learning provides one)
+)
+#: Global context features, in order.
+GLOBAL_FEATURES: tuple[str, ...] = ("progress", "effective_rank")
+
+_TINY = 1e-12
+
+
+class LossTracker:
+    """Running statistics of each term's loss, updated every step from Python floats.
+
+    Args:
+        beta: EMA factor of the loss scale and of ``log L``.
+    """
+
+    def __init__(self, beta: float = 0.9) -> None:
+        self.beta = beta
+        self.first: dict[str, float] = {}
+        self.ema: dict[str, float] = {}
+        self.log_ema: dict[str, float] = {}
+        self.log_mark: dict[str, tuple[int, float]] = {}
+
+    def update(self, step: int, values: dict[str, float]) -> None:
+        """Fold this step's finite term losses in (keys are term ids)."""
+        b = self.beta
+        for key, v in values.items():
+            log_v = math.log(abs(v) + _TINY)
+            if key not in self.ema:
+                self.first[key], self.ema[key], self.log_ema[key] = v, v, log_v
+                self.log_mark[key] = (step, log_v)
+            else:
+                self.ema[key] = b * self.ema[key] + (1 - b) * v
+                self.log_ema[key] = b * self.log_ema[key] + (1 - b) * log_v
+
+    def scale(self, key: str) -> float:
+        """The loss scale the term is divided by: ``|EMA L|`` (at least 1e-8)."""
+        return max(abs(self.ema.get(key, 1.0)), 1e-8)
+
+    def trend(self, step: int, key: str) -> tuple[float, float]:
+        """``(log(L/L0), slope of log L per 100 steps)`` since the last call for ``key``."""
+        if key not in self.ema:
+            return 0.0, 0.0
+        ratio = math.log((abs(self.ema[key]) + _TINY) / (abs(self.first[key]) + _TINY))
+        then, log_then = self.log_mark[key]
+        slope = 100 * (self.log_ema[key] - log_then) / max(step - then, 1)
+        self.log_mark[key] = (step, self.log_ema[key])
+        return ratio, slope
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain dicts of floats."""
+        return {
+            "first": dict(self.first),
+            "ema": dict(self.ema),
+            "log_ema": dict(self.log_ema),
+            "log_mark": {k: list(v) for k, v in self.log_mark.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        self.first = dict(state["first"])
+        self.ema = dict(state["ema"])
+        self.log_ema = dict(state["log_ema"])
+        self.log_mark = {k: (int(v[0]), float(v[1])) for k, v in state["log_mark"].items()}
+
+
+def gradient_features(
+    losses: Sequence[Tensor], scales: Sequence[float], features: Tensor
+) -> list[list[float]]:
+    """``[log_gsnr, log_norm_ratio, cos_mean]`` per term, from gradients at ``features``.
+
+    Each term costs one backward through its head only (the graph is kept for the step's own
+    backward). A term that does not reach ``features`` gets zeros.
+    """
+    grads, gsnr = [], []
+    for loss, scale in zip(losses, scales, strict=True):
+        (rows,) = torch.autograd.grad(loss, features, retain_graph=True, allow_unused=True)
+        if rows is None:
+            rows = torch.zeros_like(features)
+        rows = rows.detach().flatten(1).float()
+        grads.append(rows.sum(0) / scale)
+        gsnr.append(log_gsnr(rows))
+    g = torch.stack(grads)
+    norms = g.norm(dim=1)
+    mean = g.mean(0)
+    cos = (g @ mean) / (norms * mean.norm()).clamp_min(_TINY)
+    ratio = torch.log((norms + _TINY) / (norms.mean() + _TINY))
+    return [[s, float(r), float(c)] for s, r, c in zip(gsnr, ratio, cos, strict=True)]
+
+
+def global_features(step: int, total_steps: int | None, features: Tensor) -> list[float]:
+    """``[progress, effective_rank]``: ``t/T`` (0 when ``T`` is unknown) and the effective rank of
+    the shared features (exp of the entropy of the normalised singular values) over their width."""
+    x = features.detach().flatten(1).float()
+    x = x - x.mean(0)
+    s = torch.linalg.svdvals(x)
+    p = s / s.sum().clamp_min(_TINY)
+    rank = float(torch.exp(-(p * torch.log(p.clamp_min(_TINY))).sum())) / max(min(x.shape), 1)
+    progress = min(step / total_steps, 1.0) if total_steps else 0.0
+    return [progress, rank]

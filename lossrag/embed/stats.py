@@ -1,0 +1,182 @@
+"""Scale-free gradient statistics of a loss: its shape signature and its probe statistics.
+
+Only elasticities, ratios, cosines and rank statistics are used, never raw norms, so the numbers
+of one loss agree across models, problems and target scales.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from lossrag.embed.probe import DIFFICULTY
+
+__all__ = [
+    "PROBE_STATS",
+    "SIGNATURE",
+    "log_gsnr",
+    "output_gradients",
+    "probe_statistics",
+    "signature",
+]
+
+#: Names of the shape-signature block: six elasticities between neighbouring grid points, then
+#: the asymmetry between over- and under-prediction (regression) or positives and negatives
+#: (multilabel), 0 for the other kinds.
+SIGNATURE: tuple[str, ...] = (*(f"elasticity_{i}" for i in range(6)), "asymmetry")
+#: Names of the probe-statistics block.
+PROBE_STATS: tuple[str, ...] = (
+    "log_norm_ratio",  # log of (mean ‖∂ℓ/∂z‖ / |mean ℓ|) over the same for the probe loss
+    "hard_emphasis",  # Spearman ρ of per-sample gradient norm vs the probe loss (difficulty)
+    "gini",  # Gini coefficient of the per-sample gradient norms
+    "log_q90_q50",  # concentration: log(q90 / q50) of the per-sample gradient norms
+    "cos_output",  # cosine with the probe loss's gradient in output space
+    "cos_head",  # cosine with the probe loss's gradient at the head's input
+    "log_gsnr",  # log gradient signal-to-noise over the samples, at the head's input
+)
+
+_CLIP = 3.0
+_TINY = 1e-12
+
+LossCall = Callable[[Tensor, Tensor], Tensor]
+
+
+def _per_sample_sum(values: Tensor, batch: int) -> Tensor:
+    """Sum of per-sample losses; a per-batch loss (0-dim, a mean) counts ``batch`` times."""
+    return values * batch if values.dim() == 0 else values.sum()
+
+
+def signature(loss: LossCall, kind: str) -> list[float]:
+    """The model-free shape signature of ``loss``: how its output-space gradient grows with the
+    difficulty of a sample (``d log‖∂ℓ/∂z‖ / d log x`` on :data:`DIFFICULTY`), clipped to ±3."""
+    with torch.enable_grad():
+        return _signature(loss, kind)
+
+
+def _signature(loss: LossCall, kind: str) -> list[float]:
+    x = torch.tensor(DIFFICULTY[kind], dtype=torch.float64)
+    asym = 0.0
+    if kind == "regression":
+        z = torch.cat([x, -x]).requires_grad_(True)
+        (g,) = torch.autograd.grad(loss(z, torch.zeros_like(z)).sum(), z)
+        pos, neg = g[: len(x)].abs(), g[len(x) :].abs()
+        norms = (pos + neg) / 2
+        asym = _log_ratio(pos[3], neg[3])
+    elif kind == "classification":
+        c = 10
+        logits = torch.zeros(len(x), c, dtype=torch.float64)
+        logits[:, 0] = torch.log((1 - x) / x * (c - 1))
+        logits.requires_grad_(True)
+        (g,) = torch.autograd.grad(
+            loss(logits, torch.zeros(len(x), dtype=torch.long)).sum(), logits
+        )
+        norms = g.norm(dim=1)
+    elif kind == "multilabel":
+        c = 8
+        z = torch.log((1 - x) / x).repeat_interleave(c).view(len(x), c)
+        z = torch.cat([z, -z]).requires_grad_(True)
+        t = torch.cat([torch.ones(len(x), c), torch.zeros(len(x), c)]).to(z)
+        (g,) = torch.autograd.grad(loss(z, t).sum(), z)
+        pos, neg = g[: len(x)].norm(dim=1), g[len(x) :].norm(dim=1)
+        norms = (pos + neg) / 2
+        asym = _log_ratio(pos[3], neg[3])
+    elif kind == "representation":
+        gen = torch.Generator().manual_seed(0)
+        labels = torch.arange(64) % 8
+        centres = F.normalize(torch.randn(8, 16, generator=gen, dtype=torch.float64), dim=1)
+        noise = torch.randn(64, 16, generator=gen, dtype=torch.float64) / 4
+        rows = []
+        for scale in x.tolist():
+            f = (centres[labels] + scale * noise).requires_grad_(True)
+            (g,) = torch.autograd.grad(_per_sample_sum(loss(f, labels), 64), f)
+            rows.append(g.norm(dim=1).mean())
+        norms = torch.stack(rows)
+    else:
+        raise ValueError(f"No shape signature for task kind {kind!r}.")
+    logs = torch.log(norms.clamp_min(_TINY))
+    elasticity = (logs.diff() / torch.log(x).diff()).clamp(-_CLIP, _CLIP)
+    return [*elasticity.tolist(), asym]
+
+
+def _log_ratio(a: Tensor, b: Tensor) -> float:
+    value = float(torch.log(a.clamp_min(_TINY)) - torch.log(b.clamp_min(_TINY)))
+    return max(-_CLIP, min(_CLIP, value))
+
+
+def output_gradients(loss: LossCall, outputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-sample losses (or the batch loss) and per-sample gradients ``∂ℓ_b/∂z_b`` at detached
+    ``outputs`` (a per-batch loss's gradient is scaled by the batch size)."""
+    z = outputs.detach().requires_grad_(True)
+    with torch.enable_grad():
+        values = loss(z, targets)
+        (g,) = torch.autograd.grad(_per_sample_sum(values, len(z)), z)
+    return values.detach(), g.reshape(len(z), -1)
+
+
+def probe_statistics(
+    values: Tensor,
+    out_grad: Tensor,
+    head_grad: Tensor,
+    ref_values: Tensor,
+    ref_out_grad: Tensor,
+    ref_head_grad: Tensor,
+) -> list[float]:
+    """The :data:`PROBE_STATS` of a loss against the probe loss on the same batch.
+
+    Args:
+        values: The loss's per-sample values ``(B,)`` or its batch value.
+        out_grad: ``(B, out)`` per-sample gradients with respect to the outputs.
+        head_grad: ``(B, d)`` per-sample gradients with respect to the head's input.
+        ref_values, ref_out_grad, ref_head_grad: The same for the probe loss.
+    """
+    norms = out_grad.norm(dim=1)
+    ref_norms = ref_out_grad.norm(dim=1)
+    scale = norms.mean() / values.mean().abs().clamp_min(_TINY)
+    ref_scale = ref_norms.mean() / ref_values.mean().abs().clamp_min(_TINY)
+    ordered = norms.sort().values
+    q50, q90 = (float(ordered[int(q * (len(ordered) - 1))]) for q in (0.5, 0.9))
+    stats = [
+        math.log((float(scale) + _TINY) / (float(ref_scale) + _TINY)),
+        _spearman(norms, ref_values),
+        _gini(ordered),
+        math.log((q90 + 1e-9) / (q50 + 1e-9)),
+        _cosine(out_grad, ref_out_grad),
+        _cosine(head_grad, ref_head_grad),
+        log_gsnr(head_grad),
+    ]
+    return [max(-10.0, min(10.0, s)) if math.isfinite(s) else 0.0 for s in stats]
+
+
+def _cosine(a: Tensor, b: Tensor) -> float:
+    a, b = a.flatten(), b.flatten()
+    denom = float(a.norm() * b.norm())
+    return float(a @ b) / denom if denom > 0 else 0.0
+
+
+def _gini(ordered: Tensor) -> float:
+    """Gini coefficient of non-negative values sorted ascending."""
+    total = float(ordered.sum())
+    if total <= 0:
+        return 0.0
+    n = len(ordered)
+    ranks = torch.arange(1, n + 1, dtype=ordered.dtype)
+    return float(((2 * ranks - n - 1) * ordered).sum()) / (n * total)
+
+
+def _spearman(a: Tensor, b: Tensor) -> float:
+    ra = a.argsort().argsort().to(torch.float64)
+    rb = b.argsort().argsort().to(torch.float64)
+    return _cosine(ra - ra.mean(), rb - rb.mean())
+
+
+def log_gsnr(rows: Tensor) -> float:
+    """Gradient signal-to-noise of per-sample gradient ``rows`` ``(B, d)``: log of ‖mean‖² over the
+    variance of the batch mean (``Σ_d Var_b / B``), i.e. micro-batches of one; clipped to ±20."""
+    rows = rows.flatten(1)
+    signal = float(rows.mean(0).pow(2).sum())
+    noise = float(rows.var(0).sum()) / len(rows) if len(rows) > 1 else 0.0
+    return max(-20.0, min(20.0, math.log((signal + _TINY) / (noise + _TINY))))

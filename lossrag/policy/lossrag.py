@@ -1,0 +1,483 @@
+"""``policy="lossrag"``: retrieve candidate losses per task, score them, weight and gate them.
+
+At a refresh (every ``refresh_every`` steps, weights held in between):
+
+1. context per active term (:mod:`lossrag.context`): loss trend, gradient signal-to-noise, norm
+   ratio and alignment at the output of ``shared``;
+2. per task, the query is the mean embedding of its active losses; the index returns the ``k``
+   nearest losses of the task's kind, to which the active terms and ``explore`` random entries are
+   added;
+3. each candidate is measured on the user's model at this batch (probe statistics against the
+   probe loss, :meth:`lossrag.embed.Embedder.on_model`);
+4. scores ``a = prior + Δφ`` (:class:`~lossrag.policy.prior.Prior`,
+   :class:`~lossrag.policy.net.Correction`, zero until trained); gates with hysteresis on the
+   utility (here the score relative to the task's natural loss); weights
+   ``K·((1 − floor)·softmax(a/τ) + floor/n)`` over the active terms.
+
+Every step the training loss is ``Σ w_i · L_i / sg(EMA L_i)``. Regression candidates that are not
+homogeneous in the residual (Huber, Cauchy, ...) see outputs and targets divided by the target's
+standard deviation (from the first batch), so their hyper-parameters mean the same on every
+problem.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from lossrag.context import (
+    GLOBAL_FEATURES,
+    TERM_FEATURES,
+    LossTracker,
+    global_features,
+    gradient_features,
+)
+from lossrag.embed import PROBE_STATS, RAW_DIM, SIGNATURE, Embedder
+from lossrag.index import Entry, LossIndex, default_index
+from lossrag.losses import Loss, registry
+from lossrag.losses.spec import FAMILIES
+from lossrag.policy.gates import Gates
+from lossrag.policy.net import Correction
+from lossrag.policy.prior import Prior
+from lossrag.record import Term
+from lossrag.tasks import NATURAL_LOSS, Task
+from lossrag.weighting.base import Method, register_method
+
+__all__ = ["FEATURES", "LossRAG"]
+
+_EXTRA = ("retrieval_score", "active", "natural", "explore")
+#: Length of a candidate's feature vector: the task's context, the candidate's embedding on the
+#: user's model, retrieval flags, global context.
+FEATURES = len(TERM_FEATURES) + RAW_DIM + len(_EXTRA) + len(GLOBAL_FEATURES)
+#: Column of the on-model log GSNR in a raw embedding.
+_GSNR = len(FAMILIES) + len(SIGNATURE) + PROBE_STATS.index("log_gsnr")
+_HOMOGENEOUS = ("squared", "absolute")
+_COL = {name: i for i, name in enumerate(TERM_FEATURES)}
+#: Cosine above which two library entries count as the same loss.
+_SAME = 0.995
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    """A retrieved loss of one task, as measured on the model at the last retrieval."""
+
+    entry: str
+    retrieval: float
+    explore: bool
+    vector: list[float]
+    gsnr: float
+
+
+@register_method
+class LossRAG(Method):
+    """The retrieval policy: an untrained prior plus a zero-initialised correction by default.
+
+    Args:
+        k: Nearest library entries retrieved per task at a refresh.
+        explore: Random entries of the task's kind added to the candidates at a refresh.
+        retrieve_every: Refreshes between retrievals (candidates measured on the model, gates
+            updated); the refreshes in between re-score the held candidates with new context.
+        refresh_every: Steps between refreshes (context, scores, weights); weights are held
+            in between.
+        patience: Retrievals a term's utility must stay negative before it goes off (and stay
+            positive before an inactive candidate comes on).
+        floor: Share of the total weight spread evenly over the active terms.
+        temperature: Softmax temperature of the weights.
+        max_terms: Most active terms per task.
+        smoothing: EMA factor, across refreshes, of the context features the prior reads.
+        prior: The prior's coefficients.
+        total_steps: Length of the run, for the progress feature (0 when unknown).
+        index: The loss index; the shipped library's by default.
+        correction: A trained Δφ; a zero-initialised one by default.
+    """
+
+    name = "lossrag"
+    kind: ClassVar[Any] = "loss"
+    randomized = True
+    composes_terms: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        *,
+        k: int = 4,
+        explore: int = 1,
+        refresh_every: int = 50,
+        retrieve_every: int = 4,
+        patience: int = 3,
+        floor: float = 0.05,
+        temperature: float = 1.0,
+        max_terms: int = 2,
+        smoothing: float = 0.7,
+        prior: Prior | None = None,
+        total_steps: int | None = None,
+        index: LossIndex | None = None,
+        correction: Correction | None = None,
+    ) -> None:
+        for name, value, low in (
+            ("k", k, 1),
+            ("explore", explore, 0),
+            ("refresh_every", refresh_every, 1),
+            ("retrieve_every", retrieve_every, 1),
+        ):
+            if value < low:
+                raise ValueError(f"LossRAG: {name} must be >= {low}, got {value}.")
+        if not 0 <= floor < 1 or temperature <= 0 or max_terms < 1:
+            raise ValueError(
+                "LossRAG: need 0 <= floor < 1, temperature > 0 and max_terms >= 1; got "
+                f"floor={floor}, temperature={temperature}, max_terms={max_terms}."
+            )
+        self.k, self.explore, self.refresh_every = k, explore, refresh_every
+        self.retrieve_every = retrieve_every
+        self.floor, self.temperature, self.max_terms = floor, temperature, max_terms
+        self.prior = prior or Prior()
+        self.smoothing = smoothing
+        self.total_steps = total_steps
+        self.index = index
+        self.correction = correction or Correction(FEATURES)
+        self.gates = Gates(patience, patience_on=patience)
+
+    # ------------------------------------------------------------------ set-up
+    def bind(self, tasks: list[Task]) -> None:
+        """Prepare for ``tasks``: each starts with its natural loss as its only active term."""
+        self.index = self.index if self.index is not None else default_index()
+        self.tasks = {t.name: t for t in tasks}
+        self.natural: dict[str, str] = {}
+        self.entries: dict[str, Entry] = {}
+        for t in tasks:
+            if t.kind not in self.index.kinds():
+                raise ValueError(
+                    f"Task {t.name!r}: the loss library has no loss for {t.kind!r} tasks."
+                )
+            spec = registry.spec(t.loss or NATURAL_LOSS[t.kind])
+            entry = Entry(spec.name, spec.check_params(t.loss_params), t.kind)
+            self.entries[entry.id] = entry
+            self.natural[t.name] = entry.id
+        self.active: dict[str, list[str]] = {t.name: [self.natural[t.name]] for t in tasks}
+        self._modules: dict[str, Loss] = {}
+        self.tracker = LossTracker()
+        self.scores: dict[str, float] = {}
+        self.weights: dict[str, float] = {}
+        self.target_scale: dict[str, float] = {}
+        self.last_refresh: int | None = None
+        self.smoothed: dict[str, list[float]] = {}
+        self.refreshes = 0
+        self.candidates: dict[str, list[_Candidate]] = {}
+
+    def terms(self) -> list[tuple[str, str]]:
+        """The active ``(task, entry id)`` pairs, tasks in order."""
+        return [(task, e) for task, ids in self.active.items() for e in ids]
+
+    def _module(self, entry_id: str) -> Loss:
+        if entry_id not in self._modules:
+            entry = self.entries[entry_id]
+            self._modules[entry_id] = registry.create(entry.name, **entry.params)
+        return self._modules[entry_id]
+
+    # ------------------------------------------------------------------ every step
+    def _inputs(
+        self,
+        task: Task,
+        entry_id: str,
+        outputs: Mapping[str, Tensor],
+        targets: Mapping[str, Tensor],
+        features: Tensor | None,
+    ) -> tuple[Tensor, Tensor]:
+        if task.kind == "representation":
+            if features is None:
+                raise ValueError(
+                    f"Task {task.name!r} (representation): `shared` produced no output in this "
+                    "forward; call model(x) before composer.backward."
+                )
+            return features.flatten(1), targets[task.positives or ""]
+        out, tgt = outputs[task.name], targets[task.name]
+        family = registry.spec(self.entries[entry_id].name).family
+        if task.kind == "regression" and family not in _HOMOGENEOUS:
+            s = self._scale(task, tgt)
+            return out / s, tgt / s
+        return out, tgt
+
+    def term_losses(
+        self, outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor], features: Tensor | None
+    ) -> Tensor:
+        """Mean loss of every active term, in :meth:`terms` order, with its graph."""
+        values = []
+        for task_name, entry_id in self.terms():
+            task = self.tasks[task_name]
+            out, tgt = self._inputs(task, entry_id, outputs, targets, features)
+            v = self._module(entry_id)(out, tgt)
+            values.append(v if v.dim() == 0 else v.mean())
+        return torch.stack(values)
+
+    def observe(self, step: int, values: list[float]) -> None:
+        """Fold this step's term losses (in :meth:`terms` order) into the trackers."""
+        keys = [f"{t}:{e}" for t, e in self.terms()]
+        self.tracker.update(step, dict(zip(keys, values, strict=True)))
+
+    def coefficients(self, like: Tensor) -> Tensor:
+        """``w_i / |EMA L_i|`` per active term: the gradient weights of this step."""
+        keys = [f"{t}:{e}" for t, e in self.terms()]
+        n = len(keys)
+        return like.new_tensor(
+            [self.weights.get(k, len(self.tasks) / n) / self.tracker.scale(k) for k in keys]
+        )
+
+    def due(self, step: int) -> bool:
+        """Whether this step refreshes the context, retrieval and scores."""
+        return self.last_refresh is None or step - self.last_refresh >= self.refresh_every
+
+    # ------------------------------------------------------------------ refresh
+    def refresh(
+        self,
+        step: int,
+        outputs: Mapping[str, Tensor],
+        targets: Mapping[str, Tensor],
+        features: Tensor,
+        losses: Tensor,
+    ) -> tuple[list[Term], dict[str, dict[str, float]]]:
+        """Update the context, score and re-weight; every ``retrieve_every``-th refresh also
+        retrieve, measure the candidates on the model and update the gates. Returns the
+        candidate terms (at a retrieval) and the context, to record. Raises
+        ``FloatingPointError`` (the composer keeps the last weights) on a non-finite statistic."""
+        retrieve = self.refreshes % self.retrieve_every == 0
+        self.last_refresh = step
+        self.refreshes += 1
+        context = self._context(step, features, losses)
+        if retrieve or not self.candidates:
+            self.candidates = {
+                name: self._measure(self.tasks[name], outputs, targets, features)
+                for name in self.tasks
+            }
+        scores = self._score(step, context, features)
+        ctx = {n: dict(zip(TERM_FEATURES, v, strict=True)) for n, v in context.items()}
+        if not retrieve:
+            keys = [f"{t}:{c.entry}" for t, cands in self.candidates.items() for c in cands]
+            self.scores.update(zip(keys, scores, strict=True))
+            self._reweigh()
+            return [], ctx
+        return self._update(scores), ctx
+
+    def _context(self, step: int, features: Tensor, losses: Tensor) -> dict[str, list[float]]:
+        """Per task, the context features of its first active term (and their smoothed copy)."""
+        terms = self.terms()
+        keys = [f"{t}:{e}" for t, e in terms]
+        rows = gradient_features(list(losses), [self.tracker.scale(k) for k in keys], features)
+        context: dict[str, list[float]] = {}
+        for (name, _), key, row in zip(terms, keys, rows, strict=True):
+            if name not in context:
+                ratio, slope = self.tracker.trend(step, key)
+                context[name] = [ratio, slope, *row, 0.0]
+        if not all(np.isfinite(v).all() for v in context.values()):
+            raise FloatingPointError("non-finite context")
+        for name, now in context.items():  # the prior reads features smoothed over refreshes
+            old = self.smoothed.get(name, now)
+            b = self.smoothing
+            self.smoothed[name] = [b * o + (1 - b) * c for o, c in zip(old, now, strict=True)]
+        return context
+
+    def _score(self, step: int, context: dict[str, list[float]], features: Tensor) -> list[float]:
+        """Prior plus correction for every candidate, in :attr:`candidates` order."""
+        assert self.index is not None
+        names = list(self.tasks)
+        smooth = self.smoothed
+        task_prior = self.prior.task_scores(
+            [smooth[n][_COL["log_norm_ratio"]] for n in names],
+            [smooth[n][_COL["cos_mean"]] for n in names],
+            [smooth[n][_COL["slope"]] for n in names],
+            [self.entries[self.active[n][0]].name for n in names],
+        )
+        glob = global_features(step, self.total_steps, features)
+        rows, prior, group = [], [], []
+        for gi, name in enumerate(names):
+            cands = self.candidates[name]
+            natural = next(c for c in cands if c.entry == self.natural[name])
+            for c in cands:
+                is_natural = c.entry == self.natural[name]
+                flags = [c.retrieval, float(c.entry in self.active[name]), float(is_natural)]
+                rows.append([*context[name], *c.vector, *flags, float(c.explore), *glob])
+                extra = 0.0 if is_natural else self.prior.candidate_score(c.gsnr, natural.gsnr)
+                prior.append(task_prior[gi] + extra)
+                group.append(gi)
+        with torch.no_grad():
+            x = torch.tensor(rows, dtype=torch.float32)
+            scores = torch.tensor(prior) + self.correction(x, torch.tensor(group))
+        if not bool(torch.isfinite(scores).all()):
+            raise FloatingPointError("non-finite scores")
+        return [float(v) for v in scores]
+
+    def _measure(
+        self,
+        task: Task,
+        outputs: Mapping[str, Tensor],
+        targets: Mapping[str, Tensor],
+        features: Tensor,
+    ) -> list[_Candidate]:
+        """Retrieve the task's candidates and measure each on the model at this batch (in the
+        target's standard units for regression: the probe loss is not homogeneous)."""
+        assert self.index is not None
+        found = self._candidates(task)
+        with torch.enable_grad():
+            if task.kind == "representation":
+                out = features.flatten(1)
+                tgt = targets[task.positives or ""]
+                head_in = out
+            else:
+                out, tgt, head_in = outputs[task.name], targets[task.name], features
+                if task.kind == "regression":
+                    s = self._scale(task, tgt)
+                    out, tgt = out / s, tgt / s
+            raws = self._embedder.on_model(
+                task.kind,
+                [
+                    (self.entries[e].name, self.entries[e].params, self._module(e).forward)
+                    for e, _, _ in found
+                ],
+                out,
+                tgt,
+                head_in,
+            )
+        if not all(np.isfinite(r).all() for r in raws):
+            raise FloatingPointError(f"non-finite candidate statistics for task {task.name!r}")
+        return [
+            _Candidate(e, score, explore, self.index.normaliser(raw).tolist(), float(raw[_GSNR]))
+            for (e, score, explore), raw in zip(found, raws, strict=True)
+        ]
+
+    def _scale(self, task: Task, target: Tensor) -> float:
+        """The target's standard deviation, from the first batch seen."""
+        if task.name not in self.target_scale:
+            self.target_scale[task.name] = max(float(target.detach().float().std()), 1e-8)
+        return self.target_scale[task.name]
+
+    def _candidates(self, task: Task) -> list[tuple[str, float, bool]]:
+        """``(entry id, retrieval score, exploration?)``: the active terms, the ``k`` nearest
+        entries to their mean embedding and ``explore`` random ones."""
+        assert self.index is not None
+        active = self.active[task.name]
+        natural = self.natural[task.name]
+        kept = [self.index.vector(self.entries[e]) for e in active]
+        query = np.mean(kept, axis=0)
+        found: dict[str, tuple[float, bool]] = {e: (1.0, False) for e in [natural, *active]}
+        limit = len(found) + self.k
+        # an entry whose embedding matches one already chosen (CE and label smoothing at 0, L2
+        # and a fixed-σ Gaussian NLL) has the same gradients: skip it, as AutoLoss-Zero's
+        # gradient-equivalence check does
+        for hit in self.index.search(query, task.kind, 4 * limit)[0]:
+            if len(found) >= limit:
+                break
+            vector = self.index.vectors[hit.row]
+            if hit.entry.id in found or max(float(v @ vector) for v in kept) > _SAME:
+                continue
+            kept.append(vector)
+            self.entries.setdefault(hit.entry.id, hit.entry)
+            found[hit.entry.id] = (hit.score, False)
+        pool = self.index.rows_of(task.kind)
+        for row in torch.randint(0, len(pool), (self.explore,)).tolist():
+            entry = self.index.entries[int(pool[row])]
+            self.entries.setdefault(entry.id, entry)
+            found.setdefault(entry.id, (float(self.index.vectors[pool[row]] @ query), True))
+        return [(e, s, x) for e, (s, x) in found.items()]
+
+    @property
+    def _embedder(self) -> Embedder:
+        if not hasattr(self, "_embedder_cache"):
+            self._embedder_cache = Embedder()
+        return self._embedder_cache
+
+    def _update(self, scores: list[float]) -> list[Term]:
+        """Gate with hysteresis (utility: the score relative to the task's natural loss), cap
+        the active terms per task, recompute the weights; the candidate terms to record."""
+        notes: dict[str, str] = {}
+        flat = iter(scores)
+        by_task = {
+            name: {c.entry: next(flat) for c in cands} for name, cands in self.candidates.items()
+        }
+        for name, cand in by_task.items():
+            natural = self.natural[name]
+            active = list(self.active[name])
+            for entry_id, score in cand.items():
+                key = f"{name}:{entry_id}"
+                self.scores[key] = score
+                utility = 0.0 if entry_id == natural else score - cand[natural]
+                is_on = entry_id in active
+                now_on, why = self.gates.update(key, utility, is_on)
+                if now_on and not is_on and len(active) < self.max_terms:
+                    active.append(entry_id)
+                elif not now_on and is_on:
+                    active.remove(entry_id)
+                if why:
+                    notes[key] = why
+            if not active:  # the floor: a task always trains something
+                active = [natural]
+                notes[f"{name}:{natural}"] = "on: floor (every other term of the task is off)"
+            self.active[name] = active
+        self._reweigh()
+        return [
+            Term.model_construct(
+                task=name,
+                loss=c.entry,
+                weight=self.weights.get(f"{name}:{c.entry}", 0.0),
+                active=c.entry in self.active[name],
+                score=self.scores[f"{name}:{c.entry}"],
+                note=notes.get(f"{name}:{c.entry}")
+                or (
+                    "explore"
+                    if c.explore
+                    else "active"
+                    if c.entry in self.active[name]
+                    else "retrieved"
+                ),
+            )
+            for name, cands in self.candidates.items()
+            for c in cands
+        ]
+
+    def _reweigh(self) -> None:
+        keys = [f"{t}:{e}" for t, e in self.terms()]
+        a = torch.tensor([self.scores.get(k, 0.0) for k in keys], dtype=torch.float64)
+        soft = torch.softmax(a / self.temperature, 0)
+        w = len(self.tasks) * ((1 - self.floor) * soft + self.floor / len(keys))
+        self.weights = dict(zip(keys, w.tolist(), strict=True))
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        """Active sets, scores, weights, trackers, gates and Δφ (plain containers, tensors)."""
+        return {
+            "active": {k: list(v) for k, v in self.active.items()},
+            "entries": {k: [e.name, dict(e.params), e.kind] for k, e in self.entries.items()},
+            "scores": dict(self.scores),
+            "weights": dict(self.weights),
+            "target_scale": dict(self.target_scale),
+            "last_refresh": self.last_refresh,
+            "smoothed": {k: list(v) for k, v in self.smoothed.items()},
+            "refreshes": self.refreshes,
+            "candidates": {
+                k: [[c.entry, c.retrieval, c.explore, list(c.vector), c.gsnr] for c in v]
+                for k, v in self.candidates.items()
+            },
+            "tracker": self.tracker.state_dict(),
+            "gates": self.gates.state_dict(),
+            "correction": self.correction.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        self.entries = {k: Entry(n, dict(p), kind) for k, (n, p, kind) in state["entries"].items()}
+        self.active = {k: list(v) for k, v in state["active"].items()}
+        self.scores = dict(state["scores"])
+        self.weights = dict(state["weights"])
+        self.target_scale = dict(state["target_scale"])
+        self.last_refresh = state["last_refresh"]
+        self.smoothed = {k: list(v) for k, v in state["smoothed"].items()}
+        self.refreshes = int(state["refreshes"])
+        self.candidates = {
+            k: [_Candidate(e, float(r), bool(x), list(v), float(g)) for e, r, x, v, g in cands]
+            for k, cands in state["candidates"].items()
+        }
+        self.tracker.load_state_dict(state["tracker"])
+        self.gates.load_state_dict(state["gates"])
+        self.correction.load_state_dict(state["correction"])

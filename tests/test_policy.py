@@ -1,0 +1,218 @@
+"""The retrieval policy: equivariance, gates, floor, weights, fallbacks, resume, inspection."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import lossrag
+from lossrag.cli import app
+from lossrag.index import LossIndex, default_index
+from lossrag.policy import FEATURES, Correction, Gates, LossRAG, Prior
+from lossrag.record import read_trace
+
+
+def test_correction_is_permutation_equivariant_and_starts_at_zero():
+    torch.manual_seed(0)
+    net = Correction(FEATURES)
+    x = torch.randn(7, FEATURES)
+    group = torch.tensor([0, 0, 1, 1, 1, 2, 2])
+    assert torch.equal(net(x, group), torch.zeros(7))
+    for p in net.parameters():  # a trained correction: still equivariant
+        torch.nn.init.normal_(p)
+    out = net(x, group)
+    perm = torch.randperm(7)
+    torch.testing.assert_close(net(x[perm], group[perm]), out[perm])
+    relabel = torch.tensor([2, 0, 1])  # renaming the tasks changes nothing either
+    torch.testing.assert_close(net(x, relabel[group]), out)
+
+
+def test_gates_switch_only_after_patience_and_recover():
+    g = Gates(patience=3, patience_on=2)
+    states = [g.update("t", u, active=True)[0] for u in (-1, -1, 1, -1, -1)]
+    assert states == [True] * 5  # the positive utility reset the count
+    state, why = g.update("t", -1, active=True)
+    assert not state and why == "off: utility < 0 for 3 updates"
+    assert g.update("t", 0.5, active=False) == (False, None)
+    state, why = g.update("t", 0.5, active=False)
+    assert state and why is not None and why.startswith("on:")
+    with pytest.raises(ValueError, match="patience"):
+        Gates(patience=0)
+
+
+def test_prior_damps_unlearnable_tasks_within_a_loss_group():
+    prior = Prior()
+    scores = prior.task_scores(
+        norm_ratio=[0.5, -3.0, -1.0, 2.0],
+        cos_mean=[0.5, 0.0, 0.0, 0.5],
+        slopes=[-0.1, 0.0, 0.0, -0.3],
+        groups=["l2", "l2", "ce", "l2"],
+    )
+    assert scores[1] < scores[0] and scores[1] < scores[3]
+    assert scores[2] == 0.0  # alone in its group: only its alignment counts, here 0
+
+
+def _run(digits, policy, steps, model=None, composer=None, start=0, trace=None):
+    model = model or digits.model(0)
+    composer = composer or lossrag.wrap(
+        model, digits.tasks, policy, shared=model.trunk, seed=0, trace=trace
+    )
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    records = []
+    for i in range(start, start + steps):
+        x, y = digits.batch(i)
+        opt.zero_grad()
+        records.append(composer.backward(model(x), y))
+        opt.step()
+    return model, composer, records
+
+
+def test_lossrag_trains_and_records_retrieval(digits, tmp_path):
+    trace = tmp_path / "run.jsonl"
+    _, composer, records = _run(digits, LossRAG(refresh_every=5), 21, trace=trace)
+    first = records[0]
+    retrieved = [t for t in first.terms if not t.active]
+    assert retrieved and all(t.score is not None and t.note for t in retrieved)
+    assert {t.task for t in retrieved} == {"digit", "parity", "ink"}
+    assert set(first.context) == {"digit", "parity", "ink"}
+    for r in records:
+        weights = r.task_weights()
+        assert sum(w for w in weights.values() if w is not None) == pytest.approx(3.0)
+        assert all(math.isfinite(v) for v in r.losses.values())
+    assert [r.step for r in records if r.context] == [0, 5, 10, 15, 20]
+    # non-refresh steps list only the active terms, weights held
+    assert records[3].task_weights() == records[4].task_weights()
+    assert len(read_trace(trace)) == 21
+    composer.close()
+
+
+def test_lossrag_grad_matches_the_weighted_scaled_sum(digits):
+    model = digits.model(0)
+    composer = lossrag.wrap(model, digits.tasks, LossRAG(), shared=model.trunk, seed=0)
+    x, y = digits.batch(0)
+    record = composer.backward(model(x), y)
+    got = [p.grad.clone() for p in model.parameters()]
+    policy = composer.method
+    model.zero_grad()
+    out = model(x)
+    total = sum(
+        policy.weights[f"{t.task}:{t.loss}"]
+        / abs(policy.tracker.ema[f"{t.task}:{t.loss}"])
+        * lossrag.registry.create(t.loss)(out[t.task], y[t.task]).mean()
+        for t in record.terms
+        if t.active
+    )
+    total.backward()
+    for g, p in zip(got, model.parameters(), strict=True):
+        torch.testing.assert_close(g, p.grad)
+
+
+def test_resume_is_bit_for_bit(digits):
+    model, composer, _ = _run(digits, LossRAG(refresh_every=4, retrieve_every=2), 10)
+    state = copy.deepcopy(composer.state_dict())
+    weights = copy.deepcopy(model.state_dict())
+    _, _, straight = _run(digits, None, 12, model=model, composer=composer, start=10)
+    fresh = digits.model(1)
+    fresh.load_state_dict(weights)
+    again = lossrag.wrap(
+        fresh, digits.tasks, LossRAG(refresh_every=4, retrieve_every=2), shared=fresh.trunk
+    )
+    buffer = __import__("io").BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    again.load_state_dict(torch.load(buffer, weights_only=True))
+    _, _, resumed = _run(digits, None, 12, model=fresh, composer=again, start=10)
+    for a, b in zip(straight, resumed, strict=True):
+        assert a.losses == b.losses
+        assert [(t.loss, t.weight, t.active, t.score) for t in a.terms] == [
+            (t.loss, t.weight, t.active, t.score) for t in b.terms
+        ]
+
+
+def test_a_task_whose_terms_are_all_gated_off_keeps_its_natural_loss(digits):
+    _, composer, _ = _run(digits, LossRAG(patience=1), 1)
+    policy = composer.method
+    other = next(c.entry for c in policy.candidates["ink"] if c.entry != "l2")
+    policy.active["ink"] = [other]  # as if the natural loss had been switched off earlier
+    policy.candidates["ink"] = [c for c in policy.candidates["ink"] if c.entry in ("l2", other)]
+    scores = []
+    for name, cands in policy.candidates.items():
+        scores += [-5.0 if (name, c.entry) == ("ink", other) else 0.0 for c in cands]
+    policy.gates.count.clear()
+    terms = policy._update(scores)
+    assert policy.active["ink"] == ["l2"]
+    notes = {t.loss: t.note for t in terms if t.task == "ink"}
+    assert notes[other].startswith("off:") and notes["l2"].startswith("on: floor")
+
+
+def test_non_finite_statistics_keep_the_last_weights(digits, monkeypatch):
+    model, composer, _ = _run(digits, LossRAG(refresh_every=2), 3)
+    before = dict(composer.method.weights)
+
+    def broken(*args, **kwargs):
+        raise FloatingPointError("non-finite context")
+
+    monkeypatch.setattr(composer.method, "_context", broken)
+    _, _, records = _run(digits, None, 2, model=model, composer=composer, start=3)
+    assert "refresh skipped (non-finite context)" in (records[1].reason or "")
+    assert not records[1].skipped
+    assert composer.method.weights == before
+
+
+def test_extreme_losses_give_finite_weights(digits):
+    model = digits.model(0)
+    composer = lossrag.wrap(model, digits.tasks, LossRAG(refresh_every=1), shared=model.trunk)
+    for scale in (1e-6, 1e6, 1e12):
+        x, y = digits.batch(0)
+        y = dict(y, ink=y["ink"] * scale)
+        model.zero_grad()
+        record = composer.backward(model(x), y)
+        assert not record.skipped
+        assert all(math.isfinite(t.weight) for t in record.terms if t.weight is not None)
+        assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_bad_input_is_refused(digits):
+    model = digits.model(0)
+    index = default_index()
+    only_regression = LossIndex(
+        [e for e in index.entries if e.kind == "regression"],
+        index.vectors[index.rows_of("regression")],
+        index.normaliser,
+        index.fingerprint,
+    )
+    with pytest.raises(ValueError, match="Task 'digit': the loss library has no loss"):
+        lossrag.wrap(model, digits.tasks, LossRAG(index=only_regression), shared=model.trunk)
+    with pytest.raises(ValueError, match="needs `shared=`"):
+        lossrag.wrap(model, digits.tasks, "lossrag")
+    with pytest.raises(ValueError, match="refresh_every must be >= 1"):
+        LossRAG(refresh_every=0)
+    with pytest.raises(ValueError, match="floor"):
+        LossRAG(floor=1.0)
+
+
+def test_inspect_shows_mean_weights_and_gates(digits, tmp_path):
+    trace = tmp_path / "run.jsonl"
+    _, composer, _ = _run(digits, LossRAG(refresh_every=3), 9, trace=trace)
+    composer.close()
+    result = CliRunner().invoke(
+        app, ["inspect", str(trace), "--plot", str(tmp_path / "w.png")], env={"COLUMNS": "160"}
+    )
+    assert result.exit_code == 0, result.output
+    assert "mean w" in result.output and "active terms" in result.output
+    assert (tmp_path / "w.png").stat().st_size > 10_000
+    step = CliRunner().invoke(app, ["inspect", str(trace), "--step", "0"], env={"COLUMNS": "160"})
+    assert "retrieved" in step.output and "explore" in step.output
+
+
+def test_policy_is_reachable_by_name(digits):
+    model = digits.model(0)
+    composer = lossrag.wrap(model, digits.tasks, "lossrag", shared=model.trunk)
+    assert isinstance(composer.method, LossRAG)
+    assert "lossrag" in lossrag.weighting.available()
+    assert np.isfinite(composer.method.index.vectors).all()
