@@ -216,3 +216,19 @@ def test_policy_is_reachable_by_name(digits):
     assert isinstance(composer.method, LossRAG)
     assert "lossrag" in lossrag.weighting.available()
     assert np.isfinite(composer.method.index.vectors).all()
+
+
+@pytest.mark.slow
+def test_untrained_prior_damps_the_junk_tasks_of_mnist1d_noisy(tmp_path):
+    """Issue 4's check: over a whole run, every junk task gets a lower mean weight than every
+    clean task (about 15 s)."""
+    from lossrag.bench.fit import fit
+    from lossrag.bench.problems import get_problem
+    from lossrag.inspect import mean_weights
+
+    trace = tmp_path / "noisy.jsonl"
+    fit(get_problem("mnist1d-noisy"), LossRAG(), seed=0, trace=trace)
+    means = mean_weights(read_trace(trace))
+    junk = {"class_noisy", "shift_noisy", "noise"}
+    clean = set(means) - junk
+    assert max(means[t] for t in junk) < min(means[t] for t in clean), means

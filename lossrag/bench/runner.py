@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing as mp
+import os
 import shutil
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -28,6 +29,7 @@ QUICK_METHODS = tuple(available())
 #: Methods that take per-task gradients; the protocol runs them on gradnorm-synth up to T = 10.
 GRADIENT_METHODS = frozenset(m for m in QUICK_METHODS if method_class(m).per_task_gradients)
 _TOO_MANY_TASKS = frozenset({"gradnorm-synth-t40"})
+_THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 class BenchConfig(BaseModel):
@@ -198,6 +200,11 @@ def _run_jobs(
     done: list[dict[str, Any]] = []
     if not todo:
         return done
+    # one thread per worker for numpy's BLAS and OpenMP too, not only torch: spawned workers read
+    # these when they import numpy, and oversubscribed BLAS threads made gradnorm-synth's data
+    # generation ten times slower under a parallel benchmark
+    for name in _THREAD_ENV:
+        os.environ.setdefault(name, "1")
     columns = (
         TextColumn("bench"),
         BarColumn(),

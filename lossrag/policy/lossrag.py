@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -97,7 +97,7 @@ class LossRAG(Method):
     """
 
     name = "lossrag"
-    kind: ClassVar[Any] = "loss"
+    kind: ClassVar[Literal["loss", "gradient"]] = "loss"
     randomized = True
     composes_terms: ClassVar[bool] = True
 
