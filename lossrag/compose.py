@@ -6,13 +6,14 @@ import contextlib
 import math
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from lossrag.losses import Loss, registry
+from lossrag.meta.online import OnlineMeta, QueryStream
 from lossrag.policy import LossRAG as _Composing
 from lossrag.record import StepRecord, Term, TraceWriter
 from lossrag.tasks import Task
@@ -36,6 +37,9 @@ def wrap(
     *,
     seed: int | None = None,
     max_skips: int = 10,
+    query: Iterable[Any] | None = None,
+    meta_every: int = 5,
+    optimizer: torch.optim.Optimizer | None = None,
 ) -> Composer:
     """Wrap ``model`` so that ``composer.backward(model(x), y)`` trains all ``tasks`` at once.
 
@@ -55,6 +59,13 @@ def wrap(
         seed: Seed of the composer's own random stream (RLW, PCGrad, GradVac, GradDrop draw from
             it, never from the global one). Defaults to ``torch.initial_seed()``.
         max_skips: Consecutive non-finite steps tolerated before :class:`NonFiniteLossError`.
+        query: An iterable (cycled when it runs out) of held-out ``(x, y)`` batches shaped like
+            training batches. With ``policy="lossrag"`` it turns on online meta-adaptation
+            (:mod:`lossrag.meta.online`): every ``meta_every`` steps the policy learns from the
+            measured effect of each candidate term on the query loss.
+        meta_every: Steps between meta-steps.
+        optimizer: The optimizer that steps the model; an Adam-style one lets the meta-step
+            precondition its look-ahead as Adam does.
 
     DWA weighs by epoch-average losses: call ``composer.epoch_end()`` at the end of each epoch
     (or build ``lossrag.weighting.DWA(period=steps_per_epoch)``).
@@ -69,7 +80,18 @@ def wrap(
     >>> [t.weight for t in record.terms]
     [1.0, 1.0]
     """
-    return Composer(model, tasks, policy, shared, trace, seed=seed, max_skips=max_skips)
+    return Composer(
+        model,
+        tasks,
+        policy,
+        shared,
+        trace,
+        seed=seed,
+        max_skips=max_skips,
+        query=query,
+        meta_every=meta_every,
+        optimizer=optimizer,
+    )
 
 
 class Composer:
@@ -89,6 +111,9 @@ class Composer:
         *,
         seed: int | None = None,
         max_skips: int = 10,
+        query: Iterable[Any] | None = None,
+        meta_every: int = 5,
+        optimizer: torch.optim.Optimizer | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"wrap: `model` must be a torch.nn.Module, got {type(model).__name__}.")
@@ -132,7 +157,29 @@ class Composer:
             composes or any(t.kind == "representation" for t in self.tasks)
         ):
             self._hooks.append(self.shared.register_forward_hook(self._keep_features))
-        if self.method.needs_rerun:
+        self._meta: OnlineMeta | None = None
+        if query is None and self.method.needs_query:
+            raise ValueError(
+                f"wrap: policy {self.policy_name!r} learns from held-out batches; pass "
+                "query=<iterable of (x, y) batches> (e.g. a validation loader)."
+            )
+        if query is not None:
+            if not isinstance(self.method, _Composing):
+                raise ValueError(
+                    f"wrap: policy {self.policy_name!r} does not learn from a query set; "
+                    "`query=` works with policy='lossrag'."
+                )
+            heads = {t.name for t in self.tasks if t.kind != "representation"}
+            self.method.meta_on = True
+            self._meta = OnlineMeta(
+                model,
+                self.method,
+                QueryStream(query, heads),
+                meta_every,
+                optimizer,
+                features=self._take_features,
+            )
+        if self.method.needs_rerun or self._meta is not None:
             self._hooks.append(model.register_forward_pre_hook(self._keep_inputs, with_kwargs=True))
 
     # ------------------------------------------------------------------ the training step
@@ -264,8 +311,19 @@ class Composer:
     ) -> StepRecord:
         """A step of a retrieval policy: its active terms, a refresh when due, held weights."""
         timings: dict[str, float] = {}
-        t0 = time.perf_counter()
         features, self._features = self._features, None
+        inputs = self._inputs
+        utilities, note = None, None
+        if self._meta is not None:  # first: its new weights and gates apply to this step
+            t_meta = time.perf_counter()
+            self._rerunning = True  # the meta-step's forwards are not training batches
+            try:
+                utilities, note = self._meta.step()
+            finally:
+                self._rerunning = False
+                self._features = None
+            timings["meta"] = time.perf_counter() - t_meta
+        t0 = time.perf_counter()
         terms = policy.terms()
         losses = policy.term_losses(outputs, targets, features)
         values = [float(v) for v in losses.detach().cpu().tolist()]
@@ -273,31 +331,32 @@ class Composer:
         bad = [f"{t}:{e}" for (t, e), v in zip(terms, values, strict=True) if not math.isfinite(v)]
         if bad:
             return self._policy_record(
-                policy, values, timings, f"non-finite loss in {', '.join(bad)}"
+                policy, terms, values, timings, f"non-finite loss in {', '.join(bad)}"
             )
         policy.observe(self.step, values)
-        candidates: list[Term] = []
+        candidates = [] if utilities is None else policy.candidate_terms(utilities)
         context: dict[str, dict[str, float]] = {}
-        note = None
+
         if policy.due(self.step) and features is not None:
             t1 = time.perf_counter()
             try:
                 with self._own_rng():
-                    candidates, context = policy.refresh(
-                        self.step, outputs, targets, features, losses
-                    )
+                    listed, context = policy.refresh(self.step, outputs, targets, features, losses)
+                candidates = listed or candidates
             except FloatingPointError as err:  # keep the last good weights, say so
                 note = f"refresh skipped ({err}); last good weights kept"
             timings["refresh"] = time.perf_counter() - t1
         t2 = time.perf_counter()
         params = [p for p in self.model.parameters() if p.requires_grad]
-        coefficients = policy.coefficients(losses)
+        coefficients = policy.coefficients(losses, terms)
         grads = torch.autograd.grad(losses, params, grad_outputs=coefficients, allow_unused=True)
         if not _all_finite(grads):
-            return self._policy_record(policy, values, timings, "non-finite gradient")
+            return self._policy_record(policy, terms, values, timings, "non-finite gradient")
         _accumulate(params, grads)
         timings["backward"] = time.perf_counter() - t2
-        record = self._policy_record(policy, values, timings, None, candidates, context)
+        if self._meta is not None and self._meta.due(self.step) and inputs is not None:
+            self._meta.remember(inputs, targets)
+        record = self._policy_record(policy, terms, values, timings, None, candidates, context)
         if note is not None:
             record.reason = note
         return record
@@ -305,13 +364,15 @@ class Composer:
     def _policy_record(
         self,
         policy: _Composing,
+        terms: list[tuple[str, str]],
         values: list[float],
         timings: dict[str, float],
         skipped: str | None,
         candidates: Sequence[Term] = (),
         context: dict[str, dict[str, float]] | None = None,
     ) -> StepRecord:
-        terms = policy.terms()
+        """``terms``/``values``: the terms trained at this step and their losses; ``candidates``:
+        the retrieved terms listed at a refresh or meta-step (they supersede ``terms``)."""
         listed = {(c.task, c.loss) for c in candidates}
         active = [
             Term.model_construct(
@@ -408,6 +469,10 @@ class Composer:
     def _keep_features(self, module: nn.Module, args: Any, output: Tensor) -> None:
         self._features = output
 
+    def _take_features(self) -> Tensor | None:
+        features, self._features = self._features, None
+        return features
+
     def _keep_inputs(
         self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> None:
@@ -476,6 +541,7 @@ class Composer:
             "rng": self._rng.clone(),
             "method": self.method.state_dict(),
             "pending": self._pending,
+            "meta": None if self._meta is None else self._meta.state_dict(),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -497,6 +563,8 @@ class Composer:
         self._rng = state["rng"].clone()
         pending = state["pending"]
         self._pending = None if pending is None else (pending[0], pending[1], pending[2])
+        if self._meta is not None and state.get("meta") is not None:
+            self._meta.load_state_dict(state["meta"])
 
     def close(self) -> None:
         """Remove the hooks from the model and close the trace."""

@@ -21,6 +21,8 @@ class Term(BaseModel):
     methods that produce no weights (e.g. GradDrop). ``score`` is the policy's score, if it has one;
     ``note`` says why a retrieval policy lists the term (``retrieved``, ``explore``) or why its gate
     changed (``on: ...``, ``off: ...``). ``loss`` is the library entry id (``huber(delta=0.5)``).
+    ``utility`` is the measured hypergradient ``dL_Q/dw`` of the term at an online meta-step
+    (negative: more weight would lower the query loss).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -31,6 +33,7 @@ class Term(BaseModel):
     active: bool = True
     score: float | None = None
     note: str | None = None
+    utility: float | None = None
 
 
 class StepRecord(BaseModel):

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 
 from lossrag.bench.problems import Problem
+from lossrag.bench.problems.base import Batch, Split
 from lossrag.compose import wrap
 from lossrag.record import StepRecord
-from lossrag.weighting import Method
+from lossrag.weighting import Method, method_class
 
-__all__ = ["FitResult", "fit"]
+__all__ = ["FitResult", "fit", "query_batches"]
 
 
 @dataclass
@@ -43,7 +44,8 @@ def fit(
     only: str | None = None,
 ) -> FitResult:
     """Train ``problem.build_model(seed)`` on ``problem.load(seed).train`` with ``policy`` through
-    :func:`lossrag.wrap`, then evaluate on ``split``.
+    :func:`lossrag.wrap`, then evaluate on ``split``. A method that learns from held-out batches
+    gets endless shuffled batches of the validation split as its query stream.
 
     Everything random (data order, model init, the method's own stream) follows ``seed``. Uses the
     problem's budget (epochs, batch size, Adam learning rate); ``epochs`` overrides the budget.
@@ -63,7 +65,19 @@ def fit(
             f"(tasks: {', '.join(t.name for t in problem.tasks)})."
         )
     names = {t.name for t in tasks}
-    composer = wrap(model, tasks, policy, shared=shared, trace=trace, seed=seed)
+    needs_query = (
+        policy.needs_query if isinstance(policy, Method) else method_class(policy).needs_query
+    )
+    composer = wrap(
+        model,
+        tasks,
+        policy,
+        shared=shared,
+        trace=trace,
+        seed=seed,
+        query=query_batches(problem, splits.val, seed) if needs_query else None,
+        optimizer=optimizer,
+    )
     order = torch.Generator().manual_seed(seed)
     wall0, cpu0 = time.perf_counter(), time.process_time()
     skipped = 0
@@ -98,3 +112,14 @@ def fit(
         cpu_s=cpu,
         wall_s=wall,
     )
+
+
+def query_batches(problem: Problem, split: Split, seed: int) -> Iterator[Batch]:
+    """Endless shuffled minibatches of ``split`` (the query stream of meta-learning methods)."""
+    g = torch.Generator().manual_seed(seed + 7919)
+    n, size = split.x.shape[0], problem.budget.batch_size
+    while True:
+        order = torch.randperm(n, generator=g)
+        for i in range(0, n - size + 1, size):
+            idx = order[i : i + size]
+            yield split.x[idx], {k: v[idx] for k, v in split.y.items()}

@@ -105,11 +105,14 @@ def _stl(job: Job) -> dict[str, Any]:
 
 def _cost(job: Job) -> dict[str, Any]:
     """Per-step time of the method over EW, steps alternating EW, method, EW, ... in one process
-    (forward + composer.backward + optimizer step, same batches), median of each."""
+    (forward + composer.backward + optimizer step, same batches), median and mean of each. A
+    method that learns from held-out batches gets the validation split as its query stream."""
     import torch
 
+    from lossrag.bench.fit import query_batches
     from lossrag.bench.problems import get_problem
     from lossrag.compose import wrap
+    from lossrag.weighting import method_class
 
     problem = get_problem(job.problem)
     splits = problem.load(job.seed)
@@ -127,6 +130,10 @@ def _cost(job: Job) -> dict[str, Any]:
                     policy,
                     shared=getattr(model, "trunk", None),
                     seed=job.seed,
+                    query=query_batches(problem, splits.val, job.seed)
+                    if method_class(policy).needs_query
+                    else None,
+                    optimizer=opt,
                 ),
             )
         )

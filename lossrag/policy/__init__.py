@@ -6,8 +6,8 @@
 """
 
 from lossrag.policy.gates import Gates
-from lossrag.policy.lossrag import FEATURES, LossRAG
+from lossrag.policy.lossrag import FEATURES, LossRAG, LossRAGOnline
 from lossrag.policy.net import Correction
 from lossrag.policy.prior import Prior
 
-__all__ = ["FEATURES", "Correction", "Gates", "LossRAG", "Prior"]
+__all__ = ["FEATURES", "Correction", "Gates", "LossRAG", "LossRAGOnline", "Prior"]

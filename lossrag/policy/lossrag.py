@@ -48,7 +48,7 @@ from lossrag.record import Term
 from lossrag.tasks import NATURAL_LOSS, Task
 from lossrag.weighting.base import Method, register_method
 
-__all__ = ["FEATURES", "LossRAG"]
+__all__ = ["FEATURES", "LossRAG", "LossRAGOnline"]
 
 _EXTRA = ("retrieval_score", "active", "natural", "explore")
 #: Length of a candidate's feature vector: the task's context, the candidate's embedding on the
@@ -71,6 +71,7 @@ class _Candidate:
     explore: bool
     vector: list[float]
     gsnr: float
+    scale: float
 
 
 @register_method
@@ -90,6 +91,9 @@ class LossRAG(Method):
         temperature: Softmax temperature of the weights.
         max_terms: Most active terms per task.
         smoothing: EMA factor, across refreshes, of the context features the prior reads.
+        meta_lr: Adam learning rate of the correction's online meta-updates (with ``query=``).
+        rank_weight: Weight of the listwise ranking loss (candidates ranked by utility) in a
+            meta-update, beside the effect of the weights on the query loss.
         prior: The prior's coefficients.
         total_steps: Length of the run, for the progress feature (0 when unknown).
         index: The loss index; the shipped library's by default.
@@ -113,6 +117,8 @@ class LossRAG(Method):
         temperature: float = 1.0,
         max_terms: int = 2,
         smoothing: float = 0.7,
+        meta_lr: float = 1e-3,
+        rank_weight: float = 0.5,
         prior: Prior | None = None,
         total_steps: int | None = None,
         index: LossIndex | None = None,
@@ -140,6 +146,8 @@ class LossRAG(Method):
         self.index = index
         self.correction = correction or Correction(FEATURES)
         self.gates = Gates(patience, patience_on=patience)
+        self.meta_lr, self.rank_weight = meta_lr, rank_weight
+        self.meta_optimizer = torch.optim.Adam(self.correction.parameters(), lr=meta_lr)
 
     # ------------------------------------------------------------------ set-up
     def bind(self, tasks: list[Task]) -> None:
@@ -167,6 +175,10 @@ class LossRAG(Method):
         self.smoothed: dict[str, list[float]] = {}
         self.refreshes = 0
         self.candidates: dict[str, list[_Candidate]] = {}
+        self._scored: tuple[Tensor, Tensor, Tensor] | None = None
+        self.meta_on = False
+        self.notes: dict[str, str] = {}
+        self.utility: dict[str, float] = {}
 
     def terms(self) -> list[tuple[str, str]]:
         """The active ``(task, entry id)`` pairs, tasks in order."""
@@ -205,25 +217,38 @@ class LossRAG(Method):
         self, outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor], features: Tensor | None
     ) -> Tensor:
         """Mean loss of every active term, in :meth:`terms` order, with its graph."""
-        values = []
-        for task_name, entry_id in self.terms():
-            task = self.tasks[task_name]
-            out, tgt = self._inputs(task, entry_id, outputs, targets, features)
-            v = self._module(entry_id)(out, tgt)
-            values.append(v if v.dim() == 0 else v.mean())
-        return torch.stack(values)
+        return torch.stack(
+            [self._term(self.tasks[t], e, outputs, targets, features) for t, e in self.terms()]
+        )
+
+    def _term(
+        self,
+        task: Task,
+        entry_id: str,
+        outputs: Mapping[str, Tensor],
+        targets: Mapping[str, Tensor],
+        features: Tensor | None,
+    ) -> Tensor:
+        """The mean loss of one term."""
+        out, tgt = self._inputs(task, entry_id, outputs, targets, features)
+        value = self._module(entry_id)(out, tgt)
+        return value if value.dim() == 0 else value.mean()
 
     def observe(self, step: int, values: list[float]) -> None:
         """Fold this step's term losses (in :meth:`terms` order) into the trackers."""
         keys = [f"{t}:{e}" for t, e in self.terms()]
         self.tracker.update(step, dict(zip(keys, values, strict=True)))
 
-    def coefficients(self, like: Tensor) -> Tensor:
-        """``w_i / |EMA L_i|`` per active term: the gradient weights of this step."""
-        keys = [f"{t}:{e}" for t, e in self.terms()]
-        n = len(keys)
+    def coefficients(self, like: Tensor, terms: list[tuple[str, str]]) -> Tensor:
+        """``w_i / |EMA L_i|`` for ``terms`` (the active terms when this step's losses were
+        taken; one switched off since gets 0): the gradient weights of this step."""
+        keys = [f"{t}:{e}" for t, e in terms]
+        even = len(self.tasks) / len(keys)
         return like.new_tensor(
-            [self.weights.get(k, len(self.tasks) / n) / self.tracker.scale(k) for k in keys]
+            [
+                (self.weights.get(k, 0.0) if self.weights else even) / self.tracker.scale(k)
+                for k in keys
+            ]
         )
 
     def due(self, step: int) -> bool:
@@ -302,9 +327,10 @@ class LossRAG(Method):
                 extra = 0.0 if is_natural else self.prior.candidate_score(c.gsnr, natural.gsnr)
                 prior.append(task_prior[gi] + extra)
                 group.append(gi)
+        x = torch.tensor(rows, dtype=torch.float32)
+        self._scored = (x, torch.tensor(prior, dtype=torch.float32), torch.tensor(group))
         with torch.no_grad():
-            x = torch.tensor(rows, dtype=torch.float32)
-            scores = torch.tensor(prior) + self.correction(x, torch.tensor(group))
+            scores = self._scored[1] + self.correction(x, self._scored[2])
         if not bool(torch.isfinite(scores).all()):
             raise FloatingPointError("non-finite scores")
         return [float(v) for v in scores]
@@ -340,11 +366,17 @@ class LossRAG(Method):
                 tgt,
                 head_in,
             )
-        if not all(np.isfinite(r).all() for r in raws):
+        with torch.no_grad():  # each term's loss at this batch: its scale until it is tracked
+            scales = [
+                abs(float(self._term(task, e, outputs, targets, features))) for e, _, _ in found
+            ]
+        if not all(np.isfinite(r).all() for r in raws) or not np.isfinite(scales).all():
             raise FloatingPointError(f"non-finite candidate statistics for task {task.name!r}")
         return [
-            _Candidate(e, score, explore, self.index.normaliser(raw).tolist(), float(raw[_GSNR]))
-            for (e, score, explore), raw in zip(found, raws, strict=True)
+            _Candidate(
+                e, score, explore, self.index.normaliser(raw).tolist(), float(raw[_GSNR]), scale
+            )
+            for (e, score, explore), raw, scale in zip(found, raws, scales, strict=True)
         ]
 
     def _scale(self, task: Task, target: Tensor) -> float:
@@ -389,52 +421,45 @@ class LossRAG(Method):
         return self._embedder_cache
 
     def _update(self, scores: list[float]) -> list[Term]:
-        """Gate with hysteresis (utility: the score relative to the task's natural loss), cap
-        the active terms per task, recompute the weights; the candidate terms to record."""
-        notes: dict[str, str] = {}
-        flat = iter(scores)
-        by_task = {
-            name: {c.entry: next(flat) for c in cands} for name, cands in self.candidates.items()
-        }
-        for name, cand in by_task.items():
-            natural = self.natural[name]
-            active = list(self.active[name])
-            for entry_id, score in cand.items():
-                key = f"{name}:{entry_id}"
-                self.scores[key] = score
-                utility = 0.0 if entry_id == natural else score - cand[natural]
-                is_on = entry_id in active
-                now_on, why = self.gates.update(key, utility, is_on)
-                if now_on and not is_on and len(active) < self.max_terms:
-                    active.append(entry_id)
-                elif not now_on and is_on:
-                    active.remove(entry_id)
-                if why:
-                    notes[key] = why
-            if not active:  # the floor: a task always trains something
-                active = [natural]
-                notes[f"{name}:{natural}"] = "on: floor (every other term of the task is off)"
-            self.active[name] = active
-        self._reweigh()
-        return [
-            Term.model_construct(
-                task=name,
-                loss=c.entry,
-                weight=self.weights.get(f"{name}:{c.entry}", 0.0),
-                active=c.entry in self.active[name],
-                score=self.scores[f"{name}:{c.entry}"],
-                note=notes.get(f"{name}:{c.entry}")
-                or (
-                    "explore"
-                    if c.explore
-                    else "active"
-                    if c.entry in self.active[name]
-                    else "retrieved"
-                ),
+        """Store the scores, gate with hysteresis (without a query stream the utility is the
+        score relative to the task's natural loss), recompute the weights; the candidate terms
+        to record."""
+        keys = self.candidate_keys()
+        self.scores.update(zip(keys, scores, strict=True))
+        self.notes = {}
+        if not self.meta_on:  # with a query stream the gates follow meta_update's utilities
+            natural = {n: self.scores[f"{n}:{self.natural[n]}"] for n in self.tasks}
+            self._gate(
+                [
+                    (k, 0.0 if k == f"{n}:{self.natural[n]}" else self.scores[k] - natural[n])
+                    for k in keys
+                    for n in [k.split(":", 1)[0]]
+                ]
             )
-            for name, cands in self.candidates.items()
-            for c in cands
-        ]
+        self._reweigh()
+        return self.candidate_terms()
+
+    def candidate_terms(self, utilities: Mapping[str, float] | None = None) -> list[Term]:
+        """Every candidate of the last retrieval as a record term: weight, gate, score, the note
+        of its last gate change (or ``retrieved`` / ``explore`` / ``active``) and utility."""
+        terms = []
+        for name, cands in self.candidates.items():
+            for c in cands:
+                key = f"{name}:{c.entry}"
+                on = c.entry in self.active[name]
+                default = "explore" if c.explore else "active" if on else "retrieved"
+                terms.append(
+                    Term.model_construct(
+                        task=name,
+                        loss=c.entry,
+                        weight=self.weights.get(key, 0.0),
+                        active=on,
+                        score=self.scores.get(key),
+                        note=self.notes.get(key) or default,
+                        utility=None if utilities is None else utilities.get(key),
+                    )
+                )
+        return terms
 
     def _reweigh(self) -> None:
         keys = [f"{t}:{e}" for t, e in self.terms()]
@@ -442,6 +467,113 @@ class LossRAG(Method):
         soft = torch.softmax(a / self.temperature, 0)
         w = len(self.tasks) * ((1 - self.floor) * soft + self.floor / len(keys))
         self.weights = dict(zip(keys, w.tolist(), strict=True))
+
+    # ------------------------------------------------------------------ online meta-learning
+    def candidate_keys(self) -> list[str]:
+        """``task:entry`` of every candidate of the last retrieval, in :attr:`candidates` order."""
+        return [f"{t}:{c.entry}" for t, cands in self.candidates.items() for c in cands]
+
+    def candidate_losses(
+        self, outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor], features: Tensor | None
+    ) -> Tensor:
+        """Every candidate's mean loss divided by its scale (as it would enter the training
+        loss), in :meth:`candidate_keys` order."""
+        values = []
+        for name, cands in self.candidates.items():
+            for c in cands:
+                key = f"{name}:{c.entry}"
+                scale = self.tracker.scale(key) if key in self.tracker.ema else max(c.scale, 1e-8)
+                values.append(
+                    self._term(self.tasks[name], c.entry, outputs, targets, features) / scale
+                )
+        return torch.stack(values)
+
+    def query_losses(
+        self, outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor], features: Tensor | None
+    ) -> Tensor:
+        """Each task's natural loss on a query batch, in task order."""
+        return torch.stack(
+            [
+                self._term(t, self.natural[n], outputs, targets, features)
+                for n, t in self.tasks.items()
+            ]
+        )
+
+    def meta_update(self, utilities: Mapping[str, float]) -> None:
+        """One step on the correction Δφ from measured utilities ``u = dL_Q/dw`` per candidate
+        (negative: more weight would lower the query loss), then re-gate and re-weigh.
+
+        Per-batch utilities are noisy (``research/algorithms.md`` §5), so an EMA of each
+        candidate's utility is used, divided by the RMS over the candidates. The meta-loss is
+        the first-order change of the query loss through the active terms' weights,
+        ``Σ ū_i w_i(a)``, plus ``rank_weight`` times a listwise loss ranking each task's
+        candidates by ``−ū``, plus a pull of Δφ towards 0 (the prior); the meta-gradient is
+        clipped. Gates take as utility ``−ū`` for a task's natural loss and, for another
+        candidate, how much more it helps than the natural loss (beyond a margin of 0.1).
+        """
+        if self._scored is None:
+            return
+        x, prior, group = self._scored
+        keys = self.candidate_keys()
+        if len(keys) != len(x):
+            return
+        for k in keys:
+            if k in utilities:
+                old = self.utility.get(k, utilities[k])
+                self.utility[k] = 0.8 * old + 0.2 * utilities[k]
+        u = torch.tensor([self.utility.get(k, 0.0) for k in keys], dtype=torch.float32)
+        u = u / u.pow(2).mean().sqrt().clamp_min(1e-12)
+        active = torch.tensor([self._is_active(k) for k in keys])
+        with torch.enable_grad():
+            delta = self.correction(x, group)
+            a = prior + delta
+            soft = torch.softmax(a[active] / self.temperature, 0)
+            w = len(self.tasks) * ((1 - self.floor) * soft + self.floor / int(active.sum()))
+            loss = (u[active] * w).sum() + 0.1 * delta.pow(2).mean()
+            for g in group.unique():
+                rows = group == g
+                target = torch.softmax(-u[rows], 0)
+                loss = loss - self.rank_weight * (target * torch.log_softmax(a[rows], 0)).sum()
+            self.meta_optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.correction.parameters(), 1.0)
+        self.meta_optimizer.step()
+        with torch.no_grad():
+            scores = (prior + self.correction(x, group)).tolist()
+        self.scores.update(zip(keys, scores, strict=True))
+        natural = {n: float(u[keys.index(f"{n}:{e}")]) for n, e in self.natural.items()}
+        benefit = []
+        for k, v in zip(keys, u.tolist(), strict=True):
+            name, entry = k.split(":", 1)
+            nat = natural[name]
+            benefit.append((k, -v if entry == self.natural[name] else nat - v - 0.1))
+        self._gate(benefit)
+        self._reweigh()
+
+    def _is_active(self, key: str) -> bool:
+        name, entry = key.split(":", 1)
+        return entry in self.active[name]
+
+    def _gate(self, utilities: list[tuple[str, float]]) -> None:
+        """Update the gates from ``(term key, utility)``; keep each task's floor and cap."""
+        self.notes = {}
+        for key, utility in utilities:
+            name, entry_id = key.split(":", 1)
+            active = self.active[name]
+            is_on = entry_id in active
+            now_on, why = self.gates.update(key, utility, is_on)
+            if now_on and not is_on and len(active) < self.max_terms:
+                active.append(entry_id)
+            elif not now_on and is_on:
+                active.remove(entry_id)
+            if why:
+                self.notes[key] = why
+        for name, active in self.active.items():
+            if not active:
+                active.append(self.natural[name])
+                self.notes[f"{name}:{self.natural[name]}"] = (
+                    "on: floor (every other term of the task is off)"
+                )
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -456,12 +588,14 @@ class LossRAG(Method):
             "smoothed": {k: list(v) for k, v in self.smoothed.items()},
             "refreshes": self.refreshes,
             "candidates": {
-                k: [[c.entry, c.retrieval, c.explore, list(c.vector), c.gsnr] for c in v]
+                k: [[c.entry, c.retrieval, c.explore, list(c.vector), c.gsnr, c.scale] for c in v]
                 for k, v in self.candidates.items()
             },
             "tracker": self.tracker.state_dict(),
             "gates": self.gates.state_dict(),
             "correction": self.correction.state_dict(),
+            "meta_optimizer": self.meta_optimizer.state_dict(),
+            "utility": dict(self.utility),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -475,9 +609,23 @@ class LossRAG(Method):
         self.smoothed = {k: list(v) for k, v in state["smoothed"].items()}
         self.refreshes = int(state["refreshes"])
         self.candidates = {
-            k: [_Candidate(e, float(r), bool(x), list(v), float(g)) for e, r, x, v, g in cands]
+            k: [
+                _Candidate(e, float(r), bool(x), list(v), float(g), float(c))
+                for e, r, x, v, g, c in cands
+            ]
             for k, cands in state["candidates"].items()
         }
         self.tracker.load_state_dict(state["tracker"])
         self.gates.load_state_dict(state["gates"])
         self.correction.load_state_dict(state["correction"])
+        self.meta_optimizer.load_state_dict(state["meta_optimizer"])
+        self.utility = dict(state["utility"])
+
+
+@register_method
+class LossRAGOnline(LossRAG):
+    """:class:`LossRAG` that must be given a query stream (``wrap(..., query=...)``) and adapts
+    its correction online from it; the name the benchmark runs online adaptation under."""
+
+    name = "lossrag-online"
+    needs_query = True

@@ -14,15 +14,18 @@ class Correction(nn.Module):
     Each candidate is encoded alone, then sees the mean encoding of its own task's candidates and
     of all candidates, so the output follows any permutation of the candidates and works for any
     number of tasks and candidates. The last layer starts at zero: an untrained correction adds
-    nothing to the prior.
+    nothing to the prior. The output is bounded by ``bound`` (a smooth clip), so a correction
+    re-allocates weight around the prior by at most a factor ``e^{2·bound}`` between two terms.
 
     Args:
         in_dim: Features per candidate.
         hidden: Width of the encodings.
+        bound: Largest correction, in logits.
     """
 
-    def __init__(self, in_dim: int, hidden: int = 32) -> None:
+    def __init__(self, in_dim: int, hidden: int = 32, bound: float = 1.0) -> None:
         super().__init__()
+        self.bound = bound
         self.phi = nn.Sequential(nn.Linear(in_dim, hidden), nn.Tanh())
         self.rho = nn.Sequential(nn.Linear(3 * hidden, hidden), nn.Tanh(), nn.Linear(hidden, 1))
         last = self.rho[-1]
@@ -38,4 +41,5 @@ class Correction(nn.Module):
         counts = torch.bincount(group, minlength=groups).clamp_min(1).unsqueeze(1).to(h)
         per_task = (sums / counts)[group]
         everyone = h.mean(0, keepdim=True).expand_as(h)
-        return self.rho(torch.cat([h, per_task, everyone], dim=1)).squeeze(1)
+        raw = self.rho(torch.cat([h, per_task, everyone], dim=1)).squeeze(1)
+        return self.bound * torch.tanh(raw / self.bound)

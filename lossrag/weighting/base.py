@@ -48,6 +48,8 @@ class Method(ABC):
     #: True when the method needs the losses of the previous batch re-evaluated after the user's
     #: optimizer step (FAMO); the composer does it with one no-grad forward at the next step.
     needs_rerun: ClassVar[bool] = False
+    #: True when the method learns from held-out batches: ``wrap(..., query=...)`` is required.
+    needs_query: ClassVar[bool] = False
 
     def setup(self, num_terms: int, last_shared: Sequence[nn.Parameter]) -> None:
         """Prepare state for ``num_terms`` terms. ``last_shared`` are the parameters of the last

@@ -1,0 +1,222 @@
+"""Online meta-adaptation of the retrieval policy from a stream of query batches.
+
+Every ``every`` steps the composer remembers the parameters θ_t and the training batch. At the
+next step the parameters are θ_{t+1}: the real update is the look-ahead (the *delayed* way of
+``research/algorithms.md`` §2.2(f)). One forward and backward on a query batch gives
+``v = ∇L_Q(θ_{t+1})`` (``L_Q`` the sum over tasks of each task's natural loss, divided by its
+running mean so that no task dominates by scale), and one central finite difference at θ_t along
+``P v`` gives the utility of every candidate term, switched-off ones included:
+``u_c = −⟨∇(L_c / scale_c)(θ_t), P v⟩`` (negative: the term would lower the query loss). The
+policy then takes one step on its correction (:meth:`lossrag.policy.LossRAG.meta_update`) and
+updates its gates from the utilities. Nothing is written into the live model.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+from lossrag.meta.hypergrad import Functional, directional
+
+if TYPE_CHECKING:
+    from lossrag.policy import LossRAG
+
+__all__ = ["OnlineMeta", "QueryStream"]
+
+
+class QueryStream:
+    """Cycles through an iterable of ``(x, y)`` query batches, checking each against the tasks.
+
+    Args:
+        query: Batches shaped like training batches (``x`` for ``model(x)``, ``y`` a dict of
+            targets); an iterable that runs out is started again, with a warning, if it can be.
+        tasks: Names of the tasks every ``y`` must hold.
+    """
+
+    def __init__(self, query: Iterable[Any], tasks: set[str]) -> None:
+        self.query = query
+        self.tasks = tasks
+        self._it: Iterator[Any] = iter(query)
+        self._cycled = False
+
+    def next(self) -> tuple[Any, dict[str, Tensor]]:
+        """The next query batch (raises ValueError for an empty iterable or a malformed batch)."""
+        try:
+            batch = next(self._it)
+        except StopIteration:
+            self._it = iter(self.query)
+            try:
+                batch = next(self._it)
+            except StopIteration:
+                raise ValueError(
+                    "wrap: the `query` iterable is empty (or a one-shot iterator that has run "
+                    "out); pass a list or a re-iterable loader of (x, y) batches."
+                ) from None
+            if not self._cycled:
+                warnings.warn(
+                    "wrap: the `query` iterable ran out; starting it again.", stacklevel=3
+                )
+                self._cycled = True
+        if not isinstance(batch, tuple | list) or len(batch) != 2:
+            raise ValueError(
+                "wrap: each `query` item must be an (x, y) pair like a training batch."
+            )
+        x, y = batch
+        if not isinstance(y, Mapping) or set(y) != self.tasks:
+            found = sorted(y) if isinstance(y, Mapping) else type(y).__name__
+            raise ValueError(
+                f"wrap: a query batch has targets for {found}; the tasks are {sorted(self.tasks)}."
+            )
+        return x, dict(y)
+
+
+class OnlineMeta:
+    """The delayed look-ahead meta-step of a retrieval policy (see the module docstring).
+
+    Args:
+        model: The live model.
+        policy: The bound retrieval policy.
+        query: The query stream.
+        every: Steps between meta-steps.
+        optimizer: The user's optimizer; an Adam-style one gives the preconditioner ``P``
+            (``1/(√v̂ + ε)``), otherwise ``P = I``.
+        eps: Finite-difference step, relative to ``‖P v‖``.
+        features: Returns (and forgets) the output of ``shared`` of the last forward.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        policy: LossRAG,
+        query: QueryStream,
+        every: int,
+        optimizer: torch.optim.Optimizer | None = None,
+        eps: float = 0.01,
+        *,
+        features: Callable[[], Tensor | None] = lambda: None,
+    ) -> None:
+        if every < 1:
+            raise ValueError(f"wrap: meta_every must be >= 1, got {every}.")
+        self.model, self.policy, self.query, self.every = model, policy, query, every
+        self.optimizer, self.eps = optimizer, eps
+        self.pending: tuple[dict[str, Tensor], Any, dict[str, Tensor]] | None = None
+        self.query_scale: dict[str, float] = {}
+        self.take_features = features
+
+    def due(self, step: int) -> bool:
+        """Whether this step's batch and parameters are remembered for a meta-step."""
+        return step % self.every == 0
+
+    def remember(self, inputs: Any, targets: Mapping[str, Tensor]) -> None:
+        """Keep θ_t and this step's batch (``inputs`` as the model received them)."""
+        params = {
+            n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad
+        }
+        self.pending = (params, inputs, {k: v.detach().clone() for k, v in targets.items()})
+
+    # ------------------------------------------------------------------ the meta-step
+    def step(self) -> tuple[dict[str, float] | None, str | None]:
+        """Run the pending meta-step at the current parameters θ_{t+1}: ``(utilities by term
+        key, None)``, or ``(None, why)`` when it was skipped (non-finite values)."""
+        if self.pending is None:
+            return None, None
+        previous, inputs, targets = self.pending
+        self.pending = None
+        query_x, query_y = self.query.next()
+        first = inputs[0][0] if inputs[0] else None
+        if (
+            isinstance(first, Tensor)
+            and isinstance(query_x, Tensor)
+            and tuple(first.shape[1:]) != tuple(query_x.shape[1:])
+        ):
+            raise ValueError(
+                f"wrap: a query batch has inputs of shape {tuple(query_x.shape)}; training "
+                f"batches have {tuple(first.shape)} (the sizes after the batch must agree)."
+            )
+        v, query_loss = self._query_gradient(query_x, query_y)
+        if v is None:
+            return None, f"meta-step skipped (non-finite query loss {query_loss})"
+        keys = self.policy.candidate_keys()
+        terms = Functional(self.model, lambda call, batch: self._candidates(call, batch))
+        u = -directional(terms, previous, (inputs, targets), v, "central", self.eps)
+        if not bool(torch.isfinite(u).all()):
+            return None, "meta-step skipped (non-finite utilities)"
+        utilities = dict(zip(keys, u.tolist(), strict=True))
+        self.policy.meta_update(utilities)
+        return utilities, None
+
+    def _forward(self, call: Any, inputs: Any) -> tuple[Mapping[str, Tensor], Tensor | None]:
+        args, kwargs = inputs
+        self.take_features()
+        outputs = call(*args, **kwargs)
+        return outputs, self.take_features()
+
+    def _candidates(self, call: Any, batch: Any) -> Tensor:
+        inputs, targets = batch
+        outputs, features = self._forward(call, inputs)
+        return self.policy.candidate_losses(outputs, targets, features)
+
+    def _query_gradient(
+        self, x: Any, y: dict[str, Tensor]
+    ) -> tuple[dict[str, Tensor] | None, float]:
+        """``P ∇L_Q`` at the current parameters, or ``None`` when ``L_Q`` is not finite."""
+        params = {
+            n: p.detach().clone().requires_grad_(True)
+            for n, p in self.model.named_parameters()
+            if p.requires_grad
+        }
+
+        def loss(call: Any, batch: Any) -> Tensor:
+            outputs, features = self._forward(call, ((batch[0],), {}))
+            return self.policy.query_losses(outputs, batch[1], features)
+
+        with torch.enable_grad():
+            per_task = Functional(self.model, loss)(params, (x, y))
+            values = per_task.detach().tolist()
+            if not all(math.isfinite(v) for v in values):
+                return None, float(sum(values))
+            for name, value in zip(self.policy.tasks, values, strict=True):
+                old = self.query_scale.get(name, abs(value))
+                self.query_scale[name] = 0.9 * old + 0.1 * abs(value)
+            scale = per_task.new_tensor([max(self.query_scale[n], 1e-8) for n in self.policy.tasks])
+            total = (per_task / scale).sum()
+            grads = torch.autograd.grad(total, list(params.values()), allow_unused=True)
+        v = {
+            n: torch.zeros_like(p) if g is None else g
+            for (n, p), g in zip(params.items(), grads, strict=True)
+        }
+        if not all(bool(torch.isfinite(g).all()) for g in v.values()):
+            return None, float(total.detach())
+        return self._precondition(v), float(total.detach())
+
+    def _precondition(self, v: dict[str, Tensor]) -> dict[str, Tensor]:
+        if self.optimizer is None:
+            return v
+        by_id = {id(p): n for n, p in self.model.named_parameters()}
+        out = dict(v)
+        for group in self.optimizer.param_groups:
+            eps = group.get("eps", 1e-8)
+            betas = group.get("betas")
+            for p in group["params"]:
+                state = self.optimizer.state.get(p, {})
+                name = by_id.get(id(p))
+                if name in out and betas is not None and "exp_avg_sq" in state:
+                    steps = float(state["step"])
+                    v_hat = state["exp_avg_sq"] / (1 - betas[1] ** max(steps, 1.0))
+                    out[name] = out[name] / (v_hat.sqrt() + eps)
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        """The pending batch and parameters, and the query losses' running means."""
+        return {"pending": self.pending, "query_scale": dict(self.query_scale)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        pending = state["pending"]
+        self.pending = None if pending is None else (pending[0], pending[1], pending[2])
+        self.query_scale = dict(state["query_scale"])
