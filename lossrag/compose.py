@@ -13,7 +13,8 @@ import torch
 from torch import Tensor, nn
 
 from lossrag.losses import Loss, registry
-from lossrag.meta.online import OnlineMeta, QueryStream
+from lossrag.meta.hypergrad import Functional
+from lossrag.meta.online import MetaContext, OnlineMeta, QueryStream
 from lossrag.policy import LossRAG as _Composing
 from lossrag.record import StepRecord, Term, TraceWriter
 from lossrag.tasks import Task
@@ -151,6 +152,7 @@ class Composer:
         self._inputs: tuple[tuple[Any, ...], dict[str, Any]] | None = None
         self._pending: tuple[tuple[Any, ...], dict[str, Any], dict[str, Tensor]] | None = None
         self._rerunning = False
+        self._targets: Mapping[str, Tensor] = {}
         self._writer = TraceWriter(trace) if trace is not None else None
         self._hooks: list[Any] = []
         if self.shared is not None and (
@@ -163,12 +165,19 @@ class Composer:
                 f"wrap: policy {self.policy_name!r} learns from held-out batches; pass "
                 "query=<iterable of (x, y) batches> (e.g. a validation loader)."
             )
+        self._query: QueryStream | None = None
+        self._optimizer = optimizer
         if query is not None:
+            heads = {t.name for t in self.tasks if t.kind != "representation"}
             if not isinstance(self.method, _Composing):
-                raise ValueError(
-                    f"wrap: policy {self.policy_name!r} does not learn from a query set; "
-                    "`query=` works with policy='lossrag'."
-                )
+                if not self.method.needs_query:
+                    raise ValueError(
+                        f"wrap: policy {self.policy_name!r} does not learn from a query set; "
+                        "`query=` works with 'lossrag', 'lossrag-online', 'autolambda' and "
+                        "'metaweighting'."
+                    )
+                self._query = QueryStream(query, heads)
+        if query is not None and isinstance(self.method, _Composing):
             heads = {t.name for t in self.tasks if t.kind != "representation"}
             self.method.meta_on = True
             self._meta = OnlineMeta(
@@ -179,7 +188,7 @@ class Composer:
                 optimizer,
                 features=self._take_features,
             )
-        if self.method.needs_rerun or self._meta is not None:
+        if self.method.needs_rerun or query is not None:
             self._hooks.append(model.register_forward_pre_hook(self._keep_inputs, with_kwargs=True))
 
     # ------------------------------------------------------------------ the training step
@@ -215,6 +224,7 @@ class Composer:
         return record
 
     def _step(self, outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor]) -> StepRecord:
+        self._targets = targets
         if isinstance(self.method, _Composing):
             return self._compose_step(self.method, outputs, targets)
         timings: dict[str, float] = {}
@@ -253,6 +263,15 @@ class Composer:
     ) -> StepRecord:
         assert isinstance(self.method, LossMethod)
         t1 = time.perf_counter()
+        note = None
+        if self._query is not None and self._inputs is not None:
+            self._rerunning = True  # the look-ahead's forwards are not training batches
+            try:
+                note = self.method.meta_step(self._meta_context(losses))
+            finally:
+                self._rerunning = False
+                self._features = None
+            timings["meta"] = time.perf_counter() - t1
         with self._own_rng():
             weights = self.method.weigh(losses)
         timings["weights"] = time.perf_counter() - t1
@@ -267,7 +286,66 @@ class Composer:
             return self._record(values, None, timings, "non-finite gradient")
         _accumulate(params, grads)
         timings["backward"] = time.perf_counter() - t2
-        return self._record(values, weights.tolist(), timings)
+        record = self._record(values, weights.tolist(), timings)
+        record.reason = note
+        return record
+
+    def _meta_context(self, losses: Tensor) -> MetaContext:
+        """The look-ahead context of a query-learning baseline at this step."""
+        assert self._inputs is not None and self._query is not None
+        inputs, targets = self._inputs, self._targets
+        query = self._query
+
+        def terms(call: Any, batch: Any) -> Tensor:
+            (args, kwargs), y = batch
+            return self._losses(call(*args, **kwargs), y)
+
+        def query_terms(call: Any, batch: Any) -> Tensor:
+            x, y = batch
+            return self._losses(call(x), y)
+
+        def per_task(params: dict[str, Tensor]) -> Tensor:
+            with torch.enable_grad():
+                return Functional(self.model, query_terms)(params, query.next(like=inputs))
+
+        def gradient(params: dict[str, Tensor]) -> tuple[dict[str, Tensor] | None, float]:
+            values = per_task(params)
+            total = values.sum()
+            if not bool(torch.isfinite(total)):
+                return None, float(total.detach())
+            grads = torch.autograd.grad(total, list(params.values()), allow_unused=True)
+            return _named(params, grads), float(total.detach())
+
+        def gradients(
+            params: dict[str, Tensor],
+        ) -> tuple[list[dict[str, Tensor]] | None, float]:
+            values = per_task(params)
+            total = float(values.detach().sum())
+            if not math.isfinite(total):
+                return None, total
+            rows = [
+                _named(
+                    params,
+                    torch.autograd.grad(
+                        v, list(params.values()), retain_graph=True, allow_unused=True
+                    ),
+                )
+                for v in values
+            ]
+            return rows, total
+
+        named: dict[str, Tensor] = {
+            n: p for n, p in self.model.named_parameters() if p.requires_grad
+        }
+        return MetaContext(
+            named=named,
+            losses=losses,
+            terms=Functional(self.model, terms),
+            batch=(inputs, targets),
+            optimizer=self._optimizer,
+            query_gradient=gradient,
+            query_gradients=gradients,
+        )
 
     def _grad_step(
         self, losses: Tensor, values: list[float], timings: dict[str, float]
@@ -666,6 +744,14 @@ def _same_keys(what: str, found: set[str], expected: set[str]) -> None:
             f"Composer.backward: {what} {' and '.join(parts)}; expected exactly "
             f"{', '.join(map(repr, sorted(expected)))}."
         )
+
+
+def _named(params: Mapping[str, Tensor], grads: Sequence[Tensor | None]) -> dict[str, Tensor]:
+    """Gradients by parameter name, zeros where nothing reached."""
+    return {
+        n: torch.zeros_like(p) if g is None else g
+        for (n, p), g in zip(params.items(), grads, strict=True)
+    }
 
 
 def _flat(grad: Tensor | None, param: Tensor) -> Tensor:

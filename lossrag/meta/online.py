@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -26,7 +27,31 @@ from lossrag.meta.hypergrad import Functional, directional
 if TYPE_CHECKING:
     from lossrag.policy import LossRAG
 
-__all__ = ["OnlineMeta", "QueryStream"]
+__all__ = ["MetaContext", "OnlineMeta", "QueryStream"]
+
+
+@dataclass
+class MetaContext:
+    """What a look-ahead baseline (Auto-Lambda, MetaWeighting) needs at one step.
+
+    Attributes:
+        named: The live trainable parameters by name (never written).
+        losses: This step's term losses ``(K,)``, with their graph.
+        terms: The term losses on ``batch`` at given parameters (functional, buffers cloned).
+        batch: ``((args, kwargs), targets)`` of this step.
+        optimizer: The user's optimizer, if ``wrap`` was given it.
+        query_gradient: ``params -> (∇ of the summed query loss at params on the next query
+            batch, that loss)``; the gradient is ``None`` when the loss is not finite.
+        query_gradients: The same per task: ``params -> ([∇L_Q,t per task] or None, total)``.
+    """
+
+    named: dict[str, Tensor]
+    losses: Tensor
+    terms: Functional
+    batch: Any
+    optimizer: torch.optim.Optimizer | None
+    query_gradient: Callable[[dict[str, Tensor]], tuple[dict[str, Tensor] | None, float]]
+    query_gradients: Callable[[dict[str, Tensor]], tuple[list[dict[str, Tensor]] | None, float]]
 
 
 class QueryStream:
@@ -44,8 +69,12 @@ class QueryStream:
         self._it: Iterator[Any] = iter(query)
         self._cycled = False
 
-    def next(self) -> tuple[Any, dict[str, Tensor]]:
-        """The next query batch (raises ValueError for an empty iterable or a malformed batch)."""
+    def next(self, like: Any = None) -> tuple[Any, dict[str, Tensor]]:
+        """The next query batch (raises ValueError for an empty iterable or a malformed batch).
+
+        ``like``: the ``(args, kwargs)`` a training step's model call received; a query input
+        whose sizes after the batch dimension differ from its first argument's is refused.
+        """
         try:
             batch = next(self._it)
         except StopIteration:
@@ -67,6 +96,16 @@ class QueryStream:
                 "wrap: each `query` item must be an (x, y) pair like a training batch."
             )
         x, y = batch
+        first = like[0][0] if like is not None and like[0] else None
+        if (
+            isinstance(first, Tensor)
+            and isinstance(x, Tensor)
+            and tuple(first.shape[1:]) != tuple(x.shape[1:])
+        ):
+            raise ValueError(
+                f"wrap: a query batch has inputs of shape {tuple(x.shape)}; training batches "
+                f"have {tuple(first.shape)} (the sizes after the batch must agree)."
+            )
         if not isinstance(y, Mapping) or set(y) != self.tasks:
             found = sorted(y) if isinstance(y, Mapping) else type(y).__name__
             raise ValueError(
@@ -127,17 +166,7 @@ class OnlineMeta:
             return None, None
         previous, inputs, targets = self.pending
         self.pending = None
-        query_x, query_y = self.query.next()
-        first = inputs[0][0] if inputs[0] else None
-        if (
-            isinstance(first, Tensor)
-            and isinstance(query_x, Tensor)
-            and tuple(first.shape[1:]) != tuple(query_x.shape[1:])
-        ):
-            raise ValueError(
-                f"wrap: a query batch has inputs of shape {tuple(query_x.shape)}; training "
-                f"batches have {tuple(first.shape)} (the sizes after the batch must agree)."
-            )
+        query_x, query_y = self.query.next(like=inputs)
         v, query_loss = self._query_gradient(query_x, query_y)
         if v is None:
             return None, f"meta-step skipped (non-finite query loss {query_loss})"

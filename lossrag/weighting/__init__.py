@@ -19,6 +19,7 @@ from lossrag.weighting.aggregators import (
     PCGrad,
     UPGrad,
 )
+from lossrag.weighting.autolambda import AutoLambda
 from lossrag.weighting.base import (
     GradMethod,
     LossMethod,
@@ -42,6 +43,7 @@ __all__ = [
     "STCH",
     "UW",
     "AlignedMTL",
+    "AutoLambda",
     "CAGrad",
     "ConFIG",
     "DualProj",

@@ -14,9 +14,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from lossrag.meta.online import MetaContext
 
 from lossrag._util import unknown_name_error
 
@@ -61,6 +64,11 @@ class Method(ABC):
 
     def epoch_end(self) -> None:
         """Called by ``Composer.epoch_end()`` at the end of each epoch (DWA rolls its history)."""
+
+    def meta_step(self, ctx: MetaContext) -> str | None:
+        """A query-learning method (``needs_query``) updates its state from one look-ahead,
+        before this step's weights are taken; returns why it skipped, if it did."""
+        return None
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume: tensors, numbers, strings, lists and dicts only."""
