@@ -74,3 +74,48 @@ def test_autolambda_needs_a_query_set(digits):
     model = digits.model(0)
     with pytest.raises(ValueError, match="learns from held-out batches"):
         lossrag.wrap(model, digits.tasks, "autolambda")
+
+
+def test_metaweighting_one_step_matches_its_update_rule(digits):
+    """ω ← normalise(ω − β·d*/RMS(d*)), d* the min-norm point of the per-task hypergradients
+    d_t[i] = −η⟨∇L_i(θ), ∇L_t^Q(θ − η Σ ω g)⟩, here with exact per-term gradients."""
+    from lossrag.weighting import MetaWeighting
+    from lossrag.weighting.metaweighting import common_direction
+
+    torch.manual_seed(0)
+    model = digits.model(0).double()  # float64: the finite differences are then exact enough
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+
+    def double(batch):
+        x, y = batch
+        return x.double(), {k: v.double() if v.is_floating_point() else v for k, v in y.items()}
+
+    (qx, qy), (x, y) = double(digits.batch(9)), double(digits.batch(0))
+    params = list(model.parameters())
+    losses = _task_losses(model, x, y, digits.tasks)
+    g = [torch.autograd.grad(v, params, retain_graph=True) for v in losses]
+    ahead = copy.deepcopy(model)
+    with torch.no_grad():
+        for i, q in enumerate(ahead.parameters()):
+            q.sub_(0.05 * sum(g[k][i] for k in range(3)))
+    query = _task_losses(ahead, qx, qy, digits.tasks)
+    v = [torch.autograd.grad(q, list(ahead.parameters()), retain_graph=True) for q in query]
+    d = torch.tensor(
+        dtype=torch.float64,
+        data=[
+            [-0.05 * sum((a * b).sum() for a, b in zip(g[i], v[t], strict=True)) for i in range(3)]
+            for t in range(3)
+        ],
+    )
+    direction = common_direction(d)
+    expected = (
+        torch.ones(3, dtype=torch.float64) - 1e-2 * direction / direction.pow(2).mean().sqrt()
+    ).clamp_min(1e-3)
+    expected = expected * 3 / expected.sum()
+
+    method = MetaWeighting(eps=1e-5)  # a small step: the reference uses exact gradients
+    composer = lossrag.wrap(model, digits.tasks, method, query=[(qx, qy)], optimizer=opt)
+    composer.backward(model(x), y)
+    torch.testing.assert_close(method.last_hypergradients, d, rtol=1e-5, atol=1e-9)
+    print(direction, common_direction(method.last_hypergradients), d)
+    torch.testing.assert_close(method.weights.double(), expected, rtol=1e-5, atol=1e-6)

@@ -30,6 +30,7 @@ from lossrag.weighting.base import (
     register_method,
 )
 from lossrag.weighting.gradnorm import GradNorm, gradnorm_weight_grad
+from lossrag.weighting.metaweighting import MetaWeighting
 from lossrag.weighting.scalarizers import DWA, EW, FAMO, IMTLL, RLW, STCH, UW, GeometricMean
 
 __all__ = [
@@ -54,6 +55,7 @@ __all__ = [
     "GradNorm",
     "GradVac",
     "LossMethod",
+    "MetaWeighting",
     "Method",
     "NashMTL",
     "PCGrad",
