@@ -160,34 +160,28 @@ class Composer:
         ):
             self._hooks.append(self.shared.register_forward_hook(self._keep_features))
         self._meta: OnlineMeta | None = None
+        self._query: QueryStream | None = None
+        self._optimizer = optimizer
         if query is None and self.method.needs_query:
             raise ValueError(
                 f"wrap: policy {self.policy_name!r} learns from held-out batches; pass "
                 "query=<iterable of (x, y) batches> (e.g. a validation loader)."
             )
-        self._query: QueryStream | None = None
-        self._optimizer = optimizer
         if query is not None:
-            heads = {t.name for t in self.tasks if t.kind != "representation"}
-            if not isinstance(self.method, _Composing):
-                if not self.method.needs_query:
-                    raise ValueError(
-                        f"wrap: policy {self.policy_name!r} does not learn from a query set; "
-                        "`query=` works with 'lossrag', 'lossrag-online', 'autolambda' and "
-                        "'metaweighting'."
-                    )
-                self._query = QueryStream(query, heads)
-        if query is not None and isinstance(self.method, _Composing):
-            heads = {t.name for t in self.tasks if t.kind != "representation"}
-            self.method.meta_on = True
-            self._meta = OnlineMeta(
-                model,
-                self.method,
-                QueryStream(query, heads),
-                meta_every,
-                optimizer,
-                features=self._take_features,
-            )
+            stream = QueryStream(query, {t.name for t in self.tasks if t.kind != "representation"})
+            if isinstance(self.method, _Composing):
+                self.method.meta_on = True
+                self._meta = OnlineMeta(
+                    model, self.method, stream, meta_every, optimizer, features=self._take_features
+                )
+            elif self.method.needs_query:
+                self._query = stream
+            else:
+                raise ValueError(
+                    f"wrap: policy {self.policy_name!r} does not learn from a query set; "
+                    "`query=` works with 'lossrag', 'lossrag-online', 'autolambda' and "
+                    "'metaweighting'."
+                )
         if self.method.needs_rerun or query is not None:
             self._hooks.append(model.register_forward_pre_hook(self._keep_inputs, with_kwargs=True))
 
