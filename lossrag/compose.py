@@ -41,6 +41,7 @@ def wrap(
     query: Iterable[Any] | None = None,
     meta_every: int = 5,
     optimizer: torch.optim.Optimizer | None = None,
+    meta_objective: str = "sum",
 ) -> Composer:
     """Wrap ``model`` so that ``composer.backward(model(x), y)`` trains all ``tasks`` at once.
 
@@ -65,6 +66,10 @@ def wrap(
             (:mod:`lossrag.meta.online`): every ``meta_every`` steps the policy learns from the
             measured effect of each candidate term on the query loss.
         meta_every: Steps between meta-steps.
+        meta_objective: ``"sum"`` (one query objective: the tasks' query losses, each divided
+            by its running mean, summed) or ``"common"`` (one per task, combined by the
+            MetaWeighting min-norm common direction; one query backward and two forwards more
+            per task).
         optimizer: The optimizer that steps the model; an Adam-style one lets the meta-step
             precondition its look-ahead as Adam does.
 
@@ -92,6 +97,7 @@ def wrap(
         query=query,
         meta_every=meta_every,
         optimizer=optimizer,
+        meta_objective=meta_objective,
     )
 
 
@@ -115,6 +121,7 @@ class Composer:
         query: Iterable[Any] | None = None,
         meta_every: int = 5,
         optimizer: torch.optim.Optimizer | None = None,
+        meta_objective: str = "sum",
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"wrap: `model` must be a torch.nn.Module, got {type(model).__name__}.")
@@ -172,7 +179,13 @@ class Composer:
             if isinstance(self.method, _Composing):
                 self.method.meta_on = True
                 self._meta = OnlineMeta(
-                    model, self.method, stream, meta_every, optimizer, features=self._take_features
+                    model,
+                    self.method,
+                    stream,
+                    meta_every,
+                    optimizer,
+                    features=self._take_features,
+                    objective=meta_objective,
                 )
             elif self.method.needs_query:
                 self._query = stream

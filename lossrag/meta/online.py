@@ -126,6 +126,9 @@ class OnlineMeta:
             (``1/(√v̂ + ε)``), otherwise ``P = I``.
         eps: Finite-difference step, relative to ``‖P v‖``.
         features: Returns (and forgets) the output of ``shared`` of the last forward.
+        objective: ``sum``: one query objective, the sum of the tasks' scaled query losses.
+            ``common``: one per task, combined in the policy's update by the MetaWeighting
+            min-norm common direction (costs one query backward and two forwards per task).
     """
 
     def __init__(
@@ -138,9 +141,13 @@ class OnlineMeta:
         eps: float = 0.01,
         *,
         features: Callable[[], Tensor | None] = lambda: None,
+        objective: str = "sum",
     ) -> None:
         if every < 1:
             raise ValueError(f"wrap: meta_every must be >= 1, got {every}.")
+        if objective not in ("sum", "common"):
+            raise ValueError(f"wrap: meta_objective must be 'sum' or 'common', got {objective!r}.")
+        self.objective = objective
         self.model, self.policy, self.query, self.every = model, policy, query, every
         self.optimizer, self.eps = optimizer, eps
         self.pending: tuple[dict[str, Tensor], Any, dict[str, Tensor]] | None = None
@@ -167,16 +174,22 @@ class OnlineMeta:
         previous, inputs, targets = self.pending
         self.pending = None
         query_x, query_y = self.query.next(like=inputs)
-        v, query_loss = self._query_gradient(query_x, query_y)
-        if v is None:
+        directions, query_loss = self._query_gradient(query_x, query_y)
+        if directions is None:
             return None, f"meta-step skipped (non-finite query loss {query_loss})"
         keys = self.policy.candidate_keys()
         terms = Functional(self.model, lambda call, batch: self._candidates(call, batch))
-        u = -directional(terms, previous, (inputs, targets), v, "central", self.eps)
-        if not bool(torch.isfinite(u).all()):
+        rows = torch.stack(
+            [
+                -directional(terms, previous, (inputs, targets), v, "central", self.eps)
+                for v in directions
+            ]
+        )
+        if not bool(torch.isfinite(rows).all()):
             return None, "meta-step skipped (non-finite utilities)"
-        utilities = dict(zip(keys, u.tolist(), strict=True))
-        self.policy.meta_update(utilities)
+        utilities = dict(zip(keys, rows.sum(0).tolist(), strict=True))
+        per_task = None if self.objective == "sum" else rows.to(torch.float32)
+        self.policy.meta_update(utilities, per_task)
         return utilities, None
 
     def _forward(self, call: Any, inputs: Any) -> tuple[Mapping[str, Tensor], Tensor | None]:
@@ -192,8 +205,10 @@ class OnlineMeta:
 
     def _query_gradient(
         self, x: Any, y: dict[str, Tensor]
-    ) -> tuple[dict[str, Tensor] | None, float]:
-        """``P ∇L_Q`` at the current parameters, or ``None`` when ``L_Q`` is not finite."""
+    ) -> tuple[list[dict[str, Tensor]] | None, float]:
+        """``[P ∇L_Q]`` at the current parameters (one per task with the ``common`` objective),
+        or ``None`` when the query loss is not finite. Each task's query loss is divided by
+        its running mean."""
         params = {
             n: p.detach().clone().requires_grad_(True)
             for n, p in self.model.named_parameters()
@@ -213,15 +228,21 @@ class OnlineMeta:
                 old = self.query_scale.get(name, abs(value))
                 self.query_scale[name] = 0.9 * old + 0.1 * abs(value)
             scale = per_task.new_tensor([max(self.query_scale[n], 1e-8) for n in self.policy.tasks])
-            total = (per_task / scale).sum()
-            grads = torch.autograd.grad(total, list(params.values()), allow_unused=True)
-        v = {
-            n: torch.zeros_like(p) if g is None else g
-            for (n, p), g in zip(params.items(), grads, strict=True)
-        }
-        if not all(bool(torch.isfinite(g).all()) for g in v.values()):
-            return None, float(total.detach())
-        return self._precondition(v), float(total.detach())
+            scaled = per_task / scale
+            objectives = [scaled.sum()] if self.objective == "sum" else list(scaled)
+            directions = []
+            for objective in objectives:
+                grads = torch.autograd.grad(
+                    objective, list(params.values()), retain_graph=True, allow_unused=True
+                )
+                v = {
+                    n: torch.zeros_like(p) if g is None else g
+                    for (n, p), g in zip(params.items(), grads, strict=True)
+                }
+                if not all(bool(torch.isfinite(g).all()) for g in v.values()):
+                    return None, float(scaled.sum().detach())
+                directions.append(self._precondition(v))
+        return directions, float(scaled.sum().detach())
 
     def _precondition(self, v: dict[str, Tensor]) -> dict[str, Tensor]:
         if self.optimizer is None:

@@ -47,6 +47,7 @@ from lossrag.policy.prior import Prior
 from lossrag.record import Term
 from lossrag.tasks import NATURAL_LOSS, Task
 from lossrag.weighting.base import Method, register_method
+from lossrag.weighting.metaweighting import common_direction
 
 __all__ = ["FEATURES", "LossRAG", "LossRAGOnline"]
 
@@ -499,7 +500,7 @@ class LossRAG(Method):
             ]
         )
 
-    def meta_update(self, utilities: Mapping[str, float]) -> None:
+    def meta_update(self, utilities: Mapping[str, float], per_task: Tensor | None = None) -> None:
         """One step on the correction Δφ from measured utilities ``u = dL_Q/dw`` per candidate
         (negative: more weight would lower the query loss), then re-gate and re-weigh.
 
@@ -529,7 +530,18 @@ class LossRAG(Method):
             a = prior + delta
             soft = torch.softmax(a[active] / self.temperature, 0)
             w = len(self.tasks) * ((1 - self.floor) * soft + self.floor / int(active.sum()))
-            loss = (u[active] * w).sum() + 0.1 * delta.pow(2).mean()
+            if per_task is None:
+                loss = (u[active] * w).sum() + 0.1 * delta.pow(2).mean()
+            else:  # one objective per task: move the scores along their common descent direction
+                rows = per_task / per_task.pow(2).mean().sqrt().clamp_min(1e-12)
+                grads = torch.stack(
+                    [
+                        torch.autograd.grad((r[active] * w).sum(), a, retain_graph=True)[0]
+                        for r in rows
+                    ]
+                )
+                loss = (a * common_direction(grads).to(a).detach()).sum()
+                loss = loss + 0.1 * delta.pow(2).mean()
             for g in group.unique():
                 rows = group == g
                 target = torch.softmax(-u[rows], 0)
@@ -561,8 +573,10 @@ class LossRAG(Method):
             name, entry_id = key.split(":", 1)
             active = self.active[name]
             is_on = entry_id in active
+            if not is_on and len(active) >= self.max_terms:
+                continue  # no room: the candidate is not counted towards switching on
             now_on, why = self.gates.update(key, utility, is_on)
-            if now_on and not is_on and len(active) < self.max_terms:
+            if now_on and not is_on:
                 active.append(entry_id)
             elif not now_on and is_on:
                 active.remove(entry_id)
