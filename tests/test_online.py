@@ -26,7 +26,8 @@ def _train(digits, composer, model, steps):
     return records
 
 
-def test_meta_steps_record_finite_utilities_for_every_candidate(digits):
+@pytest.mark.parametrize("objective", ["sum", "common"])
+def test_meta_steps_record_finite_utilities_for_every_candidate(digits, objective):
     model = digits.model(0)
     composer = lossrag.wrap(
         model,
@@ -36,6 +37,7 @@ def test_meta_steps_record_finite_utilities_for_every_candidate(digits):
         query=_query(digits, 20),
         meta_every=3,
         seed=0,
+        meta_objective=objective,
     )
     before = [p.detach().clone() for p in model.parameters()]
     records = _train(digits, composer, model, 8)
@@ -65,6 +67,10 @@ def test_bad_query_input_is_refused(digits):
         lossrag.wrap(model, digits.tasks, "lossrag-online", shared=model.trunk)
     with pytest.raises(ValueError, match="does not learn from a query set"):
         lossrag.wrap(model, digits.tasks, "ew", query=_query(digits))
+    with pytest.raises(ValueError, match="meta_objective must be 'sum' or 'common'"):
+        lossrag.wrap(
+            model, digits.tasks, "lossrag", shared=model.trunk, query=[], meta_objective="mean"
+        )
     with pytest.raises(ValueError, match="meta_every"):
         lossrag.wrap(model, digits.tasks, "lossrag", shared=model.trunk, query=[], meta_every=0)
 
