@@ -192,28 +192,6 @@ class LossRAG(Method):
         return self._modules[entry_id]
 
     # ------------------------------------------------------------------ every step
-    def _inputs(
-        self,
-        task: Task,
-        entry_id: str,
-        outputs: Mapping[str, Tensor],
-        targets: Mapping[str, Tensor],
-        features: Tensor | None,
-    ) -> tuple[Tensor, Tensor]:
-        if task.kind == "representation":
-            if features is None:
-                raise ValueError(
-                    f"Task {task.name!r} (representation): `shared` produced no output in this "
-                    "forward; call model(x) before composer.backward."
-                )
-            return features.flatten(1), targets[task.positives or ""]
-        out, tgt = outputs[task.name], targets[task.name]
-        family = registry.spec(self.entries[entry_id].name).family
-        if task.kind == "regression" and family not in _HOMOGENEOUS:
-            s = self._scale(task, tgt)
-            return out / s, tgt / s
-        return out, tgt
-
     def term_losses(
         self, outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor], features: Tensor | None
     ) -> Tensor:
@@ -230,8 +208,21 @@ class LossRAG(Method):
         targets: Mapping[str, Tensor],
         features: Tensor | None,
     ) -> Tensor:
-        """The mean loss of one term."""
-        out, tgt = self._inputs(task, entry_id, outputs, targets, features)
+        """The mean loss of one term (a representation loss on the output of ``shared``; a
+        non-homogeneous regression loss in the target's standard units)."""
+        if task.kind == "representation":
+            if features is None:
+                raise ValueError(
+                    f"Task {task.name!r} (representation): `shared` produced no output in this "
+                    "forward; call model(x) before composer.backward."
+                )
+            out, tgt = features.flatten(1), targets[task.positives or ""]
+        else:
+            out, tgt = outputs[task.name], targets[task.name]
+            family = registry.spec(self.entries[entry_id].name).family
+            if task.kind == "regression" and family not in _HOMOGENEOUS:
+                s = self._scale(task, tgt)
+                out, tgt = out / s, tgt / s
         value = self._module(entry_id)(out, tgt)
         return value if value.dim() == 0 else value.mean()
 
