@@ -47,3 +47,17 @@ def digits() -> Digits:
         Task("ink", kind="regression", metric="mae"),
     ]
     return Digits(x, y, tasks)
+
+
+@pytest.fixture(scope="session")
+def only_regression():
+    """The shipped library's index restricted to its regression losses."""
+    from lossrag.index import LossIndex, default_index
+
+    index = default_index()
+    return LossIndex(
+        [e for e in index.entries if e.kind == "regression"],
+        index.vectors[index.rows_of("regression")],
+        index.normaliser,
+        index.fingerprint,
+    )

@@ -30,17 +30,11 @@ def test_search_is_filtered_by_kind_and_ranked(index):
     assert top.score == pytest.approx(1.0, abs=1e-5)
 
 
-def test_search_rejects_bad_queries(index):
+def test_search_rejects_bad_queries(index, only_regression):
     with pytest.raises(ValueError, match="unknown task kind 'regresion'"):
         index.search(index.vectors[0], "regresion", 3)
     with pytest.raises(ValueError, match="columns"):
         index.search(np.ones(3), "regression", 3)
-    only_regression = LossIndex(
-        [e for e in index.entries if e.kind == "regression"],
-        index.vectors[index.rows_of("regression")],
-        index.normaliser,
-        index.fingerprint,
-    )
     with pytest.raises(ValueError, match="no loss for 'classification' tasks"):
         only_regression.search(index.vectors[0], "classification", 3)
 

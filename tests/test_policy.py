@@ -12,7 +12,6 @@ from typer.testing import CliRunner
 
 import lossrag
 from lossrag.cli import app
-from lossrag.index import LossIndex, default_index
 from lossrag.policy import FEATURES, Correction, Gates, LossRAG, Prior
 from lossrag.record import read_trace
 
@@ -177,15 +176,8 @@ def test_extreme_losses_give_finite_weights(digits):
         assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
 
 
-def test_bad_input_is_refused(digits):
+def test_bad_input_is_refused(digits, only_regression):
     model = digits.model(0)
-    index = default_index()
-    only_regression = LossIndex(
-        [e for e in index.entries if e.kind == "regression"],
-        index.vectors[index.rows_of("regression")],
-        index.normaliser,
-        index.fingerprint,
-    )
     with pytest.raises(ValueError, match="Task 'digit': the loss library has no loss"):
         lossrag.wrap(model, digits.tasks, LossRAG(index=only_regression), shared=model.trunk)
     with pytest.raises(ValueError, match="needs `shared=`"):
