@@ -315,21 +315,14 @@ class Composer:
             with torch.enable_grad():
                 return Functional(self.model, query_terms)(params, query.next(like=inputs))
 
-        def gradient(params: dict[str, Tensor]) -> tuple[dict[str, Tensor] | None, float]:
-            values = per_task(params)
-            total = values.sum()
-            if not bool(torch.isfinite(total)):
-                return None, float(total.detach())
-            grads = torch.autograd.grad(total, list(params.values()), allow_unused=True)
-            return _named(params, grads), float(total.detach())
-
         def gradients(
-            params: dict[str, Tensor],
+            params: dict[str, Tensor], summed: bool = False
         ) -> tuple[list[dict[str, Tensor]] | None, float]:
             values = per_task(params)
             total = float(values.detach().sum())
             if not math.isfinite(total):
                 return None, total
+            objectives = [values.sum()] if summed else list(values)
             rows = [
                 _named(
                     params,
@@ -337,9 +330,13 @@ class Composer:
                         v, list(params.values()), retain_graph=True, allow_unused=True
                     ),
                 )
-                for v in values
+                for v in objectives
             ]
             return rows, total
+
+        def gradient(params: dict[str, Tensor]) -> tuple[dict[str, Tensor] | None, float]:
+            rows, total = gradients(params, summed=True)
+            return (None if rows is None else rows[0]), total
 
         named: dict[str, Tensor] = {
             n: p for n, p in self.model.named_parameters() if p.requires_grad
