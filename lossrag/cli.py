@@ -1,16 +1,14 @@
-"""The ``lossrag`` command line: ``demo``, ``inspect``, ``library``, ``policies``."""
+"""The ``lossrag`` command line: ``demo``, ``bench``, ``train``, ``inspect``, ``library``,
+``policies``."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Any
 
-import tomllib
 import typer
 from rich.console import Console
 from rich.table import Table
-
-from lossrag._util import data_dir
 
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="LossRAG: loss weighting for MTL."
@@ -122,7 +120,9 @@ def library_build_index(
 @policies_app.command("list")
 def policies_list() -> None:
     """The policies shipped in ``policies/``, with their cards."""
-    folders = sorted(p for p in data_dir("policies").iterdir() if p.is_dir())
+    from lossrag.policy.store import read_card, shipped_policies
+
+    folders = shipped_policies()
     if not folders:
         console.print(
             "No trained LossRAG policy is shipped in this release (policies/ is empty). "
@@ -130,13 +130,56 @@ def policies_list() -> None:
         )
         return
     table = Table(title="policies")
-    for col in ("name", "version", "description"):
+    for col in ("name", "format", "trained on", "time", "meta-objective", "description"):
         table.add_column(col)
     for folder in folders:
-        card = folder / "card.toml"
-        info = tomllib.loads(card.read_text()) if card.is_file() else {}
-        table.add_row(folder.name, str(info.get("version", "?")), str(info.get("description", "")))
+        try:
+            card = read_card(folder)
+        except (OSError, ValueError) as err:
+            table.add_row(folder.name, "?", "", "", "", f"[red]unusable: {err}[/red]")
+            continue
+        curve = card.training.get("objective", [])
+        objective = f"{curve[-1]['log_ratio_vs_ew']:+.4f}" if curve else ""
+        table.add_row(
+            card.name,
+            f"{card.format} (embed {card.embed_version})",
+            f"{card.training.get('problems', '?')} generated problems",
+            f"{card.training.get('elapsed_s', 0) / 60:.0f} min",
+            objective,
+            card.description,
+        )
     console.print(table)
+
+
+@app.command()
+def train(
+    recipe: Annotated[Path, typer.Argument(help="a TOML recipe, e.g. training/default.toml")],
+    out: Annotated[Path, typer.Option(help="the policy folder to write")],
+    work: Annotated[
+        Path | None,
+        typer.Option(help="checkpoints, log and plot (default: lossrag-train/<name of --out>)"),
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="continue from the checkpoint in --work")] = False,
+) -> None:
+    """Meta-train a policy over generated problems (evolution strategies over whole runs)."""
+    from lossrag.train import load_recipe
+    from lossrag.train import train as run_training
+
+    try:
+        parsed = load_recipe(recipe)
+    except (OSError, ValueError) as err:
+        _fail(str(err))
+    folder = work or Path("lossrag-train") / out.name
+    try:
+        summary = run_training(parsed, out, folder, resume=resume, console=console)
+    except ValueError as err:
+        _fail(str(err))
+    curve = summary["objective"]
+    console.print(
+        f"policy {out}: {summary['problems']} problems in {summary['elapsed_s'] / 60:.1f} min; "
+        f"meta-objective {curve[0]['log_ratio_vs_ew']:+.4f} -> {curve[-1]['log_ratio_vs_ew']:+.4f} "
+        f"(log-ratio against EW on held-out problems; log and plot in {folder})"
+    )
 
 
 @app.command()
@@ -252,7 +295,7 @@ def demo(
     epochs: Annotated[int, typer.Option(help="training epochs per method")] = 30,
     methods: Annotated[
         str, typer.Option(help="comma-separated methods")
-    ] = "lossrag,ew,uw,dwa,famo,gradnorm,mgda,pcgrad,upgrad",
+    ] = "lossrag-default,lossrag,ew,uw,dwa,famo,gradnorm,mgda,pcgrad,upgrad",
     seed: Annotated[int, typer.Option(help="seed of data, model and methods")] = 0,
     out: Annotated[Path, typer.Option(help="folder for traces and plots")] = Path("lossrag-demo"),
 ) -> None:

@@ -18,7 +18,7 @@ from lossrag.meta.online import MetaContext, OnlineMeta, QueryStream
 from lossrag.policy import LossRAG as _Composing
 from lossrag.record import StepRecord, Term, TraceWriter
 from lossrag.tasks import Task
-from lossrag.weighting import GradMethod, LossMethod, Method, make_method
+from lossrag.weighting import GradMethod, LossMethod, Method, available, make_method
 
 __all__ = ["Composer", "NonFiniteLossError", "wrap"]
 
@@ -42,6 +42,7 @@ def wrap(
     meta_every: int = 5,
     optimizer: torch.optim.Optimizer | None = None,
     meta_objective: str = "sum",
+    query_tasks: Sequence[str] | None = None,
 ) -> Composer:
     """Wrap ``model`` so that ``composer.backward(model(x), y)`` trains all ``tasks`` at once.
 
@@ -49,12 +50,13 @@ def wrap(
         model: The multi-task model; ``model(x)`` returns ``{task name: output}``.
         tasks: The tasks, with unique names.
         policy: ``"lossrag"`` (the retrieval policy, :class:`lossrag.policy.LossRAG`, with its
-            untrained prior) or a weighting method name (``lossrag.weighting.available()``:
-            ``ew``, ``uw``,
-            ``dwa``, ``famo``, ``rlw``, ``gradnorm``, ``mgda``, ``pcgrad``, ``cagrad``, ``nashmtl``,
-            ``imtlg``, ``upgrad``, ``alignedmtl``, ``imtll``, ``geometricmean``, ``stch``,
-            ``dualproj``, ``gradvac``, ``fairgrad``, ``graddrop``, ``config``) or a configured
-            method object such as ``lossrag.weighting.UW(lr=1e-2)``.
+            untrained prior), ``"default"`` or the path of a policy folder (a meta-trained
+            policy, :func:`lossrag.policy.store.load_policy`), a weighting method name
+            (``lossrag.weighting.available()``: ``ew``, ``uw``, ``dwa``, ``famo``, ``rlw``,
+            ``gradnorm``, ``mgda``, ``pcgrad``, ``cagrad``, ``nashmtl``, ``imtlg``, ``upgrad``,
+            ``alignedmtl``, ``imtll``, ``geometricmean``, ``stch``, ``dualproj``, ``gradvac``,
+            ``fairgrad``, ``graddrop``, ``config``) or a configured method object such as
+            ``lossrag.weighting.UW(lr=1e-2)``.
         shared: The shared trunk, a submodule of ``model``. Gradient-based methods work on its
             parameters, GradNorm on its last layer, representation losses on its output.
         trace: Path of a JSONL file to which every :class:`StepRecord` is appended.
@@ -72,6 +74,9 @@ def wrap(
             per task).
         optimizer: The optimizer that steps the model; an Adam-style one lets the meta-step
             precondition its look-ahead as Adam does.
+        query_tasks: Names of the tasks whose query losses the meta-step lowers (Auto-Lambda's
+            primary tasks); the others are auxiliary: trained, weighted by how much they help
+            those. Default: every task.
 
     DWA weighs by epoch-average losses: call ``composer.epoch_end()`` at the end of each epoch
     (or build ``lossrag.weighting.DWA(period=steps_per_epoch)``).
@@ -98,6 +103,7 @@ def wrap(
         meta_every=meta_every,
         optimizer=optimizer,
         meta_objective=meta_objective,
+        query_tasks=query_tasks,
     )
 
 
@@ -122,6 +128,7 @@ class Composer:
         meta_every: int = 5,
         optimizer: torch.optim.Optimizer | None = None,
         meta_objective: str = "sum",
+        query_tasks: Sequence[str] | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"wrap: `model` must be a torch.nn.Module, got {type(model).__name__}.")
@@ -174,6 +181,7 @@ class Composer:
                 f"wrap: policy {self.policy_name!r} learns from held-out batches; pass "
                 "query=<iterable of (x, y) batches> (e.g. a validation loader)."
             )
+        self._query_index = _query_index(self.tasks, query_tasks)
         if query is not None:
             stream = QueryStream(query, {t.name for t in self.tasks if t.kind != "representation"})
             if isinstance(self.method, _Composing):
@@ -186,6 +194,7 @@ class Composer:
                     optimizer,
                     features=self._take_features,
                     objective=meta_objective,
+                    query_tasks=[self.tasks[i].name for i in self._query_index],
                 )
             elif self.method.needs_query:
                 self._query = stream
@@ -313,7 +322,8 @@ class Composer:
 
         def per_task(params: dict[str, Tensor]) -> Tensor:
             with torch.enable_grad():
-                return Functional(self.model, query_terms)(params, query.next(like=inputs))
+                values = Functional(self.model, query_terms)(params, query.next(like=inputs))
+            return values[self._query_index]
 
         def gradients(
             params: dict[str, Tensor], summed: bool = False
@@ -669,12 +679,12 @@ def _make_policy(policy: str | Method) -> Method:
         return policy
     if not isinstance(policy, str):
         raise TypeError(f"wrap: `policy` must be a name or a Method, got {type(policy).__name__}.")
-    if policy == "default":
-        raise ValueError(
-            "wrap: policy 'default' (the shipped, meta-trained LossRAG policy) is not part of "
-            "this release yet; use 'lossrag' (the retrieval policy with its untrained prior) or "
-            "a baseline name from lossrag.weighting.available()."
-        )
+    if policy not in available() and (
+        policy == "default" or os.sep in policy or os.path.isdir(policy)
+    ):
+        from lossrag.policy.store import load_policy
+
+        return load_policy(policy)
     return make_method(policy)
 
 
@@ -698,6 +708,20 @@ def _check_tasks(tasks: Sequence[Task]) -> list[Task]:
                 f"{', '.join(n for n, k in kinds.items() if k == 'classification') or 'none'})."
             )
     return tasks
+
+
+def _query_index(tasks: Sequence[Task], query_tasks: Sequence[str] | None) -> list[int]:
+    """Positions of the tasks whose query losses the meta-step lowers."""
+    names = [t.name for t in tasks if t.kind != "representation"]
+    if query_tasks is None:
+        return [i for i, t in enumerate(tasks) if t.name in names]
+    unknown = [n for n in query_tasks if n not in names]
+    if unknown or not query_tasks:
+        raise ValueError(
+            f"wrap: query_tasks must name at least one of the non-representation tasks "
+            f"({', '.join(names)}); got {list(query_tasks)!r}."
+        )
+    return [i for i, t in enumerate(tasks) if t.name in query_tasks]
 
 
 def _check_shared(

@@ -11,6 +11,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemaining
 from rich.table import Table
 
 from lossrag.plots import plot_metrics, plot_weights
+from lossrag.policy import LossRAG
 from lossrag.record import StepRecord, read_trace
 from lossrag.weighting import make_method
 
@@ -25,16 +26,17 @@ def run_demo(methods: list[str], epochs: int, seed: int, out: Path, console: Con
 
     if not methods:
         raise ValueError("demo: --methods is empty; name at least one method, e.g. 'ew'.")
-    for m in methods:
-        make_method(m)  # unknown names fail before any training, with suggestions
+    # unknown names fail before any training, with suggestions
+    policies = {m: make_method(m) for m in methods}
     torch.set_num_threads(1)
     problem = get_problem("digits-mtl")
     out.mkdir(parents=True, exist_ok=True)
     console.print(
         f"[bold]digits-mtl[/bold]: tasks {', '.join(t.name for t in problem.tasks)}; "
         f"{epochs} epochs per method, seed {seed}. Every method runs through lossrag.wrap; "
-        "'lossrag' is the retrieval policy with its untrained prior (no meta-trained policy "
-        "ships yet)."
+        "'lossrag-default' is the shipped meta-trained policy, 'lossrag' the retrieval policy "
+        "with its untrained prior. Live: each task's weight and, for the LossRAG policies, the "
+        "losses it trains with (a retrieved loss beside or instead of the task's own)."
     )
     n_train = problem.load(seed).train.x.shape[0]
     steps = epochs * math.ceil(n_train / problem.budget.batch_size)
@@ -52,12 +54,14 @@ def run_demo(methods: list[str], epochs: int, seed: int, out: Path, console: Con
             trace = out / f"{method}.jsonl"
             trace.unlink(missing_ok=True)
 
-            def show(record: StepRecord, bar: TaskID = bar) -> None:
-                w = record.task_weights()
-                text = " ".join(f"{k}={'-' if v is None else f'{v:.2f}'}" for k, v in w.items())
-                progress.update(bar, advance=1, weights=text)
+            retrieval = isinstance(policies[method], LossRAG)
 
-            results[method] = fit(problem, method, seed, epochs=epochs, trace=trace, on_step=show)
+            def show(record: StepRecord, bar: TaskID = bar, retrieval: bool = retrieval) -> None:
+                progress.update(bar, advance=1, weights=_describe(record, retrieval))
+
+            results[method] = fit(
+                problem, policies[method], seed, epochs=epochs, trace=trace, on_step=show
+            )
             plot_weights(read_trace(trace), out / f"{method}.png", f"digits-mtl: {method} weights")
     table = Table(title=f"digits-mtl test metrics (seed {seed})")
     table.add_column("method")
@@ -79,3 +83,14 @@ def run_demo(methods: list[str], epochs: int, seed: int, out: Path, console: Con
     )
     console.print(f"traces and weight plots: {out}/<method>.jsonl|.png; metrics plot: {png}")
     console.print("look inside a trace with: lossrag inspect " + str(out / f"{methods[0]}.jsonl"))
+
+
+def _describe(record: StepRecord, losses: bool) -> str:
+    """Each task's weight and, with ``losses``, the losses it is trained with at this step."""
+    parts = []
+    for task, weight in record.task_weights().items():
+        text = f"{task}={'-' if weight is None else f'{weight:.2f}'}"
+        if losses:
+            text += f"[{'+'.join(t.loss for t in record.terms if t.task == task and t.active)}]"
+        parts.append(text)
+    return " ".join(parts)

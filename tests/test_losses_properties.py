@@ -189,8 +189,11 @@ def test_varcov_single_sample_is_zero_with_gradient() -> None:
         ("ce", (torch.zeros(3, 4), torch.zeros(2, dtype=torch.long)), r"\(3,\)"),
         ("bce", (torch.zeros(3, 4), torch.zeros(3, 5)), "same shape"),
         ("supcon", (torch.zeros(3, 4), torch.zeros(4, dtype=torch.long)), "labels"),
-        ("varcov", (torch.zeros(3, 4, dtype=torch.long), torch.zeros(3, dtype=torch.long)),
-         "float"),
+        (
+            "varcov",
+            (torch.zeros(3, 4, dtype=torch.long), torch.zeros(3, dtype=torch.long)),
+            "float",
+        ),
     ],
 )
 def test_bad_inputs_name_the_loss(name: str, args: tuple[Any, ...], message: str) -> None:

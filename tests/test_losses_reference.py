@@ -66,8 +66,10 @@ def _per_label(f: Callable[..., float]) -> Reference:
     def ref(output: Array, target: Array, **hp: float) -> Array:
         p = 1.0 / (1.0 + np.exp(-output))
         return np.array(
-            [np.mean([f(pc, yc, **hp) for pc, yc in zip(pr, yr, strict=True)])
-             for pr, yr in zip(p, target, strict=True)]
+            [
+                np.mean([f(pc, yc, **hp) for pc, yc in zip(pr, yr, strict=True)])
+                for pr, yr in zip(p, target, strict=True)
+            ]
         )
 
     return ref
@@ -160,8 +162,10 @@ def _triplet_parts(output: Array, target: Array) -> tuple[Array, list[list[int]]
 def _triplet(output: Array, target: Array, *, margin: float) -> Array:
     d, pos, neg = _triplet_parts(output, target)
     return np.array(
-        [max(0.0, margin + max(d[i, pos[i]]) - min(d[i, neg[i]])) if pos[i] and neg[i] else 0.0
-         for i in range(len(d))]
+        [
+            max(0.0, margin + max(d[i, pos[i]]) - min(d[i, neg[i]])) if pos[i] and neg[i] else 0.0
+            for i in range(len(d))
+        ]
     )
 
 
@@ -203,8 +207,10 @@ REFERENCES: dict[str, Reference] = {
     "focal": _per_row(lambda p, y, gamma: -((1 - p[y]) ** gamma) * math.log(p[y])),
     "poly1": _per_row(lambda p, y, epsilon: -math.log(p[y]) + epsilon * (1 - p[y])),
     "sce": _per_row(
-        lambda p, y, alpha, beta: -alpha * math.log(p[y])
-        - beta * sum(p[k] * (0.0 if k == y else -4.0) for k in range(len(p)))
+        lambda p, y, alpha, beta: (
+            -alpha * math.log(p[y])
+            - beta * sum(p[k] * (0.0 if k == y else -4.0) for k in range(len(p)))
+        )
     ),
     "mae_prob": _per_row(lambda p, y: float(np.abs(p - np.eye(len(p))[y]).sum())),
     "gce": _per_row(lambda p, y, q: (1 - p[y] ** q) / q),
@@ -245,8 +251,12 @@ def settings(name: str) -> list[dict[str, float]]:
     spec = registry.spec(name)
     grids = {k: hp.grid for k, hp in spec.params.items()}
     mixed = {k: g[(i * 3 + 1) % len(g)] for i, (k, g) in enumerate(grids.items())}
-    return [spec.defaults, {k: g[0] for k, g in grids.items()},
-            {k: g[-1] for k, g in grids.items()}, mixed]
+    return [
+        spec.defaults,
+        {k: g[0] for k, g in grids.items()},
+        {k: g[-1] for k, g in grids.items()},
+        mixed,
+    ]
 
 
 def test_every_loss_has_a_reference() -> None:
@@ -334,7 +344,8 @@ def test_gradcheck(name: str) -> None:
     assert (name in KINK_FREE) == (not spec.smooth), "KINK_FREE lists exactly the non-smooth cards"
     for hp in settings(name)[:3]:
         seed = next(
-            s for s in range(1000)
+            s
+            for s in range(1000)
             if name not in KINK_FREE or KINK_FREE[name](*make_inputs(spec.kinds[0], s), **hp)
         )
         output, target = (_t(x) for x in make_inputs(spec.kinds[0], seed))
@@ -375,14 +386,34 @@ PINNED: list[tuple[str, dict[str, float], list[Any], list[Any], Any]] = [
     ("label_smoothing", {"eps": 0.5}, [[0.0, 0.0]], [0], [math.log(2.0)]),
     ("bce", {}, [[0.0, 0.0]], [[1.0, 0.0]], [math.log(2.0)]),
     ("soft_f1", {"smooth": 1.0}, [[0.0, 0.0]], [[1.0, 0.0]], [1 / 3]),
-    ("triplet", {"margin": 0.2}, [[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]], [0, 0, 1],
-     [0.2 + ROOT2, 0.2, 0.0]),
-    ("supcon", {"temperature": 1.0}, [[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]], [0, 0, 1],
-     [math.log(math.e + 1) - 1, math.log(math.e + 1) - 1, 0.0]),
-    ("infonce", {"temperature": 1.0}, [[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]], [0, 0, 1],
-     math.log(math.e + 1) - 1),
-    ("varcov", {"gamma": 1.0, "cov_weight": 1.0}, [[1.0, 1.0], [-1.0, -1.0]], [0, 1],
-     4.0),  # std sqrt(2 + 1e-4) > gamma: no variance term; off-diagonal cov 2 twice, 2 * 2**2 / F
+    (
+        "triplet",
+        {"margin": 0.2},
+        [[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]],
+        [0, 0, 1],
+        [0.2 + ROOT2, 0.2, 0.0],
+    ),
+    (
+        "supcon",
+        {"temperature": 1.0},
+        [[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]],
+        [0, 0, 1],
+        [math.log(math.e + 1) - 1, math.log(math.e + 1) - 1, 0.0],
+    ),
+    (
+        "infonce",
+        {"temperature": 1.0},
+        [[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]],
+        [0, 0, 1],
+        math.log(math.e + 1) - 1,
+    ),
+    (
+        "varcov",
+        {"gamma": 1.0, "cov_weight": 1.0},
+        [[1.0, 1.0], [-1.0, -1.0]],
+        [0, 1],
+        4.0,
+    ),  # std sqrt(2 + 1e-4) > gamma: no variance term; off-diagonal cov 2 twice, 2 * 2**2 / F
 ]
 
 

@@ -26,7 +26,7 @@ def _train(digits, composer, model, steps):
     return records
 
 
-@pytest.mark.parametrize("objective", ["sum", "common"])
+@pytest.mark.parametrize("objective", ["sum", "common", "transfer"])
 def test_meta_steps_record_finite_utilities_for_every_candidate(digits, objective):
     model = digits.model(0)
     composer = lossrag.wrap(
@@ -67,10 +67,16 @@ def test_bad_query_input_is_refused(digits):
         lossrag.wrap(model, digits.tasks, "lossrag-online", shared=model.trunk)
     with pytest.raises(ValueError, match="does not learn from a query set"):
         lossrag.wrap(model, digits.tasks, "ew", query=_query(digits))
-    with pytest.raises(ValueError, match="meta_objective must be 'sum' or 'common'"):
+    with pytest.raises(ValueError, match="meta_objective must be 'sum', 'common' or 'transfer'"):
         lossrag.wrap(
             model, digits.tasks, "lossrag", shared=model.trunk, query=[], meta_objective="mean"
         )
+    with pytest.raises(ValueError, match=r"query_tasks must name .*digit, parity, ink.*'dgit'"):
+        lossrag.wrap(
+            model, digits.tasks, "lossrag", shared=model.trunk, query=[], query_tasks=["dgit"]
+        )
+    with pytest.raises(ValueError, match="query_tasks must name at least one"):
+        lossrag.wrap(model, digits.tasks, "autolambda", query=[], query_tasks=[])
     with pytest.raises(ValueError, match="meta_every"):
         lossrag.wrap(model, digits.tasks, "lossrag", shared=model.trunk, query=[], meta_every=0)
 
@@ -102,3 +108,37 @@ def test_a_non_finite_query_loss_skips_the_meta_step(digits):
     assert "meta-step skipped (non-finite query loss" in (second.reason or "")
     assert not second.skipped
     assert composer.method.weights == before  # the last good weights are kept
+
+
+@pytest.mark.parametrize("objective", ["sum", "transfer"])
+def test_query_tasks_choose_the_objective_and_keep_their_losses_on(digits, objective, monkeypatch):
+    """With ``query_tasks=["digit"]`` only digit's query loss is differentiated: the utilities
+    are ``−⟨∇L_c, P∇L_Q,digit⟩``, and never switch digit's own loss off; with ``transfer`` digit's
+    candidates get no utility from their own task (0)."""
+    model = digits.model(0)
+    policy = LossRAG(refresh_every=4)
+    composer = lossrag.wrap(
+        model,
+        digits.tasks,
+        policy,
+        shared=model.trunk,
+        query=_query(digits, 20),
+        meta_every=2,
+        seed=0,
+        meta_objective=objective,
+        query_tasks=["digit"],
+    )
+    assert composer._meta is not None and composer._meta.query_index == [0]
+    gated: list[str] = []
+    original = policy._gate
+    monkeypatch.setattr(policy, "_gate", lambda b: (gated.extend(k for k, _ in b), original(b))[1])
+    records = _train(digits, composer, model, 6)
+    meta = [r for r in records if any(t.utility is not None for t in r.terms)]
+    assert meta and gated
+    assert f"digit:{policy.natural['digit']}" not in gated
+    assert f"ink:{policy.natural['ink']}" in gated
+    own = [t.utility for r in meta for t in r.terms if t.task == "digit" and t.utility is not None]
+    if objective == "transfer":
+        assert own and all(u == 0.0 for u in own)
+    else:
+        assert any(u != 0.0 for u in own)

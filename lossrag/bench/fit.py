@@ -45,7 +45,8 @@ def fit(
 ) -> FitResult:
     """Train ``problem.build_model(seed)`` on ``problem.load(seed).train`` with ``policy`` through
     :func:`lossrag.wrap`, then evaluate on ``split``. A method that learns from held-out batches
-    gets endless shuffled batches of the validation split as its query stream.
+    gets endless shuffled batches of the validation split as its query stream, and lowers the
+    query losses of the scored tasks only (junk tasks are auxiliary).
 
     Everything random (data order, model init, the method's own stream) follows ``seed``. Uses the
     problem's budget (epochs, batch size, Adam learning rate); ``epochs`` overrides the budget.
@@ -77,6 +78,7 @@ def fit(
         seed=seed,
         query=query_batches(problem, splits.val, seed) if needs_query else None,
         optimizer=optimizer,
+        query_tasks=[n for n in problem.scored if n in names] if needs_query else None,
     )
     order = torch.Generator().manual_seed(seed)
     wall0, cpu0 = time.perf_counter(), time.process_time()

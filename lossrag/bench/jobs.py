@@ -120,23 +120,18 @@ def _cost(job: Job) -> dict[str, Any]:
     for policy in ("ew", job.method):
         model = problem.build_model(job.seed)
         opt = torch.optim.Adam(model.parameters(), lr=problem.budget.lr)
-        arms.append(
-            (
-                model,
-                opt,
-                wrap(
-                    model,
-                    problem.tasks,
-                    policy,
-                    shared=getattr(model, "trunk", None),
-                    seed=job.seed,
-                    query=query_batches(problem, splits.val, job.seed)
-                    if method_class(policy).needs_query
-                    else None,
-                    optimizer=opt,
-                ),
-            )
+        needs_query = method_class(policy).needs_query
+        composer = wrap(
+            model,
+            problem.tasks,
+            policy,
+            shared=getattr(model, "trunk", None),
+            seed=job.seed,
+            query=query_batches(problem, splits.val, job.seed) if needs_query else None,
+            optimizer=opt,
+            query_tasks=problem.scored if needs_query else None,
         )
+        arms.append((model, opt, composer))
     times: list[list[float]] = [[], []]
     order = torch.Generator().manual_seed(job.seed)
     steps, warmup, done = job.steps or 60, 5, 0

@@ -26,8 +26,11 @@ __all__ = ["QUICK_METHODS", "BenchConfig", "plan", "report_finished", "run_bench
 
 #: Every registered method (the baselines and ``lossrag``), as ``--quick`` runs them.
 QUICK_METHODS = tuple(available())
-#: Methods that take per-task gradients; the protocol runs them on gradnorm-synth up to T = 10.
-GRADIENT_METHODS = frozenset(m for m in QUICK_METHODS if method_class(m).per_task_gradients)
+#: Methods whose step costs one backward per task (MetaWeighting: one per task's query loss); the
+#: protocol runs them at T ≤ 10 only.
+PER_TASK_METHODS = frozenset(
+    m for m in QUICK_METHODS if method_class(m).per_task_gradients or m == "metaweighting"
+)
 _TOO_MANY_TASKS = frozenset({"gradnorm-synth-t40"})
 _THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
@@ -87,7 +90,7 @@ def plan(config: BenchConfig) -> list[Job]:
             ]
             continue
         methods = [
-            m for m in config.methods if not (name in _TOO_MANY_TASKS and m in GRADIENT_METHODS)
+            m for m in config.methods if not (name in _TOO_MANY_TASKS and m in PER_TASK_METHODS)
         ]
         for seed in config.seeds:
             jobs += [

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import itertools
 import math
+import tomllib
 from collections.abc import Mapping
 from numbers import Real
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from lossrag._util import suggest

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -129,6 +129,7 @@ class OnlineMeta:
         objective: ``sum``: one query objective, the sum of the tasks' scaled query losses.
             ``common``: one per task, combined in the policy's update by the MetaWeighting
             min-norm common direction (costs one query backward and two forwards per task).
+        query_tasks: The tasks whose query losses are lowered (default: all of the policy's).
     """
 
     def __init__(
@@ -142,17 +143,24 @@ class OnlineMeta:
         *,
         features: Callable[[], Tensor | None] = lambda: None,
         objective: str = "sum",
+        query_tasks: Sequence[str] | None = None,
     ) -> None:
         if every < 1:
             raise ValueError(f"wrap: meta_every must be >= 1, got {every}.")
-        if objective not in ("sum", "common"):
-            raise ValueError(f"wrap: meta_objective must be 'sum' or 'common', got {objective!r}.")
+        if objective not in ("sum", "common", "transfer"):
+            raise ValueError(
+                f"wrap: meta_objective must be 'sum', 'common' or 'transfer', got {objective!r}."
+            )
         self.objective = objective
         self.model, self.policy, self.query, self.every = model, policy, query, every
         self.optimizer, self.eps = optimizer, eps
         self.pending: tuple[dict[str, Tensor], Any, dict[str, Tensor]] | None = None
         self.query_scale: dict[str, float] = {}
         self.take_features = features
+        tasks = list(policy.tasks)
+        wanted = tasks if query_tasks is None else list(query_tasks)
+        self.query_index = [i for i, n in enumerate(tasks) if n in wanted]
+        self.query_names = [tasks[i] for i in self.query_index]
 
     def due(self, step: int) -> bool:
         """Whether this step's batch and parameters are remembered for a meta-step."""
@@ -187,9 +195,12 @@ class OnlineMeta:
         )
         if not bool(torch.isfinite(rows).all()):
             return None, "meta-step skipped (non-finite utilities)"
+        if self.objective == "transfer":  # drop each task's effect on its own query loss
+            owners = [k.split(":", 1)[0] for k in keys]
+            rows = rows * rows.new_tensor([[o != q for o in owners] for q in self.query_names])
         utilities = dict(zip(keys, rows.sum(0).tolist(), strict=True))
-        per_task = None if self.objective == "sum" else rows.to(torch.float32)
-        self.policy.meta_update(utilities, per_task)
+        per_task = None if self.objective != "common" else rows.to(torch.float32)
+        self.policy.meta_update(utilities, per_task, keep=set(self.query_names))
         return utilities, None
 
     def _forward(self, call: Any, inputs: Any) -> tuple[Mapping[str, Tensor], Tensor | None]:
@@ -217,17 +228,18 @@ class OnlineMeta:
 
         def loss(call: Any, batch: Any) -> Tensor:
             outputs, features = self._forward(call, ((batch[0],), {}))
-            return self.policy.query_losses(outputs, batch[1], features)
+            return self.policy.query_losses(outputs, batch[1], features)[self.query_index]
 
         with torch.enable_grad():
             per_task = Functional(self.model, loss)(params, (x, y))
             values = per_task.detach().tolist()
             if not all(math.isfinite(v) for v in values):
                 return None, float(sum(values))
-            for name, value in zip(self.policy.tasks, values, strict=True):
+            names = self.query_names
+            for name, value in zip(names, values, strict=True):
                 old = self.query_scale.get(name, abs(value))
                 self.query_scale[name] = 0.9 * old + 0.1 * abs(value)
-            scale = per_task.new_tensor([max(self.query_scale[n], 1e-8) for n in self.policy.tasks])
+            scale = per_task.new_tensor([max(self.query_scale[n], 1e-8) for n in names])
             scaled = per_task / scale
             objectives = [scaled.sum()] if self.objective == "sum" else list(scaled)
             directions = []

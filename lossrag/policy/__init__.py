@@ -9,5 +9,17 @@ from lossrag.policy.gates import Gates
 from lossrag.policy.lossrag import FEATURES, LossRAG, LossRAGOnline
 from lossrag.policy.net import Correction
 from lossrag.policy.prior import Prior
+from lossrag.policy.store import DefaultPolicy, DefaultPolicyOnline, load_policy, save_policy
 
-__all__ = ["FEATURES", "Correction", "Gates", "LossRAG", "LossRAGOnline", "Prior"]
+__all__ = [
+    "FEATURES",
+    "Correction",
+    "DefaultPolicy",
+    "DefaultPolicyOnline",
+    "Gates",
+    "LossRAG",
+    "LossRAGOnline",
+    "Prior",
+    "load_policy",
+    "save_policy",
+]

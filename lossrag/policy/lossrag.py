@@ -22,7 +22,7 @@ problem.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -118,7 +118,7 @@ class LossRAG(Method):
         temperature: float = 1.0,
         max_terms: int = 2,
         smoothing: float = 0.7,
-        meta_lr: float = 1e-3,
+        meta_lr: float = 3e-4,
         rank_weight: float = 0.5,
         prior: Prior | None = None,
         total_steps: int | None = None,
@@ -491,17 +491,25 @@ class LossRAG(Method):
             ]
         )
 
-    def meta_update(self, utilities: Mapping[str, float], per_task: Tensor | None = None) -> None:
+    def meta_update(
+        self,
+        utilities: Mapping[str, float],
+        per_task: Tensor | None = None,
+        keep: Collection[str] = (),
+    ) -> None:
         """One step on the correction Δφ from measured utilities ``u = dL_Q/dw`` per candidate
-        (negative: more weight would lower the query loss), then re-gate and re-weigh.
+        (negative: more weight would lower the query loss), then re-gate and re-weigh. Only
+        the natural losses of tasks outside ``keep`` (the auxiliary tasks: the query loss does
+        not measure them) are gated here, by ``−ū``; the tasks in ``keep`` and the alternative
+        losses stay as the refreshes gate them (on ``mnist1d-noisy`` letting the one-step
+        utilities gate those too cost 14 points of Δm: they undervalue the slow learners).
 
         Per-batch utilities are noisy (``research/algorithms.md`` §5), so an EMA of each
         candidate's utility is used, divided by the RMS over the candidates. The meta-loss is
         the first-order change of the query loss through the active terms' weights,
         ``Σ ū_i w_i(a)``, plus ``rank_weight`` times a listwise loss ranking each task's
         candidates by ``−ū``, plus a pull of Δφ towards 0 (the prior); the meta-gradient is
-        clipped. Gates take as utility ``−ū`` for a task's natural loss and, for another
-        candidate, how much more it helps than the natural loss (beyond a margin of 0.1).
+        clipped.
         """
         if self._scored is None:
             return
@@ -544,13 +552,8 @@ class LossRAG(Method):
         with torch.no_grad():
             scores = (prior + self.correction(x, group)).tolist()
         self.scores.update(zip(keys, scores, strict=True))
-        natural = {n: float(u[keys.index(f"{n}:{e}")]) for n, e in self.natural.items()}
-        benefit = []
-        for k, v in zip(keys, u.tolist(), strict=True):
-            name, entry = k.split(":", 1)
-            nat = natural[name]
-            benefit.append((k, -v if entry == self.natural[name] else nat - v - 0.1))
-        self._gate(benefit)
+        auxiliary = {f"{n}:{e}" for n, e in self.natural.items() if n not in keep}
+        self._gate([(k, -v) for k, v in zip(keys, u.tolist(), strict=True) if k in auxiliary])
         self._reweigh()
 
     def _is_active(self, key: str) -> bool:

@@ -25,7 +25,7 @@ class Correction(nn.Module):
 
     def __init__(self, in_dim: int, hidden: int = 32, bound: float = 1.0) -> None:
         super().__init__()
-        self.bound = bound
+        self.hidden, self.bound = hidden, bound
         self.phi = nn.Sequential(nn.Linear(in_dim, hidden), nn.Tanh())
         self.rho = nn.Sequential(nn.Linear(3 * hidden, hidden), nn.Tanh(), nn.Linear(hidden, 1))
         last = self.rho[-1]

@@ -1,0 +1,266 @@
+"""Policy folders: a trained LossRAG policy as files, loaded by name (``policy="default"``) or path.
+
+A folder holds three files and nothing executable:
+
+- ``policy.json``: the policy's settings (the :class:`LossRAG` arguments and the prior's
+  coefficients) and the shape of its correction network;
+- ``correction.npz``: the correction's weights, read with ``numpy.load(allow_pickle=False)``, so
+  loading never unpickles an object;
+- ``card.json``: the card (:class:`PolicyCard`): format and embedding versions, provenance (recipe
+  hash, code version, training problems, time), benchmark results, and the SHA-256 of the other two
+  files, checked at every load.
+
+Folders are written to a temporary sibling and renamed into place, so a crash leaves either the
+previous policy or the new one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+import lossrag
+from lossrag._util import atomic_write_text, data_dir
+from lossrag.embed import EMBED_VERSION
+from lossrag.policy.lossrag import FEATURES, LossRAG
+from lossrag.policy.net import Correction
+from lossrag.policy.prior import Prior
+from lossrag.weighting.base import register_method
+
+__all__ = [
+    "POLICY_FORMAT",
+    "DefaultPolicy",
+    "DefaultPolicyOnline",
+    "PolicyCard",
+    "load_policy",
+    "policy_folder",
+    "read_card",
+    "record_benchmarks",
+    "save_policy",
+    "shipped_policies",
+]
+
+#: Version of the folder layout and of the meaning of the correction's input features.
+POLICY_FORMAT = 1
+_FILES = ("policy.json", "correction.npz")
+
+
+class PolicyCard(BaseModel):
+    """What a policy folder says about itself.
+
+    Attributes:
+        name: The policy's name (its folder's name when shipped).
+        format: :data:`POLICY_FORMAT` of the code that wrote it.
+        embed_version: Loss-embedding version its features were computed with.
+        features: Length of a candidate's feature vector.
+        lossrag_version: Package version that wrote it.
+        code: Fingerprint of the source that trained it.
+        description: One line for ``lossrag policies list``.
+        recipe: The training recipe, as validated.
+        recipe_hash: SHA-256 of the recipe's canonical JSON.
+        training: Problems, generations, time and the meta-objective's history summary.
+        benchmarks: Results measured with the policy (free-form, e.g. Δm per problem).
+        checksums: SHA-256 of ``policy.json`` and ``correction.npz``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    format: int
+    embed_version: int
+    features: int
+    lossrag_version: str
+    code: str = ""
+    description: str = ""
+    recipe: dict[str, Any] = {}
+    recipe_hash: str = ""
+    training: dict[str, Any] = {}
+    benchmarks: dict[str, Any] = {}
+    checksums: dict[str, str]
+
+
+def _settings(policy: LossRAG) -> dict[str, Any]:
+    """The constructor arguments that make ``policy`` (everything but the index and weights)."""
+    return {
+        "k": policy.k,
+        "explore": policy.explore,
+        "refresh_every": policy.refresh_every,
+        "retrieve_every": policy.retrieve_every,
+        "patience": policy.gates.patience,
+        "floor": policy.floor,
+        "temperature": policy.temperature,
+        "max_terms": policy.max_terms,
+        "smoothing": policy.smoothing,
+        "meta_lr": policy.meta_lr,
+        "rank_weight": policy.rank_weight,
+        "prior": policy.prior.model_dump(),
+        "correction": {"hidden": policy.correction.hidden, "bound": policy.correction.bound},
+    }
+
+
+def save_policy(
+    policy: LossRAG,
+    folder: str | os.PathLike[str],
+    *,
+    description: str = "",
+    recipe: dict[str, Any] | None = None,
+    training: dict[str, Any] | None = None,
+    benchmarks: dict[str, Any] | None = None,
+    code: str = "",
+    extra: dict[str, bytes] | None = None,
+) -> PolicyCard:
+    """Write ``policy`` (settings, correction weights, card) to ``folder``, atomically;
+    ``extra`` files (a training plot, say) go beside them, checksummed too."""
+    target = Path(folder)
+    recipe = recipe or {}
+    files = {"policy.json": json.dumps(_settings(policy), indent=2, sort_keys=True).encode()}
+    buffer = io.BytesIO()
+    arrays = {k: v.detach().cpu().numpy() for k, v in policy.correction.state_dict().items()}
+    np.savez(buffer, **arrays)
+    files["correction.npz"] = buffer.getvalue()
+    files.update(extra or {})
+    card = PolicyCard(
+        name=target.name,
+        format=POLICY_FORMAT,
+        embed_version=EMBED_VERSION,
+        features=FEATURES,
+        lossrag_version=lossrag.__version__,
+        code=code,
+        description=description,
+        recipe=recipe,
+        recipe_hash=hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest(),
+        training=training or {},
+        benchmarks=benchmarks or {},
+        checksums={n: hashlib.sha256(b).hexdigest() for n, b in files.items()},
+    )
+    files["card.json"] = card.model_dump_json(indent=2).encode()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        for name, data in files.items():
+            (staging / name).write_bytes(data)
+        staging.chmod(0o755)
+        old = target.with_name(f".{target.name}.old")
+        if target.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            target.rename(old)
+        staging.rename(target)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return card
+
+
+def record_benchmarks(folder: str | os.PathLike[str], benchmarks: dict[str, Any]) -> PolicyCard:
+    """Write ``benchmarks`` (results measured with the policy) into a checked policy's card."""
+    card = read_card(folder)
+    card.benchmarks = benchmarks
+    atomic_write_text(Path(folder) / "card.json", card.model_dump_json(indent=2))
+    return card
+
+
+def shipped_policies() -> list[Path]:
+    """The policy folders shipped with LossRAG (``policies/*`` holding a card)."""
+    root = data_dir("policies")
+    return sorted(p for p in root.iterdir() if (p / "card.json").is_file())
+
+
+def policy_folder(source: str | os.PathLike[str]) -> Path:
+    """The folder of ``source``: a shipped policy's name (``"default"``) or a path."""
+    path = Path(source)
+    if path.is_dir():
+        return path
+    shipped = {p.name: p for p in shipped_policies()}
+    if str(source) in shipped:
+        return shipped[str(source)]
+    known = ", ".join(shipped) or "none"
+    raise FileNotFoundError(
+        f"Policy {str(source)!r} is neither a folder nor a shipped policy (shipped: {known})."
+    )
+
+
+def read_card(folder: str | os.PathLike[str]) -> PolicyCard:
+    """The card of a policy folder, after checking its files against the card's checksums and
+    its versions against this LossRAG's."""
+    folder = Path(folder)
+    card_path = folder / "card.json"
+    try:
+        card = PolicyCard.model_validate_json(card_path.read_bytes())
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"Policy folder {folder} has no card.json.") from err
+    except ValidationError as err:
+        raise ValueError(f"Policy folder {folder}: card.json is not a valid card: {err}") from err
+    if (card.format, card.embed_version, card.features) != (POLICY_FORMAT, EMBED_VERSION, FEATURES):
+        raise ValueError(
+            f"Policy {card.name!r} ({folder}) was written by LossRAG {card.lossrag_version} as "
+            f"policy format {card.format}, embedding version {card.embed_version}, {card.features} "
+            f"features; this LossRAG {lossrag.__version__} reads policy format {POLICY_FORMAT}, "
+            f"embedding version {EMBED_VERSION}, {FEATURES} features. Retrain it with "
+            "`lossrag train`."
+        )
+    for name in sorted({*_FILES, *card.checksums}):
+        path = folder / name
+        if not path.is_file():
+            raise FileNotFoundError(f"Policy {card.name!r} ({folder}): {name} is missing.")
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        if digest != card.checksums.get(name):
+            raise ValueError(
+                f"Policy {card.name!r} ({folder}): {name} does not match the checksum in its card "
+                "(the file was altered or is incomplete)."
+            )
+    return card
+
+
+def _arguments(source: str | os.PathLike[str]) -> dict[str, Any]:
+    """The :class:`LossRAG` arguments (settings and trained correction) of a saved policy."""
+    folder = policy_folder(source)
+    read_card(folder)
+    settings = json.loads((folder / "policy.json").read_text())
+    shape = settings.pop("correction")
+    settings["prior"] = Prior(**settings["prior"])
+    correction = Correction(FEATURES, hidden=int(shape["hidden"]), bound=float(shape["bound"]))
+    with np.load(folder / "correction.npz", allow_pickle=False) as arrays:
+        state = {k: torch.from_numpy(arrays[k].copy()) for k in arrays.files}
+    try:
+        correction.load_state_dict(state)
+    except RuntimeError as err:
+        raise ValueError(
+            f"Policy {folder}: correction.npz does not fit its network: {err}"
+        ) from err
+    return {**settings, "correction": correction}
+
+
+def load_policy(source: str | os.PathLike[str] = "default", **overrides: Any) -> LossRAG:
+    """A :class:`LossRAG` with a saved policy's settings and correction; ``overrides`` replace
+    settings (e.g. ``total_steps``)."""
+    return LossRAG(**{**_arguments(source), **overrides})
+
+
+@register_method
+class DefaultPolicy(LossRAG):
+    """The shipped policy ``policies/default``, frozen (``policy="lossrag-default"``; the same
+    as ``policy="default"``, under the name the benchmark runs it)."""
+
+    name = "lossrag-default"
+
+    def __init__(self, **overrides: Any) -> None:
+        super().__init__(**{**_arguments("default"), **overrides})
+
+
+@register_method
+class DefaultPolicyOnline(DefaultPolicy):
+    """``policies/default`` adapting online from a query stream (``wrap(..., query=...)``)."""
+
+    name = "lossrag-default-online"
+    needs_query = True

@@ -1,0 +1,20 @@
+"""Offline meta-training (``lossrag train``): generated problems, recipes, evolution strategies."""
+
+from lossrag.train.es import PARAMS, initial_parameters, policy_from, policy_values, train
+from lossrag.train.generate import Distribution, GeneratedProblem, TaskSpec, sample_problem
+from lossrag.train.recipe import ES, Recipe, load_recipe
+
+__all__ = [
+    "ES",
+    "PARAMS",
+    "Distribution",
+    "GeneratedProblem",
+    "Recipe",
+    "TaskSpec",
+    "initial_parameters",
+    "load_recipe",
+    "policy_from",
+    "policy_values",
+    "sample_problem",
+    "train",
+]

@@ -1,0 +1,294 @@
+"""``lossrag train``: meta-train the policy's prior by evolution strategies over whole runs.
+
+The trained parameters are the log of the prior's five coefficients, the log of the softmax
+temperature and the logit of the weight floor (:data:`PARAMS`). One generation draws
+``population`` fresh problems from the recipe's distribution; on each, two runs from the same
+seed (same data, initialisation and batches) use the policy at ``θ + σε`` and ``θ − σε``, and the
+reward is the mean over the scored tasks of ``log(metric₋ / metric₊)`` (signed so that positive
+means the ``+`` run generalised better, clipped at ``clip``) on the problem's validation split.
+The whole run is the horizon, so a weighting that helps early and hurts later is not rewarded:
+this is the long-horizon signal against the one-step look-ahead's short-horizon bias.
+``θ`` takes an Adam step along ``Σ r ε / (σ·population)``.
+
+Every ``eval_every`` generations the meta-objective, the same log-ratio of the current policy
+against equal weighting on ``eval_problems`` held-out generated problems, is measured and logged.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import multiprocessing as mp
+import os
+import time
+import warnings
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from lossrag._util import atomic_write_bytes, atomic_write_text
+from lossrag.policy.lossrag import LossRAG
+from lossrag.policy.prior import Prior
+from lossrag.train.generate import Distribution, sample_problem
+from lossrag.train.recipe import Recipe
+
+__all__ = ["PARAMS", "initial_parameters", "policy_from", "policy_values", "train"]
+
+#: The trained parameters, in order (``log`` of each, ``logit`` of the floor).
+PARAMS = ("learn", "align", "slow", "candidate", "switch_cost", "temperature", "floor")
+_EVAL_OFFSET = 1_000_000  # held-out problems are numbered from here; training ones below
+_FORMAT = 1
+
+
+def initial_parameters() -> np.ndarray:
+    """The untrained policy's parameters: the hand-set prior, temperature 1, floor 0.05."""
+    prior = Prior()
+    values = [getattr(prior, n) for n in PARAMS[:5]] + [1.0]
+    return np.array([math.log(max(v, 1e-3)) for v in values] + [math.log(0.05 / 0.95)])
+
+
+def policy_values(theta: Sequence[float]) -> list[float]:
+    """The values of :data:`PARAMS` (coefficients, temperature, floor) that ``theta`` encodes."""
+    values = [math.exp(float(t)) for t in theta[:6]]
+    return [*values, 1.0 / (1.0 + math.exp(-float(theta[6])))]
+
+
+def policy_from(theta: Sequence[float]) -> LossRAG:
+    """The :class:`LossRAG` policy that ``theta`` (see :data:`PARAMS`) describes."""
+    values = policy_values(theta)
+    prior = Prior(**dict(zip(PARAMS[:5], values[:5], strict=True)))
+    return LossRAG(prior=prior, temperature=values[5], floor=values[6])
+
+
+def _run(job: tuple[Distribution, int, list[float] | None]) -> dict[str, float]:
+    """Validation metrics of one run: problem ``seed`` of ``dist`` with ``theta`` (None: EW)."""
+    import torch
+
+    from lossrag.bench.fit import fit
+
+    torch.set_num_threads(1)
+    dist, seed, theta = job
+    problem = sample_problem(dist, seed)
+    policy = "ew" if theta is None else policy_from(theta)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return fit(problem, policy, seed, split="val").metrics
+
+
+def _log_ratio(
+    better: dict[str, float], worse: dict[str, float], dist: Distribution, seed: int, clip: float
+) -> float:
+    """Mean over scored tasks of the signed ``log(worse / better)`` (> 0: ``better`` is)."""
+    higher = sample_problem(dist, seed).higher_is_better
+    total = 0.0
+    for name, up in higher.items():
+        a, b = max(better[name], 1e-12), max(worse[name], 1e-12)
+        value = math.log(a / b) if up else math.log(b / a)
+        total += max(-clip, min(clip, value if math.isfinite(value) else -clip))
+    return total / len(higher)
+
+
+class _Checkpoint:
+    """The trainer's state, saved atomically after every generation (the last good one kept)."""
+
+    def __init__(self, work: Path, digest: str) -> None:
+        self.path, self.previous, self.digest = (
+            work / "checkpoint.json",
+            work / "checkpoint.prev.json",
+            digest,
+        )
+
+    def save(self, state: dict[str, Any]) -> None:
+        if self.path.exists():
+            os.replace(self.path, self.previous)
+        atomic_write_text(
+            self.path, json.dumps({"format": _FORMAT, "recipe": self.digest, **state})
+        )
+
+    def load(self, console: Console) -> dict[str, Any] | None:
+        for path in (self.path, self.previous):
+            if not path.exists():
+                continue
+            try:
+                state = json.loads(path.read_text())
+                keys = {"generation", "theta", "m", "v", "history", "baseline", "elapsed_s"}
+                if state.get("format") != _FORMAT or not keys <= set(state):
+                    raise ValueError("fields missing")
+            except (ValueError, UnicodeDecodeError) as err:
+                console.print(f"[yellow]checkpoint {path} is corrupt ({err}); refused[/]")
+                continue
+            if state["recipe"] != self.digest:
+                raise ValueError(
+                    f"train: {path} was written for another recipe; use another --work folder "
+                    "or start over without --resume."
+                )
+            return state
+        return None
+
+
+def train(
+    recipe: Recipe,
+    out: Path,
+    work: Path,
+    *,
+    resume: bool = False,
+    console: Console | None = None,
+) -> dict[str, Any]:
+    """Run ``recipe``: the policy folder goes to ``out``; checkpoints, the log and the plot of the
+    meta-objective to ``work``. Returns the training summary written into the policy's card.
+    """
+    from lossrag.bench.runner import code_fingerprint
+    from lossrag.policy.store import save_policy
+
+    console = console or Console()
+    work.mkdir(parents=True, exist_ok=True)
+    checkpoint = _Checkpoint(work, recipe.digest)
+    es, dist = recipe.es, recipe.problems
+    state = checkpoint.load(console) if resume else None
+    if resume and state is None:
+        console.print(f"no checkpoint in {work}: starting from the beginning")
+    if state is None:
+        if (work / "checkpoint.json").exists() and not resume:
+            raise ValueError(
+                f"train: {work} holds a checkpoint; pass --resume to continue it or remove it."
+            )
+        (work / "log.jsonl").unlink(missing_ok=True)
+        theta = initial_parameters()
+        state = {
+            "generation": 0,
+            "theta": theta.tolist(),
+            "m": [0.0] * len(PARAMS),
+            "v": [0.0] * len(PARAMS),
+            "history": [],
+            "baseline": {},
+            "elapsed_s": 0.0,
+        }
+    eval_seeds = [_EVAL_OFFSET + recipe.seed * 10_000 + i for i in range(es.eval_problems)]
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(name, "1")
+    columns = (
+        TextColumn("train"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[last]}"),
+    )
+    started = time.perf_counter() - float(state["elapsed_s"])
+    with (
+        Progress(*columns, console=console) as progress,
+        ProcessPoolExecutor(recipe.workers, mp_context=mp.get_context("spawn")) as pool,
+    ):
+        bar = progress.add_task("", total=es.generations, completed=state["generation"], last="")
+        if not state["baseline"]:
+            baseline = pool.map(_run, [(dist, s, None) for s in eval_seeds])
+            state["baseline"] = {str(s): m for s, m in zip(eval_seeds, baseline, strict=True)}
+
+        def objective(theta: np.ndarray) -> float:
+            found = pool.map(_run, [(dist, s, theta.tolist()) for s in eval_seeds])
+            return float(
+                np.mean(
+                    [
+                        _log_ratio(m, state["baseline"][str(s)], dist, s, es.clip)
+                        for s, m in zip(eval_seeds, found, strict=True)
+                    ]
+                )
+            )
+
+        theta = np.array(state["theta"])
+        m, v = np.array(state["m"]), np.array(state["v"])
+        if not state["history"]:
+            state["history"].append({"generation": 0, "objective": objective(theta)})
+        for generation in range(state["generation"], es.generations):
+            noise = np.random.default_rng([recipe.seed, 5, generation]).standard_normal(
+                (es.population, len(PARAMS))
+            )
+            seeds = [
+                recipe.seed * 10_000 + generation * es.population + i for i in range(es.population)
+            ]
+            jobs = [
+                (dist, s, (theta + sign * es.sigma * e).tolist())
+                for s, e in zip(seeds, noise, strict=True)
+                for sign in (1.0, -1.0)
+            ]
+            runs = list(pool.map(_run, jobs))
+            rewards = np.array(
+                [
+                    _log_ratio(runs[2 * i], runs[2 * i + 1], dist, s, es.clip)
+                    for i, s in enumerate(seeds)
+                ]
+            )
+            grad = (rewards[:, None] * noise).sum(0) / (es.sigma * es.population)
+            m = 0.9 * m + 0.1 * grad
+            v = 0.999 * v + 0.001 * grad**2
+            t = generation + 1
+            theta = theta + es.lr * (m / (1 - 0.9**t)) / (np.sqrt(v / (1 - 0.999**t)) + 1e-8)
+            entry: dict[str, Any] = {
+                "generation": t,
+                "reward_mean_abs": float(np.abs(rewards).mean()),
+                "theta": dict(zip(PARAMS, theta.round(4).tolist(), strict=True)),
+            }
+            if t % es.eval_every == 0 or t == es.generations:
+                entry["objective"] = objective(theta)
+            state["history"].append(entry)
+            with (work / "log.jsonl").open("a") as log:
+                log.write(json.dumps(entry) + "\n")
+            state.update(
+                generation=t,
+                theta=theta.tolist(),
+                m=m.tolist(),
+                v=v.tolist(),
+                elapsed_s=time.perf_counter() - started,
+            )
+            checkpoint.save(state)
+            last = entry.get("objective")
+            progress.update(bar, advance=1, last="" if last is None else f"objective {last:+.4f}")
+    curve = [(h["generation"], h["objective"]) for h in state["history"] if "objective" in h]
+    _plot(curve, work / "meta_objective.png")
+    summary = {
+        "problems": es.generations * es.population,
+        "runs": 2 * es.generations * es.population + es.eval_problems * (1 + len(curve)),
+        "generations": es.generations,
+        "elapsed_s": round(float(state["elapsed_s"]), 1),
+        "workers": recipe.workers,
+        "parameters": {
+            k: round(v, 5) for k, v in zip(PARAMS, policy_values(theta.tolist()), strict=True)
+        },
+        "objective": [{"generation": g, "log_ratio_vs_ew": round(o, 5)} for g, o in curve],
+    }
+    save_policy(
+        policy_from(theta.tolist()),
+        out,
+        description=recipe.description,
+        recipe=recipe.model_dump(mode="json"),
+        training=summary,
+        code=code_fingerprint(),
+        extra={name: (work / name).read_bytes() for name in ("meta_objective.png", "log.jsonl")},
+    )
+    return summary
+
+
+def _plot(curve: list[tuple[int, float]], path: Path) -> None:
+    """The meta-objective (log-ratio against EW on held-out problems) over generations."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    if curve:
+        ax.plot([g for g, _ in curve], [o for _, o in curve], marker="o")
+    ax.axhline(0.0, color="grey", linewidth=0.8)
+    ax.set_xlabel("generation")
+    ax.set_ylabel("mean log-ratio vs EW (held-out)")
+    ax.set_title("meta-objective (higher is better)")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())

@@ -1,0 +1,229 @@
+"""Generated multi-task problems: the meta-training distribution of ``lossrag train``.
+
+Every problem shares one input distribution: ``x ~ N(0, I)``, a hidden teacher
+``z = tanh(x A / √d)``, and tasks read out of ``z``:
+
+- *regression*: ``y = s·(sin(z·u) + ½ z·v) + s·σ·ε`` with a loss scale ``s²`` from 10⁻⁴ to 10⁴ and
+  target noise ``σ``;
+- *classification*: ``y = argmax(zW + τ·Gumbel)``, then a fraction of labels flipped at random;
+- *junk*: regression targets that are pure noise, or uniformly random labels; trained, never
+  scored;
+- *duplicates* of another task (same function, own noise), and *conflicting* tasks (the same
+  projections with the non-linear part negated).
+
+None of the benchmark suite's data is used (the protocol's held-out rule).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from lossrag.bench.problems.base import Budget, Problem, Split, Splits
+from lossrag.tasks import Task
+
+__all__ = ["Distribution", "GeneratedProblem", "TaskSpec", "sample_problem"]
+
+
+class TaskSpec(BaseModel):
+    """One generated task.
+
+    Attributes:
+        kind: ``regression`` or ``classification``.
+        classes: Number of classes (classification).
+        log10_scale: ``log10 s`` of a regression target (its loss scales as ``s²``).
+        noise: Target noise ``σ`` (regression) or label flip rate (classification).
+        junk: Targets are pure noise; trained but not scored.
+        source: Index of the task this one duplicates or conflicts with (else ``None``).
+        relation: ``duplicate`` or ``conflict`` when ``source`` is set.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["regression", "classification"]
+    classes: int = Field(default=2, ge=2)
+    log10_scale: float = 0.0
+    noise: float = Field(default=0.0, ge=0.0)
+    junk: bool = False
+    source: int | None = None
+    relation: Literal["duplicate", "conflict"] | None = None
+
+
+class GeneratedProblem(Problem):
+    """A problem drawn by :func:`sample_problem`; ``load(seed)`` draws its data."""
+
+    family: Literal["generated"] = "generated"
+    in_features: int = Field(ge=2)
+    latent: int = Field(ge=2)
+    specs: tuple[TaskSpec, ...] = Field(min_length=1)
+    n_train: int = Field(ge=16)
+    n_val: int = Field(default=512, ge=16)
+    n_test: int = Field(default=512, ge=16)
+    structure_seed: int = 0
+
+    @property
+    def in_dim(self) -> int:
+        """The input dimension."""
+        return self.in_features
+
+    def _make_tasks(self) -> list[Task]:
+        return [
+            Task(f"t{i}", kind="regression", metric="mse")
+            if s.kind == "regression"
+            else Task(f"t{i}", kind="classification", num_classes=s.classes)
+            for i, s in enumerate(self.specs)
+        ]
+
+    @property
+    def scored(self) -> list[str]:
+        """Every task but the junk ones."""
+        return [f"t{i}" for i, s in enumerate(self.specs) if not s.junk]
+
+    def load(self, seed: int) -> Splits:
+        """The teacher follows ``structure_seed``; the samples follow ``seed``."""
+        teacher = np.random.default_rng([self.structure_seed, 7])
+        a = teacher.standard_normal((self.in_features, self.latent))
+        readouts = []
+        for s in self.specs:
+            width = s.classes if s.kind == "classification" else 2
+            readouts.append(teacher.standard_normal((self.latent, width)) / np.sqrt(self.latent))
+        for i, s in enumerate(self.specs):
+            if s.source is not None:
+                readouts[i] = readouts[s.source]
+        rng = self.rng(seed)
+        train, val, test = (
+            self._split(a, readouts, n, rng) for n in (self.n_train, self.n_val, self.n_test)
+        )
+        return Splits(train, val, test)
+
+    def _split(
+        self, a: np.ndarray, readouts: list[np.ndarray], n: int, rng: np.random.Generator
+    ) -> Split:
+        x = rng.standard_normal((n, self.in_features))
+        z = np.tanh(x @ a / np.sqrt(self.in_features))
+        y: dict[str, torch.Tensor] = {}
+        for i, s in enumerate(self.specs):
+            proj = z @ readouts[i]
+            if s.kind == "regression":
+                sign = -1.0 if s.relation == "conflict" else 1.0
+                clean = sign * np.sin(3.0 * proj[:, 0]) + 0.5 * proj[:, 1]
+                clean = rng.standard_normal(n) if s.junk else clean
+                value = 10.0**s.log10_scale * (clean + s.noise * rng.standard_normal(n))
+                y[f"t{i}"] = torch.from_numpy(value.astype(np.float32))
+            else:
+                logits = proj * (-1.0 if s.relation == "conflict" else 1.0) * 3.0
+                labels = np.argmax(logits + rng.gumbel(size=logits.shape) * 0.3, axis=1)
+                flip = rng.random(n) < (1.0 if s.junk else s.noise)
+                labels = np.where(flip, rng.integers(0, s.classes, n), labels)
+                y[f"t{i}"] = torch.from_numpy(labels.astype(np.int64))
+        return Split(torch.from_numpy(x.astype(np.float32)), y)
+
+
+class Distribution(BaseModel):
+    """Ranges the generated problems are drawn from (a recipe's ``[problems]`` table).
+
+    Attributes:
+        tasks: Least and most tasks.
+        classification: Probability that a task is a classification task.
+        log10_scale: Range of ``log10 s`` (regression loss scale ``s²``: 10⁻⁴…10⁴ by default).
+        noise: Range of the regression target noise ``σ``.
+        label_flip: Range of the classification label flip rate.
+        junk: Probability that a task is junk.
+        duplicate: Probability that a task duplicates an earlier one.
+        conflict: Probability that a task conflicts with an earlier one.
+        n_train: Range of training-set sizes.
+        in_features: Range of input widths.
+        hidden: Widths the trunk's layers are drawn from.
+        depth: Range of the number of trunk layers.
+        steps: Range of training steps per run.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tasks: tuple[int, int] = (2, 40)
+    classification: float = Field(default=0.4, ge=0.0, le=1.0)
+    log10_scale: tuple[float, float] = (-2.0, 2.0)
+    noise: tuple[float, float] = (0.0, 1.0)
+    label_flip: tuple[float, float] = (0.0, 0.4)
+    junk: float = Field(default=0.15, ge=0.0, le=1.0)
+    duplicate: float = Field(default=0.1, ge=0.0, le=1.0)
+    conflict: float = Field(default=0.1, ge=0.0, le=1.0)
+    n_train: tuple[int, int] = (256, 2048)
+    in_features: tuple[int, int] = (8, 48)
+    hidden: tuple[int, ...] = (32, 64, 128)
+    depth: tuple[int, int] = (1, 3)
+    steps: tuple[int, int] = (150, 400)
+
+    def model_post_init(self, _: object) -> None:
+        """Every range is ordered and in bounds."""
+        for name in ("tasks", "log10_scale", "noise", "label_flip", "n_train", "in_features"):
+            low, high = getattr(self, name)
+            if low > high:
+                raise ValueError(f"problems.{name}: the range {low}..{high} is empty.")
+        for name in ("depth", "steps"):
+            low, high = getattr(self, name)
+            if not 1 <= low <= high:
+                raise ValueError(f"problems.{name}: need 1 <= low <= high, got {low}..{high}.")
+        if self.tasks[0] < 2:
+            raise ValueError(
+                f"problems.tasks: a multi-task problem needs >= 2 tasks, got {self.tasks}."
+            )
+        if self.n_train[0] < 16 or self.in_features[0] < 2 or not self.hidden:
+            raise ValueError(
+                "problems: need n_train >= 16, in_features >= 2 and some hidden widths."
+            )
+
+
+def sample_problem(dist: Distribution, seed: int) -> GeneratedProblem:
+    """Draw problem number ``seed`` of ``dist`` (a deterministic function of both)."""
+    rng = np.random.default_rng([seed, 11])
+    n_tasks = int(rng.integers(dist.tasks[0], dist.tasks[1] + 1))
+    specs: list[TaskSpec] = []
+    for _ in range(n_tasks):
+        bases = [j for j, s in enumerate(specs) if s.source is None and not s.junk]
+        if bases and rng.random() < dist.duplicate + dist.conflict:
+            source = bases[int(rng.integers(0, len(bases)))]
+            is_dup = rng.random() < dist.duplicate / (dist.duplicate + dist.conflict)
+            relation = "duplicate" if is_dup else "conflict"
+            specs.append(specs[source].model_copy(update={"source": source, "relation": relation}))
+            continue
+        classification = rng.random() < dist.classification
+        junk = rng.random() < dist.junk
+        if classification:
+            specs.append(
+                TaskSpec(
+                    kind="classification",
+                    classes=int(rng.integers(2, 11)),
+                    noise=float(rng.uniform(*dist.label_flip)),
+                    junk=junk,
+                )
+            )
+        else:
+            specs.append(
+                TaskSpec(
+                    kind="regression",
+                    log10_scale=float(rng.uniform(*dist.log10_scale)),
+                    noise=float(rng.uniform(*dist.noise)),
+                    junk=junk,
+                )
+            )
+    if all(s.junk for s in specs):
+        specs[0] = specs[0].model_copy(update={"junk": False})
+    n_train = int(rng.integers(dist.n_train[0], dist.n_train[1] + 1))
+    batch = int(rng.choice([32, 64, 128]))
+    steps = int(rng.integers(dist.steps[0], dist.steps[1] + 1))
+    per_epoch = max(1, -(-n_train // batch))
+    depth = int(rng.integers(dist.depth[0], dist.depth[1] + 1))
+    return GeneratedProblem(
+        name=f"generated-{seed}",
+        in_features=int(rng.integers(dist.in_features[0], dist.in_features[1] + 1)),
+        latent=int(rng.integers(4, 17)),
+        specs=tuple(specs),
+        n_train=n_train,
+        hidden=tuple(int(rng.choice(dist.hidden)) for _ in range(depth)),
+        budget=Budget(epochs=max(1, round(steps / per_epoch)), batch_size=batch, lr=1e-3),
+        structure_seed=seed,
+    )

@@ -1,0 +1,84 @@
+"""Meta-training recipes: pydantic-validated TOML, unknown fields are errors."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tomllib
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from lossrag.train.generate import Distribution
+
+__all__ = ["ES", "Recipe", "load_recipe"]
+
+
+class ES(BaseModel):
+    """Evolution strategies over whole generated runs (antithetic, common random numbers).
+
+    Attributes:
+        generations: ES updates.
+        population: Problems per generation; each is run with ``+σε`` and ``−σε``.
+        sigma: Perturbation scale, in the policy's log-parameters.
+        lr: Adam learning rate of the log-parameters.
+        eval_every: Generations between measurements of the meta-objective.
+        eval_problems: Held-out generated problems the meta-objective is measured on.
+        clip: Largest per-task log-ratio counted in a reward.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    generations: int = Field(ge=1)
+    population: int = Field(ge=1)
+    sigma: float = Field(default=0.15, gt=0.0, le=2.0)
+    lr: float = Field(default=0.05, gt=0.0, le=1.0)
+    eval_every: int = Field(default=5, ge=1)
+    eval_problems: int = Field(default=8, ge=1)
+    clip: float = Field(default=1.0, gt=0.0)
+
+
+class Recipe(BaseModel):
+    """A ``lossrag train`` recipe.
+
+    Attributes:
+        name: The policy's name.
+        description: One line for its card.
+        seed: Seed of the problem stream and the perturbations.
+        workers: Parallel processes (one thread each).
+        problems: The generated problem distribution.
+        es: The ES schedule.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1)
+    description: str = ""
+    seed: int = 0
+    workers: int = Field(default=2, ge=1)
+    problems: Distribution = Distribution()
+    es: ES
+
+    @property
+    def digest(self) -> str:
+        """SHA-256 of the recipe's canonical JSON."""
+        return hashlib.sha256(json.dumps(self.model_dump(), sort_keys=True).encode()).hexdigest()
+
+
+def load_recipe(path: str | os.PathLike[str]) -> Recipe:
+    """Read and validate a TOML recipe; errors name the file and the offending field."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"Recipe {path} does not exist.") from err
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"Recipe {path} is not valid TOML: {err}") from err
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '(recipe)'}: {e['msg']}" for e in err.errors()
+        )
+        raise ValueError(f"Recipe {path}: {problems}") from err

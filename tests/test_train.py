@@ -1,0 +1,202 @@
+"""Offline meta-training: generated problems, recipes, policy folders, train/resume, loading."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from rich.console import Console
+from typer.testing import CliRunner
+
+import lossrag
+from lossrag.cli import app
+from lossrag.policy.store import load_policy, read_card, record_benchmarks, save_policy
+from lossrag.train import (
+    Distribution,
+    initial_parameters,
+    load_recipe,
+    policy_from,
+    policy_values,
+    sample_problem,
+    train,
+)
+from lossrag.train import es as es_module
+
+TINY = """
+name = "tiny"
+description = "test recipe"
+seed = 3
+workers = 1
+
+[problems]
+tasks = [2, 3]
+n_train = [64, 96]
+in_features = [4, 6]
+hidden = [16]
+depth = [1, 1]
+steps = [8, 12]
+
+[es]
+generations = 2
+population = 2
+eval_every = 1
+eval_problems = 2
+"""
+
+
+def _recipe(tmp_path, text=TINY):
+    path = tmp_path / "recipe.toml"
+    path.write_text(text)
+    return path
+
+
+def test_generated_problems_are_reproducible_and_span_the_distribution():
+    dist = Distribution()
+    a, b = sample_problem(dist, 5), sample_problem(dist, 5)
+    assert a == b
+    problems = [sample_problem(dist, s) for s in range(60)]
+    sizes = [len(p.specs) for p in problems]
+    assert min(sizes) >= 2 and max(sizes) <= 40 and max(sizes) - min(sizes) > 20
+    specs = [s for p in problems for s in p.specs]
+    assert {s.kind for s in specs} == {"regression", "classification"}
+    assert any(s.junk for s in specs) and {s.relation for s in specs} >= {"duplicate", "conflict"}
+    scales = [s.log10_scale for s in specs if s.kind == "regression"]
+    assert min(scales) < -1.5 and max(scales) > 1.5  # loss scales s² over 10⁻⁴…10⁴
+    for p in problems[:5]:
+        assert p.scored and all(not p.specs[int(n[1:])].junk for n in p.scored)
+    splits = a.load(0)
+    again = a.load(0)
+    torch.testing.assert_close(splits.train.x, again.train.x)
+    assert not torch.equal(splits.train.x, a.load(1).train.x)
+
+
+def test_recipe_errors_name_the_field(tmp_path):
+    recipe = load_recipe(_recipe(tmp_path))
+    assert recipe.es.generations == 2 and recipe.problems.tasks == (2, 3)
+    with pytest.raises(ValueError, match=r"es\.populaton: Extra inputs are not permitted"):
+        load_recipe(_recipe(tmp_path, TINY.replace("population = 2", "populaton = 2")))
+    with pytest.raises(ValueError, match=r"problems\.tasks: the range 5\.\.3 is empty"):
+        load_recipe(_recipe(tmp_path, TINY.replace("tasks = [2, 3]", "tasks = [5, 3]")))
+    with pytest.raises(ValueError, match=r"es\.sigma: Input should be greater than 0"):
+        load_recipe(_recipe(tmp_path, TINY.replace("[es]", "[es]\nsigma = -1")))
+    with pytest.raises(ValueError, match="not valid TOML"):
+        load_recipe(_recipe(tmp_path, "name = "))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_recipe(tmp_path / "missing.toml")
+
+
+def test_policy_folder_round_trip_and_integrity(tmp_path, digits):
+    theta = initial_parameters() + 0.3
+    policy = policy_from(theta)
+    torch.manual_seed(0)
+    for p in policy.correction.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    folder = tmp_path / "mine"
+    card = save_policy(policy, folder, description="d", training={"problems": 1})
+    assert card.name == "mine" and set(card.checksums) == {"policy.json", "correction.npz"}
+    loaded = load_policy(folder)
+    assert loaded.prior == policy.prior and loaded.temperature == pytest.approx(policy.temperature)
+    assert loaded.floor == pytest.approx(policy.floor)
+    for a, b in zip(loaded.correction.parameters(), policy.correction.parameters(), strict=True):
+        torch.testing.assert_close(a, b)
+    assert sum(f.stat().st_size for f in folder.iterdir()) < 100_000
+    record_benchmarks(folder, {"digits-mtl": {"delta_m": 1.5}})
+    assert read_card(folder).benchmarks == {"digits-mtl": {"delta_m": 1.5}}
+    model = digits.model(0)
+    composer = lossrag.wrap(model, digits.tasks, str(folder), shared=model.trunk)
+    assert composer.policy_name == "lossrag"
+
+    altered = tmp_path / "altered"
+    shutil.copytree(folder, altered)
+    settings = json.loads((altered / "policy.json").read_text())
+    settings["temperature"] = 9.0
+    (altered / "policy.json").write_text(json.dumps(settings))
+    with pytest.raises(ValueError, match=r"policy\.json does not match the checksum"):
+        load_policy(altered)
+    (altered / "policy.json").unlink()
+    with pytest.raises(FileNotFoundError, match=r"policy\.json is missing"):
+        read_card(altered)
+
+    old = tmp_path / "old"
+    shutil.copytree(folder, old)
+    card_data = json.loads((old / "card.json").read_text())
+    card_data.update(format=0, lossrag_version="0.0.1")
+    (old / "card.json").write_text(json.dumps(card_data))
+    with pytest.raises(
+        ValueError, match=r"LossRAG 0\.0\.1 as policy format 0.*reads policy format 1"
+    ):
+        load_policy(old)
+    with pytest.raises(FileNotFoundError, match="neither a folder nor a shipped policy"):
+        lossrag.wrap(digits.model(0), digits.tasks, "./no/such/policy")
+
+
+def test_train_writes_a_loadable_policy_and_resumes_exactly(tmp_path, monkeypatch):
+    recipe = load_recipe(_recipe(tmp_path))
+    quiet = Console(quiet=True)
+    full = train(recipe, tmp_path / "full", tmp_path / "work-full", console=quiet)
+    assert full["problems"] == 4 and len(full["objective"]) == 3
+    assert all(np.isfinite(o["log_ratio_vs_ew"]) for o in full["objective"])
+    card = read_card(tmp_path / "full")
+    assert {"meta_objective.png", "log.jsonl"} <= set(card.checksums)
+    assert card.recipe["name"] == "tiny" and card.recipe_hash == recipe.digest
+    trained = load_policy(tmp_path / "full")
+    values = policy_values(
+        json.loads((tmp_path / "work-full" / "checkpoint.json").read_text())["theta"]
+    )
+    assert trained.temperature == pytest.approx(values[5])
+
+    # interrupted after the first generation, then resumed: the same policy as without a break
+    saves = []
+    original = es_module._Checkpoint.save
+
+    def save_then_stop(self, state):
+        original(self, state)
+        saves.append(state["generation"])
+        if state["generation"] == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(es_module._Checkpoint, "save", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        train(recipe, tmp_path / "cut", tmp_path / "work-cut", console=quiet)
+    monkeypatch.setattr(es_module._Checkpoint, "save", original)
+    with pytest.raises(ValueError, match="holds a checkpoint; pass --resume"):
+        train(recipe, tmp_path / "cut", tmp_path / "work-cut", console=quiet)
+    resumed = train(recipe, tmp_path / "cut", tmp_path / "work-cut", resume=True, console=quiet)
+    assert resumed["parameters"] == full["parameters"]
+    assert resumed["objective"] == full["objective"]
+
+
+def test_corrupt_checkpoint_falls_back_to_the_previous_one(tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    checkpoint = es_module._Checkpoint(work, "abc")
+    state = {
+        "generation": 1,
+        "theta": [0.0],
+        "m": [0],
+        "v": [0],
+        "history": [],
+        "baseline": {},
+        "elapsed_s": 1.0,
+    }
+    checkpoint.save(state)
+    checkpoint.save(dict(state, generation=2))
+    (work / "checkpoint.json").write_text('{"format": 1, "recipe": "abc", "gen')
+    console = Console(record=True, width=200)
+    loaded = checkpoint.load(console)
+    assert loaded is not None and loaded["generation"] == 1
+    assert "corrupt" in console.export_text()
+    with pytest.raises(ValueError, match="another recipe"):
+        es_module._Checkpoint(work, "other").load(console)
+
+
+def test_cli_train_and_policies_list(tmp_path):
+    runner = CliRunner()
+    bad = _recipe(tmp_path, TINY.replace("seed = 3", "seed = 3\ncolour = 1"))
+    result = runner.invoke(app, ["train", str(bad), "--out", str(tmp_path / "p")])
+    assert result.exit_code == 2 and "colour" in result.output
+    result = runner.invoke(app, ["policies", "list"])
+    assert result.exit_code == 0
