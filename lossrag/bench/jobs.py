@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-__all__ = ["Job", "execute"]
+__all__ = ["Job", "execute", "measure_cost"]
 
 
 class Job(BaseModel):
@@ -104,9 +104,14 @@ def _stl(job: Job) -> dict[str, Any]:
 
 
 def _cost(job: Job) -> dict[str, Any]:
+    return measure_cost(job)
+
+
+def measure_cost(job: Job, **wrap_options: Any) -> dict[str, Any]:
     """Per-step time of the method over EW, steps alternating EW, method, EW, ... in one process
     (forward + composer.backward + optimizer step, same batches), median and mean of each. A
-    method that learns from held-out batches gets the validation split as its query stream."""
+    method that learns from held-out batches gets the validation split as its query stream and
+    ``wrap_options`` (``meta_every``, ``meta_objective``)."""
     import torch
 
     from lossrag.bench.fit import query_batches
@@ -130,6 +135,7 @@ def _cost(job: Job) -> dict[str, Any]:
             query=query_batches(problem, splits.val, job.seed) if needs_query else None,
             optimizer=opt,
             query_tasks=problem.scored if needs_query else None,
+            **(wrap_options if needs_query else {}),
         )
         arms.append((model, opt, composer))
     times: list[list[float]] = [[], []]

@@ -1,0 +1,106 @@
+"""Ablations of the shipped policy on the protocol suite (issue: zero-shot default policy).
+
+    python benchmarks/ablations.py --out benchmarks/ablations [--jobs 2]
+
+Variants of ``policies/default``, each trained with ``lossrag.bench.fit`` exactly as ``lossrag
+bench`` trains a method (same budget, seeds 0-2), scored as Δm % against the single-task runs in
+``benchmarks/protocol``:
+
+- ``no-retrieval``: ``max_terms=1``, so every task trains with its natural loss only;
+- ``no-gates``: gates never switch a term (patience 10⁹);
+- ``uniform-weights``: temperature 10⁶, so every active term gets the same weight: what is left is
+  the scale normalisation ``L / sg(EMA L)`` of the training loss;
+- ``hand-set prior`` is ``lossrag`` in ``benchmarks/suite`` (the same policy before training).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import statistics
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+PROBLEMS = [
+    "digits-mtl",
+    "gradnorm-synth-t2",
+    "mnist1d-mtl",
+    "mnist1d-noisy",
+    "gradnorm-synth-t10",
+    "qm9",
+    "qm9-raw",
+    "multifashion",
+    "multifashion4",
+    "gradnorm-synth-t40",
+]
+VARIANTS = {
+    "no-retrieval": {"max_terms": 1},
+    "no-gates": {"patience": 10**9},
+    "uniform-weights": {"temperature": 1e6},
+}
+
+
+def _run(job: tuple[str, str, int]) -> dict[str, object]:
+    import torch
+
+    from lossrag.bench.fit import fit
+    from lossrag.bench.problems import get_problem
+    from lossrag.policy import load_policy
+
+    torch.set_num_threads(1)
+    variant, problem, seed = job
+    r = fit(get_problem(problem), load_policy("default", **VARIANTS[variant]), seed)
+    return {"variant": variant, "problem": problem, "seed": seed, "metrics": r.metrics}
+
+
+def main() -> None:
+    from lossrag._util import atomic_write_text
+    from lossrag.bench.metrics import delta_m
+    from lossrag.bench.problems import get_problem
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/ablations"))
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--stl", type=Path, default=Path("benchmarks/protocol/runs"))
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    args = parser.parse_args()
+    variants = args.variants.split(",")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    previous = args.out / "runs.json"
+    runs = json.loads(previous.read_text()) if previous.exists() else []
+    runs = [r for r in runs if r["variant"] not in variants]
+    jobs = [(v, p, s) for v in variants for p in PROBLEMS for s in range(3)]
+    with ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn")) as pool:
+        runs += list(pool.map(_run, jobs))
+    stl: dict[str, dict[str, list[float]]] = {}
+    for path in args.stl.glob("stl__*.json"):
+        run = json.loads(path.read_text())
+        for task, value in run["metrics"].items():
+            stl.setdefault(run["job"]["problem"], {}).setdefault(task, []).append(value)
+    lines = [
+        "| variant | " + " | ".join(PROBLEMS) + " | mean |",
+        "|---" * (len(PROBLEMS) + 2) + "|",
+    ]
+    for variant in sorted({r["variant"] for r in runs}, key=list(VARIANTS).index):
+        cells, means = [], []
+        for problem in PROBLEMS:
+            base = {t: statistics.fmean(v) for t, v in stl[problem].items()}
+            higher = get_problem(problem).higher_is_better
+            values = [
+                delta_m(r["metrics"], base, higher)
+                for r in runs
+                if r["variant"] == variant and r["problem"] == problem
+            ]
+            means.append(statistics.fmean(values))
+            cells.append(f"{means[-1]:+.1f} ± {statistics.stdev(values):.1f}")
+        lines.append(f"| {variant} | " + " | ".join(cells) + f" | {statistics.fmean(means):+.2f} |")
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.out / "runs.json", json.dumps(runs, indent=1))
+    atomic_write_text(args.out / "table.md", "\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
