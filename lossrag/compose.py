@@ -69,9 +69,10 @@ def wrap(
             measured effect of each candidate term on the query loss.
         meta_every: Steps between meta-steps.
         meta_objective: ``"sum"`` (one query objective: the tasks' query losses, each divided
-            by its running mean, summed) or ``"common"`` (one per task, combined by the
+            by its running mean, summed), ``"common"`` (one per task, combined by the
             MetaWeighting min-norm common direction; one query backward and two forwards more
-            per task).
+            per task) or ``"transfer"`` (per task, as ``common``, but a task's candidates are
+            scored only by their effect on the other tasks' query losses).
         optimizer: The optimizer that steps the model; an Adam-style one lets the meta-step
             precondition its look-ahead as Adam does.
         query_tasks: Names of the tasks whose query losses the meta-step lowers (Auto-Lambda's

@@ -129,6 +129,8 @@ class OnlineMeta:
         objective: ``sum``: one query objective, the sum of the tasks' scaled query losses.
             ``common``: one per task, combined in the policy's update by the MetaWeighting
             min-norm common direction (costs one query backward and two forwards per task).
+            ``transfer``: one per task, summed with each task's effect on its own query loss
+            left out (same cost as ``common``).
         query_tasks: The tasks whose query losses are lowered (default: all of the policy's).
     """
 
