@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
-import os
 import statistics
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -59,6 +58,7 @@ def main() -> None:
     from lossrag._util import atomic_write_text
     from lossrag.bench.metrics import delta_m
     from lossrag.bench.problems import get_problem
+    from lossrag.bench.runner import one_thread_per_worker
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/ablations"))
@@ -67,7 +67,7 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     args = parser.parse_args()
     variants = args.variants.split(",")
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    one_thread_per_worker()
     previous = args.out / "runs.json"
     runs = json.loads(previous.read_text()) if previous.exists() else []
     runs = [r for r in runs if r["variant"] not in variants]

@@ -103,10 +103,6 @@ def _stl(job: Job) -> dict[str, Any]:
     return {"metrics": r.metrics, "steps": r.steps, "cpu_s": r.cpu_s, "wall_s": r.wall_s}
 
 
-def _cost(job: Job) -> dict[str, Any]:
-    return measure_cost(job)
-
-
 def measure_cost(job: Job, **wrap_options: Any) -> dict[str, Any]:
     """Per-step time of the method over EW, steps alternating EW, method, EW, ... in one process
     (forward + composer.backward + optimizer step, same batches), median and mean of each. A
@@ -182,4 +178,4 @@ def _toy(job: Job) -> dict[str, Any]:
     }
 
 
-_RUNNERS = {"train": _train, "stl": _stl, "cost": _cost, "toy": _toy}
+_RUNNERS = {"train": _train, "stl": _stl, "cost": measure_cost, "toy": _toy}

@@ -14,7 +14,14 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeRemainingColumn,
+)
 
 import lossrag
 from lossrag._util import atomic_write_text, data_dir, unknown_name_error
@@ -107,6 +114,25 @@ def plan(config: BenchConfig) -> list[Job]:
             if m != "ew"
         ]
     return jobs
+
+
+def one_thread_per_worker() -> None:
+    """One thread per spawned worker for numpy's BLAS and OpenMP too, not only torch: workers read
+    these when they import numpy, and oversubscribed BLAS threads made gradnorm-synth's data
+    generation ten times slower under a parallel benchmark."""
+    for name in _THREAD_ENV:
+        os.environ.setdefault(name, "1")
+
+
+def progress_columns(label: str) -> tuple[ProgressColumn, ...]:
+    """Columns of a progress bar over parallel runs: done/total, time left, the last result."""
+    return (
+        TextColumn(label),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[last]}"),
+    )
 
 
 def code_fingerprint() -> str:
@@ -203,18 +229,8 @@ def _run_jobs(
     done: list[dict[str, Any]] = []
     if not todo:
         return done
-    # one thread per worker for numpy's BLAS and OpenMP too, not only torch: spawned workers read
-    # these when they import numpy, and oversubscribed BLAS threads made gradnorm-synth's data
-    # generation ten times slower under a parallel benchmark
-    for name in _THREAD_ENV:
-        os.environ.setdefault(name, "1")
-    columns = (
-        TextColumn("bench"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[last]}"),
-    )
+    one_thread_per_worker()
+    columns = progress_columns("bench")
     with (
         Progress(*columns, console=console) as progress,
         ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool,

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import Progress
 
 from lossrag._util import atomic_write_bytes, atomic_write_text
 from lossrag.policy.lossrag import LossRAG
@@ -143,7 +143,7 @@ def train(
     """Run ``recipe``: the policy folder goes to ``out``; checkpoints, the log and the plot of the
     meta-objective to ``work``. Returns the training summary written into the policy's card.
     """
-    from lossrag.bench.runner import code_fingerprint
+    from lossrag.bench.runner import code_fingerprint, one_thread_per_worker, progress_columns
     from lossrag.policy.store import save_policy
 
     console = console or Console()
@@ -170,18 +170,10 @@ def train(
             "elapsed_s": 0.0,
         }
     eval_seeds = [_EVAL_OFFSET + recipe.seed * 10_000 + i for i in range(es.eval_problems)]
-    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ.setdefault(name, "1")
-    columns = (
-        TextColumn("train"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[last]}"),
-    )
+    one_thread_per_worker()
     started = time.perf_counter() - float(state["elapsed_s"])
     with (
-        Progress(*columns, console=console) as progress,
+        Progress(*progress_columns("train"), console=console) as progress,
         ProcessPoolExecutor(recipe.workers, mp_context=mp.get_context("spawn")) as pool,
     ):
         bar = progress.add_task("", total=es.generations, completed=state["generation"], last="")
