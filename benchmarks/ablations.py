@@ -10,6 +10,9 @@ bench`` trains a method (same budget, seeds 0-2), scored as Δm % against the si
 - ``no-gates``: gates never switch a term (patience 10⁹);
 - ``uniform-weights``: temperature 10⁶, so every active term gets the same weight: what is left is
   the scale normalisation ``L / sg(EMA L)`` of the training loss;
+- ``online-correction``: the prior with the correction Δφ that the online phase of ``lossrag
+  train`` learned (``online_correction.npz`` in the policy folder, kept there when the held-out
+  check did not ship it), frozen; the default itself is the prior alone (Δφ = 0);
 - ``hand-set prior`` is ``lossrag`` in ``benchmarks/suite`` (the same policy before training).
 """
 
@@ -21,6 +24,8 @@ import multiprocessing as mp
 import statistics
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+
+import numpy as np
 
 PROBLEMS = [
     "digits-mtl",
@@ -34,10 +39,11 @@ PROBLEMS = [
     "multifashion4",
     "gradnorm-synth-t40",
 ]
-VARIANTS = {
+VARIANTS: dict[str, dict[str, object]] = {
     "no-retrieval": {"max_terms": 1},
     "no-gates": {"patience": 10**9},
     "uniform-weights": {"temperature": 1e6},
+    "online-correction": {},
 }
 
 
@@ -47,10 +53,16 @@ def _run(job: tuple[str, str, int]) -> dict[str, object]:
     from lossrag.bench.fit import fit
     from lossrag.bench.problems import get_problem
     from lossrag.policy import load_policy
+    from lossrag.policy.store import policy_folder
+    from lossrag.train.es import ONLINE_CORRECTION
 
     torch.set_num_threads(1)
     variant, problem, seed = job
-    r = fit(get_problem(problem), load_policy("default", **VARIANTS[variant]), seed)
+    policy = load_policy("default", **VARIANTS[variant])
+    if variant == "online-correction":
+        with np.load(policy_folder("default") / ONLINE_CORRECTION, allow_pickle=False) as arrays:
+            policy.correction.load_state_dict({k: torch.from_numpy(arrays[k]) for k in arrays})
+    r = fit(get_problem(problem), policy, seed)
     return {"variant": variant, "problem": problem, "seed": seed, "metrics": r.metrics}
 
 

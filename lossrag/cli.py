@@ -161,7 +161,8 @@ def train(
     ] = None,
     resume: Annotated[bool, typer.Option(help="continue from the checkpoint in --work")] = False,
 ) -> None:
-    """Meta-train a policy over generated problems (evolution strategies over whole runs)."""
+    """Meta-train a policy over generated problems: evolution strategies over whole runs, then
+    the correction Δφ by Reptile over the online loop."""
     from lossrag.train import load_recipe
     from lossrag.train import train as run_training
 
@@ -180,6 +181,14 @@ def train(
         f"meta-objective {curve[0]['log_ratio_vs_ew']:+.4f} -> {curve[-1]['log_ratio_vs_ew']:+.4f} "
         f"(log-ratio against EW on held-out problems; log and plot in {folder})"
     )
+    online = summary["online"]
+    if online.get("rounds", 1):
+        console.print(
+            f"online phase: {online['problems']} problems; held-out meta-objective with the "
+            f"trained correction {online['with_correction']:+.4f}, prior alone "
+            f"{online['prior_only']:+.4f}: "
+            + ("the correction ships" if online["shipped"] else "the correction stays 0")
+        )
 
 
 @app.command()

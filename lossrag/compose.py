@@ -418,7 +418,8 @@ class Composer:
             timings["meta"] = time.perf_counter() - t_meta
         t0 = time.perf_counter()
         terms = policy.terms()
-        losses = policy.term_losses(outputs, targets, features)
+        parts = policy.term_losses(outputs, targets, features)
+        losses = torch.stack(parts)
         values = [float(v) for v in losses.detach().cpu().tolist()]
         timings["losses"] = time.perf_counter() - t0
         bad = [f"{t}:{e}" for (t, e), v in zip(terms, values, strict=True) if not math.isfinite(v)]
@@ -434,7 +435,7 @@ class Composer:
             t1 = time.perf_counter()
             try:
                 with self._own_rng():
-                    listed, context = policy.refresh(self.step, outputs, targets, features, losses)
+                    listed, context = policy.refresh(self.step, outputs, targets, features, parts)
                 candidates = listed or candidates
             except FloatingPointError as err:  # keep the last good weights, say so
                 note = f"refresh skipped ({err}); last good weights kept"

@@ -23,6 +23,7 @@ __all__ = [
     "GLOBAL_FEATURES",
     "TERM_FEATURES",
     "LossTracker",
+    "effective_rank",
     "global_features",
     "gradient_features",
 ]
@@ -105,17 +106,18 @@ def gradient_features(
     """``[log_gsnr, log_norm_ratio, cos_mean]`` per term, from gradients at ``features``.
 
     Each term costs one backward through its head only (the graph is kept for the step's own
-    backward). A term that does not reach ``features`` gets zeros.
+    backward), provided ``losses`` are the terms' own scalars: an element of a stacked tensor
+    would send (zero) gradients back through every head. A term that does not reach
+    ``features`` gets zeros.
     """
-    grads, gsnr = [], []
-    for loss, scale in zip(losses, scales, strict=True):
+    per_sample = []
+    for loss in losses:
         (rows,) = torch.autograd.grad(loss, features, retain_graph=True, allow_unused=True)
-        if rows is None:
-            rows = torch.zeros_like(features)
-        rows = rows.detach().flatten(1).float()
-        grads.append(rows.sum(0) / scale)
-        gsnr.append(log_gsnr(rows))
-    g = torch.stack(grads)
+        per_sample.append(torch.zeros_like(features) if rows is None else rows.detach())
+    gsnr = [log_gsnr(rows) for rows in per_sample]
+    g = torch.stack(
+        [rows.flatten(1).float().sum(0) / s for rows, s in zip(per_sample, scales, strict=True)]
+    )
     norms = g.norm(dim=1)
     mean = g.mean(0)
     cos = (g @ mean) / (norms * mean.norm()).clamp_min(_TINY)
@@ -123,13 +125,19 @@ def gradient_features(
     return [[s, float(r), float(c)] for s, r, c in zip(gsnr, ratio, cos, strict=True)]
 
 
-def global_features(step: int, total_steps: int | None, features: Tensor) -> list[float]:
-    """``[progress, effective_rank]``: ``t/T`` (0 when ``T`` is unknown) and the effective rank of
-    the shared features (exp of the entropy of the normalised singular values) over their width."""
+def effective_rank(features: Tensor) -> float:
+    """Effective rank of the shared features (exp of the entropy of the normalised singular
+    values) over their width."""
     x = features.detach().flatten(1).float()
     x = x - x.mean(0)
-    s = torch.linalg.svdvals(x)
+    gram = x.T @ x if x.shape[0] >= x.shape[1] else x @ x.T  # its eigenvalues are s², cheaper
+    s = torch.linalg.eigvalsh(gram.double()).clamp_min(0).sqrt()
     p = s / s.sum().clamp_min(_TINY)
-    rank = float(torch.exp(-(p * torch.log(p.clamp_min(_TINY))).sum())) / max(min(x.shape), 1)
+    return float(torch.exp(-(p * torch.log(p.clamp_min(_TINY))).sum())) / max(min(x.shape), 1)
+
+
+def global_features(step: int, total_steps: int | None, rank: float) -> list[float]:
+    """``[progress, effective_rank]``: ``t/T`` (0 when ``T`` is unknown) and ``rank``
+    (:func:`effective_rank`)."""
     progress = min(step / total_steps, 1.0) if total_steps else 0.0
     return [progress, rank]

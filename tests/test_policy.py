@@ -224,3 +224,24 @@ def test_untrained_prior_damps_the_junk_tasks_of_mnist1d_noisy(tmp_path):
     junk = {"class_noisy", "shift_noisy", "noise"}
     clean = set(means) - junk
     assert max(means[t] for t in junk) < min(means[t] for t in clean), means
+
+
+def test_retrieval_backs_off_while_the_gates_are_quiet(digits):
+    def retrievals(policy, steps=16):
+        _, composer, records = _run(digits, policy, steps)
+        return [r.step for r in records if any(not t.active for t in r.terms)], composer
+
+    # no candidate can beat a natural loss: nothing moves, the interval doubles up to 1·4
+    quiet = Prior(switch_cost=100.0)
+    policy = LossRAG(refresh_every=1, retrieve_every=1, retrieve_backoff=4, prior=quiet)
+    steps, composer = retrievals(policy)
+    assert steps == [0, 1, 3, 7, 11, 15]
+    state = composer.method.state_dict()
+    assert state["retrieval"][:3] == [19, 4, False]
+    fixed = LossRAG(refresh_every=1, retrieve_every=1, retrieve_backoff=1, prior=quiet)
+    assert retrievals(fixed)[0] == list(range(16))
+    # candidates that beat the natural loss move the gates: the interval stays at retrieve_every
+    # while they do (quiet gates would give 0, 2, 6, 14)
+    eager = Prior(candidate=10.0, switch_cost=0.0)
+    moving = LossRAG(refresh_every=1, retrieve_every=2, retrieve_backoff=4, prior=eager)
+    assert retrievals(moving)[0][:5] == [0, 2, 4, 6, 8]

@@ -15,6 +15,7 @@ import lossrag
 from lossrag.cli import app
 from lossrag.policy.store import load_policy, read_card, record_benchmarks, save_policy
 from lossrag.train import (
+    PARAMS,
     Distribution,
     initial_parameters,
     load_recipe,
@@ -44,6 +45,9 @@ generations = 2
 population = 2
 eval_every = 1
 eval_problems = 2
+
+[online]
+rounds = 2
 """
 
 
@@ -82,6 +86,10 @@ def test_recipe_errors_name_the_field(tmp_path):
         load_recipe(_recipe(tmp_path, TINY.replace("tasks = [2, 3]", "tasks = [5, 3]")))
     with pytest.raises(ValueError, match=r"es\.sigma: Input should be greater than 0"):
         load_recipe(_recipe(tmp_path, TINY.replace("[es]", "[es]\nsigma = -1")))
+    with pytest.raises(ValueError, match=r"online\.step: Input should be less than or equal to 1"):
+        load_recipe(_recipe(tmp_path, TINY.replace("[online]", "[online]\nstep = 2")))
+    edited = load_recipe(_recipe(tmp_path, TINY.replace("rounds = 2", "rounds = 3")))
+    assert edited.es_digest == recipe.es_digest and edited.digest != recipe.digest
     with pytest.raises(ValueError, match="not valid TOML"):
         load_recipe(_recipe(tmp_path, "name = "))
     with pytest.raises(FileNotFoundError, match="does not exist"):
@@ -141,32 +149,47 @@ def test_train_writes_a_loadable_policy_and_resumes_exactly(tmp_path, monkeypatc
     assert all(np.isfinite(o["log_ratio_vs_ew"]) for o in full["objective"])
     card = read_card(tmp_path / "full")
     assert {"meta_objective.png", "log.jsonl"} <= set(card.checksums)
-    assert card.recipe["name"] == "tiny" and card.recipe_hash == recipe.digest
+    assert card.name == card.recipe["name"] == "tiny" and card.recipe_hash == recipe.digest
     trained = load_policy(tmp_path / "full")
     values = policy_values(
         json.loads((tmp_path / "work-full" / "checkpoint.json").read_text())["theta"]
     )
-    assert trained.temperature == pytest.approx(values[5])
+    assert trained.temperature == pytest.approx(values[PARAMS.index("temperature")])
+    # the online phase: two Reptile rounds moved Δφ; it ships only if it beat the prior alone
+    online = full["online"]
+    assert online["round"] == 2 and len(online["drift"]) == 2 and online["drift"][0] > 0
+    assert online["shipped"] == (online["with_correction"] > online["prior_only"])
+    last = trained.correction.rho[-1].weight
+    assert bool(last.abs().sum() > 0) == online["shipped"]  # Δφ = 0 starts at a zero last layer
 
-    # interrupted after the first generation, then resumed: the same policy as without a break
-    saves = []
+    # interrupted in the ES and in the online phase, resumed each time: the same policy
     original = es_module._Checkpoint.save
+    cuts = iter([(1, 0), (2, 1)])  # (generation, online round) after which to stop
+    cut = next(cuts)
 
     def save_then_stop(self, state):
+        nonlocal cut
         original(self, state)
-        saves.append(state["generation"])
-        if state["generation"] == 1:
+        if (state["generation"], state.get("online", {}).get("round", 0)) == cut:
+            cut = next(cuts, None)
             raise KeyboardInterrupt
 
     monkeypatch.setattr(es_module._Checkpoint, "save", save_then_stop)
     with pytest.raises(KeyboardInterrupt):
         train(recipe, tmp_path / "cut", tmp_path / "work-cut", console=quiet)
-    monkeypatch.setattr(es_module._Checkpoint, "save", original)
     with pytest.raises(ValueError, match="holds a checkpoint; pass --resume"):
         train(recipe, tmp_path / "cut", tmp_path / "work-cut", console=quiet)
+    with pytest.raises(KeyboardInterrupt):
+        train(recipe, tmp_path / "cut", tmp_path / "work-cut", resume=True, console=quiet)
     resumed = train(recipe, tmp_path / "cut", tmp_path / "work-cut", resume=True, console=quiet)
+    assert cut is None
     assert resumed["parameters"] == full["parameters"]
     assert resumed["objective"] == full["objective"]
+    timeless = [{k: v for k, v in r["online"].items() if k != "elapsed_s"} for r in (resumed, full)]
+    assert timeless[0] == timeless[1]
+    again = load_policy(tmp_path / "cut").correction.state_dict()
+    for name, value in trained.correction.state_dict().items():
+        torch.testing.assert_close(again[name], value, rtol=0, atol=0)
 
 
 def test_corrupt_checkpoint_falls_back_to_the_previous_one(tmp_path):

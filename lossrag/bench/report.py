@@ -14,6 +14,7 @@ from rich.console import Console
 
 from lossrag._util import atomic_write_bytes, atomic_write_text
 from lossrag.bench.metrics import delta_m, mean_rank
+from lossrag.bench.runner import COMPOSING_COST_STEPS
 
 __all__ = ["summarise", "write_reports"]
 
@@ -272,7 +273,9 @@ def write_reports(
         f"{cfg['seeds']}; MR = mean rank over each problem's scored metrics, averaged over "
         f"problems; cost = median per-step "
         f"time ratio to EW (interleaved), median over problems; mean = the same with the mean "
-        f"step, which counts periodic work (refreshes, meta-steps; – where not recorded).\n\n"
+        f"step, which counts periodic work (refreshes, meta-steps; – where not recorded); "
+        f"{cfg.get('cost_steps', 60)} steps per arm ({COMPOSING_COST_STEPS} for the retrieval "
+        f"policies, whose second retrieval comes at step 200).\n\n"
         + markdown_table(cfg, summary)
         + "\nSanity against the literature:\n\n"
         + "\n".join(sanity_checks(summary))

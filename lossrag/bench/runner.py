@@ -39,6 +39,9 @@ PER_TASK_METHODS = frozenset(
     m for m in QUICK_METHODS if method_class(m).per_task_gradients or m == "metaweighting"
 )
 _TOO_MANY_TASKS = frozenset({"gradnorm-synth-t40"})
+#: Cost window of the retrieval policies: their periodic work (a refresh every 50 steps, the
+#: second retrieval at step 200) must fall inside it for the mean step to count it.
+COMPOSING_COST_STEPS = 400
 _THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
@@ -50,7 +53,8 @@ class BenchConfig(BaseModel):
         methods: Weighting method names.
         seeds: Seeds, shared by every method.
         epochs: Budget override for every problem (``--quick``); ``None`` keeps each budget.
-        cost_steps: Steps per arm of the interleaved cost measurement.
+        cost_steps: Steps per arm of the interleaved cost measurement (at least
+            :data:`COMPOSING_COST_STEPS` for the retrieval policies).
         toy_steps: Adam steps of a ``toy2d`` run, the same for every method (Nash-MTL and FAMO:
             50k). Each start point is its own job; Nash-MTL and CAGrad solve a convex program at
             every step (about 15 ms and 4 ms here), so their 5 × 50k steps take about an hour and
@@ -109,11 +113,17 @@ def plan(config: BenchConfig) -> list[Job]:
                 for t in get_problem(name).scored
             ]
         jobs += [
-            Job(kind="cost", problem=name, method=m, seed=0, steps=config.cost_steps)
+            Job(kind="cost", problem=name, method=m, seed=0, steps=_cost_steps(config, m))
             for m in methods
             if m != "ew"
         ]
     return jobs
+
+
+def _cost_steps(config: BenchConfig, method: str) -> int:
+    if getattr(method_class(method), "composes_terms", False):
+        return max(config.cost_steps, COMPOSING_COST_STEPS)
+    return config.cost_steps
 
 
 def one_thread_per_worker() -> None:

@@ -176,7 +176,9 @@ def _spearman(a: Tensor, b: Tensor) -> float:
 def log_gsnr(rows: Tensor) -> float:
     """Gradient signal-to-noise of per-sample gradient ``rows`` ``(B, d)``: log of ‖mean‖² over the
     variance of the batch mean (``Σ_d Var_b / B``), i.e. micro-batches of one; clipped to ±20."""
-    rows = rows.flatten(1)
-    signal = float(rows.mean(0).pow(2).sum())
-    noise = float(rows.var(0).sum()) / len(rows) if len(rows) > 1 else 0.0
+    x = rows.flatten(1).double()  # centred sums in float64: several times faster than var(0)
+    mean = x.mean(0)
+    signal = float(mean.pow(2).sum())
+    b = len(x)
+    noise = float((x - mean).pow(2).sum()) / ((b - 1) * b) if b > 1 else 0.0
     return max(-20.0, min(20.0, math.log((signal + _TINY) / (noise + _TINY))))

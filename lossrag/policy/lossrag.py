@@ -34,6 +34,7 @@ from lossrag.context import (
     GLOBAL_FEATURES,
     TERM_FEATURES,
     LossTracker,
+    effective_rank,
     global_features,
     gradient_features,
 )
@@ -84,6 +85,10 @@ class LossRAG(Method):
         explore: Random entries of the task's kind added to the candidates at a refresh.
         retrieve_every: Refreshes between retrievals (candidates measured on the model, gates
             updated); the refreshes in between re-score the held candidates with new context.
+        retrieve_backoff: While retrievals are quiet (no gate moved: no term switched, no
+            counter towards a switch advanced), the interval between them doubles, up to
+            ``retrieve_every · retrieve_backoff`` refreshes; a gate that moves resets it. 1 keeps
+            the interval fixed.
         refresh_every: Steps between refreshes (context, scores, weights); weights are held
             in between.
         patience: Retrievals a term's utility must stay negative before it goes off (and stay
@@ -113,6 +118,7 @@ class LossRAG(Method):
         explore: int = 1,
         refresh_every: int = 50,
         retrieve_every: int = 4,
+        retrieve_backoff: int = 8,
         patience: int = 3,
         floor: float = 0.05,
         temperature: float = 1.0,
@@ -130,6 +136,7 @@ class LossRAG(Method):
             ("explore", explore, 0),
             ("refresh_every", refresh_every, 1),
             ("retrieve_every", retrieve_every, 1),
+            ("retrieve_backoff", retrieve_backoff, 1),
         ):
             if value < low:
                 raise ValueError(f"LossRAG: {name} must be >= {low}, got {value}.")
@@ -139,7 +146,7 @@ class LossRAG(Method):
                 f"floor={floor}, temperature={temperature}, max_terms={max_terms}."
             )
         self.k, self.explore, self.refresh_every = k, explore, refresh_every
-        self.retrieve_every = retrieve_every
+        self.retrieve_every, self.retrieve_backoff = retrieve_every, retrieve_backoff
         self.floor, self.temperature, self.max_terms = floor, temperature, max_terms
         self.prior = prior or Prior()
         self.smoothing = smoothing
@@ -175,6 +182,8 @@ class LossRAG(Method):
         self.last_refresh: int | None = None
         self.smoothed: dict[str, list[float]] = {}
         self.refreshes = 0
+        self.next_retrieval, self.retrieve_interval, self.gates_moved = 0, 0, False
+        self.rank = 0.0
         self.candidates: dict[str, list[_Candidate]] = {}
         self._scored: tuple[Tensor, Tensor, Tensor] | None = None
         self.meta_on = False
@@ -194,11 +203,9 @@ class LossRAG(Method):
     # ------------------------------------------------------------------ every step
     def term_losses(
         self, outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor], features: Tensor | None
-    ) -> Tensor:
-        """Mean loss of every active term, in :meth:`terms` order, with its graph."""
-        return torch.stack(
-            [self._term(self.tasks[t], e, outputs, targets, features) for t, e in self.terms()]
-        )
+    ) -> list[Tensor]:
+        """Mean loss of every active term, in :meth:`terms` order, each a scalar with its graph."""
+        return [self._term(self.tasks[t], e, outputs, targets, features) for t, e in self.terms()]
 
     def _term(
         self,
@@ -254,17 +261,20 @@ class LossRAG(Method):
         outputs: Mapping[str, Tensor],
         targets: Mapping[str, Tensor],
         features: Tensor,
-        losses: Tensor,
+        losses: list[Tensor],
     ) -> tuple[list[Term], dict[str, dict[str, float]]]:
-        """Update the context, score and re-weight; every ``retrieve_every``-th refresh also
-        retrieve, measure the candidates on the model and update the gates. Returns the
+        """Update the context, score and re-weight; every ``retrieve_every``-th refresh (more
+        rarely while the gates are quiet, see ``retrieve_backoff``) also retrieve, measure the
+        candidates on the model and update the gates. Returns the
         candidate terms (at a retrieval) and the context, to record. Raises
         ``FloatingPointError`` (the composer keeps the last weights) on a non-finite statistic."""
-        retrieve = self.refreshes % self.retrieve_every == 0
+        index = self.refreshes
+        retrieve = index >= self.next_retrieval
         self.last_refresh = step
         self.refreshes += 1
         context = self._context(step, features, losses)
         if retrieve or not self.candidates:
+            self.rank = effective_rank(features)  # the correction's global feature
             self.candidates = {
                 name: self._measure(self.tasks[name], outputs, targets, features)
                 for name in self.tasks
@@ -276,13 +286,19 @@ class LossRAG(Method):
             self.scores.update(zip(keys, scores, strict=True))
             self._reweigh()
             return [], ctx
-        return self._update(scores), ctx
+        listed = self._update(scores)
+        quiet = not self.gates_moved and self.retrieve_interval > 0
+        base = self.retrieve_every
+        cap = base * self.retrieve_backoff
+        self.retrieve_interval = min(2 * self.retrieve_interval, cap) if quiet else base
+        self.next_retrieval, self.gates_moved = index + self.retrieve_interval, False
+        return listed, ctx
 
-    def _context(self, step: int, features: Tensor, losses: Tensor) -> dict[str, list[float]]:
+    def _context(self, step: int, features: Tensor, losses: list[Tensor]) -> dict[str, list[float]]:
         """Per task, the context features of its first active term (and their smoothed copy)."""
         terms = self.terms()
         keys = [f"{t}:{e}" for t, e in terms]
-        rows = gradient_features(list(losses), [self.tracker.scale(k) for k in keys], features)
+        rows = gradient_features(losses, [self.tracker.scale(k) for k in keys], features)
         context: dict[str, list[float]] = {}
         for (name, _), key, row in zip(terms, keys, rows, strict=True):
             if name not in context:
@@ -307,7 +323,7 @@ class LossRAG(Method):
             [smooth[n][_COL["slope"]] for n in names],
             [self.entries[self.active[n][0]].name for n in names],
         )
-        glob = global_features(step, self.total_steps, features)
+        glob = global_features(step, self.total_steps, self.rank)
         rows, prior, group = [], [], []
         for gi, name in enumerate(names):
             cands = self.candidates[name]
@@ -570,6 +586,7 @@ class LossRAG(Method):
             if not is_on and len(active) >= self.max_terms:
                 continue  # no room: the candidate is not counted towards switching on
             now_on, why = self.gates.update(key, utility, is_on)
+            self.gates_moved |= now_on != is_on or self.gates.count.get(key, 0) > 0
             if now_on and not is_on:
                 active.append(entry_id)
             elif not now_on and is_on:
@@ -595,6 +612,7 @@ class LossRAG(Method):
             "last_refresh": self.last_refresh,
             "smoothed": {k: list(v) for k, v in self.smoothed.items()},
             "refreshes": self.refreshes,
+            "retrieval": [self.next_retrieval, self.retrieve_interval, self.gates_moved, self.rank],
             "candidates": {
                 k: [[c.entry, c.retrieval, c.explore, list(c.vector), c.gsnr, c.scale] for c in v]
                 for k, v in self.candidates.items()
@@ -616,6 +634,11 @@ class LossRAG(Method):
         self.last_refresh = state["last_refresh"]
         self.smoothed = {k: list(v) for k, v in state["smoothed"].items()}
         self.refreshes = int(state["refreshes"])
+        # a state from before the back-off: the fixed schedule's next retrieval
+        due = -(-self.refreshes // self.retrieve_every) * self.retrieve_every
+        retrieval = state.get("retrieval", [due, self.retrieve_every, True, 0.0])
+        self.next_retrieval, self.retrieve_interval = int(retrieval[0]), int(retrieval[1])
+        self.gates_moved, self.rank = bool(retrieval[2]), float(retrieval[3])
         self.candidates = {
             k: [
                 _Candidate(e, float(r), bool(x), list(v), float(g), float(c))

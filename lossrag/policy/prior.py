@@ -32,9 +32,9 @@ def _grouped_z(values: Sequence[float], groups: Sequence[str]) -> list[float]:
 class Prior(BaseModel):
     """Coefficients of the prior score, in logits of the weight softmax.
 
-    A task's score is ``learn·z(log ‖∇L‖/L) + align·cos(∇L/L, mean) + slow·z(slope of log L)``,
-    each ``z`` standardised across the tasks trained with the same loss function and clipped to
-    ±2:
+    A task's score is ``learn·z_r + align·cos(∇L/L, mean) + slow·z_s + learnable_slow·z_s·z_r``
+    with ``z_r = z(log ‖∇L‖/L)`` and ``z_s = z(slope of log L)``, each ``z`` standardised across
+    the tasks trained with the same loss function and clipped to ±2:
 
     - *learnability* ``‖∇L‖/L`` at the output of ``shared``: a task whose loss is mostly
       irreducible noise (``L = σ² + e``, ``∇L = ∇e``) has a small gradient for its loss, a clean
@@ -44,7 +44,10 @@ class Prior(BaseModel):
       per-sample gradients and a low value too. It stays a feature for the learned correction.)
     - *alignment* with the mean scale-normalised gradient: a junk task points nowhere in
       particular;
-    - *slow learners* (a flat or rising ``log L``) get more weight, as in FAMO and GradNorm.
+    - *slow learners* (a flat or rising ``log L``) get more weight, as in FAMO and GradNorm;
+    - *learnable slow learners*: a junk task is a slow learner too (its loss is irreducible), so
+      the interaction ``z_s·z_r`` gives the slow-learner bonus to learnable tasks and takes it
+      from unlearnable ones (0 in the hand-set prior; meta-trained).
 
     A candidate other than the task's natural loss adds ``candidate·(its log GSNR on the user's
     model − the natural loss's) − switch_cost``: a loss is switched on only when it gives a
@@ -56,6 +59,7 @@ class Prior(BaseModel):
     learn: float = Field(default=1.0, ge=0)
     align: float = Field(default=0.5, ge=0)
     slow: float = Field(default=0.25, ge=0)
+    learnable_slow: float = Field(default=0.0, ge=0)
     candidate: float = Field(default=0.5, ge=0)
     switch_cost: float = Field(default=1.0, ge=0)
 
@@ -71,7 +75,7 @@ class Prior(BaseModel):
         cross-entropy and of a squared error differ by construction."""
         learn, slow = _grouped_z(norm_ratio, groups), _grouped_z(slopes, groups)
         return [
-            self.learn * r + self.align * c + self.slow * s
+            self.learn * r + self.align * c + self.slow * s + self.learnable_slow * s * r
             for r, c, s in zip(learn, cos_mean, slow, strict=True)
         ]
 

@@ -96,6 +96,7 @@ def _settings(policy: LossRAG) -> dict[str, Any]:
         "explore": policy.explore,
         "refresh_every": policy.refresh_every,
         "retrieve_every": policy.retrieve_every,
+        "retrieve_backoff": policy.retrieve_backoff,
         "patience": policy.gates.patience,
         "floor": policy.floor,
         "temperature": policy.temperature,
@@ -112,6 +113,7 @@ def save_policy(
     policy: LossRAG,
     folder: str | os.PathLike[str],
     *,
+    name: str | None = None,
     description: str = "",
     recipe: dict[str, Any] | None = None,
     training: dict[str, Any] | None = None,
@@ -120,7 +122,8 @@ def save_policy(
     extra: dict[str, bytes] | None = None,
 ) -> PolicyCard:
     """Write ``policy`` (settings, correction weights, card) to ``folder``, atomically;
-    ``extra`` files (a training plot, say) go beside them, checksummed too."""
+    ``extra`` files (a training plot, say) go beside them, checksummed too. The card is named
+    ``name`` (default: the folder's name)."""
     target = Path(folder)
     recipe = recipe or {}
     files = {"policy.json": json.dumps(_settings(policy), indent=2, sort_keys=True).encode()}
@@ -130,7 +133,7 @@ def save_policy(
     files["correction.npz"] = buffer.getvalue()
     files.update(extra or {})
     card = PolicyCard(
-        name=target.name,
+        name=name or target.name,
         format=POLICY_FORMAT,
         embed_version=EMBED_VERSION,
         features=FEATURES,

@@ -1,6 +1,6 @@
 """``lossrag train``: meta-train the policy's prior by evolution strategies over whole runs.
 
-The trained parameters are the log of the prior's five coefficients, the log of the softmax
+The trained parameters are the log of the prior's six coefficients, the log of the softmax
 temperature and the logit of the weight floor (:data:`PARAMS`). One generation draws
 ``population`` fresh problems from the recipe's distribution; on each, two runs from the same
 seed (same data, initialisation and batches) use the policy at ``θ + σε`` and ``θ − σε``, and the
@@ -12,6 +12,12 @@ this is the long-horizon signal against the one-step look-ahead's short-horizon 
 
 Every ``eval_every`` generations the meta-objective, the same log-ratio of the current policy
 against equal weighting on ``eval_problems`` held-out generated problems, is measured and logged.
+
+The online phase (a recipe's ``[online]``) then trains the correction Δφ with the online loop:
+Reptile (Nichol et al., 2018) over runs in which the ES policy adapts Δφ from a query stream
+(:mod:`lossrag.meta.online`, the one-step look-ahead). The whole-run meta-objective on the
+held-out problems is the long-horizon check: the trained Δφ ships only if the frozen policy with
+it beats the prior alone there.
 """
 
 from __future__ import annotations
@@ -33,52 +39,111 @@ from rich.console import Console
 from rich.progress import Progress
 
 from lossrag._util import atomic_write_bytes, atomic_write_text
-from lossrag.policy.lossrag import LossRAG
+from lossrag.policy.lossrag import FEATURES, LossRAG, LossRAGOnline
+from lossrag.policy.net import Correction
 from lossrag.policy.prior import Prior
 from lossrag.train.generate import Distribution, sample_problem
 from lossrag.train.recipe import Recipe
 
-__all__ = ["PARAMS", "initial_parameters", "policy_from", "policy_values", "train"]
+__all__ = [
+    "ONLINE_CORRECTION",
+    "PARAMS",
+    "initial_parameters",
+    "policy_from",
+    "policy_values",
+    "train",
+]
 
 #: The trained parameters, in order (``log`` of each, ``logit`` of the floor).
-PARAMS = ("learn", "align", "slow", "candidate", "switch_cost", "temperature", "floor")
+PARAMS = (*Prior.model_fields, "temperature", "floor")
+_PRIOR = len(Prior.model_fields)
+#: Where ES starts a coefficient that the hand-set prior leaves at 0 (a log-parameter cannot).
+_START_AT_ZERO = 0.25
 _EVAL_OFFSET = 1_000_000  # held-out problems are numbered from here; training ones below
 _FORMAT = 1
+_ONLINE_OFFSET = 500_000  # problems of the online phase are numbered from here
+#: File of a policy folder holding the online phase's Δφ when it did not ship.
+ONLINE_CORRECTION = "online_correction.npz"
+#: A correction's weights as nested lists (JSON, picklable): parameter name -> values.
+Weights = dict[str, Any]
 
 
 def initial_parameters() -> np.ndarray:
-    """The untrained policy's parameters: the hand-set prior, temperature 1, floor 0.05."""
+    """The untrained policy's parameters: the hand-set prior (a coefficient at 0 starts at
+    0.25), temperature 1, floor 0.05."""
     prior = Prior()
-    values = [getattr(prior, n) for n in PARAMS[:5]] + [1.0]
-    return np.array([math.log(max(v, 1e-3)) for v in values] + [math.log(0.05 / 0.95)])
+    values = [getattr(prior, n) or _START_AT_ZERO for n in PARAMS[:_PRIOR]] + [1.0]
+    return np.array([math.log(v) for v in values] + [math.log(0.05 / 0.95)])
 
 
 def policy_values(theta: Sequence[float]) -> list[float]:
     """The values of :data:`PARAMS` (coefficients, temperature, floor) that ``theta`` encodes."""
-    values = [math.exp(float(t)) for t in theta[:6]]
-    return [*values, 1.0 / (1.0 + math.exp(-float(theta[6])))]
+    values = [math.exp(float(t)) for t in theta[: _PRIOR + 1]]
+    return [*values, 1.0 / (1.0 + math.exp(-float(theta[_PRIOR + 1])))]
 
 
-def policy_from(theta: Sequence[float]) -> LossRAG:
-    """The :class:`LossRAG` policy that ``theta`` (see :data:`PARAMS`) describes."""
+def policy_from(
+    theta: Sequence[float],
+    correction: Weights | None = None,
+    *,
+    online: bool = False,
+    meta_lr: float = 3e-4,
+) -> LossRAG:
+    """The :class:`LossRAG` policy that ``theta`` (see :data:`PARAMS`) and the correction's
+    ``weights`` (None: zero) describe; ``online`` adapts Δφ from a query stream."""
     values = policy_values(theta)
-    prior = Prior(**dict(zip(PARAMS[:5], values[:5], strict=True)))
-    return LossRAG(prior=prior, temperature=values[5], floor=values[6])
+    named = dict(zip(PARAMS, values, strict=True))
+    prior = Prior(**{k: named[k] for k in Prior.model_fields})
+    cls = LossRAGOnline if online else LossRAG
+    policy = cls(
+        prior=prior, temperature=named["temperature"], floor=named["floor"], meta_lr=meta_lr
+    )
+    if correction is not None:
+        policy.correction.load_state_dict(_tensors(correction))
+    return policy
 
 
-def _run(job: tuple[Distribution, int, list[float] | None]) -> dict[str, float]:
-    """Validation metrics of one run: problem ``seed`` of ``dist`` with ``theta`` (None: EW)."""
+def _tensors(weights: Weights) -> dict[str, Any]:
+    import torch
+
+    return {k: torch.tensor(v, dtype=torch.float32) for k, v in weights.items()}
+
+
+def _weights(module: Correction) -> Weights:
+    return {k: v.detach().tolist() for k, v in module.state_dict().items()}
+
+
+def _run(
+    job: tuple[Distribution, int, list[float] | None, Weights | None],
+) -> dict[str, float]:
+    """Validation metrics of one run: problem ``seed`` of ``dist`` with ``theta`` and a frozen
+    correction (``theta`` None: EW)."""
     import torch
 
     from lossrag.bench.fit import fit
 
     torch.set_num_threads(1)
-    dist, seed, theta = job
+    dist, seed, theta, correction = job
     problem = sample_problem(dist, seed)
-    policy = "ew" if theta is None else policy_from(theta)
+    policy = "ew" if theta is None else policy_from(theta, correction)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return fit(problem, policy, seed, split="val").metrics
+
+
+def _adapt(job: tuple[Distribution, int, list[float], Weights, float]) -> Weights:
+    """Δφ after one run of problem ``seed`` adapting it online from ``correction``."""
+    import torch
+
+    from lossrag.bench.fit import fit
+
+    torch.set_num_threads(1)
+    dist, seed, theta, correction, meta_lr = job
+    policy = policy_from(theta, correction, online=True, meta_lr=meta_lr)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit(sample_problem(dist, seed), policy, seed, split="val")
+    return _weights(policy.correction)
 
 
 def _log_ratio(
@@ -148,7 +213,7 @@ def train(
 
     console = console or Console()
     work.mkdir(parents=True, exist_ok=True)
-    checkpoint = _Checkpoint(work, recipe.digest)
+    checkpoint = _Checkpoint(work, recipe.es_digest)
     es, dist = recipe.es, recipe.problems
     state = checkpoint.load(console) if resume else None
     if resume and state is None:
@@ -178,11 +243,11 @@ def train(
     ):
         bar = progress.add_task("", total=es.generations, completed=state["generation"], last="")
         if not state["baseline"]:
-            baseline = pool.map(_run, [(dist, s, None) for s in eval_seeds])
+            baseline = pool.map(_run, [(dist, s, None, None) for s in eval_seeds])
             state["baseline"] = {str(s): m for s, m in zip(eval_seeds, baseline, strict=True)}
 
-        def objective(theta: np.ndarray) -> float:
-            found = pool.map(_run, [(dist, s, theta.tolist()) for s in eval_seeds])
+        def objective(theta: np.ndarray, correction: Weights | None = None) -> float:
+            found = pool.map(_run, [(dist, s, theta.tolist(), correction) for s in eval_seeds])
             return float(
                 np.mean(
                     [
@@ -204,7 +269,7 @@ def train(
                 recipe.seed * 10_000 + generation * es.population + i for i in range(es.population)
             ]
             jobs = [
-                (dist, s, (theta + sign * es.sigma * e).tolist())
+                (dist, s, (theta + sign * es.sigma * e).tolist(), None)
                 for s, e in zip(seeds, noise, strict=True)
                 for sign in (1.0, -1.0)
             ]
@@ -240,29 +305,95 @@ def train(
             checkpoint.save(state)
             last = entry.get("objective")
             progress.update(bar, advance=1, last="" if last is None else f"objective {last:+.4f}")
+        online = _online_phase(recipe, state, checkpoint, objective, pool, progress)
     curve = [(h["generation"], h["objective"]) for h in state["history"] if "objective" in h]
     _plot(curve, work / "meta_objective.png")
     summary = {
         "problems": es.generations * es.population,
         "runs": 2 * es.generations * es.population + es.eval_problems * (1 + len(curve)),
         "generations": es.generations,
-        "elapsed_s": round(float(state["elapsed_s"]), 1),
+        "elapsed_s": round(float(state["elapsed_s"]) + online.get("elapsed_s", 0.0), 1),
         "workers": recipe.workers,
         "parameters": {
             k: round(v, 5) for k, v in zip(PARAMS, policy_values(theta.tolist()), strict=True)
         },
         "objective": [{"generation": g, "log_ratio_vs_ew": round(o, 5)} for g, o in curve],
+        "online": {k: v for k, v in online.items() if k != "phi"},
     }
+    shipped = online["phi"] if online.get("shipped") else None
+    extra = {name: (work / name).read_bytes() for name in ("meta_objective.png", "log.jsonl")}
+    if "phi" in online and shipped is None:  # kept beside the policy, for ablations
+        arrays: dict[str, Any] = {k: np.asarray(v, np.float32) for k, v in online["phi"].items()}
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        extra[ONLINE_CORRECTION] = buffer.getvalue()
     save_policy(
-        policy_from(theta.tolist()),
+        policy_from(theta.tolist(), shipped),
         out,
+        name=recipe.name,
         description=recipe.description,
         recipe=recipe.model_dump(mode="json"),
         training=summary,
         code=code_fingerprint(),
-        extra={name: (work / name).read_bytes() for name in ("meta_objective.png", "log.jsonl")},
+        extra=extra,
     )
     return summary
+
+
+def _online_phase(
+    recipe: Recipe,
+    state: dict[str, Any],
+    checkpoint: _Checkpoint,
+    objective: Any,
+    pool: ProcessPoolExecutor,
+    progress: Progress,
+) -> dict[str, Any]:
+    """Reptile over the online loop (see the module docstring), checkpointed every round in
+    ``state["online"]``; returns it with the held-out objectives and whether Δφ ships."""
+    import torch
+
+    spec, dist, theta = recipe.online, recipe.problems, state["theta"]
+    if spec.rounds == 0:
+        return {"rounds": 0, "shipped": False}
+    if state.get("online", {}).get("recipe") != recipe.digest:
+        torch.manual_seed(recipe.seed)
+        state["online"] = {
+            "recipe": recipe.digest,
+            "round": 0,
+            "phi": _weights(Correction(FEATURES)),
+            "drift": [],
+            "elapsed_s": 0.0,
+        }
+    online = state["online"]
+    started = time.perf_counter() - float(online["elapsed_s"])
+    bar = progress.add_task("", total=spec.rounds, completed=online["round"], last="online")
+    for r in range(online["round"], spec.rounds):
+        seeds = [
+            _ONLINE_OFFSET + recipe.seed * 10_000 + r * spec.population + i
+            for i in range(spec.population)
+        ]
+        jobs = [(dist, s, theta, online["phi"], spec.meta_lr) for s in seeds]
+        adapted = [_tensors(w) for w in pool.map(_adapt, jobs)]
+        phi = _tensors(online["phi"])
+        drift = 0.0
+        for k, v in phi.items():
+            move = torch.stack([a[k] for a in adapted]).mean(0) - v
+            phi[k] = v + spec.step * move
+            drift += float(move.pow(2).sum())
+        online.update(round=r + 1, phi={k: v.tolist() for k, v in phi.items()})
+        online["drift"].append(round(drift**0.5, 6))
+        online["elapsed_s"] = time.perf_counter() - started
+        checkpoint.save(state)
+        progress.update(bar, advance=1, last=f"online: |mean adapted Δφ - Δφ| {drift**0.5:.4f}")
+    if "with_correction" not in online:
+        online["prior_only"] = objective(np.array(theta))
+        online["with_correction"] = objective(np.array(theta), online["phi"])
+        online["shipped"] = online["with_correction"] > online["prior_only"]
+        online["elapsed_s"] = time.perf_counter() - started
+        checkpoint.save(state)
+    return {k: v for k, v in online.items() if k != "recipe"} | {
+        "problems": spec.rounds * spec.population
+    }
 
 
 def _plot(curve: list[tuple[int, float]], path: Path) -> None:

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from lossrag.train.generate import Distribution
 
-__all__ = ["ES", "Recipe", "load_recipe"]
+__all__ = ["ES", "Online", "Recipe", "load_recipe"]
 
 
 class ES(BaseModel):
@@ -39,6 +39,30 @@ class ES(BaseModel):
     clip: float = Field(default=1.0, gt=0.0)
 
 
+class Online(BaseModel):
+    """The online phase after ES: Reptile over the online meta-learning loop trains Δφ.
+
+    Each round, ``population`` fresh problems are trained with the ES policy adapting its
+    correction online from a query stream (their validation split), every run starting from the
+    current Δφ; Δφ then moves ``step`` of the way to the mean of the adapted ones (Reptile). The
+    whole-run objective on the held-out problems decides what ships: the trained Δφ only if it
+    beats the prior alone (Δφ = 0) there.
+
+    Attributes:
+        rounds: Reptile rounds (0: no online phase; Δφ stays 0).
+        population: Problems per round (run in parallel).
+        step: Reptile step size.
+        meta_lr: Adam learning rate of the online meta-updates within a run.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rounds: int = Field(default=0, ge=0)
+    population: int = Field(default=2, ge=1)
+    step: float = Field(default=0.5, gt=0.0, le=1.0)
+    meta_lr: float = Field(default=1e-3, gt=0.0, le=1.0)
+
+
 class Recipe(BaseModel):
     """A ``lossrag train`` recipe.
 
@@ -49,6 +73,7 @@ class Recipe(BaseModel):
         workers: Parallel processes (one thread each).
         problems: The generated problem distribution.
         es: The ES schedule.
+        online: The online phase (Reptile over the online loop) that trains Δφ.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -59,11 +84,22 @@ class Recipe(BaseModel):
     workers: int = Field(default=2, ge=1)
     problems: Distribution = Distribution()
     es: ES
+    online: Online = Online()
 
     @property
     def digest(self) -> str:
         """SHA-256 of the recipe's canonical JSON."""
-        return hashlib.sha256(json.dumps(self.model_dump(), sort_keys=True).encode()).hexdigest()
+        return _sha(self.model_dump())
+
+    @property
+    def es_digest(self) -> str:
+        """SHA-256 of what the ES phase depends on (seed, problems, ES schedule): a checkpoint
+        of it stays valid when only the description, workers or online phase change."""
+        return _sha(self.model_dump(include={"seed", "problems", "es"}))
+
+
+def _sha(data: object) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
 def load_recipe(path: str | os.PathLike[str]) -> Recipe:
