@@ -226,8 +226,9 @@ from hypothesis import strategies as st  # noqa: E402
 
 LOSS_METHODS = ["ew", "uw", "dwa", "famo", "rlw", "imtll", "geometricmean", "stch"]
 # CAGrad is left out: it bounds the distance to the mean gradient and may trade a task off.
-# Nash-MTL is in: ⟨d, g_i⟩ = (GGᵀα)_i = 1/α_i > 0 at its solution.
-NON_CONFLICTING = ["mgda", "upgrad", "dualproj", "imtlg", "nashmtl"]
+# Nash-MTL is in: ⟨d, g_i⟩ = (GGᵀα)_i = 1/α_i > 0 at its solution. IMTL-G is out: it equalises
+# the projections on the unit gradients, which can all be negative (tested below).
+NON_CONFLICTING = ["mgda", "upgrad", "dualproj", "nashmtl"]
 _losses = st.lists(st.floats(1e-4, 1e4), min_size=2, max_size=8).map(torch.tensor)
 
 
@@ -246,6 +247,26 @@ def test_gradient_methods_never_worsen_a_task_to_first_order(seed, k, name):
     jac = torch.randn(k, 7, generator=g, dtype=torch.float64)
     direction, weights = _aggregate(name, jac)
     assert torch.isfinite(direction).all()
-    scale = float(jac.norm(dim=1).max() * direction.norm()) + 1e-12
-    assert torch.all(jac @ direction >= -1e-3 * scale), name
+    # up to the solvers' tolerance: torchjd's MGDA stops its Frank-Wolfe iterations when the
+    # weights move less than 1e-3, DualProj and UPGrad regularise their QP; over every seed of
+    # this strategy the worst ⟨d, g_i⟩ is -1.4e-3·max‖g‖² (MGDA), -5e-4 (DualProj), -4e-4 (UPGrad)
+    scale = float(jac.norm(dim=1).max()) ** 2
+    assert torch.all(jac @ direction >= -2e-3 * scale), name
     assert weights is not None and torch.isfinite(weights).all()
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), k=st.integers(2, 5))
+def test_imtlg_equalises_the_projections_on_the_unit_gradients(seed, k):
+    g = torch.Generator().manual_seed(seed)
+    jac = torch.randn(k, 7, generator=g, dtype=torch.float64)
+    direction, _ = _aggregate("imtlg", jac)
+    projections = jac @ direction / jac.norm(dim=1)
+    torch.testing.assert_close(projections, projections.mean().expand(k))
+
+
+def test_imtlg_can_conflict_with_every_task():
+    # k = 5 random gradients in 7 dimensions, seed 144: the equal projection is -1.15
+    jac = torch.randn(5, 7, generator=torch.Generator().manual_seed(144), dtype=torch.float64)
+    direction, _ = _aggregate("imtlg", jac)
+    assert torch.all(jac @ direction < 0)
