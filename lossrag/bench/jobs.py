@@ -10,11 +10,18 @@ from __future__ import annotations
 import statistics
 import time
 import traceback
-from typing import Any, Literal
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Literal
 
+import torch
 from pydantic import BaseModel, ConfigDict
+from torch import nn
 
-__all__ = ["Job", "execute", "measure_cost"]
+if TYPE_CHECKING:
+    from lossrag.bench.problems.base import Problem, Splits
+    from lossrag.compose import Composer
+
+__all__ = ["Job", "execute", "measure_cost", "on_device", "wrapped"]
 
 
 class Job(BaseModel):
@@ -56,8 +63,6 @@ class Job(BaseModel):
 
 def execute(job: Job) -> dict[str, Any]:
     """Run ``job`` with one intra-op thread; never raises (a crash is returned as ``error``)."""
-    import torch
-
     torch.set_num_threads(1)
     started = time.perf_counter()
     result: dict[str, Any] = {"job": job.model_dump(), "key": job.key}
@@ -103,48 +108,65 @@ def _stl(job: Job) -> dict[str, Any]:
     return {"metrics": r.metrics, "steps": r.steps, "cpu_s": r.cpu_s, "wall_s": r.wall_s}
 
 
-def measure_cost(job: Job, **wrap_options: Any) -> dict[str, Any]:
-    """Per-step time of the method over EW, steps alternating EW, method, EW, ... in one process
-    (forward + composer.backward + optimizer step, same batches), median and mean of each. A
-    method that learns from held-out batches gets the validation split as its query stream and
-    ``wrap_options`` (``meta_every``, ``meta_objective``)."""
-    import torch
+def on_device(batches: Iterable[Any], device: str | torch.device) -> Iterator[Any]:
+    """``(x, y)`` batches with ``x`` and every target moved to ``device``."""
+    for x, y in batches:
+        yield x.to(device), {k: v.to(device) for k, v in y.items()}
 
+
+def wrapped(
+    problem: Problem, splits: Splits, policy: str, seed: int, device: str = "cpu", **options: Any
+) -> tuple[nn.Module, torch.optim.Optimizer, Composer]:
+    """The model (on ``device``), its Adam and the composer of ``policy`` as the benchmark builds
+    them. A method that learns from held-out batches gets the validation split as its query
+    stream, the scored tasks as query tasks and ``options`` (``meta_every``, ...)."""
     from lossrag.bench.fit import query_batches
-    from lossrag.bench.problems import get_problem
     from lossrag.compose import wrap
     from lossrag.weighting import method_class
 
+    model = problem.build_model(seed).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=problem.budget.lr)
+    needs_query = method_class(policy).needs_query
+    composer = wrap(
+        model,
+        problem.tasks,
+        policy,
+        shared=getattr(model, "trunk", None),
+        seed=seed,
+        query=on_device(query_batches(problem, splits.val, seed), device) if needs_query else None,
+        optimizer=opt,
+        query_tasks=problem.scored if needs_query else None,
+        **(options if needs_query else {}),
+    )
+    return model, opt, composer
+
+
+def measure_cost(job: Job, device: str = "cpu", **wrap_options: Any) -> dict[str, Any]:
+    """Per-step time of the method over EW, steps alternating EW, method, EW, ... in one process
+    (forward + composer.backward + optimizer step, same batches, on ``device``, synchronised
+    around each step on a GPU), median and mean of each; ``wrap_options`` go to
+    :func:`wrapped`."""
+    from lossrag.bench.problems import get_problem
+
     problem = get_problem(job.problem)
     splits = problem.load(job.seed)
-    arms = []
-    for policy in ("ew", job.method):
-        model = problem.build_model(job.seed)
-        opt = torch.optim.Adam(model.parameters(), lr=problem.budget.lr)
-        needs_query = method_class(policy).needs_query
-        composer = wrap(
-            model,
-            problem.tasks,
-            policy,
-            shared=getattr(model, "trunk", None),
-            seed=job.seed,
-            query=query_batches(problem, splits.val, job.seed) if needs_query else None,
-            optimizer=opt,
-            query_tasks=problem.scored if needs_query else None,
-            **(wrap_options if needs_query else {}),
-        )
-        arms.append((model, opt, composer))
+    arms = [
+        wrapped(problem, splits, m, job.seed, device, **wrap_options) for m in ("ew", job.method)
+    ]
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
     times: list[list[float]] = [[], []]
     order = torch.Generator().manual_seed(job.seed)
     steps, warmup, done = job.steps or 60, 5, 0
     while done < steps + warmup:
-        for x, y in problem.train_batches(splits, order):
+        for x, y in on_device(problem.train_batches(splits, order), device):
             for i in (0, 1) if done % 2 == 0 else (1, 0):
                 model, opt, composer = arms[i]
+                sync()
                 t0 = time.perf_counter()
                 opt.zero_grad(set_to_none=True)
                 composer.backward(model(x), y)
                 opt.step()
+                sync()
                 if done >= warmup:
                     times[i].append(time.perf_counter() - t0)
             done += 1

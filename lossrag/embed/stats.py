@@ -163,7 +163,7 @@ def _gini(ordered: Tensor) -> float:
     if total <= 0:
         return 0.0
     n = len(ordered)
-    ranks = torch.arange(1, n + 1, dtype=ordered.dtype)
+    ranks = torch.arange(1, n + 1, dtype=ordered.dtype, device=ordered.device)
     return float(((2 * ranks - n - 1) * ordered).sum()) / (n * total)
 
 

@@ -73,7 +73,7 @@ class GradNorm(LossMethod):
 
     def weigh(self, losses: Tensor) -> Tensor:
         current = self.weights.detach().clone()
-        detached = losses.detach()
+        detached = losses.detach().cpu()  # the weights and their Adam live on the CPU
         if self.initial is None:
             self.initial = detached.clone()
         norms = torch.stack([self._norm(loss) for loss in losses]).to(detached)

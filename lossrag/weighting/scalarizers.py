@@ -4,7 +4,9 @@ Each wraps one torchjd scalarizer ``S``. The weight of term ``i`` is the effecti
 ``∂S/∂L_i`` at this step's losses, and the model's gradient is ``Σ_i (∂S/∂L_i) ∇L_i``, which is
 exactly the gradient of ``S(L)`` by the chain rule. Learnable scalarizer parameters (UW's
 log-variances, IMTL-L's scales) get their gradient from the same call and are stepped by the
-method's own Adam; FAMO steps its own logits after the re-evaluated losses arrive.
+method's own Adam; FAMO steps its own logits after the re-evaluated losses arrive. Their state is
+a few numbers per task and stays on the CPU: the losses come over (one small copy; the composer
+reads them as floats anyway) and the weights go back to the losses' device.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ class _Scalarized(LossMethod):
         self.optimizer = torch.optim.Adam(params, lr=self.lr) if params else None
 
     def weigh(self, losses: Tensor) -> Tensor:
-        values = losses.detach().clone().requires_grad_(True)
+        values = losses.detach().cpu().clone().requires_grad_(True)
         params = list(self.scalarizer.parameters())
         with torch.enable_grad():
             total = self.scalarizer(values)
@@ -47,7 +49,7 @@ class _Scalarized(LossMethod):
             self.optimizer.step()
             for p in params:
                 p.grad = None
-        return grads[0]
+        return grads[0].to(losses)
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {"scalarizer": self.scalarizer.state_dict()}
@@ -241,15 +243,15 @@ class FAMO(_Scalarized):
         self._logits = next(iter(self.scalarizer.parameters()))
 
     def weigh(self, losses: Tensor) -> Tensor:
-        values = losses.detach().clone().requires_grad_(True)
+        values = losses.detach().cpu().clone().requires_grad_(True)
         with torch.enable_grad():
             total = self.scalarizer(values)
         (weights,) = torch.autograd.grad(total, [values])
-        return weights
+        return weights.to(losses)
 
     def observe_rerun(self, losses_after: Tensor) -> None:
         famo: Any = self.scalarizer
-        famo.update(losses_after.detach())
+        famo.update(losses_after.detach().cpu())
 
     def state_dict(self) -> dict[str, Any]:
         s: Any = self.scalarizer
