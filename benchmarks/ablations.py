@@ -24,8 +24,7 @@ import multiprocessing as mp
 import statistics
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-
-import numpy as np
+from typing import Any
 
 PROBLEMS = [
     "digits-mtl",
@@ -53,23 +52,35 @@ def _run(job: tuple[str, str, int]) -> dict[str, object]:
     from lossrag.bench.fit import fit
     from lossrag.bench.problems import get_problem
     from lossrag.policy import load_policy
-    from lossrag.policy.store import policy_folder
+    from lossrag.policy.store import policy_folder, read_correction
     from lossrag.train.es import ONLINE_CORRECTION
 
     torch.set_num_threads(1)
     variant, problem, seed = job
     policy = load_policy("default", **VARIANTS[variant])
     if variant == "online-correction":
-        with np.load(policy_folder("default") / ONLINE_CORRECTION, allow_pickle=False) as arrays:
-            policy.correction.load_state_dict({k: torch.from_numpy(arrays[k]) for k in arrays})
+        read_correction(policy_folder("default") / ONLINE_CORRECTION, policy.correction)
     r = fit(get_problem(problem), policy, seed)
     return {"variant": variant, "problem": problem, "seed": seed, "metrics": r.metrics}
 
 
-def main() -> None:
-    from lossrag._util import atomic_write_text
+def delta_ms(
+    runs: list[dict[str, Any]], stl: dict[str, dict[str, float]]
+) -> dict[str, dict[str, list[float]]]:
+    """Variant -> problem -> Δm % of each seed's run, against the single-task means ``stl``."""
     from lossrag.bench.metrics import delta_m
     from lossrag.bench.problems import get_problem
+
+    out: dict[str, dict[str, list[float]]] = {}
+    for r in runs:
+        higher = get_problem(r["problem"]).higher_is_better
+        value = delta_m(r["metrics"], stl[r["problem"]], higher)
+        out.setdefault(r["variant"], {}).setdefault(r["problem"], []).append(value)
+    return out
+
+
+def main() -> None:
+    from lossrag._util import atomic_write_text
     from lossrag.bench.runner import one_thread_per_worker
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -91,20 +102,17 @@ def main() -> None:
         run = json.loads(path.read_text())
         for task, value in run["metrics"].items():
             stl.setdefault(run["job"]["problem"], {}).setdefault(task, []).append(value)
+    table = delta_ms(
+        runs, {p: {t: statistics.fmean(v) for t, v in m.items()} for p, m in stl.items()}
+    )
     lines = [
         "| variant | " + " | ".join(PROBLEMS) + " | mean |",
         "|---" * (len(PROBLEMS) + 2) + "|",
     ]
-    for variant in sorted({r["variant"] for r in runs}, key=list(VARIANTS).index):
+    for variant in sorted(table, key=list(VARIANTS).index):
         cells, means = [], []
         for problem in PROBLEMS:
-            base = {t: statistics.fmean(v) for t, v in stl[problem].items()}
-            higher = get_problem(problem).higher_is_better
-            values = [
-                delta_m(r["metrics"], base, higher)
-                for r in runs
-                if r["variant"] == variant and r["problem"] == problem
-            ]
+            values = table[variant][problem]
             means.append(statistics.fmean(values))
             cells.append(f"{means[-1]:+.1f} ± {statistics.stdev(values):.1f}")
         lines.append(f"| {variant} | " + " | ".join(cells) + f" | {statistics.fmean(means):+.2f} |")

@@ -14,8 +14,8 @@ import json
 import statistics
 from pathlib import Path
 
-from lossrag.bench.metrics import delta_m
-from lossrag.bench.problems import get_problem
+from ablations import delta_ms  # benchmarks/ablations.py, beside this script
+
 from lossrag.policy.store import policy_folder, record_benchmarks
 
 METHODS = ("lossrag-default", "lossrag-default-online")
@@ -54,12 +54,8 @@ def main() -> None:
         "steps": frozen[0]["steps"],
     }
     ablations = json.loads((args.ablations / "runs.json").read_text())
-    stl = results["stl"]  # per problem, each task's single-task metric averaged over seeds
-    by_variant: dict[str, dict[str, list[float]]] = {}
-    for r in ablations:
-        higher = get_problem(r["problem"]).higher_is_better
-        value = delta_m(r["metrics"], stl[r["problem"]], higher)
-        by_variant.setdefault(r["variant"], {}).setdefault(r["problem"], []).append(value)
+    # results["stl"]: per problem, each task's single-task metric averaged over seeds
+    by_variant = delta_ms(ablations, results["stl"])
     record["ablations_mean_delta_m"] = {
         v: round(statistics.fmean(statistics.fmean(x) for x in per.values()), 2)
         for v, per in by_variant.items()

@@ -182,7 +182,7 @@ def train(
         f"(log-ratio against EW on held-out problems; log and plot in {folder})"
     )
     online = summary["online"]
-    if online.get("rounds", 1):
+    if online["rounds"]:
         console.print(
             f"online phase: {online['problems']} problems; held-out meta-objective with the "
             f"trained correction {online['with_correction']:+.4f}, prior alone "

@@ -121,7 +121,7 @@ def plan(config: BenchConfig) -> list[Job]:
 
 
 def _cost_steps(config: BenchConfig, method: str) -> int:
-    if getattr(method_class(method), "composes_terms", False):
+    if method_class(method).composes_terms:
         return max(config.cost_steps, COMPOSING_COST_STEPS)
     return config.cost_steps
 

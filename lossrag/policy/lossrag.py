@@ -109,7 +109,7 @@ class LossRAG(Method):
     name = "lossrag"
     kind: ClassVar[Literal["loss", "gradient"]] = "loss"
     randomized = True
-    composes_terms: ClassVar[bool] = True
+    composes_terms = True
 
     def __init__(
         self,

@@ -42,9 +42,11 @@ __all__ = [
     "DefaultPolicy",
     "DefaultPolicyOnline",
     "PolicyCard",
+    "correction_bytes",
     "load_policy",
     "policy_folder",
     "read_card",
+    "read_correction",
     "record_benchmarks",
     "save_policy",
     "shipped_policies",
@@ -127,10 +129,7 @@ def save_policy(
     target = Path(folder)
     recipe = recipe or {}
     files = {"policy.json": json.dumps(_settings(policy), indent=2, sort_keys=True).encode()}
-    buffer = io.BytesIO()
-    arrays = {k: v.detach().cpu().numpy() for k, v in policy.correction.state_dict().items()}
-    np.savez(buffer, **arrays)
-    files["correction.npz"] = buffer.getvalue()
+    files["correction.npz"] = correction_bytes(policy.correction)
     files.update(extra or {})
     card = PolicyCard(
         name=name or target.name,
@@ -233,15 +232,29 @@ def _arguments(source: str | os.PathLike[str]) -> dict[str, Any]:
     shape = settings.pop("correction")
     settings["prior"] = Prior(**settings["prior"])
     correction = Correction(FEATURES, hidden=int(shape["hidden"]), bound=float(shape["bound"]))
-    with np.load(folder / "correction.npz", allow_pickle=False) as arrays:
+    read_correction(folder / "correction.npz", correction)
+    return {**settings, "correction": correction}
+
+
+def correction_bytes(correction: Correction) -> bytes:
+    """The weights of ``correction`` as an ``.npz`` file (plain arrays, nothing pickled)."""
+    buffer = io.BytesIO()
+    state = correction.state_dict()
+    arrays: dict[str, Any] = {k: v.detach().cpu().numpy() for k, v in state.items()}
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def read_correction(path: str | os.PathLike[str], correction: Correction) -> Correction:
+    """Load the weights of an ``.npz`` file (:func:`correction_bytes`) into ``correction``, without
+    unpickling; a file that does not fit its network is a ValueError."""
+    with np.load(path, allow_pickle=False) as arrays:
         state = {k: torch.from_numpy(arrays[k].copy()) for k in arrays.files}
     try:
         correction.load_state_dict(state)
     except RuntimeError as err:
-        raise ValueError(
-            f"Policy {folder}: correction.npz does not fit its network: {err}"
-        ) from err
-    return {**settings, "correction": correction}
+        raise ValueError(f"Policy file {path} does not fit its network: {err}") from err
+    return correction
 
 
 def load_policy(source: str | os.PathLike[str] = "default", **overrides: Any) -> LossRAG:

@@ -209,7 +209,7 @@ def train(
     meta-objective to ``work``. Returns the training summary written into the policy's card.
     """
     from lossrag.bench.runner import code_fingerprint, one_thread_per_worker, progress_columns
-    from lossrag.policy.store import save_policy
+    from lossrag.policy.store import correction_bytes, save_policy
 
     console = console or Console()
     work.mkdir(parents=True, exist_ok=True)
@@ -323,10 +323,8 @@ def train(
     shipped = online["phi"] if online.get("shipped") else None
     extra = {name: (work / name).read_bytes() for name in ("meta_objective.png", "log.jsonl")}
     if "phi" in online and shipped is None:  # kept beside the policy, for ablations
-        arrays: dict[str, Any] = {k: np.asarray(v, np.float32) for k, v in online["phi"].items()}
-        buffer = io.BytesIO()
-        np.savez(buffer, **arrays)
-        extra[ONLINE_CORRECTION] = buffer.getvalue()
+        trained = policy_from(theta.tolist(), online["phi"]).correction
+        extra[ONLINE_CORRECTION] = correction_bytes(trained)
     save_policy(
         policy_from(theta.tolist(), shipped),
         out,
@@ -391,9 +389,8 @@ def _online_phase(
         online["shipped"] = online["with_correction"] > online["prior_only"]
         online["elapsed_s"] = time.perf_counter() - started
         checkpoint.save(state)
-    return {k: v for k, v in online.items() if k != "recipe"} | {
-        "problems": spec.rounds * spec.population
-    }
+    kept = {k: v for k, v in online.items() if k != "recipe"}
+    return kept | {"rounds": spec.rounds, "problems": spec.rounds * spec.population}
 
 
 def _plot(curve: list[tuple[int, float]], path: Path) -> None:

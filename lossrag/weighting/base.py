@@ -53,6 +53,8 @@ class Method(ABC):
     needs_rerun: ClassVar[bool] = False
     #: True when the method learns from held-out batches: ``wrap(..., query=...)`` is required.
     needs_query: ClassVar[bool] = False
+    #: True for a retrieval policy, which chooses the terms itself and refreshes periodically.
+    composes_terms: ClassVar[bool] = False
 
     def setup(self, num_terms: int, last_shared: Sequence[nn.Parameter]) -> None:
         """Prepare state for ``num_terms`` terms. ``last_shared`` are the parameters of the last
