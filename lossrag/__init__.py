@@ -1,16 +1,40 @@
 """LossRAG: retrieval-composed loss weighting for multi-task learning in PyTorch.
 
+The public names are imported on first use (PEP 562), so ``import lossrag`` and the ``lossrag``
+command line start fast; ``lossrag.wrap`` loads torch and the composer, and a method's solver
+(torchjd, FAISS) is loaded only by the method that needs it.
+
 >>> import lossrag
 >>> lossrag.Task("shift", kind="regression").metric
 'mae'
 """
 
-from lossrag.compose import Composer, NonFiniteLossError, wrap
-from lossrag.losses import Loss, LossSpec, registry
-from lossrag.record import StepRecord, Term, read_trace
-from lossrag.tasks import Task
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lossrag.compose import Composer, NonFiniteLossError, wrap
+    from lossrag.losses import Loss, LossSpec, registry
+    from lossrag.record import StepRecord, Term, read_trace
+    from lossrag.tasks import Task
 
 __version__ = "0.1.0"
+
+#: Public name -> the module defining it, imported on first access.
+_LAZY: dict[str, str] = {
+    "Composer": "lossrag.compose",
+    "NonFiniteLossError": "lossrag.compose",
+    "wrap": "lossrag.compose",
+    "Loss": "lossrag.losses",
+    "LossSpec": "lossrag.losses",
+    "registry": "lossrag.losses",
+    "StepRecord": "lossrag.record",
+    "Term": "lossrag.record",
+    "read_trace": "lossrag.record",
+    "Task": "lossrag.tasks",
+}
 
 __all__ = [
     "Composer",
@@ -25,3 +49,17 @@ __all__ = [
     "registry",
     "wrap",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Import the module defining the public name ``name`` on first access (PEP 562)."""
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    """The names defined so far and every public name, imported or not."""
+    return sorted({*globals(), *__all__})

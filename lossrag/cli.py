@@ -4,19 +4,31 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
+
+if TYPE_CHECKING:
+    from lossrag.losses import LossSpec
 
 app = typer.Typer(
-    no_args_is_help=True, add_completion=False, help="LossRAG: loss weighting for MTL."
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="markdown",
+    help="LossRAG: loss weighting for MTL.",
 )
 library_app = typer.Typer(no_args_is_help=True, help="The loss library.")
 policies_app = typer.Typer(no_args_is_help=True, help="Shipped policies.")
+bench_app = typer.Typer(
+    no_args_is_help=True, help="Benchmarks: methods × problems × seeds, and the loss index."
+)
 app.add_typer(library_app, name="library")
 app.add_typer(policies_app, name="policies")
+app.add_typer(bench_app, name="bench")
 console = Console()
 
 __all__ = ["app", "main"]
@@ -44,22 +56,22 @@ def library_list(
         names = registry.list(pattern, kind=kind)
     except ValueError as err:
         _fail(str(err))
-    table = Table(title=f"loss library ({len(names)} losses)")
-    table.add_column("name", no_wrap=True)
-    for col in ("family", "kinds", "hyper-parameters", "per", "description"):
-        table.add_column(col)
+    table = Table(title=f"loss library ({len(names)} losses)", box=box.SIMPLE_HEAD)
+    table.add_column("name", no_wrap=True, style="bold")
+    table.add_column("family · kinds · per · hyper-parameters; description")
     for name in names:
-        spec = registry.spec(name)
-        params = ", ".join(f"{k}={v.default:g}" for k, v in spec.params.items())
-        table.add_row(
-            name,
-            spec.family,
-            ",".join(spec.kinds),
-            params or "-",
-            "batch" if spec.per_batch else "sample",
-            spec.description,
-        )
+        table.add_row(name, _loss_card(registry.spec(name)))
     console.print(table)
+
+
+def _loss_card(spec: LossSpec) -> Text:
+    """One loss in two parts, so that the list reads at 80 columns: its facts, dimmed, and its
+    description below."""
+    params = ", ".join(f"{k}={v.default:g}" for k, v in spec.params.items())
+    facts = [spec.family, ",".join(spec.kinds), "per batch" if spec.per_batch else "per sample"]
+    return Text.assemble(
+        (" · ".join([*facts, params] if params else facts), "dim"), "\n", spec.description
+    )
 
 
 @library_app.command("show")
@@ -238,65 +250,112 @@ def inspect(
 #: The methods of the benchmark protocol's table.
 PROTOCOL_METHODS = "ew,uw,dwa,famo,rlw,gradnorm,mgda,pcgrad,cagrad,nashmtl,imtlg,upgrad,alignedmtl"
 
+_Out = Annotated[Path, typer.Option(help="output folder")]
+_Jobs = Annotated[int, typer.Option(help="parallel processes (one thread each)")]
+_Force = Annotated[bool, typer.Option(help="discard what --out holds")]
+_ToySteps = Annotated[int, typer.Option(help="toy2d Adam steps, every method")]
 
-@app.command()
-def bench(
-    problems: Annotated[str | None, typer.Option(help="comma-separated problems")] = None,
-    methods: Annotated[str | None, typer.Option(help="comma-separated methods")] = None,
-    seeds: Annotated[int | None, typer.Option(help="number of seeds (0, 1, ...)")] = None,
-    out: Annotated[Path, typer.Option(help="output folder")] = Path("lossrag-bench"),
-    quick: Annotated[bool, typer.Option(help="every baseline on digits-mtl, one seed")] = False,
-    resume: Annotated[bool, typer.Option(help="continue an interrupted run in --out")] = False,
-    force: Annotated[bool, typer.Option(help="discard what --out holds")] = False,
-    jobs: Annotated[int, typer.Option(help="parallel processes (one thread each)")] = 2,
-    toy_steps: Annotated[int, typer.Option(help="toy2d Adam steps, every method")] = 50000,
-    report: Annotated[
-        bool, typer.Option(help="only write the reports of --out from its finished problems")
-    ] = False,
-    index: Annotated[
-        bool,
-        typer.Option(
-            help="only measure the loss index: embedding 10⁴ variants, search at 10⁵ entries"
-        ),
-    ] = False,
+
+def _split(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _start_bench(
+    problems: list[str],
+    methods: list[str],
+    seeds: int,
+    out: Path,
+    *,
+    jobs: int,
+    force: bool,
+    toy_steps: int,
 ) -> None:
-    """Run methods × problems × seeds with single-task baselines; write results.json, table.md
-    and plots."""
-    from lossrag.bench.problems import list_problems
-    from lossrag.bench.runner import QUICK_METHODS, BenchConfig, report_finished, run_bench
+    """Run a new benchmark in ``out`` (``bench run`` and ``bench quick``)."""
+    from lossrag.bench.runner import BenchConfig, run_bench
 
-    if index:
-        _bench_index(out, jobs)
-        return
-    if report:
-        try:
-            done = report_finished(out, console)
-        except ValueError as err:
-            _fail(str(err))
-        console.print(f"reported the finished problems: {', '.join(done)}")
-        return
-
-    def split(text: str) -> list[str]:
-        return [part.strip() for part in text.split(",") if part.strip()]
-
-    if quick:
-        chosen_problems = split(problems) if problems else ["digits-mtl"]
-        chosen_methods = split(methods) if methods else list(QUICK_METHODS)
-        n_seeds = seeds or 1
-    else:
-        chosen_problems = split(problems) if problems else [*list_problems(), "toy2d"]
-        chosen_methods = split(methods or PROTOCOL_METHODS)
-        n_seeds = seeds or 3
+    if seeds < 1:
+        _fail(f"--seeds must be at least 1, got {seeds}.")
     try:
         config = BenchConfig(
-            problems=chosen_problems,
-            methods=chosen_methods,
-            seeds=list(range(n_seeds)),
-            toy_steps=toy_steps,
+            problems=problems, methods=methods, seeds=list(range(seeds)), toy_steps=toy_steps
         )
-        run_bench(config, out, jobs=jobs, resume=resume, force=force, console=console)
+        run_bench(config, out, jobs=jobs, force=force, console=console)
     except ValueError as err:
         _fail(str(err))
+
+
+@bench_app.command("run")
+def bench_run(
+    problems: Annotated[
+        str | None, typer.Option(help="comma-separated problems (default: all and toy2d)")
+    ] = None,
+    methods: Annotated[str, typer.Option(help="comma-separated methods")] = PROTOCOL_METHODS,
+    seeds: Annotated[int, typer.Option(help="number of seeds (0, 1, ...)")] = 3,
+    out: _Out = Path("lossrag-bench"),
+    force: _Force = False,
+    jobs: _Jobs = 2,
+    toy_steps: _ToySteps = 50000,
+) -> None:
+    """Run methods × problems × seeds with single-task baselines; write results.json, table.md
+    and plots. Default: the protocol's 13 baselines on every problem, 3 seeds."""
+    from lossrag.bench.problems import list_problems
+
+    chosen = _split(problems) if problems else [*list_problems(), "toy2d"]
+    _start_bench(chosen, _split(methods), seeds, out, jobs=jobs, force=force, toy_steps=toy_steps)
+
+
+@bench_app.command("quick")
+def bench_quick(
+    problems: Annotated[str, typer.Option(help="comma-separated problems")] = "digits-mtl",
+    methods: Annotated[
+        str | None, typer.Option(help="comma-separated methods (default: every method)")
+    ] = None,
+    seeds: Annotated[int, typer.Option(help="number of seeds (0, 1, ...)")] = 1,
+    out: _Out = Path("lossrag-bench"),
+    force: _Force = False,
+    jobs: _Jobs = 2,
+    toy_steps: _ToySteps = 50000,
+) -> None:
+    """Every registered method on digits-mtl, one seed (about a minute on two cores)."""
+    from lossrag.bench.runner import QUICK_METHODS
+
+    chosen = _split(methods) if methods else list(QUICK_METHODS)
+    _start_bench(_split(problems), chosen, seeds, out, jobs=jobs, force=force, toy_steps=toy_steps)
+
+
+@bench_app.command("resume")
+def bench_resume(out: _Out = Path("lossrag-bench"), jobs: _Jobs = 2) -> None:
+    """Continue the interrupted benchmark in --out with the configuration it was started with
+    (runs that crashed run again), then write its reports."""
+    from lossrag.bench.runner import BenchConfig, run_bench
+
+    saved = out / "config.json"
+    if not saved.is_file():
+        _fail(f"{out} holds no benchmark to resume (no config.json); start one: lossrag bench run.")
+    try:
+        config = BenchConfig.model_validate_json(saved.read_text())
+        run_bench(config, out, jobs=jobs, resume=True, console=console)
+    except (OSError, ValueError) as err:
+        _fail(str(err))
+
+
+@bench_app.command("report")
+def bench_report(out: _Out = Path("lossrag-bench")) -> None:
+    """Write the reports of --out from its finished problems; runs nothing."""
+    from lossrag.bench.runner import report_finished
+
+    try:
+        done = report_finished(out, console)
+    except (OSError, ValueError) as err:
+        _fail(str(err))
+    console.print(f"reported the finished problems: {', '.join(done)}")
+
+
+@bench_app.command("index")
+def bench_index(out: _Out = Path("lossrag-bench"), jobs: _Jobs = 2) -> None:
+    """Measure the loss index: embedding 10⁴ variants, search at 10⁵ entries; writes
+    index.json."""
+    _bench_index(out, jobs)
 
 
 @app.command()

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import faiss
 import numpy as np
 
 from lossrag._util import atomic_write_bytes, cache_dir
@@ -98,6 +97,8 @@ class LossIndex:
                 self._faiss[kind] = self._make(self.vectors[rows])
 
     def _make(self, vectors: np.ndarray) -> Any:
+        import faiss  # here, not at the top: `import lossrag` must not load FAISS
+
         index: Any
         if len(vectors) <= self.exact_limit:
             index = faiss.IndexFlatIP(RAW_DIM)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from rich.console import Group
 from rich.table import Table
 
 from lossrag.record import StepRecord, Term
@@ -12,14 +13,40 @@ __all__ = [
     "gate_changes",
     "mean_weights",
     "render_changes",
+    "render_context",
     "render_step",
     "render_steps",
     "render_summary",
+    "render_targets",
+    "run_title",
+    "task_multipliers",
 ]
 
 
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.4g}"
+
+
+def run_title(record: StepRecord) -> str:
+    """How a run is named in titles: its method, and the version of the policy card behind it
+    (``default@1.2`` or ``version="1.2"`` -> ``default (policy card 1.2)``)."""
+    name, _, from_method = record.method.partition("@")
+    version = record.version or from_method
+    return f"{name} (policy card {version})" if version else name
+
+
+def task_multipliers(record: StepRecord) -> dict[str, float | None]:
+    """Task name -> sum of the effective multipliers (:attr:`Term.multiplier`) of its active
+    terms; ``None`` for a task with an active term whose multiplier was not recorded."""
+    out: dict[str, float | None] = {}
+    for term in record.terms:
+        if not term.active:
+            out.setdefault(term.task, 0.0)
+            continue
+        prev = out.get(term.task, 0.0)
+        m = term.multiplier
+        out[term.task] = None if m is None or prev is None else prev + m
+    return out
 
 
 def _tasks(records: Sequence[StepRecord], task: str | None) -> list[str]:
@@ -44,7 +71,7 @@ def render_steps(records: Sequence[StepRecord], task: str | None = None, rows: i
         if i % stride == 0 or r.skipped or i == len(records) - 1 or r.step in changes
     ]
     with_loss = len(names) <= 4  # wider tables do not fit a terminal: weights only
-    table = Table(title=f"{records[0].method}: {len(records)} steps (every {stride})")
+    table = Table(title=f"{run_title(records[0])}: {len(records)} steps (every {stride})")
     table.add_column("step", justify="right")
     for name in names:
         if with_loss:
@@ -63,43 +90,114 @@ def render_steps(records: Sequence[StepRecord], task: str | None = None, rows: i
     return table
 
 
-def render_summary(records: Sequence[StepRecord], task: str | None = None) -> Table:
-    """One row per task: its loss at the first and last step, its mean, lowest and last weight
-    over the run, and its active terms at the end."""
+def render_summary(records: Sequence[StepRecord], task: str | None = None) -> Group:
+    """One row per task: its loss at the first and last step, its mean, lowest, highest and last
+    weight over the steps that were not skipped, its last effective multiplier (when recorded)
+    and its active terms at the end; followed by the target normaliser's statistics
+    (:func:`render_targets`) and the context features at refresh steps (:func:`render_context`)
+    when the trace holds them."""
     names = _tasks(records, task)
     kept = [r for r in records if not r.skipped] or list(records)
-    means = mean_weights(records)
-    table = Table(title=f"per task over {len(records)} steps ({records[0].method})")
-    for col in ("task", "first loss", "last loss", "mean w", "min w", "last w", "active terms"):
-        table.add_column(col, justify="left" if col in ("task", "active terms") else "right")
+    means = mean_weights(kept)
+    multipliers = task_multipliers(kept[-1])
+    with_mult = any(t.multiplier is not None for r in kept for t in r.terms)
+    table = Table(title=f"per task over {len(records)} steps ({run_title(records[0])})")
+    columns = ["task", "first loss", "last loss", "mean w", "min w", "max w", "last w"]
+    columns += ["last multiplier"] if with_mult else []
+    for col in [*columns, "active terms"]:
+        table.add_column(col, justify="left" if col == "task" else "right")
+    table.columns[-1].justify = "left"
     for name in names:
         weights = [w for r in kept if (w := r.task_weights().get(name)) is not None]
         active = [t.loss for t in kept[-1].terms if t.task == name and t.active]
-        table.add_row(
+        cells = [
             name,
             _fmt(kept[0].losses.get(name)),
             _fmt(kept[-1].losses.get(name)),
             _fmt(means.get(name)),
             _fmt(min(weights) if weights else None),
+            _fmt(max(weights) if weights else None),
             _fmt(weights[-1] if weights else None),
-            ", ".join(active),
-        )
+        ]
+        cells += [_fmt(multipliers.get(name))] if with_mult else []
+        table.add_row(*cells, ", ".join(active))
+    parts: list[Table] = [table]
+    if any(r.targets for r in records):
+        parts.append(render_targets(records, task))
+    if any(r.context for r in records):
+        parts.append(render_context(records, task))
+    return Group(*parts)
+
+
+def render_targets(records: Sequence[StepRecord], task: str | None = None) -> Table:
+    """The target normaliser's statistics per regression task (``mu``, ``sigma``, ...) at the
+    first and the last step that recorded them."""
+    names = _tasks(records, task)
+    with_targets = [r for r in records if r.targets]
+    table = Table(title="target normaliser")
+    if not with_targets:
+        return table
+    ends = with_targets[:1] if len(with_targets) == 1 else [with_targets[0], with_targets[-1]]
+    stats = list(dict.fromkeys(k for r in ends for v in r.targets.values() for k in v))
+    table.add_column("task")
+    for stat in stats:
+        for r in ends:
+            table.add_column(f"{stat} (step {r.step})", justify="right")
+    for name in names:
+        if all(name not in r.targets for r in ends):
+            continue
+        cells = [name]
+        for stat in stats:
+            cells += [_fmt(r.targets.get(name, {}).get(stat)) for r in ends]
+        table.add_row(*cells)
+    return table
+
+
+def render_context(records: Sequence[StepRecord], task: str | None = None, rows: int = 8) -> Table:
+    """At a retrieval policy's refresh steps (evenly thinned to about ``rows`` steps, the last
+    always shown): each task's context features and the weight it got at that step."""
+    names = _tasks(records, task)
+    refresh = [r for r in records if r.context]
+    table = Table(title=f"context at refresh steps ({len(refresh)} refreshes)")
+    if not refresh:
+        return table
+    stride = max(1, len(refresh) // max(rows, 1))
+    chosen = [r for i, r in enumerate(refresh) if i % stride == 0 or i == len(refresh) - 1]
+    features = list(dict.fromkeys(k for r in chosen for v in r.context.values() for k in v))
+    for col in ("step", "task", "weight", *features):
+        table.add_column(col, justify="left" if col == "task" else "right")
+    for r in chosen:
+        weights = r.task_weights()
+        for name in names:
+            if name in r.context:
+                feats = r.context[name]
+                table.add_row(
+                    str(r.step),
+                    name,
+                    _fmt(weights.get(name)),
+                    *(_fmt(feats.get(f)) for f in features),
+                )
     return table
 
 
 def mean_weights(records: Sequence[StepRecord]) -> dict[str, float | None]:
-    """Each task's weight averaged over the steps that were not skipped (``None`` if the method
-    gives none)."""
+    """Each task's weight averaged over the steps that were not skipped and that list the task
+    (``None`` if the method gives none).
+
+    Each task is divided by its own count of steps: dividing by the count of all steps (as an
+    earlier version did) put a task's mean below its lowest weight whenever the task was missing
+    from some steps.
+    """
     sums: dict[str, float | None] = {}
-    count = 0
+    counts: dict[str, int] = {}
     for r in records:
         if r.skipped:
             continue
-        count += 1
         for task, w in r.task_weights().items():
+            counts[task] = counts.get(task, 0) + 1
             prev = sums.get(task, 0.0)
             sums[task] = None if w is None or prev is None else prev + w
-    return {t: None if v is None else v / max(count, 1) for t, v in sums.items()}
+    return {t: None if v is None else v / counts[t] for t, v in sums.items()}
 
 
 def gate_changes(records: Sequence[StepRecord]) -> list[tuple[int, Term]]:
@@ -124,8 +222,9 @@ def render_changes(records: Sequence[StepRecord], task: str | None = None) -> Ta
     return table
 
 
-def render_step(records: Sequence[StepRecord], step: int, task: str | None = None) -> Table:
-    """Every term of one step: task, loss, weight, gate and score."""
+def render_step(records: Sequence[StepRecord], step: int, task: str | None = None) -> Group:
+    """Every term of one step: task, loss, weight, effective multiplier, gate and score; then,
+    when the step recorded them, its context features and target-normaliser statistics."""
     names = _tasks(records, task)
     found = [r for r in records if r.step == step]
     if not found:
@@ -134,8 +233,8 @@ def render_step(records: Sequence[StepRecord], step: int, task: str | None = Non
         )
     r = found[0]
     status = f"skipped: {r.reason}" if r.skipped else "ok"
-    table = Table(title=f"step {r.step} ({r.method}, {status})")
-    for col in ("task", "loss", "loss value", "weight", "active", "score", "note"):
+    table = Table(title=f"step {r.step} ({run_title(r)}, {status})")
+    for col in ("task", "loss", "loss value", "weight", "multiplier", "active", "score", "note"):
         table.add_column(col)
     for term in r.terms:
         if term.task in names:
@@ -144,8 +243,14 @@ def render_step(records: Sequence[StepRecord], step: int, task: str | None = Non
                 term.loss,
                 _fmt(r.losses.get(term.task)),
                 _fmt(term.weight),
+                _fmt(term.multiplier),
                 "on" if term.active else "off",
                 _fmt(term.score),
                 term.note or "",
             )
-    return table
+    parts: list[Table] = [table]
+    if r.context:
+        parts.append(render_context([r], task))
+    if r.targets:
+        parts.append(render_targets([r], task))
+    return Group(*parts)

@@ -11,7 +11,7 @@ from typing import IO
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["StepRecord", "Term", "TraceWriter", "read_trace"]
+__all__ = ["StepRecord", "Term", "TraceWriter", "iter_trace", "read_trace"]
 
 
 class Term(BaseModel):
@@ -22,7 +22,10 @@ class Term(BaseModel):
     ``note`` says why a retrieval policy lists the term (``retrieved``, ``explore``) or why its gate
     changed (``on: ...``, ``off: ...``). ``loss`` is the library entry id (``huber(delta=0.5)``).
     ``utility`` is the measured hypergradient ``dL_Q/dw`` of the term at an online meta-step
-    (negative: more weight would lower the query loss).
+    (negative: more weight would lower the query loss). ``multiplier`` is the term's effective
+    multiplier on its raw loss: ``weight`` divided by the loss scale the method normalises by
+    (equal to ``weight`` for methods that do not normalise); ``None`` when not recorded (older
+    traces) or when the method produces no weights.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -34,6 +37,7 @@ class Term(BaseModel):
     score: float | None = None
     note: str | None = None
     utility: float | None = None
+    multiplier: float | None = None
 
 
 class StepRecord(BaseModel):
@@ -50,6 +54,10 @@ class StepRecord(BaseModel):
         timings: Seconds spent per phase (``losses``, ``weights``, ``backward``, ...).
         context: At a retrieval policy's refresh steps, task name -> its context features
             (:data:`lossrag.context.TERM_FEATURES`); empty otherwise.
+        targets: Regression task name -> the target normaliser's statistics (``mu``, ``sigma``,
+            ...); empty when target normalisation is off.
+        version: Version of the policy card behind ``method`` when the method is a retrieval
+            policy (``method`` then reads ``default@<version>``); ``None`` otherwise.
     """
 
     model_config = ConfigDict(extra="forbid", ser_json_inf_nan="constants")
@@ -62,6 +70,8 @@ class StepRecord(BaseModel):
     reason: str | None = None
     timings: dict[str, float] = Field(default_factory=dict)
     context: dict[str, dict[str, float]] = Field(default_factory=dict)
+    targets: dict[str, dict[str, float]] = Field(default_factory=dict)
+    version: str | None = None
 
     def task_weights(self) -> dict[str, float | None]:
         """Task name -> sum of the weights of its active terms (``None`` if the method has none)."""
@@ -76,20 +86,42 @@ class StepRecord(BaseModel):
 
 
 class TraceWriter:
-    """Append records to a JSONL file, one whole line per record, flushed after each write.
+    """Write one run's records to a JSONL file, one whole line per record, flushed after each
+    write.
 
-    The file is opened when the writer is made, so an unwritable path fails at ``wrap`` time. A
-    last line left unfinished by a crash is cut off first, so that appending keeps the file valid.
+    A trace file holds exactly one run. When ``path`` already holds records (another run, e.g. a
+    script run again), that file is first renamed to the first free ``<name>.1``, ``<name>.2``, ...
+    (so the highest number is the newest of the older runs) with a warning naming the new file,
+    and this run starts a fresh file; runs are never mixed in one file. The file is opened when
+    the writer is made, so an unwritable path fails at ``wrap`` time.
+
+    Args:
+        path: The trace file.
+        append: Continue the run the file already holds (a run resumed from a checkpoint, whose
+            steps carry on from the last one written) instead of rotating it; a last line left
+            unfinished by a crash is cut off first. :func:`read_trace` refuses the file if the
+            appended steps do not follow on.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, append: bool = False) -> None:
         self.path = Path(path)
+        rotated = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._handle: IO[str] | None = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115
-            _drop_torn_line(self._handle)
+            if append:
+                self._handle: IO[str] | None = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115
+                _drop_torn_line(self._handle)
+            else:
+                rotated = _rotate(self.path)
+                self._handle = open(self.path, "x", encoding="utf-8")  # noqa: SIM115
         except OSError as err:
             raise ValueError(f"Trace path {str(self.path)!r} cannot be written: {err}.") from err
+        if rotated is not None:
+            warnings.warn(
+                f"Trace {str(self.path)!r} already held a run; it was moved to "
+                f"{str(rotated)!r} and this run starts a new trace.",
+                stacklevel=3,
+            )
 
     def write(self, record: StepRecord) -> None:
         """Append ``record`` as one line and flush it to disk."""
@@ -103,6 +135,37 @@ class TraceWriter:
         if self._handle is not None:
             self._handle.close()
             self._handle = None
+
+
+def _rotate(path: Path) -> Path | None:
+    """Move a non-empty ``path`` to the first free ``<path>.<n>`` and return that name; an empty
+    file is removed. ``None`` when there was nothing to move.
+
+    The move never overwrites: a hard link claims the new name atomically (it fails if the name
+    is taken) before the old name is unlinked; where hard links are not supported, a rename
+    after an existence check is used instead.
+    """
+    if not path.exists():
+        return None
+    if path.stat().st_size == 0:
+        path.unlink()
+        return None
+    n = 1
+    while True:
+        target = path.with_name(f"{path.name}.{n}")
+        try:
+            os.link(path, target)
+        except FileExistsError:
+            n += 1
+            continue
+        except OSError:
+            if target.exists():
+                n += 1
+                continue
+            os.replace(path, target)
+            return target
+        path.unlink()
+        return target
 
 
 def _drop_torn_line(handle: IO[str]) -> None:
@@ -121,17 +184,45 @@ def _drop_torn_line(handle: IO[str]) -> None:
 
 
 def read_trace(path: str | os.PathLike[str]) -> list[StepRecord]:
-    """Load every record of a JSONL trace.
+    """Load every record of a JSONL trace of one run.
 
     A last line cut short by a crash is dropped with a warning; a malformed line elsewhere is an
-    error naming the file and line.
+    error naming the file and line. A file that mixes runs (written by an older version that
+    appended to an existing trace) is refused with an error naming the line where the second run
+    starts: the step counter not increasing, or the method changing.
     """
     return list(iter_trace(path))
 
 
+def _check_same_run(
+    path: str | os.PathLike[str], number: int, prev: StepRecord, record: StepRecord
+) -> None:
+    """Raise when ``record`` (at line ``number``) cannot follow ``prev`` in one run."""
+    if record.method != prev.method:
+        why = f"the method changes from {prev.method!r} to {record.method!r}"
+    elif record.step <= prev.step:
+        why = f"the step counter restarts (step {record.step} after step {prev.step})"
+    else:
+        return
+    raise ValueError(
+        f"Trace {str(path)!r} mixes runs: line {number}: {why}. A trace holds one run; "
+        f"split the file before line {number} to read each run."
+    )
+
+
 def iter_trace(path: str | os.PathLike[str]) -> Iterator[StepRecord]:
     """Yield the records of a JSONL trace one by one, reading line by line (see
-    :func:`read_trace`)."""
+    :func:`read_trace`; the check that the file holds one run included)."""
+    prev: StepRecord | None = None
+    for number, record in _numbered(path):
+        if prev is not None:
+            _check_same_run(path, number, prev, record)
+        prev = record
+        yield record
+
+
+def _numbered(path: str | os.PathLike[str]) -> Iterator[tuple[int, StepRecord]]:
+    """Yield (line number, record) for each record line of a trace."""
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"Trace {str(p)!r} does not exist.")
@@ -148,7 +239,7 @@ def iter_trace(path: str | os.PathLike[str]) -> Iterator[StepRecord]:
             if not line.strip():
                 continue
             try:
-                yield StepRecord.model_validate(json.loads(line))
+                yield number, StepRecord.model_validate(json.loads(line))
             except (json.JSONDecodeError, ValueError) as err:
                 raise ValueError(
                     f"Trace {str(p)!r}, line {number}: not a step record ({err})."

@@ -112,10 +112,11 @@ class Task:
         """Whether a larger value of the task's metric is better (accuracy, f1)."""
         return self.metric in ("accuracy", "f1")
 
-    def check(self, output: Tensor, target: Tensor) -> None:
+    def check(self, output: Tensor, target: Tensor, *, values: bool = True) -> None:
         """Validate one batch of this task's output and target; raise a ValueError naming the task.
 
-        Checks shapes and dtypes per kind, class indices in range, and multilabel targets in {0, 1}.
+        Checks shapes and dtypes per kind and, with ``values`` (which reads the target back from
+        its device), class indices in range and multilabel targets in {0, 1}.
         """
         where = f"Task {self.name!r} ({self.kind})"
         if not isinstance(output, Tensor) or not isinstance(target, Tensor):
@@ -128,9 +129,9 @@ class Task:
         if self.kind == "regression":
             _check_regression(where, output, target)
         elif self.kind == "classification":
-            _check_classification(where, output, target, self.num_classes or 0)
+            _check_classification(where, output, target, self.num_classes or 0, values)
         elif self.kind == "multilabel":
-            _check_multilabel(where, output, target, self.num_classes or 0)
+            _check_multilabel(where, output, target, self.num_classes or 0, values)
 
 
 def _check_regression(where: str, output: Tensor, target: Tensor) -> None:
@@ -145,7 +146,9 @@ def _check_regression(where: str, output: Tensor, target: Tensor) -> None:
         raise ValueError(f"{where}: expected a float target, found dtype {target.dtype}.")
 
 
-def _check_classification(where: str, output: Tensor, target: Tensor, classes: int) -> None:
+def _check_classification(
+    where: str, output: Tensor, target: Tensor, classes: int, values: bool
+) -> None:
     if output.dim() != 2 or output.shape[1] != classes:
         raise ValueError(f"{where}: expected logits (B, {classes}), found {tuple(output.shape)}.")
     if target.shape != output.shape[:1]:
@@ -155,7 +158,7 @@ def _check_classification(where: str, output: Tensor, target: Tensor, classes: i
         )
     if target.is_floating_point() or target.dtype == torch.bool or target.is_complex():
         raise ValueError(f"{where}: expected integer class indices, found dtype {target.dtype}.")
-    if target.numel():
+    if values and target.numel():
         low, high = (int(v) for v in torch.aminmax(target))  # one device sync
         if low < 0 or high >= classes:
             raise ValueError(
@@ -164,7 +167,9 @@ def _check_classification(where: str, output: Tensor, target: Tensor, classes: i
             )
 
 
-def _check_multilabel(where: str, output: Tensor, target: Tensor, classes: int) -> None:
+def _check_multilabel(
+    where: str, output: Tensor, target: Tensor, classes: int, values: bool
+) -> None:
     if output.dim() != 2 or output.shape[1] != classes:
         raise ValueError(f"{where}: expected logits (B, {classes}), found {tuple(output.shape)}.")
     if target.shape != output.shape:
@@ -172,5 +177,5 @@ def _check_multilabel(where: str, output: Tensor, target: Tensor, classes: int) 
             f"{where}: expected target {tuple(output.shape)} of 0/1 labels, "
             f"found {tuple(target.shape)}."
         )
-    if target.numel() and not bool(((target == 0) | (target == 1)).all()):
+    if values and target.numel() and not bool(((target == 0) | (target == 1)).all()):
         raise ValueError(f"{where}: multilabel targets must be 0 or 1.")

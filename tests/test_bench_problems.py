@@ -25,8 +25,9 @@ from lossrag.bench.problems import (
 )
 
 ALL = [
-    "digits-mtl", "gradnorm-synth-t10", "gradnorm-synth-t2", "gradnorm-synth-t40", "mnist1d-mtl",
-    "mnist1d-noisy", "multifashion", "multifashion4", "qm9", "qm9-raw",
+    "digits-mtl", "gradnorm-synth-t10", "gradnorm-synth-t2", "gradnorm-synth-t40",
+    "manyclass-fast", "mnist1d-mtl", "mnist1d-noisy", "multifashion", "multifashion4",
+    "offset-scale", "qm9", "qm9-raw",
 ]  # fmt: skip
 SMALL = {"n_train": 64, "n_val": 32, "n_test": 32}
 
@@ -208,7 +209,10 @@ def test_split_rejects_mismatched_rows() -> None:
 # ---------------------------------------------------------------- generated problems
 
 
-@pytest.mark.parametrize("name", ["mnist1d-mtl", "mnist1d-noisy", "gradnorm-synth-t2"])
+@pytest.mark.parametrize(
+    "name",
+    ["mnist1d-mtl", "mnist1d-noisy", "gradnorm-synth-t2", "offset-scale", "manyclass-fast"],
+)
 def test_generated_problem_contract_and_determinism(name: str) -> None:
     p = get_problem(name, **SMALL)
     splits = p.load(7)
@@ -296,3 +300,68 @@ def test_problem_config_union_parses_each_family() -> None:
     for name in ALL:
         p = get_problem(name)
         assert adapter.validate_python(p.model_dump()) == p
+
+
+# ---------------------------------------------------------------- offset-scale, manyclass-fast
+
+
+def test_offset_scale_targets_have_the_promised_scales() -> None:
+    p = get_problem("offset-scale", n_train=20000, n_val=32, n_test=4000)
+    assert p.scored == ["heavy", "tiny", "class"] and p.unscored == ("junk",)
+    assert p.higher_is_better == {"heavy": False, "tiny": False, "class": True}
+    splits = p.load(0)
+    train, test = splits.train.y, splits.test.y
+    assert train["heavy"].shape == (20000,) and train["class"].dtype == torch.int64
+    assert train["heavy"].mean().item() == pytest.approx(1000.0, abs=5.0)
+    assert test["heavy"].std().item() == pytest.approx(100.0, rel=0.1)
+    assert test["tiny"].std().item() == pytest.approx(1e-3, rel=0.1)
+    assert train["junk"].std().item() == pytest.approx(1.0, rel=0.05)
+    pair = torch.stack([train["junk"], train["heavy"]])
+    assert abs(torch.corrcoef(pair)[0, 1].item()) < 0.05  # junk is independent of the input
+    # Student-t noise (ν = 3) in training only: heavy tails there, none in the clean test split
+    clean = p.instance(0)
+    g0 = torch.from_numpy(clean.regress(splits.train.x.double().numpy())[:, 0])
+    residual = train["heavy"].double() - (1000.0 + 100.0 * g0)
+    assert residual.std().item() == pytest.approx(30.0 * 3**0.5, rel=0.3)  # 0.3·100·t₃ (var 3)
+    kurtosis = (residual - residual.mean()).pow(4).mean() / residual.var() ** 2
+    assert kurtosis.item() > 6.0  # a Gaussian has 3
+    exact = 1000.0 + 100.0 * clean.regress(splits.test.x.double().numpy())[:, 0]
+    assert torch.allclose(test["heavy"].double(), torch.from_numpy(exact), atol=1e-3)
+    counts = torch.bincount(train["class"], minlength=5)
+    assert (counts > 500).all()  # every class is common
+
+
+def test_manyclass_fast_shapes_and_near_deterministic_regressions() -> None:
+    p = get_problem("manyclass-fast", n_train=8000, n_val=32, n_test=32)
+    assert p.scored == ["class", "r0", "r1", "r2"]
+    splits = p.load(1)
+    x, y = splits.train.x, splits.train.y
+    assert x.shape == (8000, 32) and x.dtype == torch.float32
+    assert set(y["class"].unique().tolist()) == set(range(64))
+    instance = p.instance(1)
+    for i in range(3):
+        assert y[f"r{i}"].std().item() == pytest.approx(1.0, rel=0.15)
+        clean = torch.from_numpy(instance.regress(x.double().numpy())[:, i])
+        # the target is the input's function up to noise 0.01 (the input noise is part of x)
+        assert (y[f"r{i}"].double() - clean).std().item() == pytest.approx(0.01, rel=0.1)
+
+
+@pytest.mark.parametrize(
+    ("name", "better"),
+    [("offset-scale", ("heavy", "class")), ("manyclass-fast", ("class", "r0", "r1", "r2"))],
+)
+def test_equal_weighting_trains_the_new_problems(name: str, better: tuple[str, ...]) -> None:
+    """A short EW run (4 epochs of batches of 32 on 3,000 samples) beats the untrained model on
+    these tasks (not on offset-scale's tiny task: EW starves it, the point of the problem)."""
+    from lossrag.bench.fit import fit
+
+    budget = {"epochs": 4, "batch_size": 32}
+    p = get_problem(name, n_train=3000, n_val=256, n_test=1000, budget=budget)
+    before = p.evaluate(p.build_model(0), p.load(0).test)
+    after = fit(p, "ew", 0).metrics
+    hib = p.higher_is_better
+    for task in better:
+        gain = after[task] - before[task]
+        assert (gain > 0) if hib[task] else (gain < 0), (task, before[task], after[task])
+    if name == "offset-scale":
+        assert after["heavy"] < 0.2 * before["heavy"]  # it found the offset of 1000

@@ -1,4 +1,6 @@
-"""`lossrag bench`: planning, resume, refusal, crash reporting and a --quick end-to-end run."""
+"""`lossrag bench`: planning, resume, refusal, crash reporting, and end-to-end runs through the
+command line (`bench quick` with every method is marked slow; a two-method run stays in the default
+run)."""
 
 from __future__ import annotations
 
@@ -62,12 +64,12 @@ def test_resume_refusal_and_crash_report(tmp_path):
     assert not any("error" in r for r in results)
     files = sorted((out / "runs").glob("*.json"))
     assert len(files) == len(plan(cfg))
-    # a second run without a flag is refused, as is --resume with another configuration
-    with pytest.raises(ValueError, match="--resume"):
+    # a second run without a flag is refused, as is resume with another configuration
+    with pytest.raises(ValueError, match="lossrag bench resume"):
         run_bench(cfg, out)
     with pytest.raises(ValueError, match="another configuration"):
         run_bench(_small(seeds=[0, 1]), out, resume=True)
-    # interrupted: one result lost -> --resume reruns exactly that one
+    # interrupted: one result lost -> resume reruns exactly that one
     victim = out / "runs" / "train__digits-mtl__famo__s0.json"
     kept = {f: f.stat().st_mtime_ns for f in files if f != victim}
     victim.unlink()
@@ -104,16 +106,11 @@ def test_crashed_run_is_reported_and_others_survive(tmp_path, monkeypatch):
     assert json.loads((out / "results.json").read_text())["runs"][1]["error"]
 
 
-def test_quick_end_to_end(tmp_path):
-    out = tmp_path / "quick"
-    result = CliRunner().invoke(app, ["bench", "--quick", "--out", str(out)])
-    assert result.exit_code == 0, result.output
+def _check_quick(out: Path, methods: int) -> list[dict]:
+    """The results of a ``bench quick`` run in ``out``: every run finite, Δm as recomputed."""
     payload = json.loads((out / "results.json").read_text())
     runs = payload["runs"]
-    assert len(runs) == len(QUICK_METHODS) and not any(r["error"] for r in runs)
-    assert {"lossrag", "lossrag-online", "autolambda", "metaweighting"} <= {
-        r["method"] for r in runs
-    }
+    assert len(runs) == methods and not any(r["error"] for r in runs)
     hib = get_problem("digits-mtl").higher_is_better
     for r in runs:
         assert all(math.isfinite(v) for v in r["metrics"].values())
@@ -124,6 +121,38 @@ def test_quick_end_to_end(tmp_path):
     assert "| ew |" in (out / "table.md").read_text()
     for png in ("delta_m.png", "weights_digits-mtl.png"):
         assert Path(out / png).read_bytes()[:4] == b"\x89PNG"
+    return runs
+
+
+def test_cli_quick_resume_and_report(tmp_path):
+    """The short end-to-end run: two methods (one of them learning from a query stream) through
+    ``bench quick``, then ``resume`` and ``report`` on the finished run."""
+    out = tmp_path / "quick"
+    cli = CliRunner()
+    result = cli.invoke(app, ["bench", "quick", "--methods", "ew,autolambda", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    runs = _check_quick(out, 2)
+    assert {r["method"] for r in runs} == {"ew", "autolambda"}
+    table = out / "table.md"
+    table.unlink()
+    result = cli.invoke(app, ["bench", "resume", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert table.is_file()  # nothing left to run: only the reports are rewritten
+    result = cli.invoke(app, ["bench", "report", "--out", str(out)])
+    assert result.exit_code == 0 and "digits-mtl" in result.output, result.output
+    refused = cli.invoke(app, ["bench", "quick", "--methods", "ew", "--out", str(out)])
+    assert refused.exit_code == 2 and "lossrag bench resume" in " ".join(refused.output.split())
+
+
+@pytest.mark.slow
+def test_quick_end_to_end(tmp_path):
+    out = tmp_path / "quick"
+    result = CliRunner().invoke(app, ["bench", "quick", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    runs = _check_quick(out, len(QUICK_METHODS))
+    assert {"lossrag", "lossrag-online", "autolambda", "metaweighting"} <= {
+        r["method"] for r in runs
+    }
 
 
 def _fake(kind, method, seed, metrics=None, task=None, **extra):

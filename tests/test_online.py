@@ -128,7 +128,7 @@ def test_query_tasks_choose_the_objective_and_keep_their_losses_on(digits, objec
         meta_objective=objective,
         query_tasks=["digit"],
     )
-    assert composer._meta is not None and composer._meta.query_index == [0]
+    assert composer.meta is not None and composer.meta.query_index == [0]
     gated: list[str] = []
     original = policy._gate
     monkeypatch.setattr(policy, "_gate", lambda b: (gated.extend(k for k, _ in b), original(b))[1])

@@ -6,11 +6,13 @@ import json
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 import lossrag
 from lossrag.cli import app
-from lossrag.record import StepRecord, Term
+from lossrag.record import StepRecord, Term, TraceWriter
 
 runner = CliRunner()
 
@@ -53,14 +55,63 @@ def test_record_task_weights():
     assert r.task_weights() == {"a": 0.75, "b": 0.0}
 
 
-def test_trace_appends_and_ignores_a_torn_last_line(digits, tmp_path):
+def test_trace_rotates_an_existing_run_and_ignores_a_torn_last_line(digits, tmp_path):
     trace, _ = _run(digits, tmp_path, steps=3)
-    _run(digits, tmp_path, steps=2)  # same path: appended
+    with pytest.warns(UserWarning, match=r"run\.jsonl\.1"):
+        _run(digits, tmp_path, steps=2)  # same path: the first run is moved aside
+    with pytest.warns(UserWarning, match=r"run\.jsonl\.2"):
+        _run(digits, tmp_path, steps=4)
+    assert [r.step for r in lossrag.read_trace(trace)] == [0, 1, 2, 3]
+    assert [r.step for r in lossrag.read_trace(tmp_path / "run.jsonl.1")] == [0, 1, 2]
+    assert [r.step for r in lossrag.read_trace(tmp_path / "run.jsonl.2")] == [0, 1]
     with open(trace, "a") as handle:
         handle.write('{"step": 99, "meth')
     with pytest.warns(UserWarning, match="unfinished line"):
         records = lossrag.read_trace(trace)
-    assert [r.step for r in records] == [0, 1, 2, 0, 1]
+    assert [r.step for r in records] == [0, 1, 2, 3]
+
+
+def test_an_empty_trace_file_is_reused_without_rotation(tmp_path):
+    path = tmp_path / "empty.jsonl"
+    path.write_text("")
+    writer = TraceWriter(path)
+    writer.write(StepRecord(step=0, method="ew", losses={}, terms=[]))
+    writer.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.jsonl"]
+
+
+def _line(step, method="ew"):
+    return StepRecord(step=step, method=method, losses={"a": 1.0}, terms=[]).model_dump_json()
+
+
+@pytest.mark.parametrize(
+    ("lines", "message"),
+    [
+        ([_line(0), _line(1), _line(0), _line(1)], r"line 3: the step counter restarts"),
+        ([_line(0), _line(1), _line(2, "famo")], r"line 3: the method changes"),
+    ],
+)
+def test_a_trace_mixing_runs_is_refused(tmp_path, lines, message):
+    path = tmp_path / "mixed.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=message):
+        lossrag.read_trace(path)
+    result = runner.invoke(app, ["inspect", str(path)])
+    assert result.exit_code == 2 and "line 3" in " ".join(result.output.split())
+
+
+def test_old_traces_without_the_new_fields_are_read(tmp_path):
+    path = tmp_path / "old.jsonl"
+    old = {
+        "step": 0,
+        "method": "uw",
+        "losses": {"a": 1.0},
+        "terms": [{"task": "a", "loss": "l2", "weight": 0.5}],
+    }
+    path.write_text(json.dumps(old) + "\n")
+    (record,) = lossrag.read_trace(path)
+    assert record.terms[0].multiplier is None
+    assert record.targets == {} and record.version is None
 
 
 def test_corrupt_line_is_an_error(tmp_path):
@@ -130,9 +181,127 @@ def test_policies_cli():
     assert result.exit_code == 0 and "policies" in result.output.lower()
 
 
-def test_appending_after_a_crash_keeps_the_trace_valid(digits, tmp_path):
+def test_a_new_run_after_a_crash_starts_a_valid_trace(digits, tmp_path):
     trace, _ = _run(digits, tmp_path, steps=2)
     with open(trace, "a") as handle:
         handle.write('{"step": 7, "meth')  # the crash
-    _run(digits, tmp_path, steps=2)  # resumed run appends to the same trace
-    assert [r.step for r in lossrag.read_trace(trace)] == [0, 1, 0, 1]
+    with pytest.warns(UserWarning, match="moved to"):
+        _run(digits, tmp_path, steps=2)  # the script run again
+    assert [r.step for r in lossrag.read_trace(trace)] == [0, 1]
+    with pytest.warns(UserWarning, match="unfinished line"):
+        assert [r.step for r in lossrag.read_trace(tmp_path / "run.jsonl.1")] == [0, 1]
+
+
+def _rec(step, weights, method="uw", **extra):
+    terms = [
+        Term(task=t, loss="l2", weight=w, multiplier=None if w is None else w / 4)
+        for t, w in weights.items()
+    ]
+    return StepRecord(
+        step=step, method=method, losses=dict.fromkeys(weights, 1.0), terms=terms, **extra
+    )
+
+
+def test_mean_weight_lies_between_min_and_max_when_a_task_is_missing_from_steps():
+    from lossrag.inspect import mean_weights
+
+    # task b is listed at two steps of four (e.g. a term set that changed): dividing by all the
+    # steps put its mean (0.5) below its lowest weight (1.0)
+    records = [
+        _rec(0, {"a": 1.0, "b": 1.0}),
+        _rec(1, {"a": 3.0}),
+        _rec(2, {"a": 2.0, "b": 1.0}),
+        _rec(3, {"a": 2.0}),
+    ]
+    assert mean_weights(records) == {"a": 2.0, "b": 1.0}
+    records.append(_rec(4, {"a": 100.0, "b": 100.0}, skipped=True, reason="nan"))
+    assert mean_weights(records) == {"a": 2.0, "b": 1.0}
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.tuples(st.floats(0, 10), st.none() | st.floats(0, 10)), min_size=1, max_size=20))
+def test_summary_min_le_mean_le_max(rows):
+    from rich.console import Console
+
+    from lossrag.inspect import mean_weights, render_summary
+
+    records = [
+        _rec(i, {"a": a} if b is None else {"a": a, "b": b}) for i, (a, b) in enumerate(rows)
+    ]
+    for task, mean in mean_weights(records).items():
+        ws = [w for r in records if (w := r.task_weights().get(task)) is not None]
+        assert min(ws) - 1e-9 <= mean <= max(ws) + 1e-9
+    console = Console(width=200, record=True)
+    console.print(render_summary(records))
+    text = console.export_text()
+    assert "min w" in text and "max w" in text and "last multiplier" in text
+
+
+def test_inspect_shows_multipliers_targets_context_and_the_card_version(tmp_path):
+    path = tmp_path / "policy.jsonl"
+    ctx = {
+        "a": {"log_loss_ratio": -0.5, "slope": 0.125},
+        "b": {"log_loss_ratio": 0.25, "slope": 0.0},
+    }
+    tgt = {"a": {"mu": 1000.0, "sigma": 25.0}}
+    records = [
+        _rec(0, {"a": 2.0, "b": 1.0}, method="default@1.3", context=ctx, targets=tgt),
+        _rec(
+            1,
+            {"a": 2.0, "b": 1.0},
+            method="default@1.3",
+            targets={"a": {"mu": 1001.0, "sigma": 26.0}},
+        ),
+    ]
+    path.write_text("".join(r.model_dump_json() + "\n" for r in records))
+    result = runner.invoke(app, ["inspect", str(path)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "default (policy card 1.3)" in out
+    assert "last multiplier" in out and "0.5" in out  # 2.0 / 4
+    assert "target normaliser" in out and "1001" in out and "sigma (step 1)" in out
+    assert "context at refresh steps" in out and "log_loss_ratio" in out and "-0.5" in out
+    step = runner.invoke(app, ["inspect", str(path), "--step", "0"], env={"COLUMNS": "200"})
+    assert step.exit_code == 0 and "multiplier" in step.output and "0.125" in step.output
+
+
+def test_run_title_reads_the_version_field():
+    from lossrag.inspect import run_title
+
+    assert (
+        run_title(_rec(0, {"a": 1.0}, method="default", version="2.0"))
+        == "default (policy card 2.0)"
+    )
+    assert run_title(_rec(0, {"a": 1.0}, method="famo")) == "famo"
+
+
+def test_registry_accepts_the_entry_ids_traces_print():
+    from lossrag.embed import variant_id
+    from lossrag.losses import LossRegistry
+
+    reg = lossrag.registry
+    assert reg.spec("huber(delta=0.5)") is reg.spec("huber")
+    assert LossRegistry.parse_id("huber(delta=0.5)") == ("huber", {"delta": 0.5})
+    assert reg.parse_id("l2") == ("l2", {})
+    for name, params in reg.variants():
+        assert reg.parse_id(variant_id(name, params)) == (name, dict(params))
+    assert "huber(delta=0.5)" in reg and "huber(width=1)" not in reg
+    assert reg.create("huber(delta=0.5)").params["delta"] == 0.5
+    with pytest.raises(ValueError, match="Did you mean 'huber'"):
+        reg.spec("hubr(delta=0.5)")
+    with pytest.raises(ValueError, match="no hyper-parameter width"):
+        reg.spec("huber(width=1)")
+    with pytest.raises(ValueError, match="malformed"):
+        reg.spec("huber(delta=0.5")
+    result = runner.invoke(app, ["library", "show", "huber(delta=0.5)"])
+    assert result.exit_code == 0 and "delta" in result.output
+
+
+def test_append_continues_a_resumed_run_after_a_torn_line(tmp_path):
+    path = tmp_path / "resumed.jsonl"
+    path.write_text(_line(0) + "\n" + _line(1) + "\n" + '{"step": 2, "meth')  # the crash
+    writer = TraceWriter(path, append=True)
+    writer.write(StepRecord.model_validate_json(_line(2)))
+    writer.close()
+    assert [r.step for r in lossrag.read_trace(path)] == [0, 1, 2]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["resumed.jsonl"]

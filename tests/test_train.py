@@ -115,7 +115,7 @@ def test_policy_folder_round_trip_and_integrity(tmp_path, digits):
     assert read_card(folder).benchmarks == {"digits-mtl": {"delta_m": 1.5}}
     model = digits.model(0)
     composer = lossrag.wrap(model, digits.tasks, str(folder), shared=model.trunk)
-    assert composer.policy_name == "lossrag"
+    assert composer.policy_name == "mine" and composer.policy_version == card.code
 
     altered = tmp_path / "altered"
     shutil.copytree(folder, altered)

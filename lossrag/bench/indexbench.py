@@ -1,4 +1,4 @@
-"""``lossrag bench --index``: how fast the library embeds and how fast and exact its index is.
+"""``lossrag bench index``: how fast the library embeds and how fast and exact its index is.
 
 Two measurements on the library's own parametric grid (:meth:`LossSpec.grid` densified):
 

@@ -34,7 +34,7 @@ class Job(BaseModel):
         method: Weighting method name (``ew`` for STL runs).
         seed: Seed of data, model and method.
         task: The task of an STL run.
-        epochs: Budget override (``--quick``); ``None`` keeps the problem's budget.
+        epochs: Budget override; ``None`` keeps the problem's budget.
         steps: Steps of a cost measurement or of a ``toy2d`` run.
         start: The ``toy2d`` start point (0-4) of a ``toy`` job.
     """

@@ -16,9 +16,25 @@ from lossrag._util import atomic_write_bytes, atomic_write_text
 from lossrag.bench.metrics import delta_m, mean_rank
 from lossrag.bench.runner import COMPOSING_COST_STEPS
 
-__all__ = ["summarise", "write_reports"]
+__all__ = [
+    "STARVED_MARGIN",
+    "code_fingerprints",
+    "code_warning",
+    "markdown_table",
+    "overall",
+    "starved_tasks",
+    "summarise",
+    "worst_tasks",
+    "write_reports",
+]
 
 Result = dict[str, Any]
+
+#: A task is *starved* by a method when its seed-mean metric is worse, relatively, than the
+#: better of EW and FAMO on that task by more than this fraction (BENCHMARKS.md: 3 %).
+STARVED_MARGIN = 0.03
+#: The methods whose better result on each task is the reference of the starved count.
+STARVED_REFERENCE = ("ew", "famo")
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -64,6 +80,7 @@ def summarise(results: Sequence[Result]) -> dict[str, Any]:
             "steps": r.get("steps"),
             "skipped": r.get("skipped"),
             "error": r.get("error"),
+            "code": r.get("code"),
         }
         finite = "error" not in r and all(math.isfinite(v) for v in r["metrics"].values())
         if "error" not in r and not finite:
@@ -80,7 +97,17 @@ def summarise(results: Sequence[Result]) -> dict[str, Any]:
         runs.append(row)
     ranks = _mean_ranks(per_metric, higher)
     toy = _merge_toy(by_kind["toy"])
+    means = {
+        p: {m: {t: statistics.fmean(v) for t, v in by.items()} for m, by in methods.items()}
+        for p, methods in per_metric.items()
+    }
+    hib_of = {p: {t: higher[f"{p}/{t}"] for by in means[p].values() for t in by} for p in means}
+    fingerprints = code_fingerprints(results)
     return {
+        "worst_task": worst_tasks(means, stl_mean, hib_of),
+        "starved": starved_tasks(means, hib_of),
+        "fingerprints": fingerprints,
+        "mixed_code": len(fingerprints) > 1,
         "runs": runs,
         "stl": stl_mean,
         "cells": {f"{p}|{m}": v for (p, m), v in cells.items()},
@@ -97,6 +124,89 @@ def summarise(results: Sequence[Result]) -> dict[str, Any]:
             for m in {m for by in per_metric.values() for m in by}
         },
     }
+
+
+def _relative_worse(value: float, reference: float, higher_is_better: bool) -> float:
+    """How much worse ``value`` is than ``reference``, relative: ``(−1)^δ (value − ref) / |ref|``
+    (positive: worse); ``nan`` when the reference is 0."""
+    if reference == 0.0:
+        return math.nan
+    sign = -1.0 if higher_is_better else 1.0
+    return sign * (value - reference) / abs(reference)
+
+
+def worst_tasks(
+    means: Mapping[str, Mapping[str, Mapping[str, float]]],
+    stl: Mapping[str, Mapping[str, float]],
+    higher: Mapping[str, Mapping[str, bool]],
+) -> dict[str, dict[str, Any]]:
+    """Per ``"problem|method"``: the scored task whose seed-mean metric is relatively the most
+    worse than single-task learning, and that change in percent (positive: worse than STL, the
+    sign of Δm). Tasks whose STL metric is 0 are left out; a cell without STL is left out.
+
+    Args:
+        means: Problem -> method -> task -> seed-mean test metric.
+        stl: Problem -> task -> seed-mean STL metric.
+        higher: Problem -> task -> whether a larger metric is better.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for problem, methods in means.items():
+        for method, metrics in methods.items():
+            changes = {
+                t: 100.0 * _relative_worse(v, stl[problem][t], higher[problem][t])
+                for t, v in metrics.items()
+                if t in stl.get(problem, {})
+            }
+            changes = {t: c for t, c in changes.items() if math.isfinite(c)}
+            if changes:
+                task = max(changes, key=lambda t: changes[t])
+                out[f"{problem}|{method}"] = {"task": task, "change": changes[task]}
+    return out
+
+
+def starved_tasks(
+    means: Mapping[str, Mapping[str, Mapping[str, float]]],
+    higher: Mapping[str, Mapping[str, bool]],
+    margin: float = STARVED_MARGIN,
+) -> dict[str, dict[str, Any]]:
+    """Per ``"problem|method"``: the tasks the method starves, i.e. whose seed-mean metric is
+    worse than the better of EW and FAMO on that task by more than ``margin``, relative
+    (``(−1)^δ (M − M_ref) > margin·|M_ref|``). Problems where neither EW nor FAMO finished are
+    left out; where only one did, it is the reference.
+
+    Returns:
+        ``{"count": n, "tasks": [...], "reference": {task: reference metric}}`` per cell.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for problem, methods in means.items():
+        refs = [methods[m] for m in STARVED_REFERENCE if m in methods]
+        if not refs:
+            continue
+        best: dict[str, float] = {}
+        for task, hib in higher[problem].items():
+            values = [r[task] for r in refs if task in r]
+            if values:
+                best[task] = max(values) if hib else min(values)
+        for method, metrics in methods.items():
+            tasks = [
+                t
+                for t, v in metrics.items()
+                if t in best
+                and (-1.0 if higher[problem][t] else 1.0) * (v - best[t]) > margin * abs(best[t])
+            ]
+            out[f"{problem}|{method}"] = {"count": len(tasks), "tasks": tasks, "reference": best}
+    return out
+
+
+def code_fingerprints(results: Sequence[Result]) -> dict[str, int]:
+    """Code fingerprint (``"code"`` of each job result, see
+    :func:`lossrag.bench.runner.code_fingerprint`) -> number of results made by it; results
+    that record none count under ``"unrecorded"``. More than one key: the runs of one table come
+    from different code."""
+    counts: dict[str, int] = defaultdict(int)
+    for r in results:
+        counts[str(r.get("code") or "unrecorded")] += 1
+    return dict(sorted(counts.items()))
 
 
 def _merge_toy(parts: Sequence[Result]) -> dict[str, Result]:
@@ -145,11 +255,23 @@ def _cell(values: Sequence[float] | None) -> str:
 
 
 def markdown_table(config: Mapping[str, Any], summary: Mapping[str, Any]) -> str:
-    """Methods × problems: Δm% mean ± std over seeds, mean rank, median and mean cost ratios."""
+    """Methods × problems: Δm% mean ± std over seeds; then, over the problems, the mean Δm, the
+    mean worst-task change against STL, the total of starved tasks, the mean rank, and the
+    median cost ratios (median step and mean step)."""
     problems = [p for p in config["problems"] if p != "toy2d"]
     has_toy = "toy2d" in config["problems"]
     crashed = {(r["problem"], r["method"]) for r in summary["runs"] if r["error"]}
-    head = ["method", *problems, *(["toy2d dist"] if has_toy else []), "MR", "cost ×EW", "mean"]
+    head = [
+        "method",
+        *problems,
+        *(["toy2d dist"] if has_toy else []),
+        "mean Δm",
+        "worst task",
+        "starved",
+        "MR",
+        "cost ×EW",
+        "mean-step cost",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for method in config["methods"]:
         row = [method]
@@ -170,6 +292,7 @@ def markdown_table(config: Mapping[str, Any], summary: Mapping[str, Any]) -> str
                 if not toy or "error" in toy
                 else f"{statistics.fmean(toy['pareto_distance']):.2f}"
             )
+        row += _overall(problems, method, summary)
         mr = summary["mean_rank"].get(method)
         row.append("–" if mr is None else f"{mr:.2f}")
         for key in ("cost", "cost_mean"):
@@ -179,6 +302,56 @@ def markdown_table(config: Mapping[str, Any], summary: Mapping[str, Any]) -> str
             )
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
+
+
+def overall(
+    problems: Sequence[str], method: str, summary: Mapping[str, Any]
+) -> dict[str, float | int | None]:
+    """One method over ``problems``: ``mean_delta_m`` (mean over problems of the seed-mean Δm),
+    ``mean_worst`` (mean of the worst-task changes, %), ``starved`` (total of starved tasks) and
+    how many problems each covers (``None`` where no problem has the value)."""
+    dms = [statistics.fmean(v) for p in problems if (v := summary["cells"].get(f"{p}|{method}"))]
+    worst = [w["change"] for p in problems if (w := summary["worst_task"].get(f"{p}|{method}"))]
+    starved = [s["count"] for p in problems if (s := summary["starved"].get(f"{p}|{method}"))]
+    return {
+        "mean_delta_m": statistics.fmean(dms) if dms else None,
+        "delta_m_problems": len(dms),
+        "mean_worst": statistics.fmean(worst) if worst else None,
+        "worst_problems": len(worst),
+        "starved": sum(starved) if starved else None,
+        "starved_problems": len(starved),
+    }
+
+
+def _overall(problems: Sequence[str], method: str, summary: Mapping[str, Any]) -> list[str]:
+    """The mean Δm, mean worst-task and starved cells of ``method``'s row."""
+    o = overall(problems, method, summary)
+    n = len(problems)
+
+    def partial(k: Any) -> str:
+        return "" if k == n else f" ({k}/{n} problems)"
+
+    return [
+        "–"
+        if o["mean_delta_m"] is None
+        else f"{o['mean_delta_m']:+.1f}" + partial(o["delta_m_problems"]),
+        "–"
+        if o["mean_worst"] is None
+        else f"{o['mean_worst']:+.1f} %" + partial(o["worst_problems"]),
+        "–" if o["starved"] is None else f"{o['starved']}" + partial(o["starved_problems"]),
+    ]
+
+
+def code_warning(summary: Mapping[str, Any]) -> str | None:
+    """The warning line when the runs of one table come from different code fingerprints."""
+    prints = summary.get("fingerprints") or {}
+    if len(prints) < 2:
+        return None
+    listed = ", ".join(f"{code} ({n} runs)" for code, n in prints.items())
+    return (
+        f"**Warning: the runs in this table come from {len(prints)} different code versions** "
+        f"({listed}); their numbers may not be comparable. Rerun with --force for one version."
+    )
 
 
 def _detail_tables(config: Mapping[str, Any], summary: Mapping[str, Any]) -> str:
@@ -192,9 +365,9 @@ def _detail_tables(config: Mapping[str, Any], summary: Mapping[str, Any]) -> str
         lines = [
             f"### {p}",
             "",
-            "| method | " + " | ".join(tasks) + " | cost ×EW |",
-            "|" + " --- |" * (len(tasks) + 2),
-            "| STL | " + " | ".join(f"{summary['stl'][p][t]:.4g}" for t in tasks) + " | |",
+            "| method | " + " | ".join(tasks) + " | cost ×EW | worst vs STL | starved |",
+            "|" + " --- |" * (len(tasks) + 4),
+            "| STL | " + " | ".join(f"{summary['stl'][p][t]:.4g}" for t in tasks) + " | | | |",
         ]
         for m in config["methods"]:
             values = summary["metric_means"].get(m, {})
@@ -206,10 +379,23 @@ def _detail_tables(config: Mapping[str, Any], summary: Mapping[str, Any]) -> str
                 + " | ".join(
                     f"{values[f'{p}/{t}']:.4g}" if f"{p}/{t}" in values else "–" for t in tasks
                 )
-                + f" | {'–' if cost is None else f'{cost:.2f}'} |"
+                + f" | {'–' if cost is None else f'{cost:.2f}'} | "
+                + _worst_starved(summary, f"{p}|{m}")
+                + " |"
             )
         parts.append("\n".join(lines) + "\n")
     return "\n".join(parts)
+
+
+def _worst_starved(summary: Mapping[str, Any], key: str) -> str:
+    """The ``worst vs STL | starved`` cells of one problem and method."""
+    worst = summary["worst_task"].get(key)
+    starved = summary["starved"].get(key)
+    w = "–" if worst is None else f"{worst['change']:+.1f} % ({worst['task']})"
+    if starved is None:
+        return f"{w} | –"
+    names = f" ({', '.join(starved['tasks'])})" if starved["tasks"] else ""
+    return f"{w} | {starved['count']}{names}"
 
 
 #: Published or measured expectations the table is checked against (research notes, datasets.md):
@@ -261,19 +447,34 @@ def write_reports(
         "runs": runs,
         "stl": summary["stl"],
         "mean_rank": summary["mean_rank"],
+        "worst_task": summary["worst_task"],
+        "starved": summary["starved"],
+        "overall": {
+            m: overall([p for p in cfg["problems"] if p != "toy2d"], m, summary)
+            for m in cfg["methods"]
+        },
+        "fingerprints": summary["fingerprints"],
+        "mixed_code": summary["mixed_code"],
         "toy2d": {
             m: {k: r.get(k) for k in ("pareto_distance", "final", "error")}
             for m, r in summary["toy"].items()
         },
     }
     atomic_write_text(out / "results.json", json.dumps(payload, indent=1))
+    warning = code_warning(summary)
     text = (
-        f"Δm% vs single-task learning (lower is better; each run against the single-task "
+        (f"{warning}\n\n" if warning else "")
+        + f"Δm% vs single-task learning (lower is better; each run against the single-task "
         f"metrics averaged over seeds), mean ± std over seeds "
         f"{cfg['seeds']}; MR = mean rank over each problem's scored metrics, averaged over "
-        f"problems; cost = median per-step "
-        f"time ratio to EW (interleaved), median over problems; mean = the same with the mean "
-        f"step, which counts periodic work (refreshes, meta-steps; – where not recorded); "
+        f"problems; mean Δm = mean over problems of the seed-mean Δm; worst task = the task "
+        f"most worse than STL, relative, on each problem (seed-mean metrics, %, positive is "
+        f"worse), averaged over problems; starved = tasks more than "
+        f"{100 * STARVED_MARGIN:g} % worse, relative, than the better of EW and FAMO on that "
+        f"task (seed means), summed over problems; cost = median per-step "
+        f"time ratio to EW (interleaved), median over problems; mean-step cost = the same with "
+        f"the mean step, which counts periodic work (refreshes, meta-steps; – where not "
+        f"recorded); "
         f"{cfg.get('cost_steps', 60)} steps per arm ({COMPOSING_COST_STEPS} for the retrieval "
         f"policies, whose second retrieval comes at step 200).\n\n"
         + markdown_table(cfg, summary)
@@ -286,6 +487,8 @@ def write_reports(
     _plots(cfg, results, summary, out)
     errors = [r for r in results if "error" in r]
     if console is not None:
+        if warning:
+            console.print(f"[yellow]{warning}[/yellow]")
         console.print(markdown_table(cfg, summary))
         for r in errors:
             console.print(f"[red]crashed[/red] {r['key']}: {r['error']}")

@@ -31,7 +31,7 @@ from lossrag.weighting import available, method_class
 
 __all__ = ["QUICK_METHODS", "BenchConfig", "plan", "report_finished", "run_bench"]
 
-#: Every registered method (the baselines and ``lossrag``), as ``--quick`` runs them.
+#: Every registered method (the baselines and ``lossrag``), as ``lossrag bench quick`` runs them.
 QUICK_METHODS = tuple(available())
 #: Methods whose step costs one backward per task (MetaWeighting: one per task's query loss); the
 #: protocol runs them at T ≤ 10 only.
@@ -52,7 +52,7 @@ class BenchConfig(BaseModel):
         problems: Problem names (``toy2d`` included).
         methods: Weighting method names.
         seeds: Seeds, shared by every method.
-        epochs: Budget override for every problem (``--quick``); ``None`` keeps each budget.
+        epochs: Budget override for every problem; ``None`` keeps each budget.
         cost_steps: Steps per arm of the interleaved cost measurement (at least
             :data:`COMPOSING_COST_STEPS` for the retrieval policies).
         toy_steps: Adam steps of a ``toy2d`` run, the same for every method (Nash-MTL and FAMO:
@@ -177,12 +177,12 @@ def _prepare(out: Path, config: BenchConfig, resume: bool, force: bool) -> None:
             raise ValueError(
                 f"bench: {out} already holds results "
                 f"({'of this configuration' if same else 'of another configuration'}); "
-                "pass --resume to continue it or --force to start over."
+                "continue it with `lossrag bench resume` or start over with --force."
             )
         elif not same:
             raise ValueError(
                 f"bench: {out} holds results of another configuration ({previous}); "
-                "--resume continues only the same configuration, --force starts over."
+                "resume=True continues only the same configuration, --force starts over."
             )
     (out / "runs").mkdir(parents=True, exist_ok=True)
     atomic_write_text(saved, config.model_dump_json(indent=2))

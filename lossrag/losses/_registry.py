@@ -5,6 +5,8 @@ from __future__ import annotations
 import builtins
 import fnmatch
 import inspect
+import math
+import re
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +24,9 @@ __all__ = ["LossFn", "LossRegistry", "register", "registry"]
 #: A pure loss ``fn(output, target, **hyper_params) -> Tensor`` without reduction.
 LossFn = Callable[..., Tensor]
 _F = TypeVar("_F", bound=LossFn)
+
+#: An entry id: ``name`` or ``name(k=v, ...)`` (the format of :func:`lossrag.embed.variant_id`).
+_ID = re.compile(r"\s*([A-Za-z_][\w.-]*)\s*(?:\((.*)\))?\s*", re.DOTALL)
 
 
 class LossRegistry:
@@ -89,24 +94,80 @@ class LossRegistry:
             )
         return specs
 
-    def _resolve(self, name: str) -> LossSpec:
+    @staticmethod
+    def parse_id(entry_id: str) -> tuple[str, dict[str, float]]:
+        """Split a library entry id (``huber(delta=0.5)``, or a bare name ``l2``) into the loss
+        name and its hyper-parameters; the inverse of :func:`lossrag.embed.variant_id`.
+
+        Only the syntax is checked here (a malformed id is a ValueError showing the expected
+        form); whether the name and parameters exist is checked by :meth:`spec`.
+
+        >>> LossRegistry.parse_id("huber(delta=0.5)")
+        ('huber', {'delta': 0.5})
+        """
+        match = _ID.fullmatch(str(entry_id))
+        if match is None:
+            raise ValueError(
+                f"Loss id {entry_id!r} is malformed; expected 'name' or 'name(key=value, ...)', "
+                "e.g. 'huber(delta=0.5)'."
+            )
+        name, inner = match.group(1), match.group(2)
+        params: dict[str, float] = {}
+        for part in (inner or "").split(","):
+            if not part.strip() and not (inner or "").strip():
+                break
+            key, eq, value = part.partition("=")
+            key = key.strip()
+            try:
+                number = float(value)
+            except ValueError:
+                number = math.nan
+            if not eq or not key.isidentifier() or not math.isfinite(number) or key in params:
+                raise ValueError(
+                    f"Loss id {entry_id!r}: {part.strip()!r} is not a 'key=value' pair with a "
+                    "finite number and a new key (expected e.g. 'huber(delta=0.5)')."
+                )
+            params[key] = number
+        return name, params
+
+    def _resolve(self, name: str) -> tuple[LossSpec, dict[str, float]]:
+        """The card named by a loss name or entry id, and the id's hyper-parameters."""
         specs = self._loaded()
-        if name not in specs:
+        if name in specs:
+            return specs[name], {}
+        if "(" not in str(name):
             raise unknown_name_error("loss", str(name), specs)
-        return specs[name]
+        base, params = self.parse_id(name)
+        if base not in specs:
+            raise unknown_name_error("loss", base if params else str(name), specs)
+        spec = specs[base]
+        unknown = sorted(set(params) - set(spec.params))
+        if unknown:
+            known = ", ".join(spec.params) or "none"
+            raise ValueError(
+                f"Loss id {name!r}: {base!r} has no hyper-parameter {', '.join(unknown)} "
+                f"(its hyper-parameters: {known})."
+            )
+        return spec, params
 
     def spec(self, name: str) -> LossSpec:
-        """The card of loss ``name``; an unknown name is a ValueError listing the closest ones."""
-        return self._resolve(name)
+        """The card of loss ``name``, which may also be an entry id as traces print it
+        (``huber(delta=0.5)`` gives the ``huber`` card); an unknown name is a ValueError listing
+        the closest ones, and an id naming a hyper-parameter the card lacks is a ValueError."""
+        return self._resolve(name)[0]
 
     def function(self, name: str) -> LossFn:
-        """The pure functional form of loss ``name`` (hyper-parameters are keyword-only)."""
-        return self._functions[self._resolve(name).name]
+        """The pure functional form of loss ``name`` or of an entry id's loss (hyper-parameters
+        are keyword-only, so an id's values are not bound)."""
+        return self._functions[self._resolve(name)[0].name]
 
     def create(self, name: str, **params: float) -> Loss:
-        """Build the module of loss ``name``, hyper-parameters validated and defaults filled in."""
-        spec = self._resolve(name)
-        return Loss(spec, self._functions[name], params)
+        """Build the module of loss ``name``, hyper-parameters validated and defaults filled in.
+
+        ``name`` may be an entry id (``huber(delta=0.5)``); its values are used unless
+        ``params`` gives the same key."""
+        spec, from_id = self._resolve(name)
+        return Loss(spec, self._functions[spec.name], {**from_id, **params})
 
     def list(self, pattern: str = "*", kind: str | None = None) -> builtins.list[str]:
         """Sorted loss names matching the ``fnmatch`` ``pattern``, optionally only for ``kind``."""
@@ -130,7 +191,15 @@ class LossRegistry:
         ]
 
     def __contains__(self, name: object) -> bool:
-        return name in self._loaded()
+        """Whether ``name`` is a loss name (or an entry id, such as ``huber(delta=0.5)``, whose
+        loss and hyper-parameter names exist)."""
+        if not isinstance(name, str):
+            return False
+        try:
+            self._resolve(name)
+        except ValueError:
+            return False
+        return True
 
     def __len__(self) -> int:
         return len(self._loaded())

@@ -9,7 +9,7 @@ return a direction that is not a weighted sum of the rows; their weights are rec
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -76,11 +76,34 @@ PCGrad = _simple(
     "PCGrad (Yu et al., NeurIPS 2020): project away conflicting components in random order.",
     randomized=True,
 )
-IMTLG = _simple(
-    "IMTLG",
-    agg.IMTLG,
-    "IMTL-G (Liu et al., ICLR 2021): equal projections of the update on every task gradient.",
-)
+
+
+@register_method
+class IMTLG(_Aggregated):
+    """IMTL-G (Liu et al., ICLR 2021): equal projections of the update on every task gradient.
+
+    With ``G = JJᵀ`` and ``d_i = √G_ii = ‖g_i‖``, the weights are ``v / Σv`` with ``v = G⁺d``
+    (torchjd's form of the paper's closed form, which also admits linearly dependent rows). The
+    Gramian of nearly parallel gradients has condition numbers up to ~1e6, where a float32
+    pseudo-inverse is off by ~1e-3; the weights are therefore computed in float64 from the
+    (float32) Jacobian and cast back: before the cast they match LibMTL's closed form in float64
+    to ~1e-12 (``tests/test_baselines_new.py``).
+    """
+
+    name = "imtlg"
+
+    def _build(self, num_terms: int) -> agg.Aggregator:
+        return agg.IMTLG()
+
+    def aggregate(self, jacobian: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Weights ``G⁺d / Σ G⁺d`` in float64; direction ``weights @ J`` in float64, both cast
+        back to the Jacobian's dtype."""
+        a: Any = self.aggregator
+        j = jacobian.detach().double()
+        weights = a.gramian_weighting(j @ j.T)
+        return (weights @ j).to(jacobian.dtype), weights.to(jacobian.dtype)
+
+
 UPGrad = _simple(
     "UPGrad",
     agg.UPGrad,
@@ -210,9 +233,15 @@ class NashMTL(GradMethod):
 
     Args: max_norm: clip of the update norm (paper: 1); update_weights_every: solve every N steps
     (paper: 1).
+
+    As in the authors' code (``nash-mtl/methods/weight_methods.py``: ``Σ α_i L_i`` backward, then
+    ``clip_grad_norm_`` on the shared parameters only), the task heads get ``Σ α_i ∇L_i`` with
+    the *unclipped* α: ``heads_weighted`` is True and :meth:`head_weights` returns that α. The
+    returned ``weights`` are the clipped ones that produce the shared direction.
     """
 
     name = "nashmtl"
+    heads_weighted: ClassVar[bool] = True
 
     def __init__(self, max_norm: float = 1.0, update_weights_every: int = 1) -> None:
         if update_weights_every < 1:
@@ -239,6 +268,13 @@ class NashMTL(GradMethod):
             weights = weights * (self.max_norm / norm)
             direction = direction * (self.max_norm / norm)
         return direction, weights
+
+    def head_weights(self) -> Tensor:
+        """The unclipped bargaining weights α of the last :meth:`aggregate` call, for the task
+        heads' gradient ``Σ α_i ∇L_i`` (float64, CPU; ones before the first call)."""
+        if self.alpha is None:
+            return torch.ones(self.num_terms, dtype=torch.float64)
+        return torch.from_numpy(self.alpha.copy())
 
     def state_dict(self) -> dict[str, Any]:
         alpha = None if self.alpha is None else torch.from_numpy(self.alpha.copy())

@@ -12,6 +12,8 @@ method and steps it: the user's optimizer never sees a method's parameters.
 
 from __future__ import annotations
 
+import importlib
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -55,6 +57,12 @@ class Method(ABC):
     needs_query: ClassVar[bool] = False
     #: True for a retrieval policy, which chooses the terms itself and refreshes periodically.
     composes_terms: ClassVar[bool] = False
+    #: False when the weights never depend on the losses' values (EW, RLW): the composer then
+    #: reads no loss back from the device on the ``Composer.loss`` path.
+    reads_losses: ClassVar[bool] = True
+    #: True when ``weigh`` needs the live losses with their graph (GradNorm differentiates them
+    #: with respect to the last shared layer); the others get the detached, all-reduced losses.
+    live_losses: ClassVar[bool] = False
 
     def setup(self, num_terms: int, last_shared: Sequence[nn.Parameter]) -> None:
         """Prepare state for ``num_terms`` terms. ``last_shared`` are the parameters of the last
@@ -97,6 +105,9 @@ class GradMethod(Method):
 
     kind: ClassVar[Literal["loss", "gradient"]] = "gradient"
     per_task_gradients: ClassVar[bool] = True
+    #: True when the task heads get ``Σ h_i ∇L_i`` with ``h = method.head_weights()`` instead of
+    #: the plain sum (Nash-MTL's authors' code, DB-MTL's log-losses); False: the plain sum.
+    heads_weighted: ClassVar[bool] = False
 
     @abstractmethod
     def aggregate(self, jacobian: Tensor) -> tuple[Tensor, Tensor | None]:
@@ -104,32 +115,109 @@ class GradMethod(Method):
         that produce it, or ``None`` when the direction is not a weighted sum of the rows."""
 
 
+#: Methods registered so far: the built-ins whose module has been imported, and user classes.
 _REGISTRY: dict[str, type[Method]] = {}
+
+#: Every built-in method as ``name -> "module:Class"``. A built-in's module is imported only when
+#: the method is asked for (``method_class``/``make_method``), so ``import lossrag`` loads no
+#: solver: add a new built-in here as well as decorating it with :func:`register_method`.
+_BUILTIN: dict[str, str] = {
+    "ew": "lossrag.weighting.ew:EW",
+    "uw": "lossrag.weighting.scalarizers:UW",
+    "imtll": "lossrag.weighting.scalarizers:IMTLL",
+    "rlw": "lossrag.weighting.scalarizers:RLW",
+    "geometricmean": "lossrag.weighting.scalarizers:GeometricMean",
+    "stch": "lossrag.weighting.scalarizers:STCH",
+    "dwa": "lossrag.weighting.scalarizers:DWA",
+    "famo": "lossrag.weighting.scalarizers:FAMO",
+    "mgda": "lossrag.weighting.aggregators:MGDA",
+    "pcgrad": "lossrag.weighting.aggregators:PCGrad",
+    "imtlg": "lossrag.weighting.aggregators:IMTLG",
+    "upgrad": "lossrag.weighting.aggregators:UPGrad",
+    "dualproj": "lossrag.weighting.aggregators:DualProj",
+    "alignedmtl": "lossrag.weighting.aggregators:AlignedMTL",
+    "graddrop": "lossrag.weighting.aggregators:GradDrop",
+    "config": "lossrag.weighting.aggregators:ConFIG",
+    "cagrad": "lossrag.weighting.aggregators:CAGrad",
+    "nashmtl": "lossrag.weighting.aggregators:NashMTL",
+    "fairgrad": "lossrag.weighting.aggregators:FairGrad",
+    "gradvac": "lossrag.weighting.aggregators:GradVac",
+    "gradnorm": "lossrag.weighting.gradnorm:GradNorm",
+    "autolambda": "lossrag.weighting.autolambda:AutoLambda",
+    "metaweighting": "lossrag.weighting.metaweighting:MetaWeighting",
+    "curriculum": "lossrag.weighting.curriculum:Curriculum",
+    "dbmtl": "lossrag.weighting.dbmtl:DBMTL",
+    "go4align": "lossrag.weighting.go4align:GO4Align",
+    "perf": "lossrag.weighting.perf:PerformanceWeighting",
+    "cosmos": "lossrag.weighting.torchjd_extra:COSMOS",
+    "crmogm": "lossrag.weighting.torchjd_extra:CRMOGM",
+    "excessmtl": "lossrag.weighting.torchjd_extra:ExcessMTL",
+    "modo": "lossrag.weighting.torchjd_extra:MoDo",
+    "pbi": "lossrag.weighting.torchjd_extra:PBI",
+    "sdmgrad": "lossrag.weighting.torchjd_extra:SDMGrad",
+    "lossrag": "lossrag.policy.lossrag:LossRAG",
+    "lossrag-online": "lossrag.policy.lossrag:LossRAGOnline",
+    "lossrag-default": "lossrag.policy.store:DefaultPolicy",
+    "lossrag-default-online": "lossrag.policy.store:DefaultPolicyOnline",
+}
+
+
+def _is_builtin(cls: type[Method]) -> bool:
+    """True when ``cls`` is the built-in its name is reserved for, registered while its module
+    is being imported (classes made by ``type()`` may report ``abc`` as their module)."""
+    module, _, qualname = _BUILTIN[cls.name].partition(":")
+    return module in sys.modules and cls.__qualname__ == qualname
 
 
 def register_method(cls: type[Method]) -> type[Method]:
-    """Class decorator: make ``cls`` available as ``policy=cls.name``."""
+    """Class decorator: make ``cls`` available as ``policy=cls.name``.
+
+    Raises:
+        ValueError: ``cls.name`` is empty, already registered, or the name of a built-in method.
+    """
     if not cls.name or cls.name in _REGISTRY:
         raise ValueError(f"Weighting method name {cls.name!r} is empty or already registered.")
+    if cls.name in _BUILTIN and not _is_builtin(cls):
+        raise ValueError(
+            f"Weighting method name {cls.name!r} is taken by the built-in "
+            f"{_BUILTIN[cls.name]}; give {cls.__qualname__} another `name`."
+        )
     _REGISTRY[cls.name] = cls
     return cls
 
 
 def available() -> list[str]:
-    """Names of every registered weighting method."""
-    return sorted(_REGISTRY)
+    """Names of every weighting method: the built-ins (imported or not) and registered ones."""
+    return sorted({*_BUILTIN, *_REGISTRY})
+
+
+def _import_builtin(name: str) -> None:
+    """Import the module of the built-in ``name``, which registers it."""
+    module, _, qualname = _BUILTIN[name].partition(":")
+    cls = getattr(importlib.import_module(module), qualname)
+    if _REGISTRY.get(name) is not cls:
+        raise RuntimeError(f"Built-in weighting method {name!r}: {module} did not register it.")
 
 
 def method_class(name: str) -> type[Method]:
-    """The class registered as ``name`` (unknown names: ValueError with the closest matches)."""
+    """The class registered as ``name``, importing its module on first use (unknown names:
+    ValueError with the closest matches)."""
+    if name not in _REGISTRY and name in _BUILTIN:
+        _import_builtin(name)
     if name not in _REGISTRY:
-        raise unknown_name_error("policy", name, _REGISTRY)
+        raise unknown_name_error("policy", name, available())
     return _REGISTRY[name]
 
 
 def make_method(name: str, **options: Any) -> Method:
     """Build the method registered as ``name`` with its published defaults, overridden by
-    ``options``. Unknown names raise a ValueError listing the closest matches."""
+    ``options``. Unknown names raise a ValueError listing the closest matches.
+    ``"curriculum+X"`` is loss-based method ``X`` with tasks switched on one after another
+    (:func:`lossrag.weighting.curriculum.curriculum_from_name`)."""
+    if name.startswith("curriculum+"):
+        from lossrag.weighting.curriculum import curriculum_from_name
+
+        return curriculum_from_name(name, **options)
     factory = method_class(name)
     try:
         return factory(**options)

@@ -54,6 +54,7 @@ class GradNorm(LossMethod):
     """
 
     name = "gradnorm"
+    live_losses = True
     per_task_gradients = True
 
     def __init__(self, alpha: float = 1.5, lr: float = 1e-3) -> None:

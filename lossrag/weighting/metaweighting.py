@@ -19,7 +19,6 @@ from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
-from torchjd.aggregation import MGDA
 
 from lossrag.meta.hypergrad import directional
 from lossrag.meta.online import MetaContext
@@ -31,6 +30,8 @@ __all__ = ["MetaWeighting", "common_direction"]
 def common_direction(hypergradients: Tensor) -> Tensor:
     """The min-norm point of the convex hull of the rows ``d_t`` (``(T, K)``): the direction
     that decreases every task's query loss when one exists."""
+    from torchjd.aggregation import MGDA  # here: torchjd's solvers are slow to import
+
     return MGDA()(hypergradients.to(torch.float64))
 
 

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from torchjd import scalarization as sc
 
 from lossrag.weighting.base import LossMethod, register_method
+from lossrag.weighting.ew import EW  # re-exported: EW lives apart, it needs no torchjd
 
 __all__ = ["DWA", "EW", "FAMO", "IMTLL", "RLW", "STCH", "UW", "GeometricMean"]
 
@@ -64,20 +65,6 @@ class _Scalarized(LossMethod):
 
 
 @register_method
-class EW(_Scalarized):
-    """Equal weighting: the plain sum of the task losses (every weight is 1)."""
-
-    name = "ew"
-
-    def _build(self, num_terms: int) -> sc.Scalarizer:
-        return sc.Sum()
-
-    def weigh(self, losses: Tensor) -> Tensor:
-        # ∂(Σ L_i)/∂L_i = 1: skip the autograd call of the generic path.
-        return torch.ones_like(losses.detach())
-
-
-@register_method
 class UW(_Scalarized):
     """Uncertainty weighting (Kendall, Gal & Cipolla, CVPR 2018): ``Σ ½e^{-s_i}L_i + ½s_i``.
 
@@ -118,6 +105,7 @@ class RLW(_Scalarized):
 
     name = "rlw"
     randomized = True
+    reads_losses = False
 
     def _build(self, num_terms: int) -> sc.Scalarizer:
         return sc.Random()

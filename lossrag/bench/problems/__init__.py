@@ -36,13 +36,21 @@ from lossrag.bench.problems.base import (
 from lossrag.bench.problems.digits import DigitsProblem
 from lossrag.bench.problems.fashion import MultiFashionProblem
 from lossrag.bench.problems.gradnorm import GradNormSynthProblem
+from lossrag.bench.problems.manyclass import ManyClassProblem
 from lossrag.bench.problems.mnist1d import MNIST1DProblem
+from lossrag.bench.problems.offsetscale import OffsetScaleProblem
 from lossrag.bench.problems.qm9 import QM9Problem
 from lossrag.bench.problems.toy2d import START_POINTS, Toy2D, ToyRule, ToyRun
 
 #: A built-in problem config, discriminated by ``family`` (for config files).
 ProblemConfig = Annotated[
-    DigitsProblem | MNIST1DProblem | MultiFashionProblem | QM9Problem | GradNormSynthProblem,
+    DigitsProblem
+    | MNIST1DProblem
+    | MultiFashionProblem
+    | QM9Problem
+    | GradNormSynthProblem
+    | OffsetScaleProblem
+    | ManyClassProblem,
     Field(discriminator="family"),
 ]
 
@@ -53,7 +61,9 @@ __all__ = [
     "DigitsProblem",
     "GradNormSynthProblem",
     "MNIST1DProblem",
+    "ManyClassProblem",
     "MultiFashionProblem",
+    "OffsetScaleProblem",
     "Problem",
     "ProblemCard",
     "ProblemConfig",

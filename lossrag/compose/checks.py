@@ -1,0 +1,126 @@
+"""Checks of what ``wrap`` and the training step are given: errors name the task or argument
+and what was expected, and are raised before anything changes."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from torch import Tensor, nn
+
+from lossrag.tasks import Task
+
+__all__ = ["check_batch", "check_shared", "check_tasks", "last_layer", "query_index"]
+
+
+def check_tasks(tasks: Sequence[Task]) -> list[Task]:
+    """The tasks as a list: non-empty, all ``Task``, unique names, valid ``positives``."""
+    tasks = list(tasks)
+    if not tasks:
+        raise ValueError("wrap: `tasks` is empty; pass at least one lossrag.Task.")
+    for t in tasks:
+        if not isinstance(t, Task):
+            raise TypeError(f"wrap: every task must be a lossrag.Task, got {type(t).__name__}.")
+    names = [t.name for t in tasks]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(f"wrap: task names must be unique; repeated: {', '.join(dupes)}.")
+    kinds = {t.name: t.kind for t in tasks}
+    for t in tasks:
+        if t.positives is not None and kinds.get(t.positives) != "classification":
+            raise ValueError(
+                f"Task {t.name!r}: positives={t.positives!r} must name a classification task of "
+                f"this model (classification tasks: "
+                f"{', '.join(n for n, k in kinds.items() if k == 'classification') or 'none'})."
+            )
+    return tasks
+
+
+def query_index(tasks: Sequence[Task], query_tasks: Sequence[str] | None) -> list[int]:
+    """Positions of the tasks whose query losses the meta-step lowers."""
+    names = [t.name for t in tasks if t.kind != "representation"]
+    if query_tasks is None:
+        return [i for i, t in enumerate(tasks) if t.name in names]
+    unknown = [n for n in query_tasks if n not in names]
+    if unknown or not query_tasks:
+        raise ValueError(
+            f"wrap: query_tasks must name at least one of the non-representation tasks "
+            f"({', '.join(names)}); got {list(query_tasks)!r}."
+        )
+    return [i for i, t in enumerate(tasks) if t.name in query_tasks]
+
+
+def check_shared(
+    model: nn.Module, shared: nn.Module | None, policy: str, needed: bool
+) -> nn.Module | None:
+    """``shared`` if it is a submodule holding trainable parameters of ``model``."""
+    if shared is None:
+        if needed:
+            raise ValueError(
+                f"wrap: policy {policy!r} or a representation task needs `shared=` (the shared "
+                "trunk, e.g. shared=model.trunk): per-task gradients, GradNorm's last layer and "
+                "representation losses are taken there."
+            )
+        return None
+    if not isinstance(shared, nn.Module):
+        raise TypeError(f"wrap: `shared` must be an nn.Module, got {type(shared).__name__}.")
+    own = {id(p) for p in model.parameters()}
+    trainable = [p for p in shared.parameters() if p.requires_grad]
+    if not trainable or any(id(p) not in own for p in trainable):
+        raise ValueError(
+            "wrap: `shared` must hold trainable parameters of `model` (a submodule such as "
+            "model.trunk); the module given has "
+            + ("none." if not trainable else "parameters that are not the model's.")
+        )
+    return shared
+
+
+def last_layer(shared: nn.Module | None) -> list[nn.Parameter]:
+    """Trainable parameters of the last submodule of ``shared`` that owns any (GradNorm's W)."""
+    if shared is None:
+        return []
+    last: list[nn.Parameter] = []
+    for module in shared.modules():
+        own = [p for p in module.parameters(recurse=False) if p.requires_grad]
+        if own:
+            last = own
+    return last
+
+
+def check_batch(
+    tasks: Sequence[Task],
+    outputs: Mapping[str, Tensor],
+    targets: Mapping[str, Tensor],
+    values: bool = True,
+) -> None:
+    """Outputs and targets hold exactly the head tasks, with valid shapes and a graph; with
+    ``values``, class indices and 0/1 labels too (a read from the device)."""
+    if not isinstance(outputs, Mapping) or not isinstance(targets, Mapping):
+        raise TypeError(
+            "Composer: outputs and targets must be dicts {task name: tensor}, got "
+            f"{type(outputs).__name__} and {type(targets).__name__}."
+        )
+    heads = {t.name for t in tasks if t.kind != "representation"}
+    _same_keys("outputs", set(outputs), heads)
+    _same_keys("targets", set(targets), heads)
+    for task in tasks:
+        if task.kind != "representation":
+            task.check(outputs[task.name], targets[task.name], values=values)
+            if not outputs[task.name].requires_grad:
+                raise ValueError(
+                    f"Task {task.name!r}: its output does not require grad (computed under "
+                    "torch.no_grad() or detached?); nothing could be trained."
+                )
+
+
+def _same_keys(what: str, found: set[str], expected: set[str]) -> None:
+    missing, extra = sorted(expected - found), sorted(found - expected)
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"missing task(s) {', '.join(map(repr, missing))}")
+        if extra:
+            parts.append(f"unknown key(s) {', '.join(map(repr, extra))}")
+        raise ValueError(
+            f"Composer: {what} {' and '.join(parts)}; expected exactly "
+            f"{', '.join(map(repr, sorted(expected)))}."
+        )

@@ -1,0 +1,641 @@
+"""The :class:`Composer`: one training-step API for every weighting method, under every stack
+(single process, DDP, autocast and ``GradScaler``, ``torch.compile``, gradient accumulation)."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+import time
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lossrag.compose.checks import (
+    check_batch,
+    check_shared,
+    check_tasks,
+    last_layer,
+    query_index,
+)
+from lossrag.compose.dist import Sync, is_compiled, unwrap
+from lossrag.compose.lookahead import Batch, copy_tree, meta_context, rerun, side_state
+from lossrag.compose.options import Options
+from lossrag.compose.performance import PerformanceMeter
+from lossrag.compose.records import Pending
+from lossrag.compose.steps import GradStep, LossStep, PolicyStep, Step
+from lossrag.losses import Loss, registry
+from lossrag.record import StepRecord, TraceWriter
+from lossrag.tasks import Task
+from lossrag.weighting import Method, available, make_method
+
+__all__ = ["Composer", "NonFiniteLossError"]
+
+_STATE_VERSION = 2
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised after more consecutive non-finite steps than ``max_skips`` allows."""
+
+
+@dataclass
+class _Window:
+    """The micro-batches of one optimizer step."""
+
+    length: int
+    divide: bool = True
+    count: int = 0
+    skipped: bool = False
+    batches: list[Batch] = field(default_factory=list)
+    #: Sum of the micro-batches' (all-reduced) losses, and the method's state before its
+    #: update at the first micro-batch: the update is redone with the window's mean losses.
+    stats: Tensor | None = None
+    snapshot: tuple[dict[str, Any], Tensor] | None = None
+
+
+class Composer:
+    """Computes every task's loss and weighs them with a method; build it with
+    :func:`lossrag.wrap`.
+
+    The composer owns and steps the method's state (log-variances, logits, solver warm starts,
+    a policy's trackers); the user's optimizer only ever sees the model's parameters.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tasks: Sequence[Task],
+        policy: str | Method,
+        shared: nn.Module | None,
+        trace: str | os.PathLike[str] | None,
+        options: Options,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"wrap: `model` must be a torch.nn.Module, got {type(model).__name__}.")
+        self.model, self.module, self.options = model, unwrap(model), options
+        self.tasks = check_tasks(tasks)
+        self.method, self.policy_name, self.policy_version = _make_policy(policy)
+        composes = self.method.composes_terms
+        representation = any(t.kind == "representation" for t in self.tasks)
+        self.compiled = is_compiled(model)
+        self._check_stack(representation)
+        needs_shared = self.method.per_task_gradients or composes or representation
+        self.shared = check_shared(model, shared, self.policy_name, needs_shared)
+        self.shared_ids = (
+            {id(p) for p in self.shared.parameters()} if self.shared is not None else set()
+        )
+        self.terms: list[tuple[Task, Loss]] = [
+            (t, registry.create(t.loss or "", **t.loss_params)) for t in self.tasks
+        ]
+        self.method.setup(len(self.terms), last_layer(self.shared))
+        if composes:
+            self.method.bind(self.tasks)  # type: ignore[attr-defined]
+        bind_tasks = getattr(self.method, "bind_tasks", None)
+        if bind_tasks is not None:  # a curriculum schedules tasks by name
+            bind_tasks([t.name for t in self.tasks])
+        self.meter = (
+            PerformanceMeter(self.tasks, self.policy_name)
+            if getattr(self.method, "needs_metrics", False)
+            else None
+        )
+        self.sync = Sync()
+        self.strategy: Step = (
+            PolicyStep(self)
+            if composes
+            else GradStep(self)
+            if self.method.kind == "gradient"
+            else LossStep(self)
+        )
+        seed = torch.initial_seed() if options.seed is None else options.seed
+        self._rng = torch.Generator().manual_seed(seed).get_state()
+        self.step = 0
+        self._skips = 0
+        self._window: _Window | None = None
+        self.window_weights: Tensor | None = None
+        self._rerun_batches: list[Batch] = []
+        self._features: Tensor | None = None
+        self.inputs: tuple[tuple[Any, ...], dict[str, Any]] | None = None
+        self._replaying = False
+        self._scale_seen: float | None = None
+        self._snapshot: tuple[dict[str, Any], Tensor] | None = None
+        self._notice: str | None = None
+        self._hooks: list[Any] = []
+        self._writer = TraceWriter(trace) if trace is not None else None
+        self._unwritten: list[Pending | StepRecord] = []
+        self._last: Pending | StepRecord | None = None
+        self.meta: Any = None
+        self._query: Any = None
+        self._query_index = query_index(self.tasks, options.query_tasks)
+        self._setup_query(composes)
+        self._setup_hooks(composes or representation)
+
+    # ------------------------------------------------------------------ set-up
+    def _check_stack(self, representation: bool) -> None:
+        """Refuse what this stack cannot do before any state exists."""
+        name = self.policy_name
+        if self.options.scaler is not None and self.method.kind == "gradient":
+            raise ValueError(
+                f"wrap: scaler= works with loss-based methods; policy {name!r} is gradient-based "
+                "(it aggregates per-task gradients, which a GradScaler's single scale does not "
+                "cover). Train it in bf16 autocast, which needs no scaler."
+            )
+        if self.compiled and representation:
+            raise ValueError(
+                "wrap: representation tasks need the output of `shared` inside the autograd "
+                "graph, which a torch.compile'd model does not expose; compile the trunk and the "
+                "heads separately, or train the representation task without torch.compile."
+            )
+        if self.compiled and (self.method.per_task_gradients or self.method.live_losses):
+            # Several backward passes through one compiled graph need its saved tensors kept.
+            import torch._functorch.config as functorch_config
+
+            functorch_config.donated_buffer = False
+
+    def _setup_query(self, composes: bool) -> None:
+        query = self.options.query
+        if query is None and self.method.needs_query:
+            raise ValueError(
+                f"wrap: policy {self.policy_name!r} learns from held-out batches; pass "
+                "query=<iterable of (x, y) batches> (e.g. a validation loader)."
+            )
+        if query is None:
+            return
+        from lossrag.meta.online import OnlineMeta, QueryStream
+
+        stream = QueryStream(query, {t.name for t in self.tasks if t.kind != "representation"})
+        if composes:
+            self.method.meta_on = True  # type: ignore[attr-defined]
+            self.meta = OnlineMeta(
+                self.module,
+                self.method,  # type: ignore[arg-type]
+                stream,
+                self.options.meta_every,
+                self.options.optimizer,
+                features=self.take_features,
+                objective=self.options.meta_objective,
+                query_tasks=[self.tasks[i].name for i in self._query_index],
+            )
+        elif self.method.needs_query or self.meter is not None:
+            self._query = stream
+        else:
+            raise ValueError(
+                f"wrap: policy {self.policy_name!r} does not learn from a query set; "
+                "`query=` works with the retrieval policies, 'autolambda', 'metaweighting' "
+                "and 'perf'."
+            )
+
+    def _setup_hooks(self, features: bool) -> None:
+        if self.shared is not None and features:
+            self._hooks.append(self.shared.register_forward_hook(self._keep_features))
+        if (
+            self.method.needs_rerun
+            or self.options.query is not None
+            or (self.compiled and self.method.composes_terms)
+        ):
+            self._hooks.append(
+                self.model.register_forward_pre_hook(self._keep_inputs, with_kwargs=True)
+            )
+
+    # ------------------------------------------------------------------ the training step
+    def loss(self, outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor]) -> Tensor:
+        """The weighted loss of this batch: a scalar whose gradient is the method's.
+
+        Call ``.backward()`` on it (or ``scaler.scale(loss).backward()``, or return it from a
+        Lightning ``training_step``); DDP reduces its gradients as usual. Loss-based methods and
+        retrieval policies only (gradient-based ones: :meth:`backward`). Inside
+        :meth:`accumulate` the loss is already divided by the number of micro-batches.
+
+        On an accelerator nothing is read back from the device at a step of a method whose
+        weights do not depend on the losses (EW, RLW): a non-finite loss gives a zero loss on the
+        device, class indices are checked at the first step only (later, an index out of range
+        trips the device's own assertion) and records are read every ``trace_every`` steps or
+        when asked. Methods that read the losses (UW, FAMO, the policies, ...) skip a non-finite
+        step on the host and leave their state unchanged. Read what happened with
+        :attr:`last_record`.
+        """
+        with self._micro_batch(outputs, targets, values=self._reads_values(targets)):
+            pending = self.strategy.loss(outputs, targets)
+            self._keep(pending)
+        loss = pending.extra["loss"]
+        assert isinstance(loss, Tensor)
+        return loss
+
+    def backward(self, outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor]) -> StepRecord:
+        """Weigh this batch's task losses and accumulate the gradients into ``.grad``.
+
+        For loss-based methods: ``self.loss(outputs, targets).backward()``, checked. For
+        gradient-based methods: the aggregated direction on the ``shared`` parameters and the sum
+        of the task gradients on every other parameter. Bad input raises before anything
+        changes. A step whose losses or gradients are not finite writes no gradient, leaves the
+        method's state as it was and is recorded with ``skipped=True`` (a step whose *gradient*
+        turns out non-finite after finite losses may have updated a stateful method). After
+        ``max_skips`` consecutive skips :class:`NonFiniteLossError` is raised.
+        """
+        with self._micro_batch(outputs, targets):
+            record = self.strategy.backward(outputs, targets)
+            if record.skipped:
+                self.mark_skipped()
+            self._keep(record)
+        return self._with_notice(record)
+
+    @contextlib.contextmanager
+    def accumulate(self, n: int, *, divide: bool = True) -> Iterator[None]:
+        """One optimizer step made of ``n`` micro-batches.
+
+        Inside the block call :meth:`loss` (or :meth:`backward`) once per micro-batch; the
+        method's weights are computed and its state updated once, at the first micro-batch, and
+        each micro-batch's loss is divided by ``n``. Weights that do not depend on the current
+        losses (EW, UW, DWA, RLW) make the ``n`` micro-batches give the gradient of one batch
+        ``n`` times larger; weights that do (FAMO, GLS, the retrieval policies' loss scales) take
+        the first micro-batch's losses. FAMO's re-evaluation after the step covers all ``n``.
+        One record is kept per optimizer step. ``divide=False`` leaves the losses undivided, for
+        trainers that divide by the number of micro-batches themselves (Lightning's
+        ``accumulate_grad_batches``, Hugging Face's ``gradient_accumulation_steps``).
+
+        >>> # with composer.accumulate(4):
+        >>> #     for x, y in micro_batches:
+        >>> #         composer.loss(model(x), y).backward()
+        >>> # optimizer.step(); optimizer.zero_grad()
+        """
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ValueError(f"Composer.accumulate: n must be an integer >= 1, got {n!r}.")
+        if self._window is not None:
+            raise RuntimeError("Composer.accumulate: windows cannot be nested.")
+        self._window = _Window(n, divide)
+        try:
+            yield
+        finally:
+            window = self._window
+            if window.count not in (0, n) and divide:
+                warnings.warn(
+                    f"Composer.accumulate({n}) saw {window.count} micro-batches; each loss was "
+                    f"divided by {n}.",
+                    stacklevel=3,
+                )
+            self._close_window()
+
+    @property
+    def last_record(self) -> StepRecord | None:
+        """The record of the last optimizer step (read from the device when asked)."""
+        if isinstance(self._last, Pending):
+            self._last = self._with_notice(self._last.materialise())
+        return self._last
+
+    # ------------------------------------------------------------------ window bookkeeping
+    def _reads_values(self, targets: Mapping[str, Tensor]) -> bool:
+        """Whether :meth:`loss` checks target values: always on the CPU, where reading them costs
+        no synchronisation; on an accelerator at the first step only."""
+        return self.step == 0 or all(t.device.type == "cpu" for t in targets.values())
+
+    @contextlib.contextmanager
+    def _micro_batch(
+        self, outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor], values: bool = True
+    ) -> Iterator[None]:
+        check_batch(self.tasks, outputs, targets, values)
+        self.sync.check(
+            {
+                "policy": self.policy_name,
+                "tasks": [(t.name, t.kind) for t in self.tasks],
+                "window": None if self._window is None else self._window.length,
+            }
+        )
+        own = self._window is None
+        if own:
+            self._window = _Window(1)
+        assert self._window is not None
+        try:
+            yield
+        except BaseException:  # bad input: nothing of this micro-batch is counted
+            self.inputs = None
+            if own:
+                self._window = None
+            raise
+        try:
+            if self.method.needs_rerun and self.inputs is not None:
+                self._window.batches.append(
+                    (copy_tree(self.inputs), {k: v.detach().clone() for k, v in targets.items()})
+                )
+        finally:
+            self._window.count += 1
+            self.inputs = None
+            if own:
+                self._close_window()
+
+    def _close_window(self) -> None:
+        window, self._window = self._window, None
+        if window is None or window.count == 0:
+            return
+        self._rerun_batches = [] if window.skipped else window.batches
+        if not window.skipped:
+            self.strategy.end_window(window)
+        self.step += 1
+        if len(self._unwritten) >= self.options.trace_every:
+            self._flush()
+        if window.skipped:
+            self._skips += 1
+            if self._skips > self.options.max_skips:
+                raise NonFiniteLossError(
+                    f"{self._skips} consecutive steps skipped; the limit is "
+                    f"max_skips={self.options.max_skips}."
+                )
+        else:
+            self._skips = 0
+
+    def window_starts(self) -> bool:
+        """Whether this micro-batch is the first of its optimizer step."""
+        return self._window is None or self._window.count == 0
+
+    @property
+    def window_length(self) -> int:
+        """What each micro-batch's loss is divided by: the number of micro-batches in the
+        current optimizer step (1 when the window does not divide)."""
+        if self._window is None or not self._window.divide:
+            return 1
+        return self._window.length
+
+    @property
+    def window(self) -> _Window | None:
+        """The optimizer step being built (``None`` between steps)."""
+        return self._window
+
+    def snapshot(self) -> tuple[dict[str, Any], Tensor]:
+        """A copy of the method's state and of the composer's random stream."""
+        return copy.deepcopy(self.method.state_dict()), self._rng.clone()
+
+    def restore(self, snapshot: tuple[dict[str, Any], Tensor]) -> None:
+        """Return to a :meth:`snapshot`."""
+        state, rng = snapshot
+        self.method.load_state_dict(copy.deepcopy(state))
+        self._rng = rng.clone()
+
+    def mark_skipped(self) -> None:
+        """This optimizer step is skipped: no re-evaluation after it, counted toward max_skips."""
+        if self._window is not None:
+            self._window.skipped = True
+
+    def begin_update(self, timings: dict[str, float]) -> None:
+        """Before the method updates at this optimizer step: undo the previous step's update if
+        the GradScaler skipped that step, else FAMO's re-evaluation of its batches; then keep
+        the state the GradScaler may have to come back to."""
+        scaler = self.options.scaler
+        if scaler is not None:
+            scale = float(scaler.get_scale())
+            if self._scale_seen is not None and scale < self._scale_seen and self._snapshot:
+                self.restore(self._snapshot)
+                self._rerun_batches = []
+                self._notice = "previous step skipped by the GradScaler; method state restored"
+            self._scale_seen = scale
+        if self._rerun_batches:
+            t0 = time.perf_counter()
+            batches, self._rerun_batches = self._rerun_batches, []
+            with self.rerunning():
+                after = self.sync.mean(rerun(self.module, batches, self.term_losses)).float()
+            floors = getattr(self.method, "min_losses", None) or [0.0] * len(after)
+            if bool(torch.isfinite(after).all()) and (
+                not self.method.positive_losses or bool((after > after.new_tensor(floors)).all())
+            ):
+                self.method.observe_rerun(after)
+            timings["rerun"] = time.perf_counter() - t0
+        if scaler is not None:
+            self._snapshot = self.snapshot()
+
+    def share_state(self, extra: Any = None) -> Any:
+        """Under DDP, every rank adopts rank 0's state for methods that learn from more than
+        the all-reduced losses (GradNorm, look-aheads, the retrieval policies' refreshes), and
+        rank 0's ``extra`` (what the update reported, for the records); returns ``extra``."""
+        method = self.method
+        if not self.sync.active or not (
+            method.needs_query or method.live_losses or method.composes_terms
+        ):
+            return extra
+        state, extra = self.sync.share((method.state_dict(), extra))
+        if self.sync.rank != 0:
+            method.load_state_dict(state)
+        return extra
+
+    def check_positive(self, values: Sequence[float]) -> None:
+        """Methods that take log L need every loss above its lower bound."""
+        if not self.method.positive_losses:
+            return
+        floors = getattr(self.method, "min_losses", None) or [0.0] * len(values)
+        low = [
+            f"{t.name!r} ({v:.3g} <= {b:g})"
+            for (t, _), v, b in zip(self.terms, values, floors, strict=True)
+            if v <= b
+        ]
+        if low:
+            raise ValueError(
+                f"Policy {self.policy_name!r} takes the logarithm of each loss, which must "
+                f"exceed its lower bound; task(s) {', '.join(low)} do not. Use losses "
+                "bounded below by 0 (e.g. not gaussian_nll with a small sigma)."
+            )
+
+    # ------------------------------------------------------------------ losses and forwards
+    def pairs(self) -> list[tuple[str, str]]:
+        """``(task, loss name)`` of every term of a baseline method."""
+        return [(t.name, loss.name) for t, loss in self.terms]
+
+    def term_losses(self, outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor]) -> Tensor:
+        """The ``(K,)`` mean losses of the tasks' natural terms, with their graph."""
+        values = []
+        for task, loss in self.terms:
+            if task.kind == "representation":
+                if self._features is None:
+                    raise ValueError(
+                        f"Task {task.name!r} (representation): `shared` produced no output in "
+                        "this forward; call model(x) before the composer."
+                    )
+                value = loss(self._features.flatten(1), targets[task.positives or ""])
+            else:
+                value = loss(outputs[task.name], targets[task.name])
+            values.append(value if value.dim() == 0 else value.mean())
+        self._features = None
+        return torch.stack(values)
+
+    def meta_step(self, losses: Tensor, targets: Mapping[str, Tensor]) -> str | None:
+        """A query-learning baseline's look-ahead update at this step."""
+        assert self.inputs is not None and self._query is not None
+        with self.rerunning():
+            ctx = meta_context(
+                self.module,
+                losses,
+                (self.inputs, dict(targets)),
+                self.term_losses,
+                self._query,
+                self._query_index,
+                self.options.optimizer,
+            )
+            return self.method.meta_step(ctx)
+
+    def performance(
+        self, outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor]
+    ) -> Tensor:
+        """Each task's performance in ``[0, 1]``: on the next query batch when ``query=`` was
+        given, else on this training batch."""
+        assert self.meter is not None
+        if self._query is not None:
+            x, targets = self._query.next(like=self.inputs)
+            with self.rerunning(), torch.no_grad(), torch.random.fork_rng(devices=[]):
+                outputs = torch.func.functional_call(self.module, side_state(self.module), (x,))
+        return self.meter(outputs, targets)
+
+    def eager_forward(self) -> tuple[Mapping[str, Tensor], Tensor | None]:
+        """This step's batch through the plain (uncompiled) module, on cloned buffers: outputs
+        and shared features with a graph autograd can differentiate."""
+        assert self.inputs is not None, "the inputs hook keeps the batch of a compiled model"
+        args, kwargs = self.inputs
+        with self.rerunning():
+            self._features = None
+            outputs = torch.func.functional_call(self.module, side_state(self.module), args, kwargs)
+            return outputs, self.take_features()
+
+    def kept_inputs(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """A copy of this step's model inputs, safe to keep past the step."""
+        assert self.inputs is not None
+        return copy_tree(self.inputs)
+
+    def take_features(self) -> Tensor | None:
+        """The output of ``shared`` in the last forward (then forgotten)."""
+        features, self._features = self._features, None
+        return features
+
+    @contextlib.contextmanager
+    def rerunning(self) -> Iterator[None]:
+        """Forwards inside are the composer's own, not training batches."""
+        self._replaying = True
+        try:
+            yield
+        finally:
+            self._replaying = False
+            self._features = None
+
+    def _keep_features(self, module: nn.Module, args: Any, output: Tensor) -> None:
+        self._features = output
+
+    def _keep_inputs(
+        self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        if not self._replaying:
+            self.inputs = (args, kwargs)
+
+    @contextlib.contextmanager
+    def own_rng(self) -> Iterator[None]:
+        """Run the method in full precision (autocast off) and, if it is randomised, on the
+        composer's own CPU random stream (CUDA draws still come from the global CUDA stream)."""
+        with contextlib.ExitStack() as stack:
+            for device in ("cpu", "cuda"):
+                if torch.is_autocast_enabled(device):
+                    stack.enter_context(torch.autocast(device, enabled=False))
+            if not self.method.randomized:
+                yield
+                return
+            stack.enter_context(torch.random.fork_rng(devices=[]))
+            torch.set_rng_state(self._rng)
+            yield
+            self._rng = torch.get_rng_state()
+
+    # ------------------------------------------------------------------ records
+    def _keep(self, item: Pending | StepRecord) -> None:
+        """Keep the first micro-batch's record of each optimizer step (and trace it)."""
+        if self._window is not None and self._window.count > 0:
+            return
+        self._last = item
+        if self._writer is not None:
+            self._unwritten.append(item)
+            if isinstance(item, StepRecord):
+                self._flush()
+
+    def _with_notice(self, record: StepRecord) -> StepRecord:
+        if self._notice is not None:
+            reason = record.reason
+            record.reason = self._notice if reason is None else f"{reason}; {self._notice}"
+            self._notice = None
+        return record
+
+    def _flush(self) -> None:
+        """Write the kept records to the trace (reading pending ones from the device)."""
+        if self._writer is None:
+            return
+        for item in self._unwritten:
+            record = item.materialise() if isinstance(item, Pending) else item
+            self._writer.write(record)
+        self._unwritten.clear()
+
+    # ------------------------------------------------------------------ state and lifecycle
+    def epoch_end(self) -> None:
+        """Tell the method an epoch ended (DWA rolls its epoch-average losses)."""
+        self.method.epoch_end()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume bit-for-bit (tensors, numbers, strings, lists, dicts):
+        the step, the method's state, the composer's random stream and FAMO's pending batches."""
+        return {
+            "version": _STATE_VERSION,
+            "policy": self.policy_name,
+            "tasks": [t.name for t in self.tasks],
+            "step": self.step,
+            "skips": self._skips,
+            "rng": self._rng.clone(),
+            "method": self.method.state_dict(),
+            "pending": list(self._rerun_batches),
+            "meta": None if self.meta is None else self.meta.state_dict(),
+            "meter": None if self.meter is None else self.meter.state_dict(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a :meth:`state_dict`; a state from another policy or task list is refused."""
+        if not isinstance(state, Mapping) or state.get("version") != _STATE_VERSION:
+            raise ValueError(
+                f"Composer.load_state_dict: not a LossRAG composer state of version "
+                f"{_STATE_VERSION}."
+            )
+        names = [t.name for t in self.tasks]
+        if state["policy"] != self.policy_name or list(state["tasks"]) != names:
+            raise ValueError(
+                f"Composer.load_state_dict: the state is for policy {state['policy']!r} with tasks "
+                f"{list(state['tasks'])}, this composer runs {self.policy_name!r} with {names}."
+            )
+        self.method.load_state_dict(dict(state["method"]))
+        self.step = int(state["step"])
+        self._skips = int(state["skips"])
+        self._rng = state["rng"].clone()
+        self._rerun_batches = list(state["pending"])
+        if self.meta is not None and state.get("meta") is not None:
+            self.meta.load_state_dict(state["meta"])
+        if self.meter is not None and state.get("meter") is not None:
+            self.meter.load_state_dict(state["meter"])
+
+    def close(self) -> None:
+        """Write the remaining records, remove the hooks from the model and close the trace."""
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks.clear()
+        if self._writer is not None:
+            self._flush()
+            self._writer.close()
+
+    def __enter__(self) -> Composer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _make_policy(policy: str | Method) -> tuple[Method, str, str | None]:
+    """The method, the name runs record it under, and its policy card's code version."""
+    if isinstance(policy, Method):
+        return policy, policy.name or type(policy).__name__, None
+    if not isinstance(policy, str):
+        raise TypeError(f"wrap: `policy` must be a name or a Method, got {type(policy).__name__}.")
+    if policy not in available() and (
+        policy == "default" or os.sep in policy or os.path.isdir(policy)
+    ):
+        from lossrag.policy.store import load_policy, policy_folder, read_card
+
+        card = read_card(policy_folder(policy))
+        return load_policy(policy), card.name, card.code
+    return make_method(policy), policy, None

@@ -1,0 +1,68 @@
+"""The options of :func:`lossrag.wrap`, defined once and validated in one place."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from lossrag._util import unknown_name_error
+
+__all__ = ["Options", "parse_options"]
+
+
+class Options(BaseModel):
+    """Keyword options of :func:`lossrag.wrap` (every one optional).
+
+    Attributes:
+        seed: Seed of the composer's own random stream (RLW, PCGrad, GradVac, GradDrop and the
+            retrieval policy's exploration draw from it, never from the global one). Defaults
+            to ``torch.initial_seed()``.
+        max_skips: Consecutive non-finite steps tolerated before ``NonFiniteLossError``.
+        query: An iterable (cycled when it runs out) of held-out ``(x, y)`` batches shaped like
+            training batches. With a retrieval policy it turns on online meta-adaptation; the
+            query-learning baselines (``autolambda``, ``metaweighting``) need it.
+        meta_every: Steps between meta-steps.
+        meta_objective: ``"sum"`` (one query objective: the tasks' query losses, each divided by
+            its running mean, summed), ``"common"`` (one per task, combined by the
+            MetaWeighting min-norm common direction) or ``"transfer"`` (per task, as
+            ``common``, but a task's candidates are scored only by their effect on the other
+            tasks' query losses).
+        optimizer: The optimizer that steps the model; an Adam-style one lets the meta-step
+            precondition its look-ahead as Adam does.
+        query_tasks: Names of the tasks whose query losses the meta-step lowers (Auto-Lambda's
+            primary tasks); the others are auxiliary. Default: every task.
+        scaler: The ``torch.amp.GradScaler`` of an fp16 loop. A step the scaler skips (its
+            scale went down) leaves the method's state as it was before that step. Loss-based
+            methods only.
+        trace_every: With ``trace=``, records are written in groups of this many steps, so
+            that the loss path reads no value from the device at every step.
+    """
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, frozen=True)
+
+    seed: int | None = None
+    max_skips: int = Field(10, ge=0)
+    query: Any = None  # any iterable of (x, y); kept as given (pydantic would consume it)
+    meta_every: int = Field(5, ge=1)
+    meta_objective: Literal["sum", "common", "transfer"] = "sum"
+    optimizer: torch.optim.Optimizer | None = None
+    query_tasks: list[str] | None = None
+    scaler: torch.amp.GradScaler | None = None
+    trace_every: int = Field(32, ge=1)
+
+
+def parse_options(options: dict[str, Any]) -> Options:
+    """Validate ``wrap``'s keyword options; errors name the option and what was expected."""
+    known = set(Options.model_fields)
+    for key in options:
+        if key not in known:
+            raise unknown_name_error("wrap option", key, sorted(known))
+    try:
+        return Options(**options)
+    except ValidationError as err:
+        first = err.errors()[0]
+        name = ".".join(str(p) for p in first["loc"])
+        expected = str(first["msg"]).replace("Input should be", "must be")
+        raise ValueError(f"wrap: {name} {expected}, got {options.get(name)!r}.") from None

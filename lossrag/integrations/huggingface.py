@@ -1,0 +1,163 @@
+"""Hugging Face integration: :class:`LossRAGTrainer`, a ``transformers.Trainer`` whose
+``compute_loss`` weighs the tasks with a LossRAG loss-based method
+(``pip install "lossrag[huggingface]"``).
+
+The model is any ``torch.nn.Module`` whose ``forward`` takes the batch's input columns as
+keyword arguments and returns ``{task name: output}``; each batch also holds one column per task,
+named after it, with the targets. ``compute_loss`` takes those columns out, runs the model on
+the rest and returns ``composer.loss(outputs, targets)``. The ``gradient_accumulation_steps``
+micro-batches of one optimizer step form one composer window (the method's weights update once
+per optimizer step; the Trainer divides each micro-batch's loss itself). Evaluation batches
+give the unweighted sum of the task losses and never update the method.
+
+Only loss-based methods (EW, UW, DWA, FAMO, ..., the retrieval policies) are supported:
+gradient-based ones (MGDA, PCGrad, ...) need one backward per task, which ``compute_loss``
+cannot express; :class:`LossRAGTrainer` raises a ``TypeError`` for them (use the Lightning
+integration, or a plain loop with ``composer.backward``).
+
+Example (``examples/huggingface_trainer.py`` runs it end to end)::
+
+    from transformers import TrainingArguments
+    from lossrag.integrations.huggingface import LossRAGTrainer
+
+    args = TrainingArguments(output_dir=tmp, max_steps=50, use_cpu=True, report_to=[],
+                             save_strategy="no")
+    trainer = LossRAGTrainer(model=model, args=args, train_dataset=rows,  # rows: dicts
+                             tasks=tasks, policy="famo", shared=model.trunk)
+    trainer.train()
+    trainer.composer.last_record       # the last optimizer step's weights
+
+Unless ``TrainingArguments(label_names=...)`` says otherwise, the task names are the Trainer's
+``label_names``: ``remove_unused_columns`` keeps their columns although ``model.forward`` does
+not take them, and evaluation passes them to ``compute_loss``. The default data collator renames
+a ``label`` or ``label_ids`` column to ``labels``: name the tasks otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lossrag.compose import Composer, wrap
+from lossrag.tasks import Task
+from lossrag.weighting import Method
+
+try:
+    import transformers
+except ImportError as err:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        f"{__name__} needs transformers: pip install 'lossrag[huggingface]' ({err})"
+    ) from err
+
+__all__ = ["LossRAGTrainer"]
+
+
+class LossRAGTrainer(transformers.Trainer):
+    """A ``transformers.Trainer`` that trains ``tasks`` weighted by ``policy``.
+
+    Args:
+        *args: The ``transformers.Trainer`` arguments (``model``, ``args``, ``train_dataset``,
+            ...).
+        tasks: The tasks, with unique names; each is a column of the batches.
+        policy: A loss-based method name, ``"default"``, a policy folder or a configured loss
+            :class:`~lossrag.weighting.Method` (as :func:`lossrag.wrap` takes).
+        shared: The shared trunk, a submodule of the model.
+        trace: Path of a JSONL trace of every step's record.
+        wrap_options: The other keyword options of :func:`lossrag.wrap` (``seed``, ...).
+        **kwargs: More ``transformers.Trainer`` keyword arguments.
+
+    Attributes:
+        composer: The :class:`~lossrag.Composer`, built with the Trainer (after Accelerate has
+            set up the process group); closed when :meth:`train` returns.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        tasks: Sequence[Task],
+        policy: str | Method = "ew",
+        shared: nn.Module | None = None,
+        trace: str | os.PathLike[str] | None = None,
+        wrap_options: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        names = [t.name for t in tasks]
+        if self.args.label_names is None:
+            # The target columns are the labels: kept by remove_unused_columns, handed to
+            # compute_loss in evaluation and returned as label_ids by predict().
+            self.label_names = names
+        elif self.args.remove_unused_columns and not set(names) <= set(self.label_names):
+            raise ValueError(
+                f"LossRAGTrainer: TrainingArguments(label_names={self.args.label_names!r}) "
+                f"leaves out task column(s) {sorted(set(names) - set(self.label_names))}, which "
+                "remove_unused_columns would drop; add them to label_names or set "
+                "remove_unused_columns=False."
+            )
+        if not isinstance(self.model, nn.Module):
+            raise TypeError("LossRAGTrainer: pass the model (a torch.nn.Module) as `model=`.")
+        self.tasks = list(tasks)
+        self.composer: Composer = wrap(
+            self.model, self.tasks, policy, shared, trace, **dict(wrap_options or {})
+        )
+        if self.composer.method.kind != "loss":
+            name = self.composer.policy_name
+            self.composer.close()
+            raise TypeError(
+                f"LossRAGTrainer: policy {name!r} is gradient-based (it needs one gradient per "
+                "task), which Trainer.compute_loss cannot express; use a loss-based method, the "
+                "Lightning integration (lossrag.integrations.lightning) or a plain loop with "
+                "composer.backward()."
+            )
+        self._window: Any = None  # the open composer.accumulate(...) context, if any
+
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: Tensor | int | None = None,
+    ) -> Tensor | tuple[Tensor, Any]:
+        """The weighted loss of this batch (``num_items_in_batch`` is not used: task losses are
+        per-task means); evaluation batches give the unweighted sum of the task losses."""
+        names = {t.name for t in self.tasks}
+        missing = sorted(names - set(inputs))
+        if missing:
+            raise ValueError(
+                f"LossRAGTrainer: the batch has no column for task(s) {missing}; its columns are "
+                f"{sorted(inputs)} (the default collator renames a 'label' or 'label_ids' "
+                "column to 'labels')."
+            )
+        targets = {k: v for k, v in inputs.items() if k in names}
+        features = {k: v for k, v in inputs.items() if k not in names}
+        outputs = model(**features)
+        if not (model.training and torch.is_grad_enabled()):
+            loss = self.composer.term_losses(outputs, targets).sum()
+            return (loss, outputs) if return_outputs else loss
+        n = int(self.args.gradient_accumulation_steps)
+        if n > 1 and self._window is None:
+            # Transformers divides each micro-batch's loss by the accumulation steps itself.
+            self._window = self.composer.accumulate(n, divide=False)
+            self._window.__enter__()
+        loss = self.composer.loss(outputs, targets)
+        if self._window is not None and self.accelerator.sync_gradients:
+            self._close_window()  # the last micro-batch of this optimizer step
+        return (loss, outputs) if return_outputs else loss
+
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        """``transformers.Trainer.train``, then close the composer (flushes the trace)."""
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            self._close_window()
+            self.composer.close()
+
+    def _close_window(self) -> None:
+        window, self._window = self._window, None
+        if window is None:
+            return
+        window.__exit__(None, None, None)  # undivided: a short last window needs no warning

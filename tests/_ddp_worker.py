@@ -1,0 +1,120 @@
+"""Worker of the two-process DDP tests (gloo, CPU, 127.0.0.1): trains every given method for a
+few steps on its half of a fixed global batch and saves each step's weights and parameters."""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+import lossrag
+from lossrag.models import MultiTaskMLP
+from lossrag.weighting import method_class
+
+STEPS = 3
+GLOBAL_BATCH = 32
+TASKS = [
+    lossrag.Task("digit", kind="classification", num_classes=4),
+    lossrag.Task("parity", kind="classification", num_classes=2),
+    lossrag.Task("ink", kind="regression", metric="mae"),
+]
+
+
+def batches() -> list[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+    """The fixed global batches, the same in every process."""
+    g = torch.Generator().manual_seed(123)
+    out = []
+    for _ in range(STEPS):
+        x = torch.randn(GLOBAL_BATCH, 12, generator=g)
+        label = torch.randint(0, 4, (GLOBAL_BATCH,), generator=g)
+        out.append((x, {"digit": label, "parity": label % 2, "ink": x.mean(1) + 2.0}))
+    return out
+
+
+def train(method: str, rank: int = 0, world: int = 1) -> dict[str, list[torch.Tensor]]:
+    """Train ``method`` for STEPS steps; with world > 1, wrapped in DDP on this rank's half."""
+    torch.manual_seed(0)
+    model = MultiTaskMLP(12, [16, 8], TASKS)
+    net = DistributedDataParallel(model) if world > 1 else model
+    per = GLOBAL_BATCH // world
+    options = {}
+    if method_class(method).needs_query:  # each rank's half of a held-out batch
+        x, y = batches()[-1]
+        part = slice(rank * per, (rank + 1) * per)
+        options = {"query": [(x[part] + 0.1, {k: v[part] for k, v in y.items()})], "meta_every": 1}
+    composer = lossrag.wrap(net, TASKS, method, shared=model.trunk, seed=0, **options)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    weights, params = [], []
+    for x, y in batches():
+        xs, ys = (
+            x[rank * per : (rank + 1) * per],
+            {k: v[rank * per : (rank + 1) * per] for k, v in y.items()},
+        )
+        opt.zero_grad()
+        if composer.method.kind == "gradient":
+            record = composer.backward(net(xs), ys)
+        else:
+            composer.loss(net(xs), ys).backward()
+            record = composer.last_record
+        assert record is not None and not record.skipped, (method, record)
+        w = [t.weight if t.weight is not None else float("nan") for t in record.terms if t.active]
+        weights.append(torch.tensor(w, dtype=torch.float64))
+        opt.step()
+        params.append(torch.cat([p.detach().reshape(-1) for p in model.parameters()]).clone())
+    composer.close()
+    return {"weights": weights, "params": params}
+
+
+def run(rank: int, world: int, port: int, methods: list[str], out: str) -> None:
+    """Entry point of one spawned rank: every method, then the two failure cases."""
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=60))
+    try:
+        results = {m: train(m, rank, world) for m in methods}
+        torch.save(results, Path(out) / f"rank{rank}.pt")
+        mismatch(rank, out)
+        non_finite(rank, out)
+    finally:
+        dist.destroy_process_group()
+
+
+def mismatch(rank: int, out: str) -> None:
+    """Rank 1 lists the tasks in another order and picks another policy: every rank must raise
+    a clear error at the first step (not hang)."""
+    tasks = TASKS if rank == 0 else TASKS[::-1]
+    torch.manual_seed(0)
+    model = MultiTaskMLP(12, [16, 8], TASKS)
+    net = DistributedDataParallel(model)
+    composer = lossrag.wrap(net, tasks, "famo" if rank == 0 else "uw", seed=0)
+    x, y = batches()[0]
+    try:
+        composer.loss(net(x[:4]), {t.name: y[t.name][:4] for t in tasks}).backward()
+        message = "no error"
+    except ValueError as err:
+        message = str(err)
+    Path(out, f"mismatch{rank}.txt").write_text(message)
+
+
+def non_finite(rank: int, out: str) -> None:
+    """Rank 1's batch has a NaN target: both ranks skip the step and keep their state."""
+    torch.manual_seed(0)
+    model = MultiTaskMLP(12, [16, 8], TASKS)
+    net = DistributedDataParallel(model)
+    composer = lossrag.wrap(net, TASKS, "uw", seed=0)
+    before = composer.method.state_dict()
+    x, y = batches()[0]
+    y = {k: v[rank * 16 : (rank + 1) * 16].clone() for k, v in y.items()}
+    if rank == 1:
+        y["ink"][0] = float("nan")
+    composer.loss(net(x[rank * 16 : (rank + 1) * 16]), y).backward()
+    record = composer.last_record
+    assert record is not None
+    untouched = all(p.grad is None or not bool(p.grad.any()) for p in model.parameters())
+    state_same = str(before) == str(composer.method.state_dict())
+    Path(out, f"non_finite{rank}.txt").write_text(f"{record.skipped} {untouched} {state_same}")

@@ -1,0 +1,95 @@
+"""The ``lossrag`` command line: the ``bench`` subcommands and their errors, and ``library list``
+at 80 columns."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from lossrag.cli import app
+from lossrag.losses import registry
+
+BENCH = {
+    "run": ["--problems", "--methods", "--seeds", "--out", "--force", "--jobs", "--toy-steps"],
+    "quick": ["--problems", "--methods", "--seeds", "--out", "--force", "--jobs"],
+    "resume": ["--out", "--jobs"],
+    "report": ["--out"],
+    "index": ["--out", "--jobs"],
+}
+
+
+def _text(output: str) -> str:
+    """The output with rich's line wrapping undone."""
+    return " ".join(output.replace("│", " ").split())
+
+
+def test_bench_lists_its_subcommands():
+    result = CliRunner().invoke(app, ["bench", "--help"])
+    assert result.exit_code == 0, result.output
+    for command in BENCH:
+        assert f"│ {command} " in result.output
+
+
+@pytest.mark.parametrize("command", sorted(BENCH))
+def test_every_bench_subcommand_has_help(command):
+    result = CliRunner().invoke(app, ["bench", command, "--help"], env={"COLUMNS": "120"})
+    assert result.exit_code == 0, result.output
+    assert f"bench {command} [OPTIONS]" in _text(result.output)
+    for option in BENCH[command]:
+        assert option in result.output
+
+
+def test_the_old_flags_are_gone_with_a_usage_error():
+    result = CliRunner().invoke(app, ["bench", "--quick"])
+    assert result.exit_code == 2 and "No such option" in _text(result.output)
+
+
+def test_resume_and_report_need_a_started_benchmark(tmp_path):
+    cli = CliRunner()
+    resumed = cli.invoke(app, ["bench", "resume", "--out", str(tmp_path / "none")])
+    assert resumed.exit_code == 2
+    assert "holds no benchmark to resume (no config.json)" in _text(resumed.output)
+    reported = cli.invoke(app, ["bench", "report", "--out", str(tmp_path / "none")])
+    assert reported.exit_code == 2 and "no config.json" in _text(reported.output)
+
+
+def test_resume_refuses_a_corrupt_configuration(tmp_path):
+    (tmp_path / "config.json").write_text('{"problems": ["digits-mtl"], "surprise": 1}')
+    result = CliRunner().invoke(app, ["bench", "resume", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "surprise" in _text(result.output)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "--seeds", "0"], "--seeds must be at least 1, got 0"),
+        (["quick", "--methods", "famoo"], "Unknown method 'famoo'. Did you mean 'famo'"),
+        (["run", "--problems", "digits-mt"], "Did you mean 'digits-mtl'"),
+    ],
+)
+def test_bench_errors_name_the_parameter(tmp_path, args, message):
+    result = CliRunner().invoke(app, ["bench", *args, "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and message in _text(result.output), result.output
+
+
+def test_library_list_reads_at_80_columns():
+    done = subprocess.run(
+        [sys.executable, "-c", "from lossrag.cli import main; main()", "library", "list"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "80"},
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    assert "…" not in done.stdout  # nothing truncated
+    first_words = {line.split()[0] for line in lines if line.startswith("  ") and line.strip()}
+    assert set(registry.list("*")) <= first_words
+    # one loss, all of its card: family, kinds, per, hyper-parameters, description
+    text = _text(done.stdout)
+    assert "huber robust · regression · per sample · delta=1 Quadratic for |r|" in text

@@ -1,0 +1,261 @@
+"""The training step under the stacks users train with: ``composer.loss`` + ``backward``,
+gradient accumulation, autocast, ``GradScaler`` and ``torch.compile``."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import lossrag
+from lossrag.weighting import available
+
+#: Methods that need ``query=`` or a metric source are covered by their own tests.
+PLAIN = sorted(
+    set(available())
+    - {"autolambda", "metaweighting", "lossrag-online", "lossrag-default-online", "perf"}
+)
+LOSS_BASED = [
+    "ew",
+    "uw",
+    "dwa",
+    "famo",
+    "rlw",
+    "imtll",
+    "geometricmean",
+    "stch",
+    "lossrag",
+    "default",
+]
+
+
+def _grads(model: torch.nn.Module) -> torch.Tensor:
+    return torch.cat([p.grad.reshape(-1) for p in model.parameters() if p.grad is not None])
+
+
+def _run(digits, policy, step, steps=6, **options):
+    """Train ``steps`` steps with ``step(composer, model, x, y)`` doing the backward; return the
+    per-step gradients and the composer."""
+    model = digits.model(0)
+    composer = lossrag.wrap(model, digits.tasks, policy, shared=model.trunk, seed=0, **options)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    grads = []
+    for i in range(steps):
+        x, y = digits.batch(i)
+        opt.zero_grad()
+        step(composer, model, x, y)
+        grads.append(_grads(model).clone())
+        opt.step()
+    return grads, composer
+
+
+@pytest.mark.parametrize("policy", LOSS_BASED)
+def test_loss_backward_gives_the_methods_gradient(digits, policy):
+    """``composer.loss(...).backward()`` and ``composer.backward(...)`` fill the same gradients,
+    step after step (the method's state evolves identically)."""
+    by_loss, c1 = _run(digits, policy, lambda c, m, x, y: c.loss(m(x), y).backward())
+    by_backward, c2 = _run(digits, policy, lambda c, m, x, y: c.backward(m(x), y))
+    for a, b in zip(by_loss, by_backward, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    record = c1.last_record
+    assert record is not None and record.step == 5
+    assert [t.weight for t in record.terms] == [t.weight for t in c2.last_record.terms]
+
+
+def test_gradient_methods_have_no_single_loss(digits):
+    model = digits.model(0)
+    composer = lossrag.wrap(model, digits.tasks, "mgda", shared=model.trunk)
+    x, y = digits.batch(0)
+    with pytest.raises(TypeError, match=r"gradient-based.*composer\.backward"):
+        composer.loss(model(x), y)
+
+
+@pytest.mark.parametrize("policy", ["ew", "uw", "dwa"])
+def test_accumulation_gives_the_gradient_of_one_big_batch(digits, policy):
+    """Methods whose weights do not depend on this batch's losses: n micro-batches of b give
+    the gradient of one batch of n·b, and the same next state."""
+    big, _ = _run(digits, policy, lambda c, m, x, y: c.loss(m(x), y).backward(), steps=3)
+
+    def micro(c, m, x, y):
+        with c.accumulate(4):
+            for k in range(4):
+                part = slice(8 * k, 8 * (k + 1))
+                c.loss(m(x[part]), {n: v[part] for n, v in y.items()}).backward()
+
+    small, composer = _run(digits, policy, micro, steps=3)
+    for a, b in zip(big, small, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert composer.step == 3
+
+
+def test_famo_updates_once_per_optimizer_step(digits):
+    """Inside a window FAMO's state does not move; its update then uses the mean losses of all
+    micro-batches, as one big batch would. (Its weights depend on the current losses, so they
+    are taken from the first micro-batch: the gradient is close to, not equal to, the big
+    batch's; after 3 steps the logits differ by ~3e-3 relative here.)"""
+    seen = []
+
+    def micro(c, m, x, y):
+        with c.accumulate(4):
+            for k in range(4):
+                part = slice(8 * k, 8 * (k + 1))
+                c.loss(m(x[part]), {n: v[part] for n, v in y.items()}).backward()
+                seen.append(copy.deepcopy(c.method.state_dict()))
+
+    _, one_small = _run(digits, "famo", micro, steps=1)
+    _, one_big = _run(digits, "famo", lambda c, m, x, y: c.loss(m(x), y).backward(), steps=1)
+    torch.testing.assert_close(
+        one_small.method.state_dict()["prev"], one_big.method.state_dict()["prev"]
+    )
+    seen.clear()
+    _, small = _run(digits, "famo", micro, steps=3)
+    _, big = _run(digits, "famo", lambda c, m, x, y: c.loss(m(x), y).backward(), steps=3)
+    for window in range(3):
+        states = seen[4 * window : 4 * window + 4]
+        assert all(_same(states[0], s) for s in states[1:])
+    torch.testing.assert_close(
+        small.method.state_dict()["logits"], big.method.state_dict()["logits"], rtol=1e-2, atol=0
+    )
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, torch.Tensor):
+        return torch.equal(a, b)
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return a == b
+
+
+def test_accumulate_refuses_bad_counts(digits):
+    model = digits.model(0)
+    composer = lossrag.wrap(model, digits.tasks, "ew")
+    for bad in (0, -1, 1.5, True):
+        with (
+            pytest.raises(ValueError, match="n must be an integer >= 1"),
+            composer.accumulate(bad),
+        ):
+            pass
+    assert composer.step == 0
+
+
+@pytest.mark.parametrize("policy", PLAIN)
+def test_bf16_autocast_trains_every_method(digits, policy):
+    model = digits.model(0)
+    composer = lossrag.wrap(model, digits.tasks, policy, shared=model.trunk, seed=0)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for i in range(3):
+        x, y = digits.batch(i)
+        opt.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            outputs = model(x)
+        record = composer.backward(outputs, y)
+        assert not record.skipped, record.reason
+        opt.step()
+    assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+@pytest.mark.parametrize("policy", ["uw", "famo", "default"])
+def test_a_step_the_scaler_skips_leaves_the_method_state_unchanged(digits, policy):
+    """With fp16-style loss scaling, an overflowing step is skipped by the GradScaler; at the
+    next step the composer sees the scale fall and restores the method's state."""
+    model = digits.model(0)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**14)
+    composer = lossrag.wrap(model, digits.tasks, policy, shared=model.trunk, seed=0, scaler=scaler)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+
+    def step(i, overflow=False):
+        x, y = digits.batch(i)
+        opt.zero_grad()
+        loss = composer.loss(model(x), y)
+        scaler.scale(loss * (float("inf") if overflow else 1.0)).backward()
+        scaler.step(opt)
+        scaler.update()
+
+    step(0)
+    params = [p.detach().clone() for p in model.parameters()]
+    step(1, overflow=True)  # the scaler skips this optimizer step
+    assert all(torch.equal(a, b) for a, b in zip(params, model.parameters(), strict=True))
+    step(2)
+    record = composer.last_record
+    assert record is not None and "skipped by the GradScaler" in (record.reason or "")
+    # the same as a run that never saw step 1
+    fresh = digits.model(0)
+    ref_scaler = torch.amp.GradScaler("cpu", init_scale=2.0**14)
+    ref = lossrag.wrap(fresh, digits.tasks, policy, shared=fresh.trunk, seed=0, scaler=ref_scaler)
+    ref_opt = torch.optim.SGD(fresh.parameters(), lr=0.01)
+    for i in (0, 2):
+        x, y = digits.batch(i)
+        ref_opt.zero_grad()
+        ref_scaler.scale(ref.loss(fresh(x), y)).backward()
+        ref_scaler.step(ref_opt)
+        ref_scaler.update()
+    assert _same(ref.method.state_dict(), composer.method.state_dict())
+    assert all(
+        torch.equal(a, b) for a, b in zip(fresh.parameters(), model.parameters(), strict=True)
+    )
+
+
+def test_scaler_with_a_gradient_method_is_refused(digits):
+    model = digits.model(0)
+    with pytest.raises(ValueError, match="scaler= works with loss-based methods"):
+        lossrag.wrap(
+            model, digits.tasks, "mgda", shared=model.trunk, scaler=torch.amp.GradScaler("cpu")
+        )
+
+
+def test_unknown_option_names_the_closest(digits):
+    model = digits.model(0)
+    with pytest.raises(ValueError, match="meta_every"):
+        lossrag.wrap(model, digits.tasks, "ew", meta_evry=3)
+    with pytest.raises(ValueError, match="max_skips must be greater than or equal to 0"):
+        lossrag.wrap(model, digits.tasks, "ew", max_skips=-1)
+
+
+@pytest.mark.parametrize(
+    "policy", ["ew", "famo", "gradnorm", "mgda", "pcgrad", "nashmtl", "default"]
+)
+def test_compiled_model_trains_with_every_family(digits, policy):
+    """``torch.compile`` (AOTAutograd, the part that owns the backward graph) under loss-based,
+    gradient-based, GradNorm and retrieval methods: the compiled run follows the eager one."""
+    torch._dynamo.reset()
+    eager, _ = _run(digits, policy, lambda c, m, x, y: c.backward(m(x), y), steps=4)
+    model = digits.model(0)
+    compiled = torch.compile(model, backend="aot_eager")
+    composer = lossrag.wrap(compiled, digits.tasks, policy, shared=model.trunk, seed=0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    for i in range(4):
+        x, y = digits.batch(i)
+        opt.zero_grad()
+        record = composer.backward(compiled(x), y)
+        assert not record.skipped, record.reason
+        torch.testing.assert_close(_grads(model), eager[i], rtol=1e-4, atol=1e-6)
+        opt.step()
+    if policy == "default":
+        assert composer.method.last_refresh == 0 and all(
+            t.weight is not None for t in composer.last_record.terms
+        )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("policy", ["ew", "famo", "gradnorm", "mgda", "default"])
+def test_inductor_compiled_model_trains(digits, policy):
+    """The default backend (inductor, C++ on CPU; ~45 s for the first compile): every family
+    trains a compiled model and the retrieval policy refreshes."""
+    torch._dynamo.reset()
+    model = digits.model(0)
+    compiled = torch.compile(model)
+    composer = lossrag.wrap(compiled, digits.tasks, policy, shared=model.trunk, seed=0)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    records = []
+    for i in range(60):
+        x, y = digits.batch(i)
+        opt.zero_grad()
+        records.append(composer.backward(compiled(x), y))
+        opt.step()
+    assert not any(r.skipped for r in records)
+    assert sum(records[-1].losses.values()) < sum(records[0].losses.values())
+    if policy == "default":
+        assert composer.method.refreshes >= 2
