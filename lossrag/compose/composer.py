@@ -26,10 +26,10 @@ from lossrag.compose.dist import Sync, is_compiled, unwrap
 from lossrag.compose.lookahead import Batch, copy_tree, meta_context, rerun, side_state
 from lossrag.compose.options import Options
 from lossrag.compose.performance import PerformanceMeter
-from lossrag.compose.records import Pending
+from lossrag.compose.records import Pending, Recorder
 from lossrag.compose.steps import GradStep, LossStep, PolicyStep, Step
 from lossrag.losses import Loss, registry
-from lossrag.record import StepRecord, TraceWriter
+from lossrag.record import StepRecord
 from lossrag.tasks import Task
 from lossrag.weighting import Method, available, make_method
 
@@ -122,11 +122,8 @@ class Composer:
         self._replaying = False
         self._scale_seen: float | None = None
         self._snapshot: tuple[dict[str, Any], Tensor] | None = None
-        self._notice: str | None = None
         self._hooks: list[Any] = []
-        self._writer = TraceWriter(trace) if trace is not None else None
-        self._unwritten: list[Pending | StepRecord] = []
-        self._last: Pending | StepRecord | None = None
+        self.recorder = Recorder(trace, options.trace_every)
         self.meta: Any = None
         self._query: Any = None
         self._query_index = query_index(self.tasks, options.query_tasks)
@@ -209,19 +206,17 @@ class Composer:
         retrieval policies only (gradient-based ones: :meth:`backward`). Inside
         :meth:`accumulate` the loss is already divided by the number of micro-batches.
 
-        On an accelerator nothing is read back from the device at a step of a method whose
-        weights do not depend on the losses (EW, RLW): a non-finite loss gives a zero loss on the
-        device, class indices are checked at the first step only (later, an index out of range
-        trips the device's own assertion) and records are read every ``trace_every`` steps or
-        when asked. Methods that read the losses (UW, FAMO, the policies, ...) skip a non-finite
-        step on the host and leave their state unchanged. Read what happened with
-        :attr:`last_record`.
+        Nothing is read back from the device at a step of a method whose weights do not depend
+        on the losses (EW, RLW): a non-finite loss gives a zero loss on the device, target values
+        (class indices, 0/1 labels) are checked at the first step only (later, an index out of
+        range is the loss function's own error, re-raised naming the task) and records are read
+        every ``trace_every`` steps or when asked. Methods that read the losses (UW, FAMO, the
+        policies, ...) skip a non-finite step on the host and leave their state unchanged.
+        Read what happened with :attr:`last_record`.
         """
-        with self._micro_batch(outputs, targets, values=self._reads_values(targets)):
-            pending = self.strategy.loss(outputs, targets)
+        with self._micro_batch(outputs, targets, values=self.step == 0):
+            loss, pending = self.strategy.loss(outputs, targets)
             self._keep(pending)
-        loss = pending.extra["loss"]
-        assert isinstance(loss, Tensor)
         return loss
 
     def backward(self, outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor]) -> StepRecord:
@@ -240,7 +235,8 @@ class Composer:
             if record.skipped:
                 self.mark_skipped()
             self._keep(record)
-        return self._with_notice(record)
+        self.recorder.last()  # adds a pending notice to the record just kept
+        return record
 
     @contextlib.contextmanager
     def accumulate(self, n: int, *, divide: bool = True) -> Iterator[None]:
@@ -281,28 +277,22 @@ class Composer:
     @property
     def last_record(self) -> StepRecord | None:
         """The record of the last optimizer step (read from the device when asked)."""
-        if isinstance(self._last, Pending):
-            self._last = self._with_notice(self._last.materialise())
-        return self._last
+        return self.recorder.last()
 
     # ------------------------------------------------------------------ window bookkeeping
-    def _reads_values(self, targets: Mapping[str, Tensor]) -> bool:
-        """Whether :meth:`loss` checks target values: always on the CPU, where reading them costs
-        no synchronisation; on an accelerator at the first step only."""
-        return self.step == 0 or all(t.device.type == "cpu" for t in targets.values())
-
     @contextlib.contextmanager
     def _micro_batch(
         self, outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor], values: bool = True
     ) -> Iterator[None]:
         check_batch(self.tasks, outputs, targets, values)
-        self.sync.check(
-            {
-                "policy": self.policy_name,
-                "tasks": [(t.name, t.kind) for t in self.tasks],
-                "window": None if self._window is None else self._window.length,
-            }
-        )
+        if not self.sync.checked:
+            self.sync.check(
+                {
+                    "policy": self.policy_name,
+                    "tasks": [(t.name, t.kind) for t in self.tasks],
+                    "window": None if self._window is None else self._window.length,
+                }
+            )
         own = self._window is None
         if own:
             self._window = _Window(1)
@@ -333,8 +323,6 @@ class Composer:
         if not window.skipped:
             self.strategy.end_window(window)
         self.step += 1
-        if len(self._unwritten) >= self.options.trace_every:
-            self._flush()
         if window.skipped:
             self._skips += 1
             if self._skips > self.options.max_skips:
@@ -387,7 +375,9 @@ class Composer:
             if self._scale_seen is not None and scale < self._scale_seen and self._snapshot:
                 self.restore(self._snapshot)
                 self._rerun_batches = []
-                self._notice = "previous step skipped by the GradScaler; method state restored"
+                self.recorder.notice = (
+                    "previous step skipped by the GradScaler; method state restored"
+                )
             self._scale_seen = scale
         if self._rerun_batches:
             t0 = time.perf_counter()
@@ -451,7 +441,11 @@ class Composer:
                     )
                 value = loss(self._features.flatten(1), targets[task.positives or ""])
             else:
-                value = loss(outputs[task.name], targets[task.name])
+                try:
+                    value = loss(outputs[task.name], targets[task.name])
+                except (IndexError, RuntimeError) as err:  # e.g. a class index out of range
+                    task.check(outputs[task.name], targets[task.name])
+                    raise ValueError(f"Task {task.name!r}: its loss failed: {err}") from err
             values.append(value if value.dim() == 0 else value.mean())
         self._features = None
         return torch.stack(values)
@@ -540,30 +534,9 @@ class Composer:
 
     # ------------------------------------------------------------------ records
     def _keep(self, item: Pending | StepRecord) -> None:
-        """Keep the first micro-batch's record of each optimizer step (and trace it)."""
-        if self._window is not None and self._window.count > 0:
-            return
-        self._last = item
-        if self._writer is not None:
-            self._unwritten.append(item)
-            if isinstance(item, StepRecord):
-                self._flush()
-
-    def _with_notice(self, record: StepRecord) -> StepRecord:
-        if self._notice is not None:
-            reason = record.reason
-            record.reason = self._notice if reason is None else f"{reason}; {self._notice}"
-            self._notice = None
-        return record
-
-    def _flush(self) -> None:
-        """Write the kept records to the trace (reading pending ones from the device)."""
-        if self._writer is None:
-            return
-        for item in self._unwritten:
-            record = item.materialise() if isinstance(item, Pending) else item
-            self._writer.write(record)
-        self._unwritten.clear()
+        """Keep the first micro-batch's record of each optimizer step."""
+        if self._window is None or self._window.count == 0:
+            self.recorder.keep(item)
 
     # ------------------------------------------------------------------ state and lifecycle
     def epoch_end(self) -> None:
@@ -614,9 +587,7 @@ class Composer:
         for hook in self._hooks:
             hook.remove()
         self._hooks.clear()
-        if self._writer is not None:
-            self._flush()
-            self._writer.close()
+        self.recorder.close()
 
     def __enter__(self) -> Composer:
         return self

@@ -4,15 +4,16 @@ trace writer every ``trace_every`` steps), so the training step itself reads not
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from lossrag.record import StepRecord, Term
+from lossrag.record import StepRecord, Term, TraceWriter
 
-__all__ = ["Pending", "make_record", "method_terms"]
+__all__ = ["Pending", "Recorder", "make_record", "method_terms"]
 
 
 def method_terms(
@@ -80,7 +81,6 @@ class Pending:
     values: Tensor
     weights: Tensor | None
     make: Callable[[list[float], list[float] | None, bool], StepRecord]
-    extra: dict[str, object] = field(default_factory=dict)
 
     def materialise(self) -> StepRecord:
         """Read the numbers (one device-to-host copy) and build the record."""
@@ -93,3 +93,59 @@ class Pending:
         weights = flat[n:] if self.weights is not None else None
         finite = all(v == v and abs(v) != float("inf") for v in values)
         return self.make(values, weights, finite)
+
+
+class _Kept:
+    """A kept record (pending until read) and the notice to add to its reason."""
+
+    def __init__(self, item: Pending | StepRecord, notice: str | None) -> None:
+        self.item, self.notice = item, notice
+
+    def record(self) -> StepRecord:
+        """The record, read from the device once."""
+        if isinstance(self.item, Pending):
+            self.item = self.item.materialise()
+        if self.notice is not None:
+            reason = self.item.reason
+            self.item.reason = self.notice if reason is None else f"{reason}; {self.notice}"
+            self.notice = None
+        return self.item
+
+
+class Recorder:
+    """The last step's record and the trace: pending records are read from the device when
+    asked for, or ``every`` records at a time for the trace."""
+
+    def __init__(self, trace: str | os.PathLike[str] | None, every: int) -> None:
+        self.writer = TraceWriter(trace) if trace is not None else None
+        self.every = every
+        #: Said in the reason of the next record kept (e.g. a step the GradScaler skipped).
+        self.notice: str | None = None
+        self._last: _Kept | None = None
+        self._unwritten: list[_Kept] = []
+
+    def keep(self, item: Pending | StepRecord) -> None:
+        """Keep ``item`` as the last record and queue it for the trace."""
+        self._last = _Kept(item, self.notice)
+        self.notice = None
+        if self.writer is not None:
+            self._unwritten.append(self._last)
+            if isinstance(item, StepRecord) or len(self._unwritten) >= self.every:
+                self.flush()
+
+    def last(self) -> StepRecord | None:
+        """The last record kept."""
+        return None if self._last is None else self._last.record()
+
+    def flush(self) -> None:
+        """Write the queued records to the trace."""
+        if self.writer is not None:
+            for kept in self._unwritten:
+                self.writer.write(kept.record())
+        self._unwritten.clear()
+
+    def close(self) -> None:
+        """Flush and close the trace."""
+        if self.writer is not None:
+            self.flush()
+            self.writer.close()

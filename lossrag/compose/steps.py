@@ -48,22 +48,22 @@ class Step(ABC):
         """Called when an optimizer step's micro-batches are all in."""
 
     @abstractmethod
-    def loss(self, outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor]) -> Pending:
-        """This micro-batch's contribution: ``pending.extra["loss"]`` is the scalar to call
-        ``backward()`` on (already divided by the accumulation window's length)."""
+    def loss(
+        self, outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor]
+    ) -> tuple[Tensor, Pending]:
+        """This micro-batch's scalar to call ``backward()`` on (already divided by the
+        accumulation window's length) and its pending record."""
 
     def backward(self, outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor]) -> StepRecord:
         """``loss()`` then its backward, checked: a step whose losses or gradients are not
         finite leaves ``.grad`` as it was."""
-        pending = self.loss(outputs, targets)
+        loss, pending = self.loss(outputs, targets)
         record = pending.materialise()
         if record.skipped:
             return record
         params = [p for p in self.c.model.parameters() if p.requires_grad]
         before = [None if p.grad is None else p.grad.clone() for p in params]
         t0 = time.perf_counter()
-        loss = pending.extra["loss"]
-        assert isinstance(loss, Tensor)
         loss.backward()
         record.timings["backward"] = time.perf_counter() - t0
         if not all_finite([p.grad for p in params]):
@@ -76,7 +76,9 @@ class Step(ABC):
 class LossStep(Step):
     """Loss-based methods: weights from the (all-reduced) losses, once per optimizer step."""
 
-    def loss(self, outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor]) -> Pending:
+    def loss(
+        self, outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor]
+    ) -> tuple[Tensor, Pending]:
         c, method = self.c, self.method
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
@@ -111,7 +113,8 @@ class LossStep(Step):
         weights = held
         # A non-finite loss (on any rank) gives a zero loss whose gradient is zero: decided on
         # the device, so nothing is read back here.
-        total = torch.where(torch.isfinite(stats).all(), (weights * losses).sum(), 0.0)
+        total = (weights * losses).sum()
+        total = torch.where(torch.isfinite(stats.sum() if c.sync.active else total), total, 0.0)
         if c.window_length > 1:
             total = total / c.window_length
         names = c.pairs()
@@ -128,7 +131,7 @@ class LossStep(Step):
                 timings=timings,
             )
 
-        return Pending(losses.detach(), weights, make, {"loss": total})
+        return total, Pending(losses.detach(), weights, make)
 
     @property
     def method(self) -> LossMethod:
@@ -144,7 +147,9 @@ class LossStep(Step):
             self.method.weigh(window.stats / window.count)
         self.c.share_state()
 
-    def _skipped(self, losses: Tensor, values: list[float], timings: dict[str, float]) -> Pending:
+    def _skipped(
+        self, losses: Tensor, values: list[float], timings: dict[str, float]
+    ) -> tuple[Tensor, Pending]:
         """A step with a non-finite loss: no update, a loss that gives no gradient."""
         c, names = self.c, self.c.pairs()
         record = make_record(
@@ -159,13 +164,15 @@ class LossStep(Step):
         )
         c.mark_skipped()
         zero = losses.new_zeros((), requires_grad=True)
-        return Pending(losses.detach(), None, lambda *_: record, {"loss": zero})
+        return zero, Pending(losses.detach(), None, lambda *_: record)
 
 
 class PolicyStep(Step):
     """Retrieval policies: their active terms, a refresh when due, weights held in between."""
 
-    def loss(self, outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor]) -> Pending:
+    def loss(
+        self, outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor]
+    ) -> tuple[Tensor, Pending]:
         c, policy = self.c, self.policy
         timings: dict[str, float] = {}
         features = c.take_features()
@@ -218,7 +225,7 @@ class PolicyStep(Step):
             record.reason = note
             return record
 
-        return Pending(losses.detach(), weights, make, {"loss": total})
+        return total, Pending(losses.detach(), weights, make)
 
     @property
     def policy(self) -> LossRAG:
@@ -255,12 +262,12 @@ class PolicyStep(Step):
         values: list[float],
         timings: dict[str, float],
         bad: list[str],
-    ) -> Pending:
+    ) -> tuple[Tensor, Pending]:
         record = self._record(self.c.step, terms, values, [], timings, {})
         record.skipped, record.reason = True, f"non-finite loss in {', '.join(bad)}"
         self.c.mark_skipped()
         zero = losses.new_zeros((), requires_grad=True)
-        return Pending(losses.detach(), None, lambda *_: record, {"loss": zero})
+        return zero, Pending(losses.detach(), None, lambda *_: record)
 
     def _record(
         self,
@@ -305,7 +312,9 @@ class PolicyStep(Step):
 class GradStep(Step):
     """Gradient-based methods: the aggregated direction on ``shared``, the task sum elsewhere."""
 
-    def loss(self, outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor]) -> Pending:
+    def loss(
+        self, outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor]
+    ) -> tuple[Tensor, Pending]:
         raise TypeError(
             f"Policy {self.c.policy_name!r} is gradient-based: it needs one gradient per task, "
             "so it has no single loss to call backward() on. Use "
