@@ -81,8 +81,10 @@ class BenchConfig(BaseModel):
             if p != "toy2d" and p not in list_problems():
                 raise unknown_name_error("problem", p, [*list_problems(), "toy2d"])
         for m in self.methods:
-            if m not in available():
-                raise unknown_name_error("method", m, available())
+            try:
+                method_class(m)
+            except ValueError:
+                raise unknown_name_error("method", m, available()) from None
 
 
 def plan(config: BenchConfig) -> list[Job]:

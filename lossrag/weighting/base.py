@@ -201,7 +201,12 @@ def _import_builtin(name: str) -> None:
 
 def method_class(name: str) -> type[Method]:
     """The class registered as ``name``, importing its module on first use (unknown names:
-    ValueError with the closest matches)."""
+    ValueError with the closest matches). ``"curriculum+X"``: the curriculum's class, once ``X``
+    is known."""
+    head, plus, inner = name.partition("+")
+    if plus and head == "curriculum":
+        method_class(inner)
+        return method_class(head)
     if name not in _REGISTRY and name in _BUILTIN:
         _import_builtin(name)
     if name not in _REGISTRY:
