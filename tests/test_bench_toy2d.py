@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
 from pydantic import ValidationError
 
 from lossrag.bench.problems import START_POINTS, Toy2D
-from lossrag.bench.problems.toy2d import pareto_set, toy_gradients, toy_losses
+from lossrag.bench.problems.toy2d import ToyRule, pareto_set, toy_gradients, toy_losses
+from lossrag.bench.toyrun import TOY_OPTIONS, _MethodRule, run_toy
+from lossrag.weighting import make_method
 
 LOWER = 5e-6
 
@@ -142,3 +147,136 @@ def test_config_is_typed() -> None:
     with pytest.raises(ValidationError):
         Toy2D(stepz=10)  # type: ignore[call-arg]
     assert Toy2D(optimizer="sgd", steps=10, lr=0.1).run(ew).final.shape == (5, 2)
+
+
+# FAMO and UW on the toy: the wrappers against their published update rules, and why FAMO
+# stalled from two start points (benchmarks/toy2d_famo.py has the measurements).
+
+
+class _Adam:
+    """torch-style Adam (β = 0.9, 0.999, ε = 1e-8); weight decay, if any, already in ``g``."""
+
+    def __init__(self, shape: tuple[int, int], lr: float) -> None:
+        self.lr, self.t, self.m, self.v = lr, 0, np.zeros(shape), np.zeros(shape)
+
+    def step(self, p: np.ndarray, g: np.ndarray) -> np.ndarray:
+        self.t += 1
+        self.m = 0.9 * self.m + 0.1 * g
+        self.v = 0.999 * self.v + 0.001 * g * g
+        m_hat = self.m / (1 - 0.9**self.t)
+        return p - self.lr * m_hat / (np.sqrt(self.v / (1 - 0.999**self.t)) + 1e-8)
+
+
+class FamoReference:
+    """FAMO's Algorithm 1 (Liu et al., NeurIPS 2023), written from the paper, one row per start.
+
+    Weights ``c·z_i/(L_i − b_i)`` with ``z = softmax(ξ)`` and ``c = (Σ z_i/(L_i − b_i))⁻¹``;
+    on the next call, one Adam step on ``ξ`` along ``J_softmax(ξ)ᵀ δ`` plus ``γξ``, with
+    ``δ_i = log(L_i^before − b_i) − log(L_i^after − b_i)``. ``gamma`` may differ per row.
+    """
+
+    def __init__(self, rows: int, bounds: tuple[float, float], gamma: float | np.ndarray) -> None:
+        self.b, self.gamma = np.asarray(bounds), np.reshape(gamma, (-1, 1))
+        self.xi, self.adam = np.zeros((rows, 2)), _Adam((rows, 2), lr=0.025)
+        self.before: np.ndarray | None = None
+
+    def __call__(self, losses: np.ndarray, grads: np.ndarray) -> np.ndarray:
+        if self.before is not None:
+            delta = np.log(self.before - self.b + 1e-8) - np.log(losses - self.b + 1e-8)
+            z = self._z()
+            g = z * (delta - (z * delta).sum(1, keepdims=True)) + self.gamma * self.xi
+            self.xi = self.adam.step(self.xi, g)
+        self.before = losses
+        w = self._z() / (losses - self.b + 1e-8)
+        return w / w.sum(1, keepdims=True)
+
+    def _z(self) -> np.ndarray:
+        e = np.exp(self.xi - self.xi.max(1, keepdims=True))
+        return e / e.sum(1, keepdims=True)
+
+
+class UwReference:
+    """Uncertainty weighting (Kendall et al., CVPR 2018): ``Σ ½e^{−s_i}L_i + ½s_i``, weights
+    ``½e^{−s_i}``, ``s`` stepped by Adam (lr 1e-3) on ``½ − ½e^{−s_i}L_i``."""
+
+    def __init__(self, rows: int) -> None:
+        self.s, self.adam = np.zeros((rows, 2)), _Adam((rows, 2), lr=1e-3)
+
+    def __call__(self, losses: np.ndarray, grads: np.ndarray) -> np.ndarray:
+        w = 0.5 * np.exp(-self.s)
+        self.s = self.adam.step(self.s, 0.5 - w * losses)
+        return w
+
+
+@pytest.fixture
+def float64_default() -> Iterator[None]:
+    """torchjd creates FAMO's logits and UW's log-variances in the default dtype: float64 here,
+    so that the comparison with the float64 references is exact (FAMO's logit dynamics on the
+    toy amplify rounding differences, float32 or not, within a few thousand steps)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
+def test_toy_runs_famo_with_its_authors_settings() -> None:
+    """FAMO's toy code (Cranial-XIX/FAMO experiments/toy): b = (−21·0.1, −21), γ = 0."""
+    famo = _MethodRule("famo", 1, seed=0).methods[0]
+    assert famo.scalarizer.weight_decay == 0.0  # type: ignore[attr-defined]
+    bounds = famo.scalarizer.min_losses  # type: ignore[attr-defined]
+    np.testing.assert_allclose(bounds.numpy(), np.array([-2.1, -21.0]))
+    assert TOY_OPTIONS["famo"] == {"min_losses": (-2.1, -21.0), "weight_decay": 0.0}
+    assert make_method("famo").weight_decay == 1e-3  # type: ignore[attr-defined]  # elsewhere
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "reference"),
+    [
+        ("famo", None, lambda: FamoReference(5, (-2.1, -21.0), 0.0)),
+        (
+            "famo",
+            {"min_losses": (-2.0, -20.0), "weight_decay": 1e-3},
+            lambda: FamoReference(5, (-2.0, -20.0), 1e-3),
+        ),
+        ("uw", None, lambda: UwReference(5)),
+    ],
+)
+def test_toy_methods_follow_their_published_update_rules(
+    float64_default: None,
+    name: str,
+    options: dict[str, Any] | None,
+    reference: Callable[[], ToyRule],
+) -> None:
+    """Fed the same losses, the wrapped method and the reference give the same weights."""
+    wrapped, ref, gap = _MethodRule(name, 5, seed=0, options=options), reference(), []
+
+    def both(losses: np.ndarray, grads: np.ndarray) -> np.ndarray:
+        w_ref = ref(losses, grads)
+        w = wrapped(losses, grads)
+        gap.append(np.abs(w / w.sum(1, keepdims=True) - w_ref / w_ref.sum(1, keepdims=True)))
+        gap.append(np.abs(w.sum(1) - w_ref.sum(1)) / w_ref.sum(1))
+        return w_ref
+
+    Toy2D(steps=300, record_every=300).run(both)
+    assert max(g.max() for g in gap) < 1e-10
+
+
+@pytest.mark.slow  # 50k steps of the reference from ten rows, about 10 s
+def test_famo_logit_decay_makes_it_stall_from_two_starts() -> None:
+    """The cause of the stall: with γ = 1e-3 the decay outweighs the logits' gradient (the
+    toy's per-step log-loss changes are ~1e-5), the logits stay near 0 and FAMO follows fixed
+    1/(L − b) weights into the log-valleys from (−8.5, 7.5) and (9, 9). γ = 0 (the authors'
+    toy setting) reaches the Pareto set from all five starts; the bounds do not matter."""
+    toy = Toy2D(starts=START_POINTS * 2, record_every=50000)
+    rule = FamoReference(10, (-2.1, -21.0), np.repeat([0.0, 1e-3], 5))
+    d = toy.run(rule).pareto_distance
+    assert np.all(d[:5] < 0.05)
+    assert np.all(d[[5, 7]] > 5) and np.all(d[[6, 8, 9]] < 0.05)
+    assert np.abs(rule.xi[5:]).max() < 0.1 < np.abs(rule.xi[:5]).max()
+
+
+@pytest.mark.slow  # 50k steps of the wrapped FAMO from five starts, about 5 minutes
+def test_famo_reaches_the_pareto_set_from_every_start() -> None:
+    run = run_toy("famo", 0)
+    assert np.all(run.pareto_distance < 0.05)
+    assert np.ptp(run.final[:, 0]) > 1  # different Pareto points, not one

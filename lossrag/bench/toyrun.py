@@ -4,14 +4,20 @@ The toy has closed-form gradients, so each start point gets its own method objec
 ``lossrag.wrap`` builds) fed with the objective values and gradients. Methods that take
 gradients through autograd (GradNorm) see a linearised graph ``L_i + ⟨θ − θ₀, ∇f_i⟩`` whose value
 and gradient at θ₀ are exact; FAMO receives the objectives after each step as its re-evaluation.
-GradDrop and ConFIG produce directions that are not weighted sums and are not run here. The toy's
-objectives are negative in places; FAMO gets their lower bounds (−2, −20) as its ``b_i``, as its
-paper defines them (``log(L − b)``).
+GradDrop and ConFIG produce directions that are not weighted sums and are not run here.
+
+FAMO runs as its authors ran this toy (``Cranial-XIX/FAMO``, ``experiments/toy/trainer.py`` and
+``run.sh``): bounds ``b = (−21·0.1, −21)`` below the objectives, which are negative in places
+(FAMO works on ``log(L − b)``), and no weight decay on its logits (γ = 0, where the library's
+default is 1e-3). With γ = 1e-3 the decay outweighs the logits' gradient, which is tiny on the
+toy (median 5·10⁻⁵ a step), the logits stay near 0 and FAMO, left with fixed 1/(L − b) weights,
+stalls from two start points (``benchmarks/toy2d_famo.py`` measures it).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,10 +26,14 @@ from torch import nn
 from lossrag.bench.problems import Toy2D, ToyRun
 from lossrag.weighting import GradMethod, LossMethod, Method, make_method
 
-__all__ = ["TOY_UNSUPPORTED", "run_toy"]
+__all__ = ["TOY_OPTIONS", "TOY_UNSUPPORTED", "run_toy"]
 
-#: Lower bounds of the two toy objectives (their infima over the plane are −1.9989 and −19.989).
-TOY_LOWER_BOUNDS = (-2.0, -20.0)
+#: Options each method runs with on the toy, where they differ from its defaults: FAMO's toy
+#: settings from its authors' code (lower bounds −21·scale and −21 below the objectives' infima
+#: −1.9989 and −19.989; logit weight decay γ = 0).
+TOY_OPTIONS: dict[str, dict[str, Any]] = {
+    "famo": {"min_losses": (-2.1, -21.0), "weight_decay": 0.0},
+}
 
 #: Methods whose update is not a weighted sum of the two gradients.
 TOY_UNSUPPORTED = frozenset({"graddrop", "config"})
@@ -32,17 +42,16 @@ TOY_UNSUPPORTED = frozenset({"graddrop", "config"})
 class _MethodRule:
     """A ``Toy2D`` rule backed by one method object per start point."""
 
-    def __init__(self, name: str, starts: int, seed: int) -> None:
+    def __init__(
+        self, name: str, starts: int, seed: int, options: Mapping[str, Any] | None = None
+    ) -> None:
         if name in TOY_UNSUPPORTED:
             raise ValueError(f"toy2d: method {name!r} gives no per-task weights; it is not run.")
+        chosen = dict(TOY_OPTIONS.get(name, {}) if options is None else options)
         self.thetas = [nn.Parameter(torch.zeros(2, dtype=torch.float64)) for _ in range(starts)]
         self.methods: list[Method] = []
         for theta in self.thetas:
-            method = (
-                make_method(name, min_losses=TOY_LOWER_BOUNDS)
-                if name == "famo"
-                else (make_method(name))
-            )
+            method = make_method(name, **chosen)
             method.setup(2, [theta])
             self.methods.append(method)
         self.rng = torch.Generator().manual_seed(seed)
@@ -75,13 +84,18 @@ class _MethodRule:
 
 
 def run_toy(
-    method: str, seed: int, steps: int | None = None, starts: Sequence[int] | None = None
+    method: str,
+    seed: int,
+    steps: int | None = None,
+    starts: Sequence[int] | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> ToyRun:
     """Run ``method`` from the start points of :class:`Toy2D` (all five, or those indexed by
-    ``starts``); ``steps`` overrides the protocol's 50k."""
+    ``starts``); ``steps`` overrides the protocol's 50k; ``options`` replaces the method's
+    :data:`TOY_OPTIONS` (for ablations)."""
     toy = Toy2D()
     if starts is not None:
         toy = Toy2D(starts=tuple(toy.starts[i] for i in starts))
     if steps is not None:
         toy = Toy2D(starts=toy.starts, steps=steps)
-    return toy.run(_MethodRule(method, len(toy.starts), seed))
+    return toy.run(_MethodRule(method, len(toy.starts), seed, options))
