@@ -516,10 +516,16 @@ class Composer:
         if not self._replaying:
             self.inputs = (args, kwargs)
 
-    @contextlib.contextmanager
-    def own_rng(self) -> Iterator[None]:
+    def own_rng(self) -> contextlib.AbstractContextManager[None]:
         """Run the method in full precision (autocast off) and, if it is randomised, on the
         composer's own CPU random stream (CUDA draws still come from the global CUDA stream)."""
+        autocast = torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda")
+        if not autocast and not self.method.randomized:
+            return contextlib.nullcontext()
+        return self._own_rng()
+
+    @contextlib.contextmanager
+    def _own_rng(self) -> Iterator[None]:
         with contextlib.ExitStack() as stack:
             for device in ("cpu", "cuda"):
                 if torch.is_autocast_enabled(device):

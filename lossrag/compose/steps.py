@@ -101,19 +101,18 @@ class LossStep(Step):
                 timings["meta"] = time.perf_counter() - t1
             if window is not None and window.length > 1 and not method.live_losses:
                 window.snapshot = c.snapshot()
-            with c.own_rng():
-                weights = method.weigh(losses if method.live_losses else stats)
-            weights = c.share_state(weights)
-            c.window_weights = weights.detach().to(losses)
+            if not method.unit_weights:
+                with c.own_rng():
+                    weights = method.weigh(losses if method.live_losses else stats)
+                weights = c.share_state(weights)
+                c.window_weights = weights.detach().to(losses)
             timings["weights"] = time.perf_counter() - t1
         if window is not None and window.length > 1:
             window.stats = stats if window.stats is None else window.stats + stats
-        held = c.window_weights
-        assert held is not None
-        weights = held
+        held = None if method.unit_weights else c.window_weights
         # A non-finite loss (on any rank) gives a zero loss whose gradient is zero: decided on
         # the device, so nothing is read back here.
-        total = (weights * losses).sum()
+        total = losses.sum() if held is None else (held * losses).sum()
         total = torch.where(torch.isfinite(stats.sum() if c.sync.active else total), total, 0.0)
         if c.window_length > 1:
             total = total / c.window_length
@@ -125,13 +124,13 @@ class LossStep(Step):
                 c.policy_name,
                 names,
                 values,
-                method_terms(names, w),
+                method_terms(names, [1.0] * len(names) if w is None else w),
                 skipped=not ok,
                 reason=reason if ok else _non_finite(names, values),
                 timings=timings,
             )
 
-        return total, Pending(losses.detach(), weights, make)
+        return total, Pending(losses.detach(), held, make)
 
     @property
     def method(self) -> LossMethod:

@@ -198,7 +198,7 @@ class OnlineMeta:
         if not bool(torch.isfinite(rows).all()):
             return None, "meta-step skipped (non-finite utilities)"
         if self.objective == "transfer":  # drop each task's effect on its own query loss
-            owners = [k.split(":", 1)[0] for k in keys]
+            owners = [k.rsplit(":", 1)[0] for k in keys]
             rows = rows * rows.new_tensor([[o != q for o in owners] for q in self.query_names])
         utilities = dict(zip(keys, rows.sum(0).tolist(), strict=True))
         per_task = None if self.objective != "common" else rows.to(torch.float32)

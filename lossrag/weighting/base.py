@@ -60,6 +60,9 @@ class Method(ABC):
     #: False when the weights never depend on the losses' values (EW, RLW): the composer then
     #: reads no loss back from the device on the ``Composer.loss`` path.
     reads_losses: ClassVar[bool] = True
+    #: True when every weight is 1 at every step (EW): the composer then sums the losses as
+    #: they are, with no weighting at all.
+    unit_weights: ClassVar[bool] = False
     #: True when ``weigh`` needs the live losses with their graph (GradNorm differentiates them
     #: with respect to the last shared layer); the others get the detached, all-reduced losses.
     live_losses: ClassVar[bool] = False

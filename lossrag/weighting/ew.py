@@ -26,6 +26,7 @@ class EW(LossMethod):
 
     name = "ew"
     reads_losses = False
+    unit_weights = True
 
     def weigh(self, losses: Tensor) -> Tensor:
         """``∂(Σ L_i)/∂L_i = 1`` for every term."""
