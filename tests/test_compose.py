@@ -319,3 +319,22 @@ def test_representation_task_needs_a_classification_positive(digits):
     rep = lossrag.Task("emb", kind="representation", positives="ink")
     with pytest.raises(ValueError, match="must name a classification task"):
         lossrag.wrap(digits.model(), [*digits.tasks, rep], "ew", shared=digits.model().trunk)
+
+
+def test_task_names_with_colons_work_with_the_retrieval_policy():
+    """Term keys are ``task:entry``; a task whose name holds a colon must still train."""
+    tasks = [
+        lossrag.Task("a:x", kind="regression"),
+        lossrag.Task("b:y:z", kind="classification", num_classes=3),
+    ]
+    from lossrag.models import MultiTaskMLP
+
+    torch.manual_seed(0)
+    model = MultiTaskMLP(5, [8], tasks)
+    composer = lossrag.wrap(model, tasks, "lossrag", shared=model.trunk, seed=0)
+    for _ in range(3):
+        x = torch.randn(16, 5)
+        y = {"a:x": x.sum(1), "b:y:z": (x[:, 0] > 0).long()}
+        record = composer.backward(model(x), y)
+        assert not record.skipped
+    assert {t.task for t in record.terms} == {"a:x", "b:y:z"}

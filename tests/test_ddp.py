@@ -4,8 +4,9 @@ Loss-based methods: the composer's loss is an ordinary scalar whose gradients DD
 losses the methods learn from are all-reduced first. Gradient-based methods: the per-task
 gradients of the shared parameters are averaged across ranks before the aggregator and the
 heads' gradients are averaged too, so every rank applies the same direction. The retrieval
-policies take their refresh on every rank and adopt rank 0's result: the ranks agree bit for bit,
-but a refresh sees rank 0's half of the batch, so they do not reproduce a single process.
+policies refresh on the global batch (gathered from every rank). The look-ahead methods (online
+adaptation, Auto-Lambda, MetaWeighting) take their meta-step on rank 0's query batch and share
+it: the ranks agree bit for bit, but they do not reproduce a single process.
 """
 
 from __future__ import annotations
@@ -25,16 +26,9 @@ import _ddp_worker as worker
 from lossrag.weighting import available, method_class
 
 METHODS = sorted(set(available()) - {"perf"})
-#: Methods that adopt rank 0's update (a refresh or a look-ahead on its half of the batch): the
-#: ranks agree bit for bit, but the run is not the one-process run on the whole batch.
-RANK0 = {
-    "lossrag",
-    "lossrag-default",
-    "lossrag-online",
-    "lossrag-default-online",
-    "autolambda",
-    "metaweighting",
-}
+#: Methods that adopt rank 0's look-ahead update (on its half of the query batch): the ranks
+#: agree bit for bit, but the run is not the one-process run on the whole batch.
+RANK0 = {"lossrag-online", "lossrag-default-online", "autolambda", "metaweighting"}
 
 
 def _port() -> int:

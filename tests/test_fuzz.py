@@ -144,8 +144,7 @@ def _same(a, b) -> bool:
     if isinstance(a, torch.Tensor):
         return a.shape == b.shape and bool(
             torch.equal(a, b)
-            or ((a.isnan() == b.isnan()).all()
-            and torch.equal(a.nan_to_num(), b.nan_to_num()))
+            or ((a.isnan() == b.isnan()).all() and torch.equal(a.nan_to_num(), b.nan_to_num()))
         )
     if isinstance(a, dict):
         return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)

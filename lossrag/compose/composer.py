@@ -123,7 +123,9 @@ class Composer:
         self._scale_seen: float | None = None
         self._snapshot: tuple[dict[str, Any], Tensor] | None = None
         self._hooks: list[Any] = []
-        self.recorder = Recorder(trace, options.trace_every)
+        self.normalizer = self._target_normalizer()
+        self._target_stats: Tensor | None = None
+        self.recorder = Recorder(trace, options.trace_every, self._annotate)
         self.meta: Any = None
         self._query: Any = None
         self._query_index = query_index(self.tasks, options.query_tasks)
@@ -185,13 +187,30 @@ class Composer:
                 "and 'perf'."
             )
 
+    def _target_normalizer(self) -> Any:
+        """PopArt statistics and heads of the regression tasks, with ``normalize_targets``."""
+        if not self.options.normalize_targets:
+            return None
+        if self.method.composes_terms and self.options.query is not None:
+            raise ValueError(
+                "wrap: normalize_targets with a retrieval policy's online meta-adaptation "
+                "(query=) is not supported yet; its look-ahead takes losses in the user's units."
+            )
+        from lossrag.targets import TargetNormalizer
+
+        normalizer = TargetNormalizer(self.tasks)
+        normalizer.attach(self.module)
+        return normalizer
+
     def _setup_hooks(self, features: bool) -> None:
+        if self.normalizer is not None:
+            self._hooks.append(self.model.register_forward_pre_hook(self._apply_targets))
         if self.shared is not None and features:
             self._hooks.append(self.shared.register_forward_hook(self._keep_features))
         if (
             self.method.needs_rerun
             or self.options.query is not None
-            or (self.compiled and self.method.composes_terms)
+            or ((self.compiled or self.sync.active) and self.method.composes_terms)
         ):
             self._hooks.append(
                 self.model.register_forward_pre_hook(self._keep_inputs, with_kwargs=True)
@@ -285,6 +304,8 @@ class Composer:
         self, outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor], values: bool = True
     ) -> Iterator[None]:
         check_batch(self.tasks, outputs, targets, values)
+        if self.normalizer is not None and self.step == 0:
+            self.normalizer.locate(outputs)
         if not self.sync.checked:
             self.sync.check(
                 {
@@ -305,6 +326,10 @@ class Composer:
                 self._window = None
             raise
         try:
+            if self.normalizer is not None:
+                observed = self.sync.sum(self.normalizer.observe(targets))
+                stats = self._target_stats
+                self._target_stats = observed if stats is None else stats + observed
             if self.method.needs_rerun and self.inputs is not None:
                 self._window.batches.append(
                     (copy_tree(self.inputs), {k: v.detach().clone() for k, v in targets.items()})
@@ -429,8 +454,34 @@ class Composer:
         """``(task, loss name)`` of every term of a baseline method."""
         return [(t.name, loss.name) for t, loss in self.terms]
 
+    def normalize(
+        self, outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor]
+    ) -> tuple[Mapping[str, Tensor], Mapping[str, Tensor]]:
+        """Outputs and targets as the losses see them: the regression tasks' standardised by
+        the target statistics with ``normalize_targets``, as they are otherwise."""
+        if self.normalizer is None:
+            return outputs, targets
+        outputs, targets = dict(outputs), dict(targets)
+        for name in self.normalizer.names:
+            outputs[name], targets[name] = self.normalizer.normalized(
+                name, outputs[name], targets[name]
+            )
+        return outputs, targets
+
+    def _apply_targets(self, module: nn.Module, args: Any) -> None:
+        """Before a training forward: fold the last step's target statistics in (PopArt's
+        rescaling of the heads happens between steps, never inside one)."""
+        if self.normalizer is not None and self._target_stats is not None and not self._replaying:
+            stats, self._target_stats = self._target_stats, None
+            self.normalizer.apply(stats)
+
+    def _annotate(self, record: StepRecord) -> None:
+        if self.normalizer is not None:
+            record.targets = self.normalizer.stats()
+
     def term_losses(self, outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor]) -> Tensor:
         """The ``(K,)`` mean losses of the tasks' natural terms, with their graph."""
+        outputs, targets = self.normalize(outputs, targets)
         values = []
         for task, loss in self.terms:
             if task.kind == "representation":
@@ -465,9 +516,7 @@ class Composer:
             )
             return self.method.meta_step(ctx)
 
-    def performance(
-        self, outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor]
-    ) -> Tensor:
+    def performance(self, outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor]) -> Tensor:
         """Each task's performance in ``[0, 1]``: on the next query batch when ``query=`` was
         given, else on this training batch."""
         assert self.meter is not None
@@ -477,15 +526,28 @@ class Composer:
                 outputs = torch.func.functional_call(self.module, side_state(self.module), (x,))
         return self.meter(outputs, targets)
 
-    def eager_forward(self) -> tuple[Mapping[str, Tensor], Tensor | None]:
-        """This step's batch through the plain (uncompiled) module, on cloned buffers: outputs
-        and shared features with a graph autograd can differentiate."""
-        assert self.inputs is not None, "the inputs hook keeps the batch of a compiled model"
-        args, kwargs = self.inputs
+    def eager_forward(
+        self, inputs: tuple[tuple[Any, ...], dict[str, Any]] | None = None
+    ) -> tuple[Mapping[str, Tensor], Tensor | None]:
+        """``inputs`` (default: this step's batch) through the plain (uncompiled, unwrapped)
+        module, on cloned buffers: outputs and shared features with a graph autograd can
+        differentiate."""
+        inputs = inputs or self.inputs
+        assert inputs is not None, "the inputs hook keeps the batch"
+        args, kwargs = inputs
         with self.rerunning():
             self._features = None
             outputs = torch.func.functional_call(self.module, side_state(self.module), args, kwargs)
             return outputs, self.take_features()
+
+    def global_batch(
+        self, targets: Mapping[str, Tensor]
+    ) -> tuple[tuple[tuple[Any, ...], dict[str, Any]], dict[str, Tensor]]:
+        """Under DDP, every rank's batch of this step concatenated in rank order (inputs as
+        the model received them, targets): what one process would have trained on."""
+        assert self.inputs is not None, "the inputs hook keeps the batch under DDP"
+        parts: list[Any] = self.sync.gather((self.inputs, dict(targets)))
+        return _concat([p[0] for p in parts]), _concat([p[1] for p in parts])
 
     def kept_inputs(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """A copy of this step's model inputs, safe to keep past the step."""
@@ -563,6 +625,8 @@ class Composer:
             "pending": list(self._rerun_batches),
             "meta": None if self.meta is None else self.meta.state_dict(),
             "meter": None if self.meter is None else self.meter.state_dict(),
+            "targets": None if self.normalizer is None else self.normalizer.state_dict(),
+            "target_stats": self._target_stats,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -587,9 +651,17 @@ class Composer:
             self.meta.load_state_dict(state["meta"])
         if self.meter is not None and state.get("meter") is not None:
             self.meter.load_state_dict(state["meter"])
+        if self.normalizer is not None and state.get("targets") is not None:
+            self.normalizer.load_state_dict(state["targets"])
+            self.normalizer.attach(self.module)
+            self._target_stats = state.get("target_stats")
 
     def close(self) -> None:
-        """Write the remaining records, remove the hooks from the model and close the trace."""
+        """Write the remaining records, remove the hooks from the model and close the trace;
+        with ``normalize_targets``, fold the target statistics back into the heads (the model
+        is then a plain model in the user's units)."""
+        if self.normalizer is not None:
+            self.normalizer.detach(self.module)
         for hook in self._hooks:
             hook.remove()
         self._hooks.clear()
@@ -600,6 +672,19 @@ class Composer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _concat(items: list[Any]) -> Any:
+    """Concatenate matching (nested tuples, lists and dicts of) tensors along the batch axis;
+    anything else is taken from the first item."""
+    first = items[0]
+    if isinstance(first, Tensor):
+        return torch.cat([i.to(first.device) for i in items])
+    if isinstance(first, tuple | list):
+        return type(first)(_concat(list(z)) for z in zip(*items, strict=True))
+    if isinstance(first, dict):
+        return {k: _concat([i[k] for i in items]) for k in first}
+    return first
 
 
 def _make_policy(policy: str | Method) -> tuple[Method, str, str | None]:

@@ -41,6 +41,15 @@ class Sync:
         self.volume += out.numel()
         return out / self.world
 
+    def sum(self, value: Tensor) -> Tensor:
+        """The sum of ``value`` over ranks (a new tensor; ``value`` is not modified)."""
+        if self.world == 1:
+            return value
+        out = value.detach().clone()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        self.volume += out.numel()
+        return out
+
     def check(self, signature: dict[str, Any]) -> None:
         """Raise on every rank if the ranks run different configurations (tasks, policy, world
         size); done once, at the first step."""
@@ -57,6 +66,14 @@ class Sync:
                     f"({', '.join(f'{k}: {signature[k]!r} vs {theirs.get(k)!r}' for k in diff)}"
                     "); every rank must wrap the same tasks with the same policy."
                 )
+
+    def gather(self, value: Any) -> list[Any]:
+        """Every rank's ``value`` (pickled), in rank order."""
+        if self.world == 1:
+            return [value]
+        everyone: list[Any] = [None] * self.world
+        dist.all_gather_object(everyone, value)
+        return everyone
 
     def share(self, state: Any) -> Any:
         """Rank 0's ``state`` on every rank (pickled broadcast)."""

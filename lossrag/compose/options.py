@@ -38,6 +38,12 @@ class Options(BaseModel):
             methods only.
         trace_every: With ``trace=``, records are written in groups of this many steps, so
             that the loss path reads no value from the device at every step.
+        normalize_targets: PopArt target normalisation of the regression tasks
+            (:class:`lossrag.targets.TargetNormalizer`): their losses are taken on targets
+            standardised by running statistics, and a head that is a final ``nn.Linear`` is
+            re-parametrised so that the model's outputs stay in the user's units (its ``W, b``
+            hold the normalised head while wrapped; ``Composer.close()`` folds the statistics
+            back in). Records carry the statistics.
     """
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, frozen=True)
@@ -51,6 +57,7 @@ class Options(BaseModel):
     query_tasks: list[str] | None = None
     scaler: torch.amp.GradScaler | None = None
     trace_every: int = Field(32, ge=1)
+    normalize_targets: bool = False
 
 
 def parse_options(options: dict[str, Any]) -> Options:

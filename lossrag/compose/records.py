@@ -98,13 +98,21 @@ class Pending:
 class _Kept:
     """A kept record (pending until read) and the notice to add to its reason."""
 
-    def __init__(self, item: Pending | StepRecord, notice: str | None) -> None:
-        self.item, self.notice = item, notice
+    def __init__(
+        self,
+        item: Pending | StepRecord,
+        notice: str | None,
+        annotate: Callable[[StepRecord], None] | None,
+    ) -> None:
+        self.item, self.notice, self.annotate = item, notice, annotate
 
     def record(self) -> StepRecord:
         """The record, read from the device once."""
         if isinstance(self.item, Pending):
             self.item = self.item.materialise()
+        if self.annotate is not None:
+            self.annotate(self.item)
+            self.annotate = None
         if self.notice is not None:
             reason = self.item.reason
             self.item.reason = self.notice if reason is None else f"{reason}; {self.notice}"
@@ -116,9 +124,16 @@ class Recorder:
     """The last step's record and the trace: pending records are read from the device when
     asked for, or ``every`` records at a time for the trace."""
 
-    def __init__(self, trace: str | os.PathLike[str] | None, every: int) -> None:
+    def __init__(
+        self,
+        trace: str | os.PathLike[str] | None,
+        every: int,
+        annotate: Callable[[StepRecord], None] | None = None,
+    ) -> None:
         self.writer = TraceWriter(trace) if trace is not None else None
         self.every = every
+        #: Adds what the record is read with (e.g. the target statistics) when it is read.
+        self.annotate = annotate
         #: Said in the reason of the next record kept (e.g. a step the GradScaler skipped).
         self.notice: str | None = None
         self._last: _Kept | None = None
@@ -126,7 +141,7 @@ class Recorder:
 
     def keep(self, item: Pending | StepRecord) -> None:
         """Keep ``item`` as the last record and queue it for the trace."""
-        self._last = _Kept(item, self.notice)
+        self._last = _Kept(item, self.notice, self.annotate)
         self.notice = None
         if self.writer is not None:
             self._unwritten.append(self._last)

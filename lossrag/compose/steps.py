@@ -184,6 +184,8 @@ class PolicyStep(Step):
             utilities, note = c.share_state((utilities, note))
             timings["meta"] = time.perf_counter() - t_meta
         t0 = time.perf_counter()
+        raw_targets = targets
+        outputs, targets = c.normalize(outputs, targets)
         terms = policy.terms()
         parts = policy.term_losses(outputs, targets, None if c.compiled else features)
         losses = torch.stack(parts)
@@ -205,7 +207,7 @@ class PolicyStep(Step):
                 candidates = policy.candidate_terms(utilities)
             if policy.due(c.step):
                 t1 = time.perf_counter()
-                refreshed = self._refresh(outputs, targets, features, parts, note)
+                refreshed = self._refresh(outputs, targets, raw_targets, features, parts, note)
                 listed, context, note = c.share_state(refreshed)
                 candidates = listed or candidates
                 timings["refresh"] = time.perf_counter() - t1
@@ -234,16 +236,21 @@ class PolicyStep(Step):
         self,
         outputs: Mapping[str, Tensor],
         targets: Mapping[str, Tensor],
+        raw_targets: Mapping[str, Tensor],
         features: Tensor | None,
         parts: list[Tensor],
         note: str | None,
     ) -> tuple[list[Term], dict[str, dict[str, float]], str | None]:
-        """A refresh; on a compiled model, on an eager forward of the same batch (the compiled
-        graph does not expose the shared features to autograd)."""
+        """A refresh (``outputs``/``targets`` as the losses see them). Under DDP it runs on the
+        global batch (every rank's batch gathered and forwarded again), so that every rank takes
+        the refresh one process would; on a compiled model on an eager forward of the batch (the
+        compiled graph does not expose the shared features to autograd)."""
         c, policy = self.c, self.policy
-        if c.compiled:
-            outputs, features = c.eager_forward()
+        if c.compiled or c.sync.active:
+            inputs, raw = c.global_batch(raw_targets) if c.sync.active else (None, raw_targets)
+            eager, features = c.eager_forward(inputs)
             if features is not None:
+                outputs, targets = c.normalize(eager, raw)
                 parts = policy.term_losses(outputs, targets, features)
         if features is None:
             return [], {}, note
@@ -448,5 +455,3 @@ def accumulate(params: Sequence[Tensor], grads: Sequence[Tensor | None]) -> None
             p.grad = g
         else:
             p.grad.add_(g)
-
-

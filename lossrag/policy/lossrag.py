@@ -14,10 +14,16 @@ At a refresh (every ``refresh_every`` steps, weights held in between):
    utility (here the score relative to the task's natural loss); weights
    ``K·((1 − floor)·softmax(a/τ) + floor/n)`` over the active terms.
 
-Every step the training loss is ``Σ w_i · L_i / sg(EMA L_i)``. Regression candidates that are not
-homogeneous in the residual (Huber, Cauchy, ...) see outputs and targets divided by the target's
-standard deviation (from the first batch), so their hyper-parameters mean the same on every
-problem.
+Every step the training loss is ``Σ w_i · L_i / scale_i``, ``scale_i`` the term's *bounded*
+loss scale (:meth:`lossrag.context.LossTracker.scales`): its EMA ``L_i``, but never so small,
+relative to its first loss, that the term gets more than ``max_ratio`` times the (relative)
+multiplier of another term, nor more than ``1 / scale_floor``. The plain ``1 / sg(EMA L_i)``
+starves a task whose loss plateaus beside tasks whose loss approaches 0 (issue 12,
+``benchmarks/user_trial.py``); the effective multipliers ``w_i / scale_i`` of the last step are
+:attr:`LossRAG.multipliers`. The context features still normalise by ``EMA L_i`` (what the
+prior and the shipped correction were trained on). Regression candidates that are not homogeneous
+in the residual (Huber, Cauchy, ...) see outputs and targets divided by the target's standard
+deviation (from the first batch), so their hyper-parameters mean the same on every problem.
 """
 
 from __future__ import annotations
@@ -50,7 +56,13 @@ from lossrag.tasks import NATURAL_LOSS, Task
 from lossrag.weighting.base import Method, register_method
 from lossrag.weighting.metaweighting import common_direction
 
-__all__ = ["FEATURES", "LossRAG", "LossRAGOnline"]
+__all__ = ["FEATURES", "MAX_RATIO", "SCALE_FLOOR", "LossRAG", "LossRAGOnline"]
+
+#: Default largest ratio between two terms' relative loss multipliers (measured in
+#: ``benchmarks/user_trial.py``, see :class:`LossRAG`).
+MAX_RATIO = 3.0
+#: Default smallest relative loss level a term is divided by.
+SCALE_FLOOR = 0.0
 
 _EXTRA = ("retrieval_score", "active", "natural", "explore")
 #: Length of a candidate's feature vector: the task's context, the candidate's embedding on the
@@ -104,6 +116,18 @@ class LossRAG(Method):
         total_steps: Length of the run, for the progress feature (0 when unknown).
         index: The loss index; the shipped library's by default.
         correction: A trained Δφ; a zero-initialised one by default.
+        max_ratio: Largest ratio between two terms' loss multipliers, each relative to the
+            term's first loss (:class:`~lossrag.context.LossTracker`); ``inf`` for the plain
+            ``1 / EMA L``.
+        scale_floor: Smallest relative loss level a term is divided by (its multiplier, relative
+            to its first loss, is at most ``1 / scale_floor``); 0 for none.
+
+    Attributes:
+        multipliers: ``{term: w / scale}`` of the last step whose coefficients were computed:
+            the effective multiplier of each trained term's raw loss, for records
+            (``Term.multiplier``). Its keys are the terms trained at that step, i.e. the keys of
+            :attr:`weights`, except at a step whose refresh switched a term on (not trained yet,
+            absent) or off (trained with weight 0).
     """
 
     name = "lossrag"
@@ -130,6 +154,8 @@ class LossRAG(Method):
         total_steps: int | None = None,
         index: LossIndex | None = None,
         correction: Correction | None = None,
+        max_ratio: float = MAX_RATIO,
+        scale_floor: float = SCALE_FLOOR,
     ) -> None:
         for name, value, low in (
             ("k", k, 1),
@@ -145,6 +171,12 @@ class LossRAG(Method):
                 "LossRAG: need 0 <= floor < 1, temperature > 0 and max_terms >= 1; got "
                 f"floor={floor}, temperature={temperature}, max_terms={max_terms}."
             )
+        if not max_ratio >= 1 or not 0 <= scale_floor <= 1:
+            raise ValueError(
+                "LossRAG: need max_ratio >= 1 and 0 <= scale_floor <= 1; got "
+                f"max_ratio={max_ratio}, scale_floor={scale_floor}."
+            )
+        self.max_ratio, self.scale_floor = max_ratio, scale_floor
         self.k, self.explore, self.refresh_every = k, explore, refresh_every
         self.retrieve_every, self.retrieve_backoff = retrieve_every, retrieve_backoff
         self.floor, self.temperature, self.max_terms = floor, temperature, max_terms
@@ -175,9 +207,10 @@ class LossRAG(Method):
             self.natural[t.name] = entry.id
         self.active: dict[str, list[str]] = {t.name: [self.natural[t.name]] for t in tasks}
         self._modules: dict[str, Loss] = {}
-        self.tracker = LossTracker()
+        self.tracker = LossTracker(floor=self.scale_floor, max_ratio=self.max_ratio)
         self.scores: dict[str, float] = {}
         self.weights: dict[str, float] = {}
+        self.multipliers: dict[str, float] = {}
         self.target_scale: dict[str, float] = {}
         self.last_refresh: int | None = None
         self.smoothed: dict[str, list[float]] = {}
@@ -239,16 +272,16 @@ class LossRAG(Method):
         self.tracker.update(step, dict(zip(keys, values, strict=True)))
 
     def coefficients(self, like: Tensor, terms: list[tuple[str, str]]) -> Tensor:
-        """``w_i / |EMA L_i|`` for ``terms`` (the active terms when this step's losses were
-        taken; one switched off since gets 0): the gradient weights of this step."""
+        """``w_i / scale_i`` for ``terms`` (the active terms when this step's losses were
+        taken; one switched off since gets 0), ``scale_i`` the bounded loss scale
+        (:meth:`LossTracker.scales`): the gradient weights of this step, also stored in
+        :attr:`multipliers`."""
         keys = [f"{t}:{e}" for t, e in terms]
         even = len(self.tasks) / len(keys)
-        return like.new_tensor(
-            [
-                (self.weights.get(k, 0.0) if self.weights else even) / self.tracker.scale(k)
-                for k in keys
-            ]
-        )
+        weights = [self.weights.get(k, 0.0) if self.weights else even for k in keys]
+        values = [w / s for w, s in zip(weights, self.tracker.scales(keys), strict=True)]
+        self.multipliers = dict(zip(keys, values, strict=True))
+        return like.new_tensor(values)
 
     def due(self, step: int) -> bool:
         """Whether this step refreshes the context, retrieval and scores."""
@@ -441,7 +474,7 @@ class LossRAG(Method):
                 [
                     (k, 0.0 if k == f"{n}:{self.natural[n]}" else self.scores[k] - natural[n])
                     for k in keys
-                    for n in [k.split(":", 1)[0]]
+                    for n in [k.rsplit(":", 1)[0]]
                 ]
             )
         self._reweigh()
@@ -486,11 +519,13 @@ class LossRAG(Method):
     ) -> Tensor:
         """Every candidate's mean loss divided by its scale (as it would enter the training
         loss), in :meth:`candidate_keys` order."""
+        tracked = [k for k in self.candidate_keys() if k in self.tracker.ema]
+        active = [f"{t}:{e}" for t, e in self.terms()]
+        bounded = dict(zip(tracked, self.tracker.scales(tracked, among=active), strict=True))
         values = []
         for name, cands in self.candidates.items():
             for c in cands:
-                key = f"{name}:{c.entry}"
-                scale = self.tracker.scale(key) if key in self.tracker.ema else max(c.scale, 1e-8)
+                scale = bounded.get(f"{name}:{c.entry}", max(c.scale, 1e-8))
                 values.append(
                     self._term(self.tasks[name], c.entry, outputs, targets, features) / scale
                 )
@@ -573,14 +608,14 @@ class LossRAG(Method):
         self._reweigh()
 
     def _is_active(self, key: str) -> bool:
-        name, entry = key.split(":", 1)
+        name, entry = key.rsplit(":", 1)
         return entry in self.active[name]
 
     def _gate(self, utilities: list[tuple[str, float]]) -> None:
         """Update the gates from ``(term key, utility)``; keep each task's floor and cap."""
         self.notes = {}
         for key, utility in utilities:
-            name, entry_id = key.split(":", 1)
+            name, entry_id = key.rsplit(":", 1)
             active = self.active[name]
             is_on = entry_id in active
             if not is_on and len(active) >= self.max_terms:

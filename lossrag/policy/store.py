@@ -106,6 +106,8 @@ def _settings(policy: LossRAG) -> dict[str, Any]:
         "smoothing": policy.smoothing,
         "meta_lr": policy.meta_lr,
         "rank_weight": policy.rank_weight,
+        "max_ratio": policy.max_ratio,
+        "scale_floor": policy.scale_floor,
         "prior": policy.prior.model_dump(),
         "correction": {"hidden": policy.correction.hidden, "bound": policy.correction.bound},
     }

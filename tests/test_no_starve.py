@@ -1,0 +1,128 @@
+"""Issue 12: no term is starved by terms whose loss approaches 0 (bounded loss scales)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import lossrag
+from lossrag.context import LossTracker
+from lossrag.policy import LossRAG
+
+#: A loss trajectory: a first loss, then per step a log-change (a loss → 0 is a run of large
+#: negative changes, a plateau a run of zeros, a spike a large positive one).
+_trajectory = st.tuples(
+    st.floats(1e-6, 1e6),
+    st.lists(st.floats(-3.0, 3.0), min_size=1, max_size=60),
+)
+
+
+def _relative_multipliers(tracker: LossTracker, keys: list[str]) -> list[float]:
+    """``L0 / scale`` per term: its multiplier relative to its first loss."""
+    return [tracker.reference[k] / s for k, s in zip(keys, tracker.scales(keys), strict=True)]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    trajectories=st.lists(_trajectory, min_size=2, max_size=5),
+    max_ratio=st.sampled_from([1.0, 2.0, 3.0, 10.0]),
+    floor=st.sampled_from([0.0, 0.01, 0.3]),
+)
+def test_relative_multipliers_stay_within_max_ratio(trajectories, max_ratio, floor):
+    tracker = LossTracker(floor=floor, max_ratio=max_ratio)
+    keys = [f"t{i}:l2" for i in range(len(trajectories))]
+    level = {k: first for k, (first, _) in zip(keys, trajectories, strict=True)}
+    steps = max(len(changes) for _, changes in trajectories)
+    for step in range(steps):
+        tracker.update(step, dict(level))
+        rel = _relative_multipliers(tracker, keys)
+        assert all(math.isfinite(r) and r > 0 for r in rel)
+        assert max(rel) / min(rel) <= max_ratio * (1 + 1e-9)
+        if floor > 0:
+            assert max(rel) <= 1 / floor * (1 + 1e-9)
+        for k, (_, changes) in zip(keys, trajectories, strict=True):
+            if step < len(changes):
+                level[k] = level[k] * math.exp(changes[step])
+
+
+def test_a_loss_going_to_zero_beside_a_plateau():
+    """The case of the issue: one loss decays to 1e-8 of its start, the other plateaus. With
+    ``1/EMA L`` the decaying term gets ~1e8 times the multiplier; bounded, at most ``max_ratio``."""
+    plain, bounded = LossTracker(), LossTracker(max_ratio=3.0)
+    for step in range(400):
+        values = {"easy:l2": 2.0 * 0.95**step, "hard:ce": 2.3 if step < 20 else 1.5}
+        plain.update(step, values)
+        bounded.update(step, values)
+    keys = ["easy:l2", "hard:ce"]
+    ratio = [r[0] / r[1] for r in (_relative_multipliers(t, keys) for t in (plain, bounded))]
+    assert ratio[0] > 1e6
+    assert ratio[1] == pytest.approx(3.0)
+    # the plateauing task keeps the multiplier of its level, the easy one is floored
+    assert bounded.scales(keys)[1] == pytest.approx(bounded.scale("hard:ce"))
+
+
+def test_unbounded_settings_give_the_plain_ema_scale():
+    tracker = LossTracker(max_ratio=math.inf)
+    for step, v in enumerate([1.0, 0.1, 1e-3, 1e-6]):
+        tracker.update(step, {"a:l2": v, "b:l2": 1.0})
+    assert tracker.scales(["a:l2", "b:l2"]) == [tracker.scale("a:l2"), tracker.scale("b:l2")]
+
+
+def test_a_zero_first_loss_takes_the_first_non_zero_one_as_reference():
+    tracker = LossTracker(max_ratio=3.0)
+    tracker.update(0, {"a:hinge": 0.0, "b:l2": 1.0})
+    assert "a:hinge" not in tracker.reference
+    assert tracker.scales(["a:hinge", "b:l2"]) == [1e-8, 1.0]  # no reference yet: its level
+    tracker.update(1, {"a:hinge": 0.5, "b:l2": 1.0})
+    assert tracker.reference["a:hinge"] == 0.5
+
+
+def test_old_tracker_states_still_load():
+    tracker = LossTracker(max_ratio=3.0)
+    tracker.update(0, {"a:l2": 4.0})
+    tracker.update(1, {"a:l2": 2.0})
+    state = tracker.state_dict()
+    del state["reference"]  # a state saved before the bounded scales
+    again = LossTracker(max_ratio=3.0)
+    again.load_state_dict(state)
+    assert again.reference == {"a:l2": 4.0}
+
+
+def test_bad_bounds_are_refused():
+    with pytest.raises(ValueError, match="max_ratio"):
+        LossTracker(max_ratio=0.5)
+    with pytest.raises(ValueError, match="scale_floor"):
+        LossRAG(scale_floor=2.0)
+
+
+def test_policy_records_its_effective_multipliers(digits):
+    """``policy.multipliers`` are the gradient weights the step used, with the keys of
+    ``policy.weights``, and their relative spread is bounded by ``max_ratio``."""
+    model = digits.model(0)
+    policy = LossRAG(refresh_every=3, max_ratio=3.0)
+    composer = lossrag.wrap(model, digits.tasks, policy, shared=model.trunk, seed=0)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for i in range(40):
+        x, y = digits.batch(i)
+        opt.zero_grad()
+        composer.backward(model(x), y)
+        opt.step()
+        assert set(policy.multipliers) == set(policy.weights)
+        for key, m in policy.multipliers.items():
+            scale = policy.weights[key] / m
+            assert scale >= policy.tracker.scale(key) * (1 - 1e-12)
+        rel = [
+            policy.tracker.reference[k] * m / policy.weights[k]
+            for k, m in policy.multipliers.items()
+        ]
+        assert max(rel) / min(rel) <= 3.0 * (1 + 1e-9)
+    terms = policy.terms()
+    like = torch.zeros(())
+    assert policy.coefficients(like, terms).tolist() == pytest.approx(
+        [policy.multipliers[f"{t}:{e}"] for t, e in terms]
+    )
+    composer.close()

@@ -1,0 +1,98 @@
+"""``wrap(..., normalize_targets=True)``: PopArt target normalisation for every method, through
+the composer (the normaliser itself is tested in ``tests/test_targets.py``)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import lossrag
+from lossrag.models import MultiTaskMLP
+
+TASKS = [
+    lossrag.Task("price", kind="regression", metric="mae"),
+    lossrag.Task("tiny", kind="regression", metric="mae"),
+    lossrag.Task("label", kind="classification", num_classes=3),
+]
+
+
+def _data(n: int, seed: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 6, generator=g)
+    return x, {
+        "price": 1000.0 + 100.0 * torch.tanh(x[:, 0] + x[:, 1]),
+        "tiny": 1e-3 * torch.sin(x[:, 2]),
+        "label": (x[:, 3] > 0).long() + (x[:, 4] > 0.5).long(),
+    }
+
+
+def _train(policy: str, normalize: bool, steps: int = 300, path: str = "backward"):
+    torch.manual_seed(0)
+    model = MultiTaskMLP(6, [32], TASKS)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    composer = lossrag.wrap(
+        model, TASKS, policy, shared=model.trunk, seed=0, normalize_targets=normalize
+    )
+    for i in range(steps):
+        x, y = _data(64, i)
+        opt.zero_grad()
+        if path == "loss":
+            composer.loss(model(x), y).backward()
+        else:
+            composer.backward(model(x), y)
+        opt.step()
+    return model, composer
+
+
+def _mae(model, task: str) -> float:
+    x, y = _data(2000, 10_000)
+    with torch.no_grad():
+        return float((model(x)[task] - y[task]).abs().mean())
+
+
+@pytest.mark.parametrize("policy", ["ew", "famo", "lossrag"])
+def test_targets_far_from_unit_scale_are_learned(policy):
+    """A target around 1000 (spread 72) and one around 1e-3 (spread 7e-4): with normalisation
+    every method learns both in 300 steps; EW without it does not reach the offset (measured:
+    price MAE 56 against 923, tiny 2e-4 against 2e-2)."""
+    model, composer = _train(policy, True)
+    record = composer.last_record
+    assert record is not None and set(record.targets) == {"price", "tiny"}
+    assert abs(record.targets["price"]["mu"] - 1000) < 10
+    composer.close()
+    assert _mae(model, "price") < 65 and _mae(model, "tiny") < 3e-4
+    if policy == "ew":
+        plain, _ = _train("ew", False)
+        assert _mae(plain, "price") > 5 * _mae(model, "price")
+
+
+def test_outputs_stay_in_user_units_and_close_leaves_a_plain_model():
+    model, composer = _train("ew", True, steps=50, path="loss")
+    x, _ = _data(16, 5)
+    with torch.no_grad():
+        wrapped = model(x)["price"].clone()
+    composer.close()
+    assert not model.heads["price"]._forward_hooks  # the head is a plain nn.Linear again
+    with torch.no_grad():
+        torch.testing.assert_close(model(x)["price"], wrapped, rtol=1e-5, atol=1e-3)
+
+
+def test_resume_continues_exactly():
+    model, composer = _train("famo", True, steps=20)
+    state = copy.deepcopy(composer.state_dict())  # a snapshot, as torch.save would make
+    params = {k: v.clone() for k, v in model.state_dict().items()}
+    x, y = _data(64, 20)
+    model.zero_grad(set_to_none=True)
+    composer.backward(model(x), y)
+    expected = [p.grad.clone() for p in model.parameters()]
+
+    torch.manual_seed(0)
+    again = MultiTaskMLP(6, [32], TASKS)
+    again.load_state_dict(params)
+    resumed = lossrag.wrap(again, TASKS, "famo", shared=again.trunk, seed=0, normalize_targets=True)
+    resumed.load_state_dict(state)
+    resumed.backward(again(x), y)
+    for a, b in zip(expected, [p.grad for p in again.parameters()], strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
