@@ -96,3 +96,29 @@ def test_resume_continues_exactly():
     resumed.backward(again(x), y)
     for a, b in zip(expected, [p.grad for p in again.parameters()], strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_the_first_step_is_already_normalised():
+    torch.manual_seed(0)
+    model = MultiTaskMLP(6, [32], TASKS)
+    composer = lossrag.wrap(model, TASKS, "ew", normalize_targets=True)
+    x, y = _data(64, 0)
+    composer.backward(model(x), y)
+    assert composer.last_record.losses["price"] < 10  # not ~1e6 in the user's units
+
+
+def test_a_failed_wrap_leaves_the_model_alone():
+    torch.manual_seed(0)
+    model = MultiTaskMLP(6, [32], TASKS)
+    with pytest.raises(ValueError, match="query"):
+        lossrag.wrap(model, TASKS, "ew", normalize_targets=True, query=[_data(4, 1)])
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+
+
+def test_a_state_saved_without_normalisation_is_refused():
+    torch.manual_seed(0)
+    model = MultiTaskMLP(6, [32], TASKS)
+    plain = lossrag.wrap(model, TASKS, "ew")
+    normalised = lossrag.wrap(MultiTaskMLP(6, [32], TASKS), TASKS, "ew", normalize_targets=True)
+    with pytest.raises(ValueError, match="normalize_targets"):
+        normalised.load_state_dict(plain.state_dict())

@@ -259,3 +259,85 @@ def test_inductor_compiled_model_trains(digits, policy):
     assert sum(records[-1].losses.values()) < sum(records[0].losses.values())
     if policy == "default":
         assert composer.method.refreshes >= 2
+
+
+@pytest.mark.parametrize("policy", ["mgda", "nashmtl", "dbmtl"])
+def test_gradient_methods_aggregate_once_per_accumulated_step(digits, policy):
+    """Inside ``accumulate(n)`` the micro-batches' per-task gradients are summed and aggregated
+    once: the direction of the big batch (Nash-MTL and DB-MTL weigh the heads too)."""
+    big, _ = _run(digits, policy, lambda c, m, x, y: c.backward(m(x), y), steps=3)
+
+    def micro(c, m, x, y):
+        with c.accumulate(4):
+            for k in range(4):
+                part = slice(8 * k, 8 * (k + 1))
+                c.backward(m(x[part]), {n: v[part] for n, v in y.items()})
+
+    small, composer = _run(digits, policy, micro, steps=3)
+    for a, b in zip(big, small, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    record = composer.last_record
+    assert record is not None and not record.skipped
+    assert policy == "dbmtl" or all(t.weight is not None for t in record.terms)
+
+
+@pytest.mark.parametrize("policy", ["uw", "lossrag"])
+def test_a_non_finite_micro_batch_skips_its_whole_optimizer_step(digits, policy):
+    model = digits.model(0)
+    composer = lossrag.wrap(model, digits.tasks, policy, shared=model.trunk, seed=0)
+    x, y = digits.batch(0)
+    composer.loss(model(x), y).backward()
+    before = copy.deepcopy(composer.method.state_dict())
+    model.zero_grad(set_to_none=True)
+    with composer.accumulate(3):
+        for k in range(3):
+            part = slice(8 * k, 8 * (k + 1))
+            yk = {n: v[part].clone() for n, v in y.items()}
+            if k == 1:
+                yk["ink"][0] = float("nan")
+            composer.loss(model(x[part]), yk).backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert all(bool(torch.isfinite(g).all()) for g in grads)
+    assert composer.last_record is not None
+    assert composer.last_record.skipped
+    if policy == "uw":  # the update taken at the first micro-batch is undone
+        assert _same(before, composer.method.state_dict())
+
+
+def test_a_step_the_composer_skips_leaves_the_scaler_usable(digits):
+    """With a GradScaler, a skipped step's zero loss stays on the graph, so ``scaler.step``
+    finds its inf checks and skips the optimizer step instead of raising."""
+    model = digits.model(0)
+    scaler = torch.amp.GradScaler("cpu")
+    composer = lossrag.wrap(model, digits.tasks, "uw", shared=model.trunk, scaler=scaler)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x, y = digits.batch(0)
+    y = {n: v.clone() for n, v in y.items()}
+    y["ink"][0] = float("nan")
+    before = [p.detach().clone() for p in model.parameters()]
+    scaler.scale(composer.loss(model(x), y)).backward()
+    scaler.step(opt)
+    scaler.update()
+    assert composer.last_record is not None and composer.last_record.skipped
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def test_policy_records_read_later_show_their_own_step(digits, tmp_path):
+    """Records kept pending (the trace is written every ``trace_every`` steps) carry the
+    weights and multipliers of their own step, not of the step when they are read."""
+    model = digits.model(0)
+    trace = tmp_path / "run.jsonl"
+    composer = lossrag.wrap(
+        model, digits.tasks, "default", shared=model.trunk, seed=0, trace=trace, trace_every=8
+    )
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    seen = []
+    for i in range(8):
+        x, y = digits.batch(i)
+        opt.zero_grad()
+        composer.loss(model(x), y).backward()
+        opt.step()
+        seen.append([t.multiplier for t in composer.last_record.terms])
+    composer.close()
+    written = [[t.multiplier for t in r.terms] for r in lossrag.read_trace(trace)]
+    assert written == seen and len({tuple(m) for m in seen}) > 1

@@ -55,6 +55,8 @@ class _Window:
     #: update at the first micro-batch: the update is redone with the window's mean losses.
     stats: Tensor | None = None
     snapshot: tuple[dict[str, Any], Tensor] | None = None
+    #: What a step strategy gathers over the window (gradient methods: summed Jacobians).
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Composer:
@@ -123,13 +125,14 @@ class Composer:
         self._scale_seen: float | None = None
         self._snapshot: tuple[dict[str, Any], Tensor] | None = None
         self._hooks: list[Any] = []
-        self.normalizer = self._target_normalizer()
-        self._target_stats: Tensor | None = None
-        self.recorder = Recorder(trace, options.trace_every, self._annotate)
         self.meta: Any = None
         self._query: Any = None
         self._query_index = query_index(self.tasks, options.query_tasks)
         self._setup_query(composes)
+        # last: what touches the model or the disk comes after every check that can fail
+        self.normalizer = self._target_normalizer()
+        self._target_stats: Tensor | None = None
+        self.recorder = Recorder(trace, options.trace_every, self._annotate)
         self._setup_hooks(composes or representation)
 
     # ------------------------------------------------------------------ set-up
@@ -261,15 +264,20 @@ class Composer:
     def accumulate(self, n: int, *, divide: bool = True) -> Iterator[None]:
         """One optimizer step made of ``n`` micro-batches.
 
-        Inside the block call :meth:`loss` (or :meth:`backward`) once per micro-batch; the
-        method's weights are computed and its state updated once, at the first micro-batch, and
-        each micro-batch's loss is divided by ``n``. Weights that do not depend on the current
+        Inside the block call :meth:`loss` (or :meth:`backward`) once per micro-batch; each
+        micro-batch's loss is divided by ``n``. Loss-based methods take their weights at the
+        first micro-batch and update their state once, with the mean losses of all ``n``
+        (the update is redone when the window closes): weights that do not depend on the current
         losses (EW, UW, DWA, RLW) make the ``n`` micro-batches give the gradient of one batch
-        ``n`` times larger; weights that do (FAMO, GLS, the retrieval policies' loss scales) take
-        the first micro-batch's losses. FAMO's re-evaluation after the step covers all ``n``.
-        One record is kept per optimizer step. ``divide=False`` leaves the losses undivided, for
-        trainers that divide by the number of micro-batches themselves (Lightning's
-        ``accumulate_grad_batches``, Hugging Face's ``gradient_accumulation_steps``).
+        ``n`` times larger; weights that do (FAMO, GLS, the retrieval policies' loss scales)
+        take the first micro-batch's losses. FAMO's re-evaluation after the step covers all
+        ``n``. Gradient-based methods sum the micro-batches' per-task gradients and aggregate
+        once, when the block ends: the direction of the big batch. A micro-batch whose loss is
+        not finite skips the whole optimizer step (the method's update is undone, the later
+        micro-batches give no gradient). One record is kept per optimizer step.
+        ``divide=False`` leaves the losses undivided, for trainers that divide by the number of
+        micro-batches themselves (Lightning's ``accumulate_grad_batches``, Hugging Face's
+        ``gradient_accumulation_steps``).
 
         >>> # with composer.accumulate(4):
         >>> #     for x, y in micro_batches:
@@ -304,16 +312,22 @@ class Composer:
         self, outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor], values: bool = True
     ) -> Iterator[None]:
         check_batch(self.tasks, outputs, targets, values)
-        if self.normalizer is not None and self.step == 0:
-            self.normalizer.locate(outputs)
         if not self.sync.checked:
             self.sync.check(
                 {
                     "policy": self.policy_name,
                     "tasks": [(t.name, t.kind) for t in self.tasks],
                     "window": None if self._window is None else self._window.length,
+                    "seed": self.options.seed,
+                    "normalize_targets": self.options.normalize_targets,
                 }
             )
+            self._rng = self.sync.share(self._rng)  # one random stream on every rank
+        observed = None
+        if self.normalizer is not None:
+            if self.step == 0:
+                self.normalizer.locate(outputs)
+            observed = self.normalizer.observe(targets)  # before the loss: step 0 uses it
         own = self._window is None
         if own:
             self._window = _Window(1)
@@ -326,10 +340,10 @@ class Composer:
                 self._window = None
             raise
         try:
-            if self.normalizer is not None:
-                observed = self.sync.sum(self.normalizer.observe(targets))
+            if observed is not None:
+                summed = self.sync.sum(observed)
                 stats = self._target_stats
-                self._target_stats = observed if stats is None else stats + observed
+                self._target_stats = summed if stats is None else stats + summed
             if self.method.needs_rerun and self.inputs is not None:
                 self._window.batches.append(
                     (copy_tree(self.inputs), {k: v.detach().clone() for k, v in targets.items()})
@@ -345,8 +359,7 @@ class Composer:
         if window is None or window.count == 0:
             return
         self._rerun_batches = [] if window.skipped else window.batches
-        if not window.skipped:
-            self.strategy.end_window(window)
+        self.strategy.end_window(window)
         self.step += 1
         if window.skipped:
             self._skips += 1
@@ -386,24 +399,37 @@ class Composer:
         self._rng = rng.clone()
 
     def mark_skipped(self) -> None:
-        """This optimizer step is skipped: no re-evaluation after it, counted toward max_skips."""
-        if self._window is not None:
-            self._window.skipped = True
+        """This optimizer step is skipped: no re-evaluation after it, counted toward max_skips;
+        the step's record (kept from its first micro-batch) says so."""
+        window = self._window
+        if window is None:
+            return
+        if not window.skipped and window.count > 0:
+            record = self.recorder.last()
+            if record is not None:
+                record.skipped = True
+                record.reason = "a later micro-batch of this optimizer step was skipped"
+        window.skipped = True
+
+    def undo_skipped_step(self) -> None:
+        """If the GradScaler skipped the previous optimizer step (its scale went down), return
+        the method to its state before that step's update."""
+        scaler = self.options.scaler
+        if scaler is None:
+            return
+        scale = float(scaler.get_scale())
+        if self._scale_seen is not None and scale < self._scale_seen and self._snapshot:
+            self.restore(self._snapshot)
+            self._rerun_batches = []
+            self.recorder.notice = "previous step skipped by the GradScaler; method state restored"
+        self._scale_seen = scale
 
     def begin_update(self, timings: dict[str, float]) -> None:
         """Before the method updates at this optimizer step: undo the previous step's update if
         the GradScaler skipped that step, else FAMO's re-evaluation of its batches; then keep
         the state the GradScaler may have to come back to."""
+        self.undo_skipped_step()
         scaler = self.options.scaler
-        if scaler is not None:
-            scale = float(scaler.get_scale())
-            if self._scale_seen is not None and scale < self._scale_seen and self._snapshot:
-                self.restore(self._snapshot)
-                self._rerun_batches = []
-                self.recorder.notice = (
-                    "previous step skipped by the GradScaler; method state restored"
-                )
-            self._scale_seen = scale
         if self._rerun_batches:
             t0 = time.perf_counter()
             batches, self._rerun_batches = self._rerun_batches, []
@@ -424,7 +450,10 @@ class Composer:
         rank 0's ``extra`` (what the update reported, for the records); returns ``extra``."""
         method = self.method
         if not self.sync.active or not (
-            method.needs_query or method.live_losses or method.composes_terms
+            method.needs_query
+            or method.live_losses
+            or method.composes_terms
+            or getattr(method, "needs_metrics", False)
         ):
             return extra
         state, extra = self.sync.share((method.state_dict(), extra))
@@ -471,9 +500,11 @@ class Composer:
     def _apply_targets(self, module: nn.Module, args: Any) -> None:
         """Before a training forward: fold the last step's target statistics in (PopArt's
         rescaling of the heads happens between steps, never inside one)."""
-        if self.normalizer is not None and self._target_stats is not None and not self._replaying:
-            stats, self._target_stats = self._target_stats, None
-            self.normalizer.apply(stats)
+        between = self._window is None or self._window.count == 0
+        if self.normalizer is None or self._target_stats is None or self._replaying or not between:
+            return
+        stats, self._target_stats = self._target_stats, None
+        self.normalizer.apply(stats)
 
     def _annotate(self, record: StepRecord) -> None:
         if self.normalizer is not None:
@@ -627,6 +658,7 @@ class Composer:
             "meter": None if self.meter is None else self.meter.state_dict(),
             "targets": None if self.normalizer is None else self.normalizer.state_dict(),
             "target_stats": self._target_stats,
+            "scaler": [self._scale_seen, self._snapshot],
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -651,10 +683,18 @@ class Composer:
             self.meta.load_state_dict(state["meta"])
         if self.meter is not None and state.get("meter") is not None:
             self.meter.load_state_dict(state["meter"])
-        if self.normalizer is not None and state.get("targets") is not None:
+        if (self.normalizer is None) != (state.get("targets") is None):
+            raise ValueError(
+                "Composer.load_state_dict: the state was saved with normalize_targets="
+                f"{state.get('targets') is not None}, this composer has normalize_targets="
+                f"{self.normalizer is not None}; the heads' parameters would be read in the "
+                "wrong units."
+            )
+        if self.normalizer is not None:
             self.normalizer.load_state_dict(state["targets"])
             self.normalizer.attach(self.module)
             self._target_stats = state.get("target_stats")
+        self._scale_seen, self._snapshot = state.get("scaler") or (None, None)
 
     def close(self) -> None:
         """Write the remaining records, remove the hooks from the model and close the trace;

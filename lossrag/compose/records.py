@@ -81,18 +81,21 @@ class Pending:
     values: Tensor
     weights: Tensor | None
     make: Callable[[list[float], list[float] | None, bool], StepRecord]
+    #: Whether the step's losses were finite on every rank (a 0-dim bool tensor); by default,
+    #: whether ``values`` are.
+    finite: Tensor | None = None
 
     def materialise(self) -> StepRecord:
         """Read the numbers (one device-to-host copy) and build the record."""
-        parts = [self.values.detach().float().reshape(-1)]
+        device = self.values.device
+        finite = torch.isfinite(self.values).all() if self.finite is None else self.finite
+        parts = [self.values.detach().float().reshape(-1), finite.float().reshape(1).to(device)]
         if self.weights is not None:
-            parts.append(self.weights.detach().float().reshape(-1).to(parts[0].device))
+            parts.append(self.weights.detach().float().reshape(-1).to(device))
         flat = torch.cat(parts).tolist()
         n = self.values.numel()
-        values = flat[:n]
-        weights = flat[n:] if self.weights is not None else None
-        finite = all(v == v and abs(v) != float("inf") for v in values)
-        return self.make(values, weights, finite)
+        weights = flat[n + 1 :] if self.weights is not None else None
+        return self.make(flat[:n], weights, flat[n] == 1.0)
 
 
 class _Kept:

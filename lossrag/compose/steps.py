@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -86,10 +86,14 @@ class LossStep(Step):
         stats = c.sync.mean(losses.detach()).float()
         timings["losses"] = time.perf_counter() - t0
         reason, step, window = None, c.step, c.window
+        names = c.pairs()
+        host = None if not method.reads_losses else stats.tolist()
+        if window is not None and window.skipped:
+            why = "an earlier micro-batch of this optimizer step was skipped"
+            return self._skipped(losses, names, host or [math.nan] * len(names), why, timings)
+        if host is not None and not all(math.isfinite(v) for v in host):
+            return self._skipped(losses, names, host, _non_finite(names, host), timings)
         if c.window_starts():
-            host = None if not method.reads_losses else stats.tolist()
-            if host is not None and not all(math.isfinite(v) for v in host):
-                return self._skipped(losses, host, timings)
             if host is not None:
                 c.check_positive(host)
             c.begin_update(timings)
@@ -99,7 +103,11 @@ class LossStep(Step):
             if method.needs_query and c.inputs is not None:
                 reason = c.meta_step(losses, targets)
                 timings["meta"] = time.perf_counter() - t1
-            if window is not None and window.length > 1 and not method.live_losses:
+            if (
+                window is not None
+                and window.length > 1
+                and not (method.live_losses or method.unit_weights)
+            ):
                 window.snapshot = c.snapshot()
             if not method.unit_weights:
                 with c.own_rng():
@@ -113,10 +121,10 @@ class LossStep(Step):
         # A non-finite loss (on any rank) gives a zero loss whose gradient is zero: decided on
         # the device, so nothing is read back here.
         total = losses.sum() if held is None else (held * losses).sum()
-        total = torch.where(torch.isfinite(stats.sum() if c.sync.active else total), total, 0.0)
+        finite = torch.isfinite(stats.sum() if c.sync.active else total)
+        total = torch.where(finite, total, 0.0)
         if c.window_length > 1:
             total = total / c.window_length
-        names = c.pairs()
 
         def make(values: list[float], w: list[float] | None, ok: bool) -> StepRecord:
             return make_record(
@@ -130,7 +138,7 @@ class LossStep(Step):
                 timings=timings,
             )
 
-        return total, Pending(losses.detach(), held, make)
+        return total, Pending(losses.detach(), held, make, finite)
 
     @property
     def method(self) -> LossMethod:
@@ -138,19 +146,27 @@ class LossStep(Step):
 
     def end_window(self, window: _Window) -> None:
         """Redo the method's update of this optimizer step with the mean losses of all its
-        micro-batches (the weights were taken at the first), as one big batch would have."""
-        if window.snapshot is None or window.stats is None or window.count < 2:
+        micro-batches (the weights were taken at the first), as one big batch would have; undo
+        it when a micro-batch was skipped."""
+        if window.snapshot is None:
             return
         self.c.restore(window.snapshot)
+        if window.skipped or window.stats is None or window.count < 2:
+            return
         with self.c.own_rng():
             self.method.weigh(window.stats / window.count)
         self.c.share_state()
 
     def _skipped(
-        self, losses: Tensor, values: list[float], timings: dict[str, float]
+        self,
+        losses: Tensor,
+        names: list[tuple[str, str]],
+        values: list[float],
+        why: str,
+        timings: dict[str, float],
     ) -> tuple[Tensor, Pending]:
-        """A step with a non-finite loss: no update, a loss that gives no gradient."""
-        c, names = self.c, self.c.pairs()
+        """A skipped micro-batch: no update, a zero loss (see :func:`skip_loss`)."""
+        c = self.c
         record = make_record(
             c.step,
             c.policy_name,
@@ -158,12 +174,13 @@ class LossStep(Step):
             values,
             method_terms(names, None),
             skipped=True,
-            reason=_non_finite(names, values),
+            reason=why,
             timings=timings,
         )
         c.mark_skipped()
-        zero = losses.new_zeros((), requires_grad=True)
-        return zero, Pending(losses.detach(), None, lambda *_: record)
+        return skip_loss(losses, c.options.scaler is not None), Pending(
+            losses.detach(), None, lambda *_: record
+        )
 
 
 class PolicyStep(Step):
@@ -176,7 +193,9 @@ class PolicyStep(Step):
         timings: dict[str, float] = {}
         features = c.take_features()
         utilities, note = None, None
-        starts = c.window_starts()
+        starts, window = c.window_starts(), c.window
+        if starts:
+            c.undo_skipped_step()
         if starts and c.meta is not None:  # first: its new weights and gates apply to this step
             t_meta = time.perf_counter()
             with c.rerunning():
@@ -194,13 +213,16 @@ class PolicyStep(Step):
         step = c.step
         candidates: list[Term] = []
         context: dict[str, dict[str, float]] = {}
+        values = stats.tolist()
+        bad = [f"{t}:{e}" for (t, e), v in zip(terms, values, strict=True) if not math.isfinite(v)]
+        if bad or (window is not None and window.skipped):
+            why = (
+                f"non-finite loss in {', '.join(bad)}"
+                if bad
+                else "an earlier micro-batch of this optimizer step was skipped"
+            )
+            return self._skipped(losses, terms, values, timings, why)
         if starts:
-            values = stats.tolist()
-            bad = [
-                f"{t}:{e}" for (t, e), v in zip(terms, values, strict=True) if not math.isfinite(v)
-            ]
-            if bad:
-                return self._skipped(losses, terms, values, timings, bad)
             c.begin_update(timings)
             policy.observe(c.step, values)
             if utilities is not None:
@@ -219,14 +241,14 @@ class PolicyStep(Step):
         if coefficients.numel() != losses.numel():  # a gate moved inside the window
             coefficients = policy.coefficients(losses, terms)
         total = (coefficients * losses).sum() / c.window_length
-        weights = losses.new_tensor([policy.weights.get(f"{t}:{e}", math.nan) for t, e in terms])
+        state = self._state()  # as of this step, for a record read later
 
         def make(values: list[float], w: list[float] | None, ok: bool) -> StepRecord:
-            record = self._record(step, terms, values, candidates, timings, context)
+            record = self._record(step, terms, values, candidates, timings, context, state)
             record.reason = note
             return record
 
-        return total, Pending(losses.detach(), weights, make)
+        return total, Pending(losses.detach(), None, make)
 
     @property
     def policy(self) -> LossRAG:
@@ -267,13 +289,20 @@ class PolicyStep(Step):
         terms: list[tuple[str, str]],
         values: list[float],
         timings: dict[str, float],
-        bad: list[str],
+        why: str,
     ) -> tuple[Tensor, Pending]:
-        record = self._record(self.c.step, terms, values, [], timings, {})
-        record.skipped, record.reason = True, f"non-finite loss in {', '.join(bad)}"
+        record = self._record(self.c.step, terms, values, [], timings, {}, self._state())
+        record.skipped, record.reason = True, why
         self.c.mark_skipped()
-        zero = losses.new_zeros((), requires_grad=True)
-        return zero, Pending(losses.detach(), None, lambda *_: record)
+        return skip_loss(losses, self.c.options.scaler is not None), Pending(
+            losses.detach(), None, lambda *_: record
+        )
+
+    def _state(self) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
+        """Copies of the policy's weights, scores and multipliers."""
+        policy = self.policy
+        multipliers: dict[str, float] = getattr(policy, "multipliers", {})
+        return dict(policy.weights), dict(policy.scores), dict(multipliers)
 
     def _record(
         self,
@@ -283,18 +312,20 @@ class PolicyStep(Step):
         candidates: Sequence[Term],
         timings: dict[str, float],
         context: dict[str, dict[str, float]],
+        state: tuple[dict[str, float], dict[str, float], dict[str, float]],
     ) -> StepRecord:
         """``terms``/``values``: the terms trained at this step and their losses; ``candidates``:
-        the retrieved terms listed at a refresh or meta-step (they supersede ``terms``)."""
-        policy, listed = self.policy, {(t.task, t.loss) for t in candidates}
-        multipliers: dict[str, float] = getattr(policy, "multipliers", {})
+        the retrieved terms listed at a refresh or meta-step (they supersede ``terms``);
+        ``state``: the policy's weights, scores and multipliers at that step."""
+        listed = {(t.task, t.loss) for t in candidates}
+        weights, scores, multipliers = state
         active = [
             Term.model_construct(
                 task=t,
                 loss=e,
-                weight=policy.weights.get(f"{t}:{e}"),
+                weight=weights.get(f"{t}:{e}"),
                 active=True,
-                score=policy.scores.get(f"{t}:{e}"),
+                score=scores.get(f"{t}:{e}"),
                 note=None,
                 utility=None,
                 multiplier=multipliers.get(f"{t}:{e}"),
@@ -316,7 +347,11 @@ class PolicyStep(Step):
 
 
 class GradStep(Step):
-    """Gradient-based methods: the aggregated direction on ``shared``, the task sum elsewhere."""
+    """Gradient-based methods: the aggregated direction on ``shared``, the task sum elsewhere.
+
+    Inside ``accumulate(n)`` the per-task gradients of the micro-batches are summed and
+    aggregated once, when the window closes: the direction of one batch ``n`` times larger.
+    """
 
     def loss(
         self, outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor]
@@ -329,18 +364,20 @@ class GradStep(Step):
         )
 
     def backward(self, outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor]) -> StepRecord:
-        c, method = self.c, self.method
+        c = self.c
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         losses = c.term_losses(outputs, targets)
         stats = c.sync.mean(losses.detach()).float()
         values = stats.tolist()
         timings["losses"] = time.perf_counter() - t0
-        names = c.pairs()
+        names, step, window = c.pairs(), c.step, c.window
 
         def record(weights: list[float] | None, reason: str | None = None) -> StepRecord:
+            if reason is not None:
+                c.mark_skipped()
             return make_record(
-                c.step,
+                step,
                 c.policy_name,
                 names,
                 values,
@@ -351,53 +388,114 @@ class GradStep(Step):
             )
 
         if not all(math.isfinite(v) for v in values):
-            c.mark_skipped()
             return record(None, _non_finite(names, values))
-        starts = c.window_starts()
-        if starts:
+        if window is not None and window.skipped:
+            return record(None, "an earlier micro-batch of this optimizer step was skipped")
+        if c.window_starts():
             c.check_positive(values)
             c.begin_update(timings)
         t1 = time.perf_counter()
-        params = [p for p in c.model.parameters() if p.requires_grad]
-        shared = [p for p in params if id(p) in c.shared_ids]
-        heads = [p for p in params if id(p) not in c.shared_ids]
+        shared, _ = self._split()
         jacobian, reached = _jacobian(losses, shared)
         jacobian = c.sync.mean(jacobian)
         timings["jacobian"] = time.perf_counter() - t1
         if not bool(torch.isfinite(jacobian).all()):
             return record(None, "non-finite per-task gradient")
-        t2 = time.perf_counter()
-        observe = getattr(method, "observe_losses", None)
-        if observe is not None:
-            observe(stats)
-        with c.own_rng():
-            direction, weights = method.aggregate(jacobian)
-        timings["weights"] = time.perf_counter() - t2
-        if not bool(torch.isfinite(direction).all()):
-            return record(None, "non-finite aggregated gradient")
-        t3 = time.perf_counter()
-        head_grads = self._heads(losses, heads)
-        if not all_finite(head_grads):
-            return record(None, "non-finite gradient")
-        scale = 1.0 / c.window_length
-        sizes = [p.numel() for p in shared]
-        pieces = [
-            (d.view_as(p) * scale).to(p.dtype) if r else None
-            for d, p, r in zip(direction.split(sizes), shared, reached, strict=True)
-        ]
-        accumulate(shared, pieces)
-        accumulate(heads, [None if g is None else g * scale for g in head_grads])
-        timings["backward"] = time.perf_counter() - t3
-        return record(None if weights is None else weights.tolist())
+        if window is None or window.length == 1:
+            t2 = time.perf_counter()
+            weights, reason = self._apply(jacobian, reached, stats, lambda: self._heads(losses))
+            timings["backward"] = time.perf_counter() - t2
+            return record(weights, reason)
+        self._collect(window, losses, stats, jacobian, reached)
+        return record(None)
+
+    def end_window(self, window: _Window) -> None:
+        """Aggregate the summed per-task gradients of an accumulation window, once."""
+        kept = window.extra
+        if not kept or window.skipped:
+            return
+        n = window.count
+        rows = kept.get("heads")
+        weights, reason = self._apply(
+            kept["jacobian"] / n,
+            kept["reached"],
+            kept["stats"] / n,
+            lambda: None if rows is None else self._weighted_heads(rows / n),
+        )
+        record = self.c.recorder.last()
+        if record is not None:
+            if reason is not None:
+                record.skipped, record.reason = True, reason
+            elif weights is not None:
+                for term, w in zip(record.terms, weights, strict=True):
+                    term.weight = w
 
     @property
     def method(self) -> GradMethod:
         return self.c.method  # type: ignore[return-value]
 
-    def _heads(self, losses: Tensor, heads: list[torch.nn.Parameter]) -> list[Tensor | None]:
+    def _split(self) -> tuple[list[torch.nn.Parameter], list[torch.nn.Parameter]]:
+        params = [p for p in self.c.model.parameters() if p.requires_grad]
+        shared = [p for p in params if id(p) in self.c.shared_ids]
+        return shared, [p for p in params if id(p) not in self.c.shared_ids]
+
+    def _apply(
+        self,
+        jacobian: Tensor,
+        reached: list[bool],
+        stats: Tensor,
+        head_grads: Callable[[], list[Tensor | None] | None],
+    ) -> tuple[list[float] | None, str | None]:
+        """Aggregate, then write the direction into the shared parameters' ``.grad`` and the
+        heads' gradients (``None``: already written) into theirs: ``(weights, None)``, or
+        ``(None, why)`` when skipped."""
+        c, method = self.c, self.method
+        observe = getattr(method, "observe_losses", None)
+        if observe is not None:
+            observe(stats)
+        with c.own_rng():
+            direction, weights = method.aggregate(jacobian)
+        if not bool(torch.isfinite(direction).all()):
+            return None, "non-finite aggregated gradient"
+        heads = head_grads()
+        if heads is not None and not all_finite(heads):
+            return None, "non-finite gradient"
+        shared, head_params = self._split()
+        sizes = [p.numel() for p in shared]
+        pieces = [
+            d.view_as(p).to(p.dtype) if r else None
+            for d, p, r in zip(direction.split(sizes), shared, reached, strict=True)
+        ]
+        accumulate(shared, pieces)
+        if heads is not None:
+            accumulate(head_params, heads)
+        return (None if weights is None else weights.tolist()), None
+
+    def _collect(
+        self, window: _Window, losses: Tensor, stats: Tensor, jacobian: Tensor, reached: list[bool]
+    ) -> None:
+        """Add a micro-batch's per-task gradients to its window; the heads' plain sum goes to
+        ``.grad`` at once (divided by the window's length), a weighted one is kept per task."""
+        kept, (_, heads) = window.extra, self._split()
+        if getattr(self.method, "heads_weighted", False) and heads:
+            rows = self.c.sync.mean(_jacobian(losses, heads)[0])
+            kept["heads"] = rows if "heads" not in kept else kept["heads"] + rows
+        else:
+            grads = self._mean_over_ranks(
+                torch.autograd.grad(losses.sum(), heads, allow_unused=True)
+            )
+            accumulate(heads, [None if g is None else g / window.length for g in grads])
+        for key, value in (("jacobian", jacobian), ("stats", stats)):
+            kept[key] = value if key not in kept else kept[key] + value
+        kept["reached"] = [
+            a or b for a, b in zip(kept.get("reached", reached), reached, strict=True)
+        ]
+
+    def _heads(self, losses: Tensor) -> list[Tensor | None]:
         """The heads' gradients: of the plain task sum, or of ``Σ h_i L_i`` where the method's
         reference code weighs the heads too (``heads_weighted``, ``h = head_weights()``);
         averaged over ranks."""
+        _, heads = self._split()
         if not heads:
             return []
         if getattr(self.method, "heads_weighted", False):  # Nash-MTL's α, DB-MTL's 1/L
@@ -405,14 +503,27 @@ class GradStep(Step):
             total = (head_weights.detach().to(losses) * losses).sum()
         else:
             total = losses.sum()
-        grads: list[Tensor | None] = list(torch.autograd.grad(total, heads, allow_unused=True))
-        if not self.c.sync.active:
-            return grads
-        present = [i for i, g in enumerate(grads) if g is not None]
-        flat = self.c.sync.mean(torch.cat([g.reshape(-1) for g in grads if g is not None]))
-        out: list[Tensor | None] = [None] * len(grads)
-        for i, piece in zip(present, flat.split([heads[i].numel() for i in present]), strict=True):
-            out[i] = piece.view_as(heads[i])
+        return self._mean_over_ranks(torch.autograd.grad(total, heads, allow_unused=True))
+
+    def _weighted_heads(self, rows: Tensor) -> list[Tensor | None]:
+        """``Σ h_i ∇L_i`` on the heads from their per-task gradient rows."""
+        _, heads = self._split()
+        h = self.method.head_weights()  # type: ignore[attr-defined]
+        flat = h.detach().to(rows) @ rows
+        return [
+            piece.view_as(p)
+            for piece, p in zip(flat.split([p.numel() for p in heads]), heads, strict=True)
+        ]
+
+    def _mean_over_ranks(self, grads: Sequence[Tensor | None]) -> list[Tensor | None]:
+        """The gradients averaged over DDP ranks (one all-reduce for all of them)."""
+        out = list(grads)
+        present = [(i, g) for i, g in enumerate(out) if g is not None]
+        if not self.c.sync.active or not present:
+            return out
+        flat = self.c.sync.mean(torch.cat([g.reshape(-1) for _, g in present]))
+        for (i, g), piece in zip(present, flat.split([g.numel() for _, g in present]), strict=True):
+            out[i] = piece.view_as(g)
         return out
 
 
@@ -432,6 +543,15 @@ def _jacobian(losses: Tensor, shared: list[torch.nn.Parameter]) -> tuple[Tensor,
         )
         reached = [r or g is not None for r, g in zip(reached, grads, strict=True)]
     return torch.stack(rows).float(), reached
+
+
+def skip_loss(losses: Tensor, scaled: bool) -> Tensor:
+    """The loss of a skipped step: zero, with no gradient for any parameter. With a GradScaler
+    it stays on the graph (its gradients are zeros, or non-finite when the losses were, so the
+    scaler sees them and skips the step); without one it is detached from the model."""
+    if not scaled:
+        return losses.new_zeros((), requires_grad=True)
+    return torch.where(torch.isfinite(losses), losses, 0.0).sum() * 0.0
 
 
 def _non_finite(names: Sequence[tuple[str, str]], values: Sequence[float]) -> str:
