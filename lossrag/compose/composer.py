@@ -435,9 +435,9 @@ class Composer:
             batches, self._rerun_batches = self._rerun_batches, []
             with self.rerunning():
                 after = self.sync.mean(rerun(self.module, batches, self.term_losses)).float()
-            floors = getattr(self.method, "min_losses", None) or [0.0] * len(after)
+            floors = after.new_tensor(self._floors(len(after)))
             if bool(torch.isfinite(after).all()) and (
-                not self.method.positive_losses or bool((after > after.new_tensor(floors)).all())
+                not self.method.positive_losses or bool((after > floors).all())
             ):
                 self.method.observe_rerun(after)
             timings["rerun"] = time.perf_counter() - t0
@@ -461,11 +461,15 @@ class Composer:
             method.load_state_dict(state)
         return extra
 
+    def _floors(self, n: int) -> list[float]:
+        """The lower bound of each of the ``n`` losses for a method that takes log L."""
+        return list(getattr(self.method, "min_losses", None) or [0.0] * n)
+
     def check_positive(self, values: Sequence[float]) -> None:
         """Methods that take log L need every loss above its lower bound."""
         if not self.method.positive_losses:
             return
-        floors = getattr(self.method, "min_losses", None) or [0.0] * len(values)
+        floors = self._floors(len(values))
         low = [
             f"{t.name!r} ({v:.3g} <= {b:g})"
             for (t, _), v, b in zip(self.terms, values, floors, strict=True)

@@ -4,6 +4,7 @@ the first step instead of a hang."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -34,12 +35,7 @@ class Sync:
 
     def mean(self, value: Tensor) -> Tensor:
         """The mean of ``value`` over ranks (a new tensor; ``value`` is not modified)."""
-        if self.world == 1:
-            return value
-        out = value.detach().clone()
-        dist.all_reduce(out, op=dist.ReduceOp.SUM)
-        self.volume += out.numel()
-        return out / self.world
+        return value if self.world == 1 else self.sum(value) / self.world
 
     def sum(self, value: Tensor) -> Tensor:
         """The sum of ``value`` over ranks (a new tensor; ``value`` is not modified)."""
@@ -84,25 +80,26 @@ class Sync:
         return box[0]
 
 
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The plain module under DDP and ``torch.compile`` wrappers."""
+def _layers(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """``model`` and each module it wraps (DDP's ``module``, ``torch.compile``'s
+    ``_orig_mod``), outermost first."""
     while True:
+        yield model
         inner = getattr(model, "_orig_mod", None)
         if isinstance(inner, torch.nn.Module):
             model = inner
-            continue
-        if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        elif isinstance(model, torch.nn.parallel.DistributedDataParallel):
             model = model.module
-            continue
-        return model
+        else:
+            return
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain module under DDP and ``torch.compile`` wrappers."""
+    *_, plain = _layers(model)
+    return plain
 
 
 def is_compiled(model: torch.nn.Module) -> bool:
     """Whether ``model`` (or a wrapper in it) is a ``torch.compile`` module."""
-    while True:
-        if isinstance(getattr(model, "_orig_mod", None), torch.nn.Module):
-            return True
-        if isinstance(model, torch.nn.parallel.DistributedDataParallel):
-            model = model.module
-            continue
-        return False
+    return any(isinstance(getattr(m, "_orig_mod", None), torch.nn.Module) for m in _layers(model))
