@@ -122,3 +122,60 @@ def test_a_state_saved_without_normalisation_is_refused():
     normalised = lossrag.wrap(MultiTaskMLP(6, [32], TASKS), TASKS, "ew", normalize_targets=True)
     with pytest.raises(ValueError, match="normalize_targets"):
         normalised.load_state_dict(plain.state_dict())
+
+
+UNIT = lossrag.Task("unit", kind="regression", metric="mae")
+
+
+def _train_auto(policy: str, normalize, steps: int, tasks=(*TASKS, UNIT)):
+    """``steps`` steps on ``tasks`` (``unit``: a target near standard units)."""
+    torch.manual_seed(0)
+    model = MultiTaskMLP(6, [32], list(tasks))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    options = {} if normalize is None else {"normalize_targets": normalize}
+    composer = lossrag.wrap(model, list(tasks), policy, shared=model.trunk, seed=0, **options)
+    for i in range(steps):
+        x, y = _data(64, i)
+        y["unit"] = torch.tanh(x[:, 5])
+        opt.zero_grad()
+        composer.backward(model(x), {t.name: y[t.name] for t in tasks})
+        opt.step()
+    return model, composer
+
+
+def test_auto_normalises_only_the_targets_far_from_unit_scale():
+    """Around 1000 and around 1e-3: normalised; ``tanh`` of a standard normal: left as it is,
+    with a note that says why."""
+    _, composer = _train_auto("ew", "auto", steps=3)
+    assert composer.normalizer.names == ["price", "tiny"]
+    assert set(composer.last_record.targets) == {"price", "tiny"}
+    assert "standard units" in composer.normalizer.notes["unit"]
+
+
+def test_auto_with_every_target_near_unit_scale_is_exactly_no_normalisation():
+    tasks = (UNIT, TASKS[2])
+    plain, _ = _train_auto("famo", False, steps=20, tasks=tasks)
+    auto, composer = _train_auto("famo", "auto", steps=20, tasks=tasks)
+    assert composer.normalizer.names == []
+    for a, b in zip(plain.parameters(), auto.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_the_shipped_policy_chooses_auto_and_the_user_can_override_it():
+    _, default = _train_auto("default", None, steps=2)
+    assert default.normalizer is not None and default.normalizer.names == ["price", "tiny"]
+    _, off = _train_auto("default", False, steps=2)
+    assert off.normalizer is None
+    _, ew = _train_auto("ew", None, steps=2)
+    assert ew.normalizer is None
+
+
+def test_auto_resume_keeps_the_chosen_tasks():
+    model, composer = _train_auto("ew", "auto", steps=5)
+    state = copy.deepcopy(composer.state_dict())
+    tasks = [*TASKS, UNIT]
+    again = MultiTaskMLP(6, [32], tasks)
+    again.load_state_dict(model.state_dict())
+    resumed = lossrag.wrap(again, tasks, "ew", seed=0, normalize_targets="auto")
+    resumed.load_state_dict(state)
+    assert resumed.normalizer.names == ["price", "tiny"] and not resumed.normalizer.choosing

@@ -191,17 +191,24 @@ class Composer:
             )
 
     def _target_normalizer(self) -> Any:
-        """PopArt statistics and heads of the regression tasks, with ``normalize_targets``."""
-        if not self.options.normalize_targets:
+        """PopArt statistics and heads of the regression tasks, with ``normalize_targets`` (the
+        method's own choice, :attr:`Method.normalize_targets`, when it is not given; a retrieval
+        policy adapting online from ``query=`` then takes its losses in user units)."""
+        mode = self.options.normalize_targets
+        online = self.method.composes_terms and self.options.query is not None
+        if mode is None:
+            mode = False if online else self.method.normalize_targets
+        self.target_mode = mode
+        if not mode:
             return None
-        if self.method.composes_terms and self.options.query is not None:
+        if online:
             raise ValueError(
                 "wrap: normalize_targets with a retrieval policy's online meta-adaptation "
                 "(query=) is not supported yet; its look-ahead takes losses in the user's units."
             )
         from lossrag.targets import TargetNormalizer
 
-        normalizer = TargetNormalizer(self.tasks)
+        normalizer = TargetNormalizer(self.tasks, auto=mode == "auto")
         normalizer.attach(self.module)
         return normalizer
 
@@ -319,12 +326,14 @@ class Composer:
                     "tasks": [(t.name, t.kind) for t in self.tasks],
                     "window": None if self._window is None else self._window.length,
                     "seed": self.options.seed,
-                    "normalize_targets": self.options.normalize_targets,
+                    "normalize_targets": self.target_mode,
                 }
             )
             self._rng = self.sync.share(self._rng)  # one random stream on every rank
         observed = None
         if self.normalizer is not None:
+            if self.normalizer.choosing:
+                self.normalizer.choose(self.sync.sum(self.normalizer.first_moments(targets)))
             if self.step == 0:
                 self.normalizer.locate(outputs)
             observed = self.normalizer.observe(targets)  # before the loss: step 0 uses it

@@ -46,7 +46,10 @@ class Options(BaseModel):
             standardised by running statistics, and a head that is a final ``nn.Linear`` is
             re-parametrised so that the model's outputs stay in the user's units (its ``W, b``
             hold the normalised head while wrapped; ``Composer.close()`` folds the statistics
-            back in). Records carry the statistics.
+            back in). Records carry the statistics. ``"auto"`` normalises only the targets
+            far from standard units at the first batch (:func:`lossrag.targets.far_from_unit`);
+            ``None`` (the default) leaves the choice to the method: the shipped policy
+            (``policy="default"``) uses ``"auto"``, every other method ``False``.
     """
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, frozen=True)
@@ -60,7 +63,7 @@ class Options(BaseModel):
     query_tasks: list[str] | None = None
     scaler: torch.amp.GradScaler | None = None
     trace_every: int = Field(32, ge=1)
-    normalize_targets: bool = False
+    normalize_targets: bool | Literal["auto"] | None = None
 
 
 def parse_options(options: dict[str, Any]) -> Options:

@@ -23,7 +23,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -261,7 +261,10 @@ def read_correction(path: str | os.PathLike[str], correction: Correction) -> Cor
 
 def load_policy(source: str | os.PathLike[str] = "default", **overrides: Any) -> LossRAG:
     """A :class:`LossRAG` with a saved policy's settings and correction; ``overrides`` replace
-    settings (e.g. ``total_steps``)."""
+    settings (e.g. ``total_steps``). The shipped ``"default"`` is a :class:`DefaultPolicy`
+    (which also chooses its target normalisation)."""
+    if str(source) == "default":
+        return DefaultPolicy(**overrides)
     return LossRAG(**{**_arguments(source), **overrides})
 
 
@@ -271,6 +274,9 @@ class DefaultPolicy(LossRAG):
     as ``policy="default"``, under the name the benchmark runs it)."""
 
     name = "lossrag-default"
+    #: Targets far from standard units are normalised (PopArt), the others left as they are:
+    #: measured in ``benchmarks/targets``.
+    normalize_targets: ClassVar[bool | Literal["auto"]] = "auto"
 
     def __init__(self, **overrides: Any) -> None:
         super().__init__(**{**_arguments("default"), **overrides})
