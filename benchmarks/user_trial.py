@@ -60,6 +60,7 @@ from torch import Tensor, nn
 
 import lossrag
 from lossrag import Task
+from lossrag.keys import TermKey
 
 TASKS = [
     Task("digit", kind="classification", num_classes=10, metric="accuracy"),
@@ -129,7 +130,7 @@ def metric(task: Task, out: Tensor, target: Tensor) -> float:
     return float((out - target).abs().mean())
 
 
-def _multipliers(policy: Any) -> dict[str, float] | None:
+def _multipliers(policy: Any) -> dict[TermKey, float] | None:
     """A LossRAG policy's effective multipliers ``w_i / scale_i`` (``None`` for other methods)."""
     if not hasattr(policy, "tracker") or not policy.weights:
         return None
@@ -193,7 +194,7 @@ def run(
             if m:
                 per_task: dict[str, float] = {}
                 for key, v in m.items():
-                    per_task[key.split(":", 1)[0]] = per_task.get(key.split(":", 1)[0], 0.0) + v
+                    per_task[key.task] = per_task.get(key.task, 0.0) + v
                 positive = [v for v in per_task.values() if v > 0]
                 if len(positive) > 1:
                     worst = max(worst, max(positive) / min(positive))

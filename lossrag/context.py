@@ -11,13 +11,14 @@ rank of the shared features.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from lossrag.embed.stats import log_gsnr
+from lossrag.keys import TermKey, nest, unnest
 
 __all__ = [
     "GLOBAL_FEATURES",
@@ -78,14 +79,14 @@ class LossTracker:
                 f"max_ratio={max_ratio}."
             )
         self.beta, self.floor, self.max_ratio = beta, floor, max_ratio
-        self.first: dict[str, float] = {}
-        self.ema: dict[str, float] = {}
-        self.log_ema: dict[str, float] = {}
-        self.log_mark: dict[str, tuple[int, float]] = {}
-        self.reference: dict[str, float] = {}
+        self.first: dict[TermKey, float] = {}
+        self.ema: dict[TermKey, float] = {}
+        self.log_ema: dict[TermKey, float] = {}
+        self.log_mark: dict[TermKey, tuple[int, float]] = {}
+        self.reference: dict[TermKey, float] = {}
 
-    def update(self, step: int, values: dict[str, float]) -> None:
-        """Fold this step's finite term losses in (keys are term ids)."""
+    def update(self, step: int, values: dict[TermKey, float]) -> None:
+        """Fold this step's finite term losses in."""
         b = self.beta
         for key, v in values.items():
             log_v = math.log(abs(v) + _TINY)
@@ -98,18 +99,20 @@ class LossTracker:
             if key not in self.reference and abs(v) > _TINY:
                 self.reference[key] = abs(v)
 
-    def scale(self, key: str) -> float:
+    def scale(self, key: TermKey) -> float:
         """The term's loss level ``|EMA L|`` (at least 1e-8; 1 before it is tracked): what the
         context features are normalised by."""
         return max(abs(self.ema.get(key, 1.0)), 1e-8)
 
-    def relative(self, key: str) -> float:
+    def relative(self, key: TermKey) -> float:
         """``r = |EMA L| / L0``, the term's loss level relative to its first non-zero loss (1
         until it has one)."""
         ref = self.reference.get(key)
         return 1.0 if ref is None else self.scale(key) / ref
 
-    def scales(self, keys: Sequence[str], among: Sequence[str] | None = None) -> list[float]:
+    def scales(
+        self, keys: Sequence[TermKey], among: Sequence[TermKey] | None = None
+    ) -> list[float]:
         """The bounded scales ``keys`` are divided by in the training loss:
         ``L0 · max(r, floor, max_r / max_ratio)`` (see the class docstring), ``max_r`` over
         ``among`` (the terms trained together; default ``keys``); a term without a reference
@@ -121,7 +124,7 @@ class LossTracker:
             for k in keys
         ]
 
-    def trend(self, step: int, key: str) -> tuple[float, float]:
+    def trend(self, step: int, key: TermKey) -> tuple[float, float]:
         """``(log(L/L0), slope of log L per 100 steps)`` since the last call for ``key``."""
         if key not in self.ema:
             return 0.0, 0.0
@@ -132,24 +135,30 @@ class LossTracker:
         return ratio, slope
 
     def state_dict(self) -> dict[str, Any]:
-        """Plain dicts of floats."""
+        """Plain containers: per statistic, ``{task: {loss: value}}``."""
         return {
-            "first": dict(self.first),
-            "ema": dict(self.ema),
-            "log_ema": dict(self.log_ema),
-            "log_mark": {k: list(v) for k, v in self.log_mark.items()},
-            "reference": dict(self.reference),
+            "first": nest(self.first),
+            "ema": nest(self.ema),
+            "log_ema": nest(self.log_ema),
+            "log_mark": nest({k: list(v) for k, v in self.log_mark.items()}),
+            "reference": nest(self.reference),
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict` (a state from before the bounded scales takes each term's
-        first non-zero loss as its reference)."""
-        self.first = dict(state["first"])
-        self.ema = dict(state["ema"])
-        self.log_ema = dict(state["log_ema"])
-        self.log_mark = {k: (int(v[0]), float(v[1])) for k, v in state["log_mark"].items()}
-        self.reference = dict(
-            state.get("reference", {k: abs(v) for k, v in self.first.items() if abs(v) > _TINY})
+    def load_state_dict(self, state: dict[str, Any], tasks: Collection[str] = ()) -> None:
+        """Restore :meth:`state_dict`, or an old one keyed by ``"task:loss"`` strings (split by
+        :func:`lossrag.keys.parse_key` with the task names ``tasks``); a state from before the
+        bounded scales takes each term's first non-zero loss as its reference."""
+
+        def floats(name: str) -> dict[TermKey, float]:
+            return {k: float(v) for k, v in unnest(state[name], tasks).items()}
+
+        self.first, self.ema, self.log_ema = floats("first"), floats("ema"), floats("log_ema")
+        marks = unnest(state["log_mark"], tasks)
+        self.log_mark = {k: (int(v[0]), float(v[1])) for k, v in marks.items()}
+        self.reference = (
+            floats("reference")
+            if "reference" in state
+            else {k: abs(v) for k, v in self.first.items() if abs(v) > _TINY}
         )
 
 

@@ -79,8 +79,8 @@ def test_autolambda_needs_a_query_set(digits):
 def test_metaweighting_one_step_matches_its_update_rule(digits):
     """ω ← normalise(ω − β·d*/RMS(d*)), d* the min-norm point of the per-task hypergradients
     d_t[i] = −η⟨∇L_i(θ), ∇L_t^Q(θ − η Σ ω g)⟩, here with exact per-term gradients."""
+    from lossrag.minnorm import common_direction
     from lossrag.weighting import MetaWeighting
-    from lossrag.weighting.metaweighting import common_direction
 
     torch.manual_seed(0)
     model = digits.model(0).double()  # float64: the finite differences are then exact enough

@@ -11,7 +11,11 @@ from hypothesis import strategies as st
 
 import lossrag
 from lossrag.context import LossTracker
+from lossrag.keys import TermKey
 from lossrag.policy import LossRAG
+
+EASY, HARD = TermKey("easy", "l2"), TermKey("hard", "ce")
+A, B, HINGE = TermKey("a", "l2"), TermKey("b", "l2"), TermKey("a", "hinge")
 
 #: A loss trajectory: a first loss, then per step a log-change (a loss → 0 is a run of large
 #: negative changes, a plateau a run of zeros, a spike a large positive one).
@@ -21,7 +25,7 @@ _trajectory = st.tuples(
 )
 
 
-def _relative_multipliers(tracker: LossTracker, keys: list[str]) -> list[float]:
+def _relative_multipliers(tracker: LossTracker, keys: list[TermKey]) -> list[float]:
     """``L0 / scale`` per term: its multiplier relative to its first loss."""
     return [tracker.reference[k] / s for k, s in zip(keys, tracker.scales(keys), strict=True)]
 
@@ -34,7 +38,7 @@ def _relative_multipliers(tracker: LossTracker, keys: list[str]) -> list[float]:
 )
 def test_relative_multipliers_stay_within_max_ratio(trajectories, max_ratio, floor):
     tracker = LossTracker(floor=floor, max_ratio=max_ratio)
-    keys = [f"t{i}:l2" for i in range(len(trajectories))]
+    keys = [TermKey(f"t{i}", "l2") for i in range(len(trajectories))]
     level = {k: first for k, (first, _) in zip(keys, trajectories, strict=True)}
     steps = max(len(changes) for _, changes in trajectories)
     for step in range(steps):
@@ -54,42 +58,42 @@ def test_a_loss_going_to_zero_beside_a_plateau():
     ``1/EMA L`` the decaying term gets ~1e8 times the multiplier; bounded, at most ``max_ratio``."""
     plain, bounded = LossTracker(), LossTracker(max_ratio=3.0)
     for step in range(400):
-        values = {"easy:l2": 2.0 * 0.95**step, "hard:ce": 2.3 if step < 20 else 1.5}
+        values = {EASY: 2.0 * 0.95**step, HARD: 2.3 if step < 20 else 1.5}
         plain.update(step, values)
         bounded.update(step, values)
-    keys = ["easy:l2", "hard:ce"]
+    keys = [EASY, HARD]
     ratio = [r[0] / r[1] for r in (_relative_multipliers(t, keys) for t in (plain, bounded))]
     assert ratio[0] > 1e6
     assert ratio[1] == pytest.approx(3.0)
     # the plateauing task keeps the multiplier of its level, the easy one is floored
-    assert bounded.scales(keys)[1] == pytest.approx(bounded.scale("hard:ce"))
+    assert bounded.scales(keys)[1] == pytest.approx(bounded.scale(HARD))
 
 
 def test_unbounded_settings_give_the_plain_ema_scale():
     tracker = LossTracker(max_ratio=math.inf)
     for step, v in enumerate([1.0, 0.1, 1e-3, 1e-6]):
-        tracker.update(step, {"a:l2": v, "b:l2": 1.0})
-    assert tracker.scales(["a:l2", "b:l2"]) == [tracker.scale("a:l2"), tracker.scale("b:l2")]
+        tracker.update(step, {A: v, B: 1.0})
+    assert tracker.scales([A, B]) == [tracker.scale(A), tracker.scale(B)]
 
 
 def test_a_zero_first_loss_takes_the_first_non_zero_one_as_reference():
     tracker = LossTracker(max_ratio=3.0)
-    tracker.update(0, {"a:hinge": 0.0, "b:l2": 1.0})
-    assert "a:hinge" not in tracker.reference
-    assert tracker.scales(["a:hinge", "b:l2"]) == [1e-8, 1.0]  # no reference yet: its level
-    tracker.update(1, {"a:hinge": 0.5, "b:l2": 1.0})
-    assert tracker.reference["a:hinge"] == 0.5
+    tracker.update(0, {HINGE: 0.0, B: 1.0})
+    assert HINGE not in tracker.reference
+    assert tracker.scales([HINGE, B]) == [1e-8, 1.0]  # no reference yet: its level
+    tracker.update(1, {HINGE: 0.5, B: 1.0})
+    assert tracker.reference[HINGE] == 0.5
 
 
 def test_old_tracker_states_still_load():
     tracker = LossTracker(max_ratio=3.0)
-    tracker.update(0, {"a:l2": 4.0})
-    tracker.update(1, {"a:l2": 2.0})
+    tracker.update(0, {A: 4.0})
+    tracker.update(1, {A: 2.0})
     state = tracker.state_dict()
     del state["reference"]  # a state saved before the bounded scales
     again = LossTracker(max_ratio=3.0)
     again.load_state_dict(state)
-    assert again.reference == {"a:l2": 4.0}
+    assert again.reference == {A: 4.0}
 
 
 def test_bad_bounds_are_refused():
@@ -123,6 +127,6 @@ def test_policy_records_its_effective_multipliers(digits):
     terms = policy.terms()
     like = torch.zeros(())
     assert policy.coefficients(like, terms).tolist() == pytest.approx(
-        [policy.multipliers[f"{t}:{e}"] for t, e in terms]
+        [policy.multipliers[key] for key in terms]
     )
     composer.close()

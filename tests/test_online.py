@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import lossrag
+from lossrag.keys import TermKey
 from lossrag.policy import LossRAG
 
 
@@ -129,14 +130,14 @@ def test_query_tasks_choose_the_objective_and_keep_their_losses_on(digits, objec
         query_tasks=["digit"],
     )
     assert composer.meta is not None and composer.meta.query_index == [0]
-    gated: list[str] = []
+    gated: list[TermKey] = []
     original = policy._gate
     monkeypatch.setattr(policy, "_gate", lambda b: (gated.extend(k for k, _ in b), original(b))[1])
     records = _train(digits, composer, model, 6)
     meta = [r for r in records if any(t.utility is not None for t in r.terms)]
     assert meta and gated
-    assert f"digit:{policy.natural['digit']}" not in gated
-    assert f"ink:{policy.natural['ink']}" in gated
+    assert TermKey("digit", policy.natural["digit"]) not in gated
+    assert TermKey("ink", policy.natural["ink"]) in gated
     own = [t.utility for r in meta for t in r.terms if t.task == "digit" and t.utility is not None]
     if objective == "transfer":
         assert own and all(u == 0.0 for u in own)

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 import lossrag
 from lossrag.cli import app
+from lossrag.keys import TermKey
 from lossrag.policy import FEATURES, Correction, Gates, LossRAG, Prior
 from lossrag.record import read_trace
 
@@ -99,14 +100,14 @@ def test_lossrag_grad_matches_the_weighted_scaled_sum(digits):
     policy = composer.method
     model.zero_grad()
     out = model(x)
-    keys = [f"{t.task}:{t.loss}" for t in record.terms if t.active]
+    keys = [TermKey(t.task, t.loss) for t in record.terms if t.active]
     scales = policy.tracker.scales(keys)  # |EMA L|, bounded (issue 12)
     assert scales == [abs(policy.tracker.ema[k]) for k in keys]  # at the first step: |L|
     assert policy.multipliers == {
         k: policy.weights[k] / s for k, s in zip(keys, scales, strict=True)
     }
     total = sum(
-        policy.multipliers[f"{t.task}:{t.loss}"]
+        policy.multipliers[TermKey(t.task, t.loss)]
         * lossrag.registry.create(t.loss)(out[t.task], y[t.task]).mean()
         for t in record.terms
         if t.active

@@ -28,6 +28,7 @@ from lossrag.compose.options import Options
 from lossrag.compose.performance import PerformanceMeter
 from lossrag.compose.records import Pending, Recorder
 from lossrag.compose.steps import GradStep, LossStep, PolicyStep, Step
+from lossrag.keys import TermKey
 from lossrag.losses import Loss, registry
 from lossrag.record import StepRecord
 from lossrag.tasks import Task
@@ -492,9 +493,9 @@ class Composer:
             )
 
     # ------------------------------------------------------------------ losses and forwards
-    def pairs(self) -> list[tuple[str, str]]:
+    def pairs(self) -> list[TermKey]:
         """``(task, loss name)`` of every term of a baseline method."""
-        return [(t.name, loss.name) for t, loss in self.terms]
+        return [TermKey(t.name, loss.name) for t, loss in self.terms]
 
     def normalize(
         self, outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor]

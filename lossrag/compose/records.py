@@ -11,13 +11,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from lossrag.keys import TermKey
 from lossrag.record import StepRecord, Term, TraceWriter
 
 __all__ = ["Pending", "Recorder", "make_record", "method_terms"]
 
 
 def method_terms(
-    pairs: Sequence[tuple[str, str]],
+    pairs: Sequence[TermKey],
     weights: Sequence[float] | None,
     multipliers: Sequence[float] | None = None,
 ) -> list[Term]:
@@ -41,7 +42,7 @@ def method_terms(
 def make_record(
     step: int,
     method: str,
-    pairs: Sequence[tuple[str, str]],
+    pairs: Sequence[TermKey],
     values: Sequence[float],
     terms: list[Term],
     *,

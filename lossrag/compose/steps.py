@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from lossrag.compose.records import Pending, make_record, method_terms
+from lossrag.keys import TermKey
 from lossrag.record import StepRecord, Term
 
 if TYPE_CHECKING:
@@ -160,7 +161,7 @@ class LossStep(Step):
     def _skipped(
         self,
         losses: Tensor,
-        names: list[tuple[str, str]],
+        names: list[TermKey],
         values: list[float],
         why: str,
         timings: dict[str, float],
@@ -214,7 +215,9 @@ class PolicyStep(Step):
         candidates: list[Term] = []
         context: dict[str, dict[str, float]] = {}
         values = stats.tolist()
-        bad = [f"{t}:{e}" for (t, e), v in zip(terms, values, strict=True) if not math.isfinite(v)]
+        bad = [
+            f"{k.task}:{k.loss}" for k, v in zip(terms, values, strict=True) if not math.isfinite(v)
+        ]
         if bad or (window is not None and window.skipped):
             why = (
                 f"non-finite loss in {', '.join(bad)}"
@@ -286,7 +289,7 @@ class PolicyStep(Step):
     def _skipped(
         self,
         losses: Tensor,
-        terms: list[tuple[str, str]],
+        terms: list[TermKey],
         values: list[float],
         timings: dict[str, float],
         why: str,
@@ -298,40 +301,40 @@ class PolicyStep(Step):
             losses.detach(), None, lambda *_: record
         )
 
-    def _state(self) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
+    def _state(self) -> tuple[dict[TermKey, float], dict[TermKey, float], dict[TermKey, float]]:
         """Copies of the policy's weights, scores and multipliers."""
         policy = self.policy
-        multipliers: dict[str, float] = getattr(policy, "multipliers", {})
+        multipliers: dict[TermKey, float] = getattr(policy, "multipliers", {})
         return dict(policy.weights), dict(policy.scores), dict(multipliers)
 
     def _record(
         self,
         step: int,
-        terms: list[tuple[str, str]],
+        terms: list[TermKey],
         values: list[float],
         candidates: Sequence[Term],
         timings: dict[str, float],
         context: dict[str, dict[str, float]],
-        state: tuple[dict[str, float], dict[str, float], dict[str, float]],
+        state: tuple[dict[TermKey, float], dict[TermKey, float], dict[TermKey, float]],
     ) -> StepRecord:
         """``terms``/``values``: the terms trained at this step and their losses; ``candidates``:
         the retrieved terms listed at a refresh or meta-step (they supersede ``terms``);
         ``state``: the policy's weights, scores and multipliers at that step."""
-        listed = {(t.task, t.loss) for t in candidates}
+        listed = {TermKey(t.task, t.loss) for t in candidates}
         weights, scores, multipliers = state
         active = [
             Term.model_construct(
-                task=t,
-                loss=e,
-                weight=weights.get(f"{t}:{e}"),
+                task=key.task,
+                loss=key.loss,
+                weight=weights.get(key),
                 active=True,
-                score=scores.get(f"{t}:{e}"),
+                score=scores.get(key),
                 note=None,
                 utility=None,
-                multiplier=multipliers.get(f"{t}:{e}"),
+                multiplier=multipliers.get(key),
             )
-            for t, e in terms
-            if (t, e) not in listed
+            for key in terms
+            if key not in listed
         ]
         record = make_record(
             step,
@@ -554,7 +557,7 @@ def skip_loss(losses: Tensor, scaled: bool) -> Tensor:
     return torch.where(torch.isfinite(losses), losses, 0.0).sum() * 0.0
 
 
-def _non_finite(names: Sequence[tuple[str, str]], values: Sequence[float]) -> str:
+def _non_finite(names: Sequence[TermKey], values: Sequence[float]) -> str:
     bad = [t for (t, _), v in zip(names, values, strict=True) if not math.isfinite(v)]
     return f"non-finite loss in task(s) {', '.join(bad)}"
 

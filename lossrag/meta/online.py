@@ -7,8 +7,9 @@ next step the parameters are θ_{t+1}: the real update is the look-ahead (the *d
 running mean so that no task dominates by scale), and one central finite difference at θ_t along
 ``P v`` gives the utility of every candidate term, switched-off ones included:
 ``u_c = −⟨∇(L_c / scale_c)(θ_t), P v⟩`` (negative: the term would lower the query loss). The
-policy then takes one step on its correction (:meth:`lossrag.policy.LossRAG.meta_update`) and
-updates its gates from the utilities. Nothing is written into the live model.
+policy then takes one step on its correction (:meth:`lossrag.policy.LossRAG.meta_update`,
+:mod:`lossrag.meta.learner`) and updates its gates from the utilities. Nothing is written into
+the live model.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from lossrag.keys import TermKey
 from lossrag.meta.hypergrad import Functional, directional
 
 if TYPE_CHECKING:
@@ -176,9 +178,9 @@ class OnlineMeta:
         self.pending = (params, inputs, {k: v.detach().clone() for k, v in targets.items()})
 
     # ------------------------------------------------------------------ the meta-step
-    def step(self) -> tuple[dict[str, float] | None, str | None]:
-        """Run the pending meta-step at the current parameters θ_{t+1}: ``(utilities by term
-        key, None)``, or ``(None, why)`` when it was skipped (non-finite values)."""
+    def step(self) -> tuple[dict[TermKey, float] | None, str | None]:
+        """Run the pending meta-step at the current parameters θ_{t+1}: ``(utilities by term,
+        None)``, or ``(None, why)`` when it was skipped (non-finite values)."""
         if self.pending is None:
             return None, None
         previous, inputs, targets = self.pending
@@ -198,7 +200,7 @@ class OnlineMeta:
         if not bool(torch.isfinite(rows).all()):
             return None, "meta-step skipped (non-finite utilities)"
         if self.objective == "transfer":  # drop each task's effect on its own query loss
-            owners = [k.rsplit(":", 1)[0] for k in keys]
+            owners = [k.task for k in keys]
             rows = rows * rows.new_tensor([[o != q for o in owners] for q in self.query_names])
         utilities = dict(zip(keys, rows.sum(0).tolist(), strict=True))
         per_task = None if self.objective != "common" else rows.to(torch.float32)

@@ -5,11 +5,11 @@ the real update, with the look-ahead ``θ' = θ − η Σ_t ω_t ∇L_t^S(θ)`` 
 learning rate): one query forward, one backward per task ``v_t = ∇L_t^Q(θ')``, and one central
 finite difference per task give the per-task hypergradients ``d_t[i] = −η⟨∇L_i^S(θ), v_t⟩``
 (``research/algorithms.md`` §1.11, §2.1). Their common descent direction ``d* = Σ γ_t d_t``,
-``γ = argmin_{γ∈Δ} ‖Σ γ_t d_t‖²`` (the min-norm point, solved by torchjd's MGDA) updates
-``ω ← ω − β d*/RMS(d*)``; ω is then kept positive and renormalised to sum to the number of tasks.
-The normalisation of the step and of ω are this implementation's reading: the published
-description leaves both open (``research/algorithms.md`` §1.11), and ``η⟨g, v⟩`` is too small for
-a fixed β to move ω at all.
+``γ = argmin_{γ∈Δ} ‖Σ γ_t d_t‖²`` (the min-norm point, :func:`lossrag.minnorm.common_direction`)
+updates ``ω ← ω − β d*/RMS(d*)``; ω is then kept positive and renormalised to sum to the number
+of tasks. The normalisation of the step and of ω are this implementation's reading: the
+published description leaves both open (``research/algorithms.md`` §1.11), and ``η⟨g, v⟩`` is
+too small for a fixed β to move ω at all.
 """
 
 from __future__ import annotations
@@ -22,17 +22,10 @@ from torch import Tensor, nn
 
 from lossrag.meta.hypergrad import directional
 from lossrag.meta.online import MetaContext
+from lossrag.minnorm import common_direction
 from lossrag.weighting.base import LossMethod, register_method
 
-__all__ = ["MetaWeighting", "common_direction"]
-
-
-def common_direction(hypergradients: Tensor) -> Tensor:
-    """The min-norm point of the convex hull of the rows ``d_t`` (``(T, K)``): the direction
-    that decreases every task's query loss when one exists."""
-    from torchjd.aggregation import MGDA  # here: torchjd's solvers are slow to import
-
-    return MGDA()(hypergradients.to(torch.float64))
+__all__ = ["MetaWeighting"]
 
 
 @register_method

@@ -1,0 +1,131 @@
+"""Retrieval: a task's candidate losses from the index, measured on the user's model.
+
+Per task, the query is the mean embedding of its active losses; the index returns the ``k``
+nearest losses of the task's kind (skipping near-copies of those already chosen), to which the
+active terms and ``explore`` random entries are added. Each candidate is then measured on the
+model at this batch (probe statistics against the probe loss,
+:meth:`lossrag.embed.Embedder.on_model`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from lossrag.embed import PROBE_STATS, SIGNATURE, Embedder
+from lossrag.index import LossIndex
+from lossrag.losses.spec import FAMILIES
+from lossrag.policy.terms import TermLosses
+from lossrag.tasks import Task
+
+__all__ = ["Candidate", "Found", "measure", "search"]
+
+#: Cosine above which two library entries count as the same loss.
+_SAME = 0.995
+#: Column of the on-model log GSNR in a raw embedding.
+_GSNR = len(FAMILIES) + len(SIGNATURE) + PROBE_STATS.index("log_gsnr")
+
+#: ``(entry id, retrieval score, exploration?)`` of a candidate before it is measured.
+Found = tuple[str, float, bool]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A retrieved loss of one task, as measured on the model at the last retrieval.
+
+    Attributes:
+        entry: Library entry id.
+        retrieval: Its retrieval score (1 for the active terms and the natural loss).
+        explore: Whether it was drawn at random rather than retrieved.
+        vector: Its normalised embedding on the user's model.
+        gsnr: Its on-model log gradient signal-to-noise ratio.
+        scale: Its loss at the retrieval batch (its scale until it is tracked).
+    """
+
+    entry: str
+    retrieval: float
+    explore: bool
+    vector: list[float]
+    gsnr: float
+    scale: float
+
+
+def search(
+    index: LossIndex,
+    task: Task,
+    active: list[str],
+    natural: str,
+    terms: TermLosses,
+    k: int,
+    explore: int,
+) -> list[Found]:
+    """The natural loss and the ``active`` terms, the ``k`` nearest entries to their mean
+    embedding and ``explore`` random ones (the entries met are added to ``terms.entries``)."""
+    kept = [index.vector(terms.entries[e]) for e in active]
+    query = np.mean(kept, axis=0)
+    found: dict[str, tuple[float, bool]] = {e: (1.0, False) for e in [natural, *active]}
+    limit = len(found) + k
+    # an entry whose embedding matches one already chosen (CE and label smoothing at 0, L2
+    # and a fixed-σ Gaussian NLL) has the same gradients: skip it, as AutoLoss-Zero's
+    # gradient-equivalence check does
+    for hit in index.search(query, task.kind, 4 * limit)[0]:
+        if len(found) >= limit:
+            break
+        vector = index.vectors[hit.row]
+        if hit.entry.id in found or max(float(v @ vector) for v in kept) > _SAME:
+            continue
+        kept.append(vector)
+        terms.entries.setdefault(hit.entry.id, hit.entry)
+        found[hit.entry.id] = (hit.score, False)
+    pool = index.rows_of(task.kind)
+    for row in torch.randint(0, len(pool), (explore,)).tolist():
+        entry = index.entries[int(pool[row])]
+        terms.entries.setdefault(entry.id, entry)
+        found.setdefault(entry.id, (float(index.vectors[pool[row]] @ query), True))
+    return [(e, s, x) for e, (s, x) in found.items()]
+
+
+def measure(
+    task: Task,
+    found: list[Found],
+    index: LossIndex,
+    terms: TermLosses,
+    embedder: Embedder,
+    batch: tuple[Mapping[str, Tensor], Mapping[str, Tensor], Tensor],
+) -> list[Candidate]:
+    """Measure each found entry on the model at ``batch`` (outputs, targets, features), in
+    the target's standard units for regression (the probe loss is not homogeneous). Raises
+    ``FloatingPointError`` on a non-finite statistic."""
+    outputs, targets, features = batch
+    with torch.enable_grad():
+        if task.kind == "representation":
+            out = features.flatten(1)
+            tgt = targets[task.positives or ""]
+            head_in = out
+        else:
+            out, tgt, head_in = outputs[task.name], targets[task.name], features
+            if task.kind == "regression":
+                s = terms.scale(task, tgt)
+                out, tgt = out / s, tgt / s
+        raws = embedder.on_model(
+            task.kind,
+            [
+                (terms.entries[e].name, terms.entries[e].params, terms.module(e).forward)
+                for e, _, _ in found
+            ],
+            out,
+            tgt,
+            head_in,
+        )
+    with torch.no_grad():  # each term's loss at this batch: its scale until it is tracked
+        scales = [abs(float(terms.loss(task, e, outputs, targets, features))) for e, _, _ in found]
+    if not all(np.isfinite(r).all() for r in raws) or not np.isfinite(scales).all():
+        raise FloatingPointError(f"non-finite candidate statistics for task {task.name!r}")
+    return [
+        Candidate(e, score, explore, index.normaliser(raw).tolist(), float(raw[_GSNR]), scale)
+        for (e, score, explore), raw, scale in zip(found, raws, scales, strict=True)
+    ]

@@ -1,0 +1,75 @@
+"""The loss of one term: a library entry applied to a task's output, in the units it expects.
+
+A representation loss acts on the output of ``shared``; a regression loss that is not
+homogeneous in the residual (Huber, Cauchy, ...) sees outputs and targets divided by the target's
+standard deviation (from the first batch), so its hyper-parameters mean the same on every
+problem.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from torch import Tensor
+
+from lossrag.index import Entry
+from lossrag.losses import Loss, registry
+from lossrag.tasks import Task
+
+__all__ = ["TermLosses"]
+
+#: Loss families whose value scales as a power of the residual: no standard units needed.
+_HOMOGENEOUS = ("squared", "absolute")
+
+
+class TermLosses:
+    """The library entries a policy has met, their loss modules and the targets' scales.
+
+    Attributes:
+        entries: Entry id -> library entry (every term and candidate met so far).
+        target_scale: Task name -> its target's standard deviation, from the first batch seen.
+    """
+
+    def __init__(self) -> None:
+        self.entries: dict[str, Entry] = {}
+        self.target_scale: dict[str, float] = {}
+        self._modules: dict[str, Loss] = {}
+
+    def module(self, entry_id: str) -> Loss:
+        """The loss module of a known entry (built once)."""
+        if entry_id not in self._modules:
+            entry = self.entries[entry_id]
+            self._modules[entry_id] = registry.create(entry.name, **entry.params)
+        return self._modules[entry_id]
+
+    def scale(self, task: Task, target: Tensor) -> float:
+        """The target's standard deviation, from the first batch seen."""
+        if task.name not in self.target_scale:
+            self.target_scale[task.name] = max(float(target.detach().float().std()), 1e-8)
+        return self.target_scale[task.name]
+
+    def loss(
+        self,
+        task: Task,
+        entry_id: str,
+        outputs: Mapping[str, Tensor],
+        targets: Mapping[str, Tensor],
+        features: Tensor | None,
+    ) -> Tensor:
+        """The mean loss of one term (a representation loss on the output of ``shared``; a
+        non-homogeneous regression loss in the target's standard units)."""
+        if task.kind == "representation":
+            if features is None:
+                raise ValueError(
+                    f"Task {task.name!r} (representation): `shared` produced no output in this "
+                    "forward; call model(x) before composer.backward."
+                )
+            out, tgt = features.flatten(1), targets[task.positives or ""]
+        else:
+            out, tgt = outputs[task.name], targets[task.name]
+            family = registry.spec(self.entries[entry_id].name).family
+            if task.kind == "regression" and family not in _HOMOGENEOUS:
+                s = self.scale(task, tgt)
+                out, tgt = out / s, tgt / s
+        value = self.module(entry_id)(out, tgt)
+        return value if value.dim() == 0 else value.mean()
