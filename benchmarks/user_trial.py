@@ -148,21 +148,14 @@ def run(
 ) -> tuple[dict[str, float], float]:
     """Train one method from one seed; ``(test metric per task, largest multiplier ratio)``.
 
-    ``METHOD+popart`` trains with :class:`lossrag.targets.TargetNormalizer` (the composer is given
-    the normalised regression outputs and targets; not for FAMO, whose re-evaluation after the
-    step would see outputs in user units). With ``--targets raw`` the regressions are in odd
+    ``METHOD+popart`` trains with ``normalize_targets=True`` (PopArt on every regression task);
+    ``default`` chooses ``"auto"`` itself. With ``--targets raw`` the regressions are in odd
     units (``UNITS``): their MAE is reported divided by the unit, comparable to ``standard``."""
-    from lossrag.targets import TargetNormalizer
-
     xtr, ytr, xte, yte = DATA
     torch.manual_seed(seed)
     model = SmallCNN(tasks)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     method, plus, _ = method.partition("+popart")
-    norm = TargetNormalizer(tasks) if plus else None
-    if norm is not None:
-        norm.attach(model)
-    pending: Tensor | None = None
     policy: Any = method
     if method.startswith("default@"):  # a variant of the shipped policy: default@key=json,...
         pairs = (kv.split("=", 1) for kv in method.split("@", 1)[1].split(","))
@@ -170,7 +163,8 @@ def run(
         policy = "default"
     if policy == "default" and overrides:
         policy = lossrag.policy.load_policy("default", **overrides)
-    composer = lossrag.wrap(model, tasks, policy, shared=model.trunk, seed=seed)
+    options = {"normalize_targets": True} if plus else {}
+    composer = lossrag.wrap(model, tasks, policy, shared=model.trunk, seed=seed, **options)
     gen = torch.Generator().manual_seed(seed)
     worst = 1.0
     for _ in range(epochs):
@@ -178,17 +172,8 @@ def run(
         for i in range(0, len(xtr) - BATCH + 1, BATCH):
             idx = order[i : i + BATCH]
             opt.zero_grad()
-            if norm is not None and pending is not None:
-                norm.apply(pending)
-            out = model(xtr[idx])
             y = {t.name: ytr[t.name][idx] for t in tasks}
-            if norm is not None:
-                if pending is None:
-                    norm.locate(out)
-                pending = norm.observe(y)
-                for name in norm.names:
-                    out[name], y[name] = norm.normalized(name, out[name], y[name])
-            composer.backward(out, y)
+            composer.backward(model(xtr[idx]), y)
             opt.step()
             m = _multipliers(composer.method)
             if m:
@@ -199,9 +184,6 @@ def run(
                 if len(positive) > 1:
                     worst = max(worst, max(positive) / min(positive))
     composer.close()
-    if norm is not None:
-        assert not norm.notes, norm.notes
-        norm.detach(model)
     model.eval()
     with torch.no_grad():
         out = model(xte)
