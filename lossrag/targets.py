@@ -68,9 +68,11 @@ Details the caller should know:
 - Any other forward (a re-evaluation after the step, a look-ahead through
   ``torch.func.functional_call``) gives outputs in user units: pass them through
   :meth:`~TargetNormalizer.normalized` too before taking a loss against normalised targets.
-- DDP: at the first batch each rank sets provisional ``μ, σ`` from its own targets (only that
-  step's loss uses them); the first :meth:`~TargetNormalizer.apply`, with the summed statistics,
-  reinterprets the head instead of rescaling it, so every rank holds the same ``μ, σ, W, b`` after.
+- DDP: the first batch's moments are summed over the ranks (:meth:`~TargetNormalizer.begin`,
+  the caller's all-reduce) and set the provisional ``μ, σ`` that only that step's loss uses, the
+  same on every rank (without :meth:`~TargetNormalizer.begin` each rank uses its own batch); the
+  first :meth:`~TargetNormalizer.apply`, with the summed statistics, reinterprets the head instead
+  of rescaling it, so every rank holds the same ``μ, σ, W, b`` after.
 - The transform computes in at least float32 (under bf16/fp16 autocast a regression output
   comes out float32). ``μ, σ`` are tensors updated in place, so ``torch.compile`` does not
   recompile when they change (checked on CPU: two graphs over 30 steps).
@@ -98,7 +100,6 @@ Details the caller should know:
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -199,7 +200,7 @@ class TargetNormalizer:
         tasks: The model's tasks; only the ``regression`` ones are normalised.
         beta: Smallest weight of a batch in the running statistics (PopArt's step size).
         auto: Normalise only the targets far from standard units (:func:`far_from_unit`),
-            decided once from the first batch (:meth:`choose`); the others are left in the
+            decided once from the first batch (:meth:`begin`); the others are left in the
             user's units, exactly as without a normaliser, with a note saying so. On targets
             already near unit scale PopArt only changes the head's effective step size in user
             units (``σ`` times Adam's), which cost the default policy 11 points of Δm on
@@ -219,7 +220,9 @@ class TargetNormalizer:
         self.names = list(self.regression)
         #: whether the tasks to normalise are still to be chosen (``auto``, before a batch)
         self.choosing = auto
-        self._dims: list[int] = []  # per regression task, its target's dimensions (choose)
+        self._dims: list[int] = []  # per regression task, its target's dimensions (begin)
+        # task -> the first batch's (n, Σt, Σt²) over every rank, until observe() uses them
+        self._provisional: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
         self.notes: dict[str, str] = {}
         self.heads: dict[str, _Head] = {}
         self._stats: dict[str, _Stats] = {}
@@ -418,7 +421,7 @@ class TargetNormalizer:
     # ------------------------------------------------------------------ choosing (auto)
     def first_moments(self, targets: Mapping[str, Tensor]) -> Tensor:
         """Per regression task, in order: the count and per dimension the sums of ``t`` and
-        ``t²`` of this batch, as one float64 tensor to sum across ranks before :meth:`choose`."""
+        ``t²`` of the first batch, as one float64 tensor to sum across ranks for :meth:`begin`."""
         parts, self._dims = [], []
         for name in self.regression:
             if name not in targets:
@@ -430,20 +433,29 @@ class TargetNormalizer:
             parts.append(torch.cat([count, rows.sum(0), rows.pow(2).sum(0)]))
         return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)
 
-    def choose(self, moments: Tensor) -> None:
-        """Keep among the regression tasks those whose targets are far from standard units
-        (:func:`far_from_unit`), from :meth:`first_moments` (summed over the ranks); before
-        :meth:`locate`. Reads the values on the host, once."""
-        values, offset, keep = moments.tolist(), 0, []
+    def begin(self, moments: Tensor) -> None:
+        """Start from the first batch's :meth:`first_moments`, summed over the ranks: with
+        ``auto``, keep the targets far from standard units (:func:`far_from_unit`; read on the
+        host, once); the provisional ``μ, σ`` of the first step then come from these global
+        moments, so that step is the same on any number of ranks. Before :meth:`locate`."""
+        offset = 0
+        self._provisional = {}
         for name, dim in zip(self.regression, self._dims, strict=True):
-            count = max(values[offset], 1.0)
-            sums = values[offset + 1 : offset + 1 + dim]
-            squares = values[offset + 1 + dim : offset + 1 + 2 * dim]
-            offset += 1 + 2 * dim
-            means = [s / count for s in sums]
-            var = sum(max(q / count - m * m, 0.0) for q, m in zip(squares, means, strict=True))
-            mu = math.sqrt(sum(m * m for m in means) / dim)
-            sigma = math.sqrt(var / dim)
+            end = offset + 1 + 2 * dim
+            self._provisional[name] = (
+                moments[offset : offset + 1],
+                moments[offset + 1 : offset + 1 + dim],
+                moments[offset + 1 + dim : end],
+            )
+            offset = end
+        if self.choosing:
+            self._choose()
+
+    def _choose(self) -> None:
+        keep = []
+        for name, (n, s1, s2) in self._provisional.items():
+            mean, var = self._moments(n, s1, s2)
+            mu, sigma = float(mean.pow(2).mean().sqrt()), float(var.mean().sqrt())
             if far_from_unit(mu, sigma):
                 keep.append(name)
             else:
@@ -458,8 +470,9 @@ class TargetNormalizer:
         """This batch's statistics as one tensor to sum across ranks: per regression task, in
         order, the count ``n`` and per target dimension ``Σ(t − m)`` and ``Σ(t − m)²`` about the
         running mean ``m`` (the same on every rank; about it, a large offset keeps its
-        precision). At a task's first batch this also sets ``μ, σ`` from the (local) batch, so
-        the first step's loss is already normalised. No host-device synchronisation."""
+        precision). At a task's first batch this also sets ``μ, σ`` from the batch (from the
+        global moments given to :meth:`begin`, else from this rank's), so the first step's loss
+        is already normalised. No host-device synchronisation."""
         missing = [n for n in self.names if n not in targets]
         if missing:
             raise ValueError(
@@ -479,9 +492,11 @@ class TargetNormalizer:
                 s1, s2 = centred.sum(0), centred.pow(2).sum(0)
                 parts.append(torch.cat([n, s1, s2]))
                 if name not in self._observed:  # never again: a graph may have saved μ, σ
-                    self._first(stats, n, s1, s2)
+                    first = self._provisional.get(name, (n, s1, s2))
+                    self._first(stats, *(v.to(stats.mean) for v in first))
                     self._observed.add(name)
                     self._sync(name)
+        self._provisional = {}
         if not parts:
             return torch.zeros(0)
         return torch.cat([p.to(parts[0].device) for p in parts])

@@ -333,9 +333,8 @@ class Composer:
             self._rng = self.sync.share(self._rng)  # one random stream on every rank
         observed = None
         if self.normalizer is not None:
-            if self.normalizer.choosing:
-                self.normalizer.choose(self.sync.sum(self.normalizer.first_moments(targets)))
             if self.step == 0:
+                self.normalizer.begin(self.sync.sum(self.normalizer.first_moments(targets)))
                 self.normalizer.locate(outputs)
             observed = self.normalizer.observe(targets)  # before the loss: step 0 uses it
         own = self._window is None

@@ -37,8 +37,9 @@ class Options(BaseModel):
         query_tasks: Names of the tasks whose query losses the meta-step lowers (Auto-Lambda's
             primary tasks); the others are auxiliary. Default: every task.
         scaler: The ``torch.amp.GradScaler`` of an fp16 loop. A step the scaler skips (its
-            scale went down) leaves the method's state as it was before that step. Loss-based
-            methods only.
+            scale went down) leaves the method's state as it was before that step (the target
+            statistics of ``normalize_targets`` keep that batch's targets: they describe the
+            data, not a step). Loss-based methods only.
         trace_every: With ``trace=``, records are written in groups of this many steps, so
             that the loss path reads no value from the device at every step.
         normalize_targets: PopArt target normalisation of the regression tasks
