@@ -21,7 +21,7 @@ from torch import Tensor
 from lossrag.embed import PROBE_STATS, SIGNATURE, Embedder
 from lossrag.index import LossIndex
 from lossrag.losses.spec import FAMILIES
-from lossrag.policy.evidence import gradient_share, metric_aligned
+from lossrag.policy.evidence import gradient_share
 from lossrag.policy.terms import TermLosses
 from lossrag.tasks import Task
 
@@ -79,7 +79,7 @@ def search(
     query = np.mean(kept, axis=0) if toward is None else index.vector(terms.entries[toward])
 
     def aligned(entry_id: str) -> bool:
-        return metric_aligned(task.kind, terms.module(entry_id))
+        return terms.aligned(task.kind, entry_id)
 
     found: dict[str, tuple[float, bool]] = {e: (1.0, False) for e in [natural, *active]}
     for e in keep or []:
@@ -132,7 +132,7 @@ def least_misled(
         for row in index.rows_of(task.kind).tolist():
             entry = index.entries[row]
             terms.entries.setdefault(entry.id, entry)
-            if not metric_aligned(task.kind, terms.module(entry.id)):
+            if not terms.aligned(task.kind, entry.id):
                 continue
             per = terms.module(entry.id)(y, target / s)
             share = gradient_share(per, y, mask) if per.dim() > 0 else 2.0
