@@ -263,7 +263,8 @@ class LossRAG(Method):
         ``FloatingPointError`` (the composer keeps the last weights) on a non-finite statistic."""
         retrieve = self.schedule.start(step)
         context = self._context(step, features, losses)
-        if retrieve or not self.candidates:
+        first = not self.candidates
+        if retrieve or first:
             self.rank = effective_rank(features)  # the correction's global feature
             self.candidates = {
                 name: self._measure(self.tasks[name], outputs, targets, features)
@@ -277,7 +278,7 @@ class LossRAG(Method):
             self.scores.update(zip(self.candidate_keys(), scored, strict=True))
             self._reweigh()
             return [], ctx
-        listed = self._update(scored)
+        listed = self._update(scored, gate=not first)
         self.schedule.retrieved()
         return listed, ctx
 
@@ -352,10 +353,12 @@ class LossRAG(Method):
         """The embedder that measures candidates on the model (made at the first retrieval)."""
         return Embedder()
 
-    def _update(self, scored: list[float]) -> list[Term]:
+    def _update(self, scored: list[float], gate: bool = True) -> list[Term]:
         """Store the scores, gate on the evidence (without a query stream the utility is the
-        score relative to the task's natural loss), recompute the weights; the candidate terms
-        to record, with their utilities."""
+        score relative to the task's natural loss; not at the first retrieval, whose untrained
+        model says nothing about the losses: on qm9-raw a candidate's gradient signal-to-noise
+        there read 6 units above L2's and switched it on), recompute the weights; the candidate
+        terms to record, with their utilities."""
         keys = self.candidate_keys()
         self.scores.update(zip(keys, scored, strict=True))
         self.notes = {}
@@ -363,7 +366,8 @@ class LossRAG(Method):
             self._reweigh()
             return self.candidate_terms()
         utilities = self._utilities(keys)
-        self._gate(utilities)
+        if gate:
+            self._gate(utilities)
         self._reweigh()
         return self.candidate_terms(dict(utilities))
 
