@@ -6,8 +6,9 @@ Variants of ``policies/default``, each trained with ``lossrag.bench.fit`` exactl
 bench`` trains a method (same budget, seeds 0-2), scored as Δm % against the single-task runs in
 ``benchmarks/protocol``:
 
+- ``default``: the shipped policy itself (for a side-by-side run);
 - ``no-retrieval``: ``max_terms=1``, so every task trains with its natural loss only;
-- ``no-gates``: gates never switch a term (patience 10⁹);
+- ``no-gates``: gates never switch a term (patience 10⁹, on and off);
 - ``uniform-weights``: temperature 10⁶, so every active term gets the same weight: what is left is
   the scale normalisation ``L / sg(EMA L)`` of the training loss;
 - ``online-correction``: the prior with the correction Δφ that the online phase of ``lossrag
@@ -39,8 +40,9 @@ PROBLEMS = [
     "gradnorm-synth-t40",
 ]
 VARIANTS: dict[str, dict[str, object]] = {
+    "default": {},
     "no-retrieval": {"max_terms": 1},
-    "no-gates": {"patience": 10**9},
+    "no-gates": {"patience": 10**9, "patience_on": 10**9},
     "uniform-weights": {"temperature": 1e6},
     "online-correction": {},
 }
@@ -88,13 +90,14 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--stl", type=Path, default=Path("benchmarks/protocol/runs"))
     parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--problems", default=",".join(PROBLEMS))
     args = parser.parse_args()
-    variants = args.variants.split(",")
+    variants, problems = args.variants.split(","), args.problems.split(",")
     one_thread_per_worker()
     previous = args.out / "runs.json"
     runs = json.loads(previous.read_text()) if previous.exists() else []
     runs = [r for r in runs if r["variant"] not in variants]
-    jobs = [(v, p, s) for v in variants for p in PROBLEMS for s in range(3)]
+    jobs = [(v, p, s) for v in variants for p in problems for s in range(3)]
     with ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn")) as pool:
         runs += list(pool.map(_run, jobs))
     stl: dict[str, dict[str, list[float]]] = {}
@@ -106,12 +109,12 @@ def main() -> None:
         runs, {p: {t: statistics.fmean(v) for t, v in m.items()} for p, m in stl.items()}
     )
     lines = [
-        "| variant | " + " | ".join(PROBLEMS) + " | mean |",
-        "|---" * (len(PROBLEMS) + 2) + "|",
+        "| variant | " + " | ".join(problems) + " | mean |",
+        "|---" * (len(problems) + 2) + "|",
     ]
     for variant in sorted(table, key=list(VARIANTS).index):
         cells, means = [], []
-        for problem in PROBLEMS:
+        for problem in problems:
             values = table[variant][problem]
             means.append(statistics.fmean(values))
             cells.append(f"{means[-1]:+.1f} ± {statistics.stdev(values):.1f}")

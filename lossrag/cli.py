@@ -254,6 +254,10 @@ _Out = Annotated[Path, typer.Option(help="output folder")]
 _Jobs = Annotated[int, typer.Option(help="parallel processes (one thread each)")]
 _Force = Annotated[bool, typer.Option(help="discard what --out holds")]
 _ToySteps = Annotated[int, typer.Option(help="toy2d Adam steps, every method")]
+_Oracle = Annotated[
+    Path | None,
+    typer.Option(help="an oracle.json of `lossrag bench oracle`, for the <method>@oracle rows"),
+]
 
 
 def _split(text: str) -> list[str]:
@@ -265,19 +269,24 @@ def _start_bench(
     methods: list[str],
     seeds: int,
     out: Path,
-    *,
     jobs: int,
     force: bool,
     toy_steps: int,
+    oracle: Path | None,
 ) -> None:
     """Run a new benchmark in ``out`` (``bench run`` and ``bench quick``)."""
+    from lossrag.bench.oracle import load_oracle
     from lossrag.bench.runner import BenchConfig, run_bench
 
     if seeds < 1:
         _fail(f"--seeds must be at least 1, got {seeds}.")
     try:
         config = BenchConfig(
-            problems=problems, methods=methods, seeds=list(range(seeds)), toy_steps=toy_steps
+            problems=problems,
+            methods=methods,
+            seeds=list(range(seeds)),
+            toy_steps=toy_steps,
+            oracle=load_oracle(oracle).choices() if oracle else {},
         )
         run_bench(config, out, jobs=jobs, force=force, console=console)
     except ValueError as err:
@@ -295,13 +304,15 @@ def bench_run(
     force: _Force = False,
     jobs: _Jobs = 2,
     toy_steps: _ToySteps = 50000,
+    oracle: _Oracle = None,
 ) -> None:
     """Run methods × problems × seeds with single-task baselines; write results.json, table.md
-    and plots. Default: the protocol's 13 baselines on every problem, 3 seeds."""
+    and plots. Default: the protocol's 13 baselines on every problem, 3 seeds. With --oracle,
+    methods named `<method>@oracle` train with the oracle's losses."""
     from lossrag.bench.problems import list_problems
 
     chosen = _split(problems) if problems else [*list_problems(), "toy2d"]
-    _start_bench(chosen, _split(methods), seeds, out, jobs=jobs, force=force, toy_steps=toy_steps)
+    _start_bench(chosen, _split(methods), seeds, out, jobs, force, toy_steps, oracle)
 
 
 @bench_app.command("quick")
@@ -315,12 +326,61 @@ def bench_quick(
     force: _Force = False,
     jobs: _Jobs = 2,
     toy_steps: _ToySteps = 50000,
+    oracle: _Oracle = None,
 ) -> None:
     """Every registered method on digits-mtl, one seed (about a minute on two cores)."""
     from lossrag.bench.runner import QUICK_METHODS
 
     chosen = _split(methods) if methods else list(QUICK_METHODS)
-    _start_bench(_split(problems), chosen, seeds, out, jobs=jobs, force=force, toy_steps=toy_steps)
+    _start_bench(_split(problems), chosen, seeds, out, jobs, force, toy_steps, oracle)
+
+
+@bench_app.command("oracle")
+def bench_oracle(
+    problems: Annotated[str, typer.Option(help="comma-separated problems")],
+    seeds: Annotated[int, typer.Option(help="number of seeds (0, 1, ...)")] = 1,
+    out: _Out = Path("lossrag-oracle"),
+    epochs: Annotated[
+        int | None, typer.Option(help="budget override (default: each problem's)")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="rerun the sweeps --out holds")] = False,
+    jobs: _Jobs = 2,
+) -> None:
+    """The loss oracle: per scored task, single-task runs with every library loss of its kind
+    (card defaults), scored on the validation split; writes --out/oracle.json with the best."""
+    from lossrag.bench.oracle import run_oracle
+
+    if seeds < 1:
+        _fail(f"--seeds must be at least 1, got {seeds}.")
+    try:
+        oracle = run_oracle(
+            _split(problems),
+            list(range(seeds)),
+            out,
+            jobs=jobs,
+            epochs=epochs,
+            force=force,
+            console=console,
+        )
+    except ValueError as err:
+        _fail(str(err))
+    table = Table(title=f"loss oracle (validation, seeds 0..{seeds - 1})")
+    for col in ("problem", "task", "metric", "natural", "value", "oracle", "value"):
+        table.add_column(col)
+    for name, tasks in oracle.problems.items():
+        for task, o in tasks.items():
+            natural, chosen = o.candidates[o.natural], o.candidates[o.chosen.id]
+            table.add_row(
+                name,
+                task,
+                o.metric,
+                o.natural,
+                "–" if natural is None else f"{natural:.4g}",
+                o.chosen.id,
+                "–" if chosen is None else f"{chosen:.4g}",
+            )
+    console.print(table)
+    console.print(f"written: {out / 'oracle.json'}")
 
 
 @bench_app.command("resume")

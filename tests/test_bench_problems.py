@@ -26,8 +26,8 @@ from lossrag.bench.problems import (
 
 ALL = [
     "digits-mtl", "gradnorm-synth-t10", "gradnorm-synth-t2", "gradnorm-synth-t40",
-    "manyclass-fast", "mnist1d-mtl", "mnist1d-noisy", "multifashion", "multifashion4",
-    "offset-scale", "qm9", "qm9-raw",
+    "manyclass-fast", "mnist1d-imbalanced", "mnist1d-mtl", "mnist1d-noisy", "mnist1d-outliers",
+    "multifashion", "multifashion4", "multifashion-noisy", "offset-scale", "qm9", "qm9-raw",
 ]  # fmt: skip
 SMALL = {"n_train": 64, "n_val": 32, "n_test": 32}
 
@@ -63,7 +63,12 @@ def assert_splits_equal(a: Splits, b: Splits) -> None:
 
 def test_list_problems_and_pattern() -> None:
     assert set(ALL) <= set(list_problems())
-    assert list_problems("mnist1d*") == ["mnist1d-mtl", "mnist1d-noisy"]
+    assert list_problems("mnist1d*") == [
+        "mnist1d-imbalanced",
+        "mnist1d-mtl",
+        "mnist1d-noisy",
+        "mnist1d-outliers",
+    ]
     assert problem_card("qm9").source.startswith("pip")
 
 

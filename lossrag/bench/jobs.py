@@ -1,4 +1,5 @@
-"""The units of work of a benchmark: a training run, a single-task run, a cost measurement.
+"""The units of work of a benchmark: a training run, a single-task run, a cost measurement, a
+run of the loss oracle's sweep.
 
 Each job is a plain pydantic value (picklable for worker processes) with a stable ``key`` used as
 its result file's name; :func:`execute` runs one in the current process with one intra-op thread
@@ -17,11 +18,14 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
+from lossrag.bench.problems.base import LossChoice
+from lossrag.record import StepRecord
+
 if TYPE_CHECKING:
     from lossrag.bench.problems.base import Problem, Splits
     from lossrag.compose import Composer
 
-__all__ = ["Job", "execute", "measure_cost", "on_device", "wrapped"]
+__all__ = ["Job", "active_losses", "execute", "measure_cost", "on_device", "wrapped"]
 
 
 class Job(BaseModel):
@@ -29,19 +33,22 @@ class Job(BaseModel):
 
     Attributes:
         kind: ``train`` (a method on all tasks), ``stl`` (EW on the single task ``task``),
+            ``sweep`` (the same, scored on the validation split: a run of the loss oracle),
             ``cost`` (per-step time of ``method`` against EW, interleaved) or ``toy`` (``toy2d``).
         problem: Registered problem name.
-        method: Weighting method name (``ew`` for STL runs).
+        method: Weighting method name (``ew`` for STL runs), with the suffix ``@oracle`` when it
+            trains with ``losses``.
         seed: Seed of data, model and method.
         task: The task of an STL run.
         epochs: Budget override; ``None`` keeps the problem's budget.
         steps: Steps of a cost measurement or of a ``toy2d`` run.
         start: The ``toy2d`` start point (0-4) of a ``toy`` job.
+        losses: Task -> the loss it trains with instead of its natural one (oracle rows, sweeps).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    kind: Literal["train", "stl", "cost", "toy"]
+    kind: Literal["train", "stl", "sweep", "cost", "toy"]
     problem: str
     method: str
     seed: int
@@ -49,6 +56,7 @@ class Job(BaseModel):
     epochs: int | None = None
     steps: int | None = None
     start: int | None = None
+    losses: dict[str, LossChoice] | None = None
 
     @property
     def key(self) -> str:
@@ -56,6 +64,8 @@ class Job(BaseModel):
         parts = [self.kind, self.problem, self.method, f"s{self.seed}"]
         if self.task:
             parts.append(self.task)
+        if self.kind == "sweep" and self.losses:
+            parts += [c.loss for c in self.losses.values()]
         if self.start is not None:
             parts.append(f"p{self.start}")
         return "__".join(parts)
@@ -75,19 +85,39 @@ def execute(job: Job) -> dict[str, Any]:
     return result
 
 
-def _train(job: Job) -> dict[str, Any]:
-    from lossrag.bench.fit import fit
+def _problem(job: Job) -> Problem:
+    """The job's problem, with the job's losses in place."""
     from lossrag.bench.problems import get_problem
 
-    problem = get_problem(job.problem)
+    if not job.losses:
+        return get_problem(job.problem)
+    return get_problem(job.problem, losses={t: c.model_dump() for t, c in job.losses.items()})
+
+
+def active_losses(record: StepRecord) -> dict[str, dict[str, float | None]]:
+    """Task -> ``{entry id: weight}`` of its active terms at ``record``'s step."""
+    out: dict[str, dict[str, float | None]] = {}
+    for term in record.terms:
+        if term.active:
+            out.setdefault(term.task, {})[term.loss] = term.weight
+    return out
+
+
+def _train(job: Job) -> dict[str, Any]:
+    from lossrag.bench.fit import fit
+    from lossrag.bench.oracle import base_method
+
+    problem = _problem(job)
     weights: list[dict[str, float | None]] = []
     every = 10
+    last: list[StepRecord] = []
 
-    def keep(record: Any) -> None:
+    def keep(record: StepRecord) -> None:
         if record.step % every == 0:
             weights.append(record.task_weights())
+        last[:] = [record]
 
-    r = fit(problem, job.method, job.seed, epochs=job.epochs, on_step=keep)
+    r = fit(problem, base_method(job.method), job.seed, epochs=job.epochs, on_step=keep)
     return {
         "metrics": r.metrics,
         "steps": r.steps,
@@ -96,15 +126,16 @@ def _train(job: Job) -> dict[str, Any]:
         "wall_s": r.wall_s,
         "weights_every": every,
         "weights": weights,
+        "active_losses": active_losses(last[0]) if last else {},
     }
 
 
 def _stl(job: Job) -> dict[str, Any]:
+    """A single-task run, scored on the test split (``stl``) or on validation (``sweep``)."""
     from lossrag.bench.fit import fit
-    from lossrag.bench.problems import get_problem
 
-    problem = get_problem(job.problem)
-    r = fit(problem, "ew", job.seed, epochs=job.epochs, only=job.task)
+    split = "val" if job.kind == "sweep" else "test"
+    r = fit(_problem(job), "ew", job.seed, epochs=job.epochs, only=job.task, split=split)
     return {"metrics": r.metrics, "steps": r.steps, "cpu_s": r.cpu_s, "wall_s": r.wall_s}
 
 
@@ -200,4 +231,4 @@ def _toy(job: Job) -> dict[str, Any]:
     }
 
 
-_RUNNERS = {"train": _train, "stl": _stl, "cost": measure_cost, "toy": _toy}
+_RUNNERS = {"train": _train, "stl": _stl, "sweep": _stl, "cost": measure_cost, "toy": _toy}

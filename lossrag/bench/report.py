@@ -14,6 +14,8 @@ from rich.console import Console
 
 from lossrag._util import atomic_write_bytes, atomic_write_text
 from lossrag.bench.metrics import delta_m, mean_rank
+from lossrag.bench.oracle import NEIGHBOURS, accepted_losses, base_method, retrieval_accuracy
+from lossrag.bench.problems.base import LossChoice
 from lossrag.bench.runner import COMPOSING_COST_STEPS
 
 __all__ = [
@@ -21,6 +23,7 @@ __all__ = [
     "code_fingerprints",
     "code_warning",
     "markdown_table",
+    "oracle_retrieval",
     "overall",
     "starved_tasks",
     "summarise",
@@ -74,7 +77,7 @@ def summarise(results: Sequence[Result]) -> dict[str, Any]:
             "seed": job["seed"],
             "metrics": r.get("metrics"),
             "delta_m": None,
-            "cost_ratio": cost.get((problem, method), 1.0 if method == "ew" else None),
+            "cost_ratio": cost.get((problem, base_method(method)), _ew_cost(method)),
             "cpu_s": r.get("cpu_s"),
             "wall_s": r.get("wall_s"),
             "steps": r.get("steps"),
@@ -124,6 +127,33 @@ def summarise(results: Sequence[Result]) -> dict[str, Any]:
             for m in {m for by in per_metric.values() for m in by}
         },
     }
+
+
+def _ew_cost(method: str) -> float | None:
+    """EW's cost ratio (1) for EW and its oracle row, else unknown."""
+    return 1.0 if base_method(method) == "ew" else None
+
+
+def oracle_retrieval(config: Mapping[str, Any], results: Sequence[Result]) -> dict[str, Any]:
+    """Retrieval accuracy (:func:`lossrag.bench.oracle.retrieval_accuracy`) of the retrieval
+    policies among the config's methods, on its problems with a loss oracle; ``{}`` when none."""
+    from lossrag.bench.problems import get_problem
+    from lossrag.weighting import method_class
+
+    oracle = config.get("oracle") or {}
+    problems = [p for p in config["problems"] if p in oracle]
+    methods = {m for m in config["methods"] if method_class(base_method(m)).composes_terms}
+    if not problems or not methods:
+        return {}
+    accepted = {}
+    for p in problems:
+        kinds = {t.name: t.kind for t in get_problem(p).tasks}
+        accepted[p] = {
+            task: accepted_losses(LossChoice.model_validate(choice), kinds[task])
+            for task, choice in oracle[p].items()
+        }
+    runs = [r for r in results if r["job"]["method"] in methods]
+    return retrieval_accuracy(runs, accepted)
 
 
 def _relative_worse(value: float, reference: float, higher_is_better: bool) -> float:
@@ -261,6 +291,7 @@ def markdown_table(config: Mapping[str, Any], summary: Mapping[str, Any]) -> str
     problems = [p for p in config["problems"] if p != "toy2d"]
     has_toy = "toy2d" in config["problems"]
     crashed = {(r["problem"], r["method"]) for r in summary["runs"] if r["error"]}
+    retrieval = summary.get("retrieval") or {}
     head = [
         "method",
         *problems,
@@ -271,6 +302,7 @@ def markdown_table(config: Mapping[str, Any], summary: Mapping[str, Any]) -> str
         "MR",
         "cost ×EW",
         "mean-step cost",
+        *(["retrieval acc."] if retrieval else []),
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for method in config["methods"]:
@@ -295,13 +327,24 @@ def markdown_table(config: Mapping[str, Any], summary: Mapping[str, Any]) -> str
         row += _overall(problems, method, summary)
         mr = summary["mean_rank"].get(method)
         row.append("–" if mr is None else f"{mr:.2f}")
+        base = base_method(method)
         for key in ("cost", "cost_mean"):
-            costs = [c for k, c in summary[key].items() if k.endswith(f"|{method}") and c]
+            costs = [c for k, c in summary[key].items() if k.endswith(f"|{base}") and c]
             row.append(
-                "1.00" if method == "ew" else (f"{statistics.median(costs):.2f}" if costs else "–")
+                "1.00" if base == "ew" else (f"{statistics.median(costs):.2f}" if costs else "–")
+            )
+        if retrieval:
+            row.append(
+                _retrieval_cell([c for k, c in retrieval.items() if k.endswith(f"|{method}")])
             )
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _retrieval_cell(cells: Sequence[Mapping[str, Any]]) -> str:
+    """Share and count of (task, seed) pairs whose final loss was the oracle's or near it."""
+    hits, pairs = sum(c["hits"] for c in cells), sum(c["pairs"] for c in cells)
+    return f"{hits / pairs:.2f} ({hits}/{pairs})" if pairs else "–"
 
 
 def overall(
@@ -362,18 +405,27 @@ def _detail_tables(config: Mapping[str, Any], summary: Mapping[str, Any]) -> str
         tasks = list(summary["stl"].get(p, {}))
         if not tasks:
             continue
+        retrieval = {
+            k.split("|")[1]: c
+            for k, c in (summary.get("retrieval") or {}).items()
+            if k.startswith(f"{p}|")
+        }
+        extra = " retrieval acc. |" if retrieval else ""
         lines = [
             f"### {p}",
             "",
-            "| method | " + " | ".join(tasks) + " | cost ×EW | worst vs STL | starved |",
-            "|" + " --- |" * (len(tasks) + 4),
-            "| STL | " + " | ".join(f"{summary['stl'][p][t]:.4g}" for t in tasks) + " | | | |",
+            "| method | " + " | ".join(tasks) + f" | cost ×EW | worst vs STL | starved |{extra}",
+            "|" + " --- |" * (len(tasks) + 4 + bool(retrieval)),
+            "| STL | "
+            + " | ".join(f"{summary['stl'][p][t]:.4g}" for t in tasks)
+            + " | | | |"
+            + (" |" if retrieval else ""),
         ]
         for m in config["methods"]:
             values = summary["metric_means"].get(m, {})
             if not any(f"{p}/{t}" in values for t in tasks):
                 continue
-            cost = summary["cost"].get(f"{p}|{m}", 1.0 if m == "ew" else None)
+            cost = summary["cost"].get(f"{p}|{base_method(m)}", _ew_cost(m))
             lines.append(
                 f"| {m} | "
                 + " | ".join(
@@ -382,6 +434,11 @@ def _detail_tables(config: Mapping[str, Any], summary: Mapping[str, Any]) -> str
                 + f" | {'–' if cost is None else f'{cost:.2f}'} | "
                 + _worst_starved(summary, f"{p}|{m}")
                 + " |"
+                + (
+                    f" {_retrieval_cell([retrieval[m]] if m in retrieval else [])} |"
+                    if retrieval
+                    else ""
+                )
             )
         parts.append("\n".join(lines) + "\n")
     return "\n".join(parts)
@@ -441,6 +498,7 @@ def write_reports(
     """Write ``results.json``, ``table.md`` and the plots into ``out``; print the table."""
     cfg = json.loads(config.model_dump_json())
     summary = summarise(results)
+    summary["retrieval"] = oracle_retrieval(cfg, results)
     runs = summary["runs"]
     payload = {
         "config": cfg,
@@ -455,6 +513,7 @@ def write_reports(
         },
         "fingerprints": summary["fingerprints"],
         "mixed_code": summary["mixed_code"],
+        "retrieval_accuracy": summary["retrieval"],
         "toy2d": {
             m: {k: r.get(k) for k in ("pareto_distance", "final", "error")}
             for m, r in summary["toy"].items()
@@ -476,7 +535,16 @@ def write_reports(
         f"the mean step, which counts periodic work (refreshes, meta-steps; – where not "
         f"recorded); "
         f"{cfg.get('cost_steps', 60)} steps per arm ({COMPOSING_COST_STEPS} for the retrieval "
-        f"policies, whose second retrieval comes at step 200).\n\n"
+        f"policies, whose second retrieval comes at step 200)."
+        + (
+            f" Retrieval acc. = share of (task, seed) pairs, over the problems with a loss "
+            f"oracle, whose active loss at the end of training (the largest-weight active term) "
+            f"is the oracle's or one of its {NEIGHBOURS} nearest library neighbours; rows "
+            f"`<method>@oracle` train with the oracle's losses."
+            if summary["retrieval"]
+            else ""
+        )
+        + "\n\n"
         + markdown_table(cfg, summary)
         + "\nSanity against the literature:\n\n"
         + "\n".join(sanity_checks(summary))

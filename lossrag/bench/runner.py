@@ -27,9 +27,11 @@ import lossrag
 from lossrag._util import atomic_write_text, data_dir, unknown_name_error
 from lossrag.bench.data.cache import cache_dir
 from lossrag.bench.jobs import Job, execute
+from lossrag.bench.oracle import ORACLE_SUFFIX, base_method
+from lossrag.bench.problems.base import LossChoice
 from lossrag.weighting import available, method_class
 
-__all__ = ["QUICK_METHODS", "BenchConfig", "plan", "report_finished", "run_bench"]
+__all__ = ["QUICK_METHODS", "BenchConfig", "plan", "report_finished", "run_bench", "run_jobs"]
 
 #: Every registered method (the baselines and ``lossrag``), as ``lossrag bench quick`` runs them.
 QUICK_METHODS = tuple(available())
@@ -61,6 +63,9 @@ class BenchConfig(BaseModel):
             a quarter of an hour of CPU. At 20k steps MGDA has not yet reached the Pareto set
             from (−8.5, 7.5) (distance 5.3; 0.0 at 50k).
         version: LossRAG version that ran it.
+        oracle: Problem -> task -> the loss oracle's choice (``lossrag bench oracle``): methods
+            named ``<method>@oracle`` train with these losses, on the problems listed here only;
+            the report gives the retrieval accuracy of the retrieval policies on them.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -72,6 +77,7 @@ class BenchConfig(BaseModel):
     cost_steps: int = 60
     toy_steps: int = 50000
     version: str = lossrag.__version__
+    oracle: dict[str, dict[str, LossChoice]] = Field(default_factory=dict)
 
     def validate_names(self) -> None:
         """Unknown problems or methods are an error with the closest names."""
@@ -82,9 +88,14 @@ class BenchConfig(BaseModel):
                 raise unknown_name_error("problem", p, [*list_problems(), "toy2d"])
         for m in self.methods:
             try:
-                method_class(m)
+                method_class(base_method(m))
             except ValueError:
                 raise unknown_name_error("method", m, available()) from None
+            if m.endswith(ORACLE_SUFFIX) and not set(self.oracle) & set(self.problems):
+                raise ValueError(
+                    f"bench: method {m!r} trains with the loss oracle's losses but no problem has "
+                    "an oracle; pass --oracle with an oracle.json of `lossrag bench oracle`."
+                )
 
 
 def plan(config: BenchConfig) -> list[Job]:
@@ -103,11 +114,21 @@ def plan(config: BenchConfig) -> list[Job]:
             ]
             continue
         methods = [
-            m for m in config.methods if not (name in _TOO_MANY_TASKS and m in PER_TASK_METHODS)
+            m
+            for m in config.methods
+            if not (name in _TOO_MANY_TASKS and base_method(m) in PER_TASK_METHODS)
+            and (name in config.oracle or not m.endswith(ORACLE_SUFFIX))
         ]
         for seed in config.seeds:
             jobs += [
-                Job(kind="train", problem=name, method=m, seed=seed, epochs=config.epochs)
+                Job(
+                    kind="train",
+                    problem=name,
+                    method=m,
+                    seed=seed,
+                    epochs=config.epochs,
+                    losses=config.oracle[name] if m.endswith(ORACLE_SUFFIX) else None,
+                )
                 for m in methods
             ]
             jobs += [
@@ -117,7 +138,7 @@ def plan(config: BenchConfig) -> list[Job]:
         jobs += [
             Job(kind="cost", problem=name, method=m, seed=0, steps=_cost_steps(config, m))
             for m in methods
-            if m != "ew"
+            if m != "ew" and not m.endswith(ORACLE_SUFFIX)  # as costly as the method itself
         ]
     return jobs
 
@@ -228,16 +249,19 @@ def run_bench(
         )
     # plan order: problem by problem, seed by seed, so that an interrupted run leaves whole
     # cells behind
-    results += _run_jobs(todo, out, jobs, console, fingerprint)
+    results += run_jobs(todo, out, jobs, console, fingerprint)
     from lossrag.bench.report import write_reports
 
     write_reports(config, results, out, console)
     return results
 
 
-def _run_jobs(
+def run_jobs(
     todo: Sequence[Job], out: Path, workers: int, console: Console, fingerprint: str
 ) -> list[dict[str, Any]]:
+    """Run ``todo`` in ``workers`` spawned processes with a progress bar; each result is written
+    to ``out/runs/<key>.json`` as it finishes (single-task runs also to the shared cache) and
+    returned, tagged with the code ``fingerprint``."""
     done: list[dict[str, Any]] = []
     if not todo:
         return done

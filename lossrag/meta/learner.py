@@ -64,13 +64,14 @@ class CorrectionLearner:
     ) -> list[float]:
         """One step from ``u`` (:meth:`normalised`) on the candidates ``scored`` (feature
         vectors, prior scores, task index); ``active`` marks the active terms, ``weigh`` maps
-        their scores to their weights (differentiably), ``per_task`` holds one row of
+        every candidate's score to the active terms' weights (differentiably), ``per_task`` holds
+        one row of
         utilities per query objective. Returns the new scores ``prior + Δφ``."""
         x, prior, group = scored
         with torch.enable_grad():
             delta = self.correction(x, group)
             a = prior + delta
-            w = weigh(a[active])
+            w = weigh(a)
             if per_task is None:
                 loss = (u[active] * w).sum() + 0.1 * delta.pow(2).mean()
             else:  # one objective per task: move the scores along their common descent direction

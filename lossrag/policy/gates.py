@@ -1,8 +1,18 @@
-"""On/off gates with hysteresis: a term goes off only after its utility stayed negative for
-several updates, and comes back when it turns positive again (it keeps being scored)."""
+"""On/off gates that accumulate evidence: a bandit over each task's candidate losses.
+
+Every retrieval measures a utility per candidate (its score against the task's natural loss).
+The gates keep, per term, the number of utilities seen since its last switch and their running
+mean, and act on a confidence bound with a prior spread ``s`` per utility: an inactive term comes
+on when ``mean − s/√n > margin`` after at least ``patience_on`` retrievals (strong evidence
+switches it on early, weak evidence needs many retrievals); an active one goes off when
+``mean + s/√n < 0`` after at least ``patience``, or after ``patience`` consecutive negative
+utilities (the
+hysteresis of before, kept for noisy one-step utilities). A candidate keeps its evidence while it
+is retrieved again (the policy re-retrieves those with a positive mean)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection, Iterable
 from typing import Any
 
@@ -12,40 +22,71 @@ __all__ = ["Gates"]
 
 
 class Gates:
-    """Counters of consecutive negative (active terms) and positive (inactive terms) utilities.
+    """Per term: consecutive negative utilities (active terms) and the count and mean of its
+    utilities since its last switch.
 
     Args:
         patience: Consecutive negative utilities before an active term goes off.
-        patience_on: Consecutive utilities above ``margin`` before an inactive term comes on.
-        margin: How far above 0 an inactive term's utility must be to count.
+        patience_on: Fewest utilities before a term's bound can switch it (with ``spread``
+            ``inf``: consecutive utilities above ``margin`` before an inactive term comes on).
+        margin: How far above 0 an inactive term's bound must be.
+        spread: Prior spread of one utility in the confidence bounds.
 
     >>> g = Gates(patience=2)
     >>> [g.update(TermKey("t", "l2"), -1.0, active=True)[0] for _ in range(2)]
     [True, False]
     """
 
-    def __init__(self, patience: int = 3, patience_on: int = 2, margin: float = 0.0) -> None:
-        if patience < 1 or patience_on < 1:
+    def __init__(
+        self,
+        patience: int = 3,
+        patience_on: int = 2,
+        margin: float = 0.0,
+        spread: float = math.inf,
+    ) -> None:
+        if patience < 1 or patience_on < 1 or not spread > 0:
             raise ValueError(
-                f"Gates: patience and patience_on must be >= 1, got {patience}, {patience_on}."
+                "Gates: patience and patience_on must be >= 1 and spread > 0, got "
+                f"{patience}, {patience_on}, {spread}."
             )
         self.patience, self.patience_on, self.margin = patience, patience_on, margin
+        self.spread = spread
         self.count: dict[TermKey, int] = {}
+        #: term -> (utilities since its last switch, their mean)
+        self.evidence: dict[TermKey, tuple[int, float]] = {}
 
     def update(self, key: TermKey, utility: float, active: bool) -> tuple[bool, str | None]:
         """Fold one utility in; return the term's new state and, if it changed, why."""
+        n, mean = self.evidence.get(key, (0, 0.0))
+        n, mean = n + 1, mean + (utility - mean) / (n + 1)
+        bound = self.spread / math.sqrt(n)
         if active:
-            n = self.count.get(key, 0) + 1 if utility < 0 else 0
-            if n >= self.patience:
+            run = self.count.get(key, 0) + 1 if utility < 0 else 0
+            why = None
+            if run >= self.patience:
+                why = f"off: utility < 0 for {run} updates"
+            elif n >= self.patience and mean + bound < 0:
+                why = f"off: mean utility {mean:.2f} over {n} updates, upper bound < 0"
+            self.evidence[key] = (n, mean)
+            if why:
                 self.count[key] = 0
-                return False, f"off: utility < 0 for {n} updates"
+                return False, why
+            self.count[key] = run
+            return True, None
+        if math.isinf(self.spread):  # consecutive utilities above the margin
+            run = self.count.get(key, 0) + 1 if utility > self.margin else 0
+            on = run >= self.patience_on
+            why = f"on: utility > {self.margin:g} for {run} updates" if on else None
         else:
-            n = self.count.get(key, 0) + 1 if utility > self.margin else 0
-            if n >= self.patience_on:
-                self.count[key] = 0
-                return True, f"on: utility > {self.margin:g} for {n} updates"
-        self.count[key] = n
-        return active, None
+            run = int(mean > 0)
+            on = n >= self.patience_on and mean - bound > self.margin
+            why = (
+                f"on: mean utility {mean:.2f} over {n} updates, lower bound > {self.margin:g}"
+                if on
+                else None
+            )
+        self.count[key], self.evidence[key] = (0 if on else run), (n, mean)
+        return on, why
 
     def apply(
         self,
@@ -83,10 +124,16 @@ class Gates:
         return notes, moved
 
     def state_dict(self) -> dict[str, Any]:
-        """The counters, ``{task: {loss: count}}``."""
-        return {"count": nest(self.count)}
+        """The counters and evidence, ``{task: {loss: value}}``."""
+        return {
+            "count": nest(self.count),
+            "evidence": nest({k: list(v) for k, v in self.evidence.items()}),
+        }
 
     def load_state_dict(self, state: dict[str, Any], tasks: Collection[str] = ()) -> None:
         """Restore :meth:`state_dict`, or an old one keyed by ``"task:loss"`` strings (split by
         :func:`lossrag.keys.parse_key` with the task names ``tasks``)."""
         self.count = {k: int(v) for k, v in unnest(state["count"], tasks).items()}
+        self.evidence = {
+            k: (int(v[0]), float(v[1])) for k, v in unnest(state.get("evidence", {}), tasks).items()
+        }

@@ -4,7 +4,9 @@ Per task, the query is the mean embedding of its active losses; the index return
 nearest losses of the task's kind (skipping near-copies of those already chosen), to which the
 active terms and ``explore`` random entries are added. Each candidate is then measured on the
 model at this batch (probe statistics against the probe loss,
-:meth:`lossrag.embed.Embedder.on_model`).
+:meth:`lossrag.embed.Embedder.on_model`), and for a regression task also by the share of its
+gradient that the task's gross errors draw (:mod:`lossrag.policy.evidence`). Candidates that a
+task's evidence favoured are kept at its next retrieval (``keep``): evidence accumulates.
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ from torch import Tensor
 from lossrag.embed import PROBE_STATS, SIGNATURE, Embedder
 from lossrag.index import LossIndex
 from lossrag.losses.spec import FAMILIES
+from lossrag.policy.evidence import gradient_share
 from lossrag.policy.terms import TermLosses
 from lossrag.tasks import Task
 
-__all__ = ["Candidate", "Found", "measure", "search"]
+__all__ = ["Candidate", "Found", "least_misled", "measure", "search"]
 
 #: Cosine above which two library entries count as the same loss.
 _SAME = 0.995
@@ -44,6 +47,8 @@ class Candidate:
         vector: Its normalised embedding on the user's model.
         gsnr: Its on-model log gradient signal-to-noise ratio.
         scale: Its loss at the retrieval batch (its scale until it is tracked).
+        gross_grad: The share of its per-sample gradient on the task's gross errors (0 where
+            none were found, or for a loss without per-sample values).
     """
 
     entry: str
@@ -52,6 +57,7 @@ class Candidate:
     vector: list[float]
     gsnr: float
     scale: float
+    gross_grad: float = 0.0
 
 
 def search(
@@ -62,12 +68,25 @@ def search(
     terms: TermLosses,
     k: int,
     explore: int,
+    keep: list[str] | None = None,
+    toward: str | None = None,
 ) -> list[Found]:
-    """The natural loss and the ``active`` terms, the ``k`` nearest entries to their mean
-    embedding and ``explore`` random ones (the entries met are added to ``terms.entries``)."""
+    """The natural loss, the ``active`` terms and the candidates to ``keep``, the ``k``
+    nearest entries to the query and ``explore`` random ones (the entries met are added to
+    ``terms.entries``). The query is the active terms' mean embedding, or the embedding of the
+    entry ``toward`` (where the task's evidence points, :func:`least_misled`)."""
     kept = [index.vector(terms.entries[e]) for e in active]
-    query = np.mean(kept, axis=0)
+    query = np.mean(kept, axis=0) if toward is None else index.vector(terms.entries[toward])
+
+    def aligned(entry_id: str) -> bool:
+        return terms.aligned(task.kind, entry_id)
+
     found: dict[str, tuple[float, bool]] = {e: (1.0, False) for e in [natural, *active]}
+    for e in keep or []:
+        if not aligned(e):
+            continue
+        found.setdefault(e, (float(index.vector(terms.entries[e]) @ query), False))
+        kept.append(index.vector(terms.entries[e]))
     limit = len(found) + k
     # an entry whose embedding matches one already chosen (CE and label smoothing at 0, L2
     # and a fixed-σ Gaussian NLL) has the same gradients: skip it, as AutoLoss-Zero's
@@ -78,15 +97,48 @@ def search(
         vector = index.vectors[hit.row]
         if hit.entry.id in found or max(float(v @ vector) for v in kept) > _SAME:
             continue
-        kept.append(vector)
         terms.entries.setdefault(hit.entry.id, hit.entry)
+        if not aligned(hit.entry.id):
+            continue
+        kept.append(vector)
         found[hit.entry.id] = (hit.score, False)
     pool = index.rows_of(task.kind)
     for row in torch.randint(0, len(pool), (explore,)).tolist():
         entry = index.entries[int(pool[row])]
         terms.entries.setdefault(entry.id, entry)
+        if not aligned(entry.id):
+            continue
         found.setdefault(entry.id, (float(index.vectors[pool[row]] @ query), True))
     return [(e, s, x) for e, (s, x) in found.items()]
+
+
+def least_misled(
+    index: LossIndex,
+    task: Task,
+    terms: TermLosses,
+    output: Tensor,
+    target: Tensor,
+    mask: Tensor,
+) -> str | None:
+    """The library entry of the task's kind whose per-sample gradient the samples of ``mask``
+    (its gross errors) draw least, measured on this batch's outputs (no model backward, the
+    target's standard units); ``None`` when none is masked."""
+    if not bool(mask.any()):
+        return None
+    s = terms.scale(task, target)
+    y = (output.detach() / s).requires_grad_()
+    best, lowest = None, 2.0
+    with torch.enable_grad():
+        for row in index.rows_of(task.kind).tolist():
+            entry = index.entries[row]
+            terms.entries.setdefault(entry.id, entry)
+            if not terms.aligned(task.kind, entry.id):
+                continue
+            per = terms.module(entry.id)(y, target / s)
+            share = gradient_share(per, y, mask) if per.dim() > 0 else 2.0
+            if share < lowest:
+                best, lowest = entry.id, share
+    return best
 
 
 def measure(
@@ -96,10 +148,12 @@ def measure(
     terms: TermLosses,
     embedder: Embedder,
     batch: tuple[Mapping[str, Tensor], Mapping[str, Tensor], Tensor],
+    gross: Tensor | None = None,
 ) -> list[Candidate]:
     """Measure each found entry on the model at ``batch`` (outputs, targets, features), in
-    the target's standard units for regression (the probe loss is not homogeneous). Raises
-    ``FloatingPointError`` on a non-finite statistic."""
+    the target's standard units for regression (the probe loss is not homogeneous), with the
+    share of its gradient on the samples of ``gross`` (a regression task's gross errors).
+    Raises ``FloatingPointError`` on a non-finite statistic."""
     outputs, targets, features = batch
     with torch.enable_grad():
         if task.kind == "representation":
@@ -123,9 +177,19 @@ def measure(
         )
     with torch.no_grad():  # each term's loss at this batch: its scale until it is tracked
         scales = [abs(float(terms.loss(task, e, outputs, targets, features))) for e, _, _ in found]
+    shares = [0.0] * len(found)
+    if gross is not None and task.kind == "regression":
+        s = terms.scale(task, targets[task.name])
+        y = (outputs[task.name].detach() / s).requires_grad_()
+        with torch.enable_grad():
+            for i, (e, _, _) in enumerate(found):
+                per = terms.module(e)(y, targets[task.name] / s)
+                shares[i] = gradient_share(per, y, gross) if per.dim() > 0 else 0.0
     if not all(np.isfinite(r).all() for r in raws) or not np.isfinite(scales).all():
         raise FloatingPointError(f"non-finite candidate statistics for task {task.name!r}")
     return [
-        Candidate(e, score, explore, index.normaliser(raw).tolist(), float(raw[_GSNR]), scale)
-        for (e, score, explore), raw, scale in zip(found, raws, scales, strict=True)
+        Candidate(
+            e, score, explore, index.normaliser(raw).tolist(), float(raw[_GSNR]), scale, share
+        )
+        for (e, score, explore), raw, scale, share in zip(found, raws, scales, shares, strict=True)
     ]

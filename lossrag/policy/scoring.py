@@ -90,10 +90,11 @@ def candidate_rows(
     prior: Prior,
     active_names: dict[str, str],
     glob: list[float],
+    gross: dict[str, float] | None = None,
 ) -> Scored:
     """Feature vectors and prior scores of every candidate, tasks in ``natural`` order
     (``active_names``: the library name of each task's first active term, ``glob`` the global
-    context features)."""
+    context features, ``gross`` each task's gross-error evidence)."""
     names = list(natural)
     task_prior = prior.task_scores(
         [smoothed[n][_COL["log_norm_ratio"]] for n in names],
@@ -109,7 +110,13 @@ def candidate_rows(
             is_natural = c.entry == natural[name]
             flags = [c.retrieval, float(c.entry in active[name]), float(is_natural)]
             rows.append([*context[name], *c.vector, *flags, float(c.explore), *glob])
-            extra = 0.0 if is_natural else prior.candidate_score(c.gsnr, nat.gsnr)
+            extra = (
+                0.0
+                if is_natural
+                else prior.candidate_score(
+                    c.gsnr, nat.gsnr, (gross or {}).get(name, 0.0), nat.gross_grad - c.gross_grad
+                )
+            )
             priors.append(task_prior[gi] + extra)
             group.append(gi)
     return Scored(

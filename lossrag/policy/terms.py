@@ -14,6 +14,7 @@ from torch import Tensor
 
 from lossrag.index import Entry
 from lossrag.losses import Loss, registry
+from lossrag.policy.evidence import metric_aligned
 from lossrag.tasks import Task
 
 __all__ = ["TermLosses"]
@@ -34,6 +35,7 @@ class TermLosses:
         self.entries: dict[str, Entry] = {}
         self.target_scale: dict[str, float] = {}
         self._modules: dict[str, Loss] = {}
+        self._aligned: dict[str, bool] = {}
 
     def module(self, entry_id: str) -> Loss:
         """The loss module of a known entry (built once)."""
@@ -41,6 +43,13 @@ class TermLosses:
             entry = self.entries[entry_id]
             self._modules[entry_id] = registry.create(entry.name, **entry.params)
         return self._modules[entry_id]
+
+    def aligned(self, kind: str, entry_id: str) -> bool:
+        """Whether a known entry can serve a task of ``kind`` under its metric
+        (:func:`lossrag.policy.evidence.metric_aligned`; measured once per entry)."""
+        if entry_id not in self._aligned:
+            self._aligned[entry_id] = metric_aligned(kind, self.module(entry_id))
+        return self._aligned[entry_id]
 
     def scale(self, task: Task, target: Tensor) -> float:
         """The target's standard deviation, from the first batch seen."""

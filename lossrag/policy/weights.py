@@ -15,7 +15,7 @@ from torch import Tensor
 
 from lossrag.keys import TermKey
 
-__all__ = ["coefficients", "floored_softmax", "weights"]
+__all__ = ["coefficients", "floored_softmax", "task_weights", "weights"]
 
 
 def floored_softmax(a: Tensor, tasks: int, floor: float, temperature: float) -> Tensor:
@@ -25,16 +25,50 @@ def floored_softmax(a: Tensor, tasks: int, floor: float, temperature: float) -> 
     return tasks * ((1 - floor) * soft + floor / len(a))
 
 
-def weights(
-    scores: Mapping[TermKey, float],
-    active: Sequence[TermKey],
+def task_weights(
+    a: Tensor,
+    group: Tensor,
+    natural: Tensor,
+    active: Tensor,
     tasks: int,
     floor: float,
     temperature: float,
+) -> Tensor:
+    """The weights of the active candidates, in order (differentiable in the scores ``a``).
+
+    Each task's weight is :func:`floored_softmax` over the tasks of their natural losses'
+    scores (``natural``: the index of each task's natural loss, in task order; the task's score
+    whether that loss is switched off or not); it is split between the task's active terms
+    (``active``, a mask; ``group``: each candidate's task) by a softmax of their scores. While
+    every task has one active term this is :func:`floored_softmax` over the tasks; with several,
+    a loss switched on for a task changes how the task's weight is spent, not how much of the
+    total it gets (its score, which carries its utility, would otherwise draw weight from every
+    other task)."""
+    per_task = floored_softmax(a[natural], tasks, floor, temperature)
+    g, z = group[active], a[active] / temperature
+    top = torch.full_like(per_task, -torch.inf).scatter_reduce(0, g, z, "amax")
+    e = torch.exp(z - top[g])
+    total = torch.zeros_like(per_task).index_add(0, g, e)
+    return per_task[g] * (e / total[g])
+
+
+def weights(
+    scores: Mapping[TermKey, float],
+    active: Sequence[TermKey],
+    natural: Mapping[str, str],
+    floor: float,
+    temperature: float,
 ) -> dict[TermKey, float]:
-    """The weight of every active term from its score (0 for one not scored yet), in float64."""
-    a = torch.tensor([scores.get(k, 0.0) for k in active], dtype=torch.float64)
-    w = floored_softmax(a, tasks, floor, temperature)
+    """:func:`task_weights` of every active term from the scores (0 for one not scored yet;
+    ``natural``: each task's natural loss, in task order), in float64."""
+    names = list(natural)
+    naturals = [TermKey(n, e) for n, e in natural.items()]
+    keys = [*active, *(k for k in naturals if k not in active)]
+    a = torch.tensor([scores.get(k, 0.0) for k in keys], dtype=torch.float64)
+    group = torch.tensor([names.index(k.task) for k in keys])
+    index = torch.tensor([keys.index(k) for k in naturals])
+    mask = torch.arange(len(keys)) < len(active)
+    w = task_weights(a, group, index, mask, len(names), floor, temperature)
     return dict(zip(active, w.tolist(), strict=True))
 
 

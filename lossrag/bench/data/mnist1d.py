@@ -11,7 +11,8 @@ generated with array operations, without a Python loop over samples.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
@@ -115,6 +116,17 @@ class MNIST1DSample:
     width: np.ndarray
     amplitude: np.ndarray
     shear: np.ndarray
+
+    def take(self, index: np.ndarray) -> MNIST1DSample:
+        """The samples at ``index`` (an index array or a boolean mask)."""
+        return MNIST1DSample(*(getattr(self, f.name)[index] for f in fields(self)))
+
+    @staticmethod
+    def concat(parts: Sequence[MNIST1DSample]) -> MNIST1DSample:
+        """The samples of ``parts``, one after the other."""
+        return MNIST1DSample(
+            *(np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(MNIST1DSample))
+        )
 
 
 def resample(signals: np.ndarray, length: int) -> np.ndarray:

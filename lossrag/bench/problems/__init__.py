@@ -21,6 +21,7 @@ from pydantic import Field
 from lossrag.bench.problems.base import (
     Batch,
     Budget,
+    LossChoice,
     Problem,
     ProblemCard,
     ProblemRegistry,
@@ -60,6 +61,7 @@ __all__ = [
     "Budget",
     "DigitsProblem",
     "GradNormSynthProblem",
+    "LossChoice",
     "MNIST1DProblem",
     "ManyClassProblem",
     "MultiFashionProblem",

@@ -9,6 +9,7 @@ same way users register their own.
 from __future__ import annotations
 
 import abc
+import dataclasses
 import fnmatch
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -27,6 +28,7 @@ from lossrag.tasks import Task
 __all__ = [
     "Batch",
     "Budget",
+    "LossChoice",
     "Problem",
     "ProblemCard",
     "ProblemRegistry",
@@ -65,6 +67,30 @@ class Budget(BaseModel):
     def steps_per_epoch(self, n_train: int) -> int:
         """Number of optimiser steps in one epoch over ``n_train`` samples (last batch kept)."""
         return max(1, math.ceil(n_train / self.batch_size))
+
+
+class LossChoice(BaseModel):
+    """A library loss with its hyper-parameters, put in place of a task's natural loss.
+
+    >>> LossChoice(loss="huber", params={"delta": 0.5}).id
+    'huber(delta=0.5)'
+
+    Attributes:
+        loss: Library loss name (``lossrag library list``).
+        params: Its hyper-parameters; the card's defaults for those left out.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    loss: str
+    params: dict[str, float] = Field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        """The library entry id, e.g. ``huber(delta=0.5)`` (``l1`` without parameters)."""
+        from lossrag.embed import variant_id
+
+        return variant_id(self.loss, self.params)
 
 
 @dataclass(frozen=True)
@@ -131,6 +157,8 @@ class Problem(BaseModel, abc.ABC):
         hidden: Widths of the shared trunk's hidden layers.
         stream: Train on fresh samples each step (:meth:`train_batches`) instead of epochs over a
             fixed training split; only for problems whose ``can_stream`` is true.
+        losses: Task name -> the library loss it trains with instead of its natural loss (e.g.
+            the loss oracle's choice, :mod:`lossrag.bench.oracle`); tasks not named keep theirs.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -145,6 +173,7 @@ class Problem(BaseModel, abc.ABC):
     budget: Budget
     hidden: tuple[PositiveInt, ...] = Field(min_length=1)
     stream: bool = False
+    losses: dict[str, LossChoice] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _check_problem(self) -> Problem:
@@ -169,8 +198,25 @@ class Problem(BaseModel, abc.ABC):
 
     @cached_property
     def tasks(self) -> list[Task]:
-        """All tasks the model is trained on, scored and junk."""
-        return self._make_tasks()
+        """All tasks the model is trained on, scored and junk, with :attr:`losses` in place.
+
+        Raises:
+            ValueError: :attr:`losses` names a task the problem lacks, or a loss that does not
+                apply to the task.
+        """
+        tasks = self._make_tasks()
+        unknown = sorted(set(self.losses) - {t.name for t in tasks})
+        if unknown:
+            raise ValueError(
+                f"Problem {self.name!r}: `losses` names tasks it does not have: {unknown}; its "
+                f"tasks are {', '.join(t.name for t in tasks)}."
+            )
+        return [
+            dataclasses.replace(t, loss=c.loss, loss_params=c.params)
+            if (c := self.losses.get(t.name))
+            else t
+            for t in tasks
+        ]
 
     @property
     def scored(self) -> list[str]:

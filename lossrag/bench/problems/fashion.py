@@ -1,12 +1,15 @@
-"""``multifashion`` and ``multifashion4``: pairs of overlapping Fashion-MNIST items."""
+"""``multifashion``, ``multifashion4`` and ``multifashion-noisy``: pairs of overlapping
+Fashion-MNIST items."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Literal
 
 import torch
 from pydantic import Field, PositiveInt
 
+from lossrag.bench.data.corrupt import flip_labels
 from lossrag.bench.data.fashion import MultiFashion, load_fashion_mnist, make_multifashion
 from lossrag.bench.problems.base import Budget, Problem, Split, Splits, register_problem
 from lossrag.tasks import Task
@@ -30,10 +33,15 @@ class MultiFashionProblem(Problem):
     of the Fashion-MNIST training images (``val_pool`` images kept for validation), test pairs
     from its test images.
 
+    With ``label_noise > 0`` (``multifashion-noisy``) that share of the right item's labels in
+    the training and validation pairs is replaced by another class drawn uniformly (symmetric
+    label noise, :func:`~lossrag.bench.data.corrupt.flip_labels`); the test labels stay clean.
+
     Attributes:
         n_train, n_val, n_test: Number of pairs per split.
         val_pool: Fashion training images reserved for validation pairs.
         unmix: Add the two un-mixing tasks.
+        label_noise: Share of flipped ``right`` labels in training and validation.
     """
 
     family: Literal["multifashion"] = "multifashion"
@@ -44,6 +52,7 @@ class MultiFashionProblem(Problem):
     n_test: PositiveInt = 10000
     val_pool: int = Field(default=10000, ge=1)
     unmix: bool = False
+    label_noise: float = Field(default=0.0, ge=0.0, le=1.0)
 
     @property
     def in_dim(self) -> int:
@@ -86,6 +95,11 @@ class MultiFashionProblem(Problem):
             make_multifashion(train_images[cut:], train_labels[cut:], self.n_val, rng),
             make_multifashion(test_images, test_labels, self.n_test, rng),
         ]
+        if self.label_noise > 0:
+            parts[:2] = [
+                dataclasses.replace(p, right=flip_labels(p.right, self.label_noise, 10, rng))
+                for p in parts[:2]
+            ]
         train, val, test = (_split(p, self.unmix) for p in parts)
         return Splits(train, val, test)
 
@@ -108,3 +122,22 @@ def multifashion() -> MultiFashionProblem:
 def multifashion4() -> MultiFashionProblem:
     """MultiFashion with the two un-mixing tasks."""
     return MultiFashionProblem(unmix=True)
+
+
+@register_problem(
+    "multifashion-noisy",
+    description="multifashion, smaller, with 40 % symmetric label noise on the right item in "
+    "training and validation; clean test",
+    source="apt: dataset-fashion-mnist",
+)
+def multifashion_noisy() -> MultiFashionProblem:
+    """MultiFashion on 6,000 training pairs, 40 % of the right labels flipped; 30 epochs, long
+    enough for cross-entropy to fit the flipped labels."""
+    return MultiFashionProblem(
+        n_train=6000,
+        n_val=4000,
+        n_test=5000,
+        hidden=(256, 128),
+        budget=Budget(epochs=30, batch_size=128),
+        label_noise=0.4,
+    )

@@ -1,0 +1,118 @@
+"""Loss switching from corruption evidence (issue 13): gross errors in a regression task's training
+targets switch a robust loss on, zero-shot and without a hand-forced prior; clean targets keep the
+natural loss."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import lossrag
+from lossrag.keys import TermKey
+from lossrag.losses import registry
+from lossrag.models import MultiTaskMLP
+from lossrag.policy import load_policy
+from lossrag.policy.evidence import gradient_share, gross_mask, metric_aligned
+from lossrag.policy.gates import Gates
+from lossrag.policy.weights import weights
+
+TASKS = [
+    lossrag.Task("dirty", kind="regression", metric="mae"),
+    lossrag.Task("clean", kind="regression", metric="mae"),
+]
+
+
+def _data(n: int, seed: int, outliers: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Two smooth regressions of 8 inputs; ``outliers`` of the ``dirty`` targets get a one-sided
+    gross error of 10 standard deviations times ``|z|``."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.Generator().manual_seed(99)
+    a, b = torch.randn(8, generator=w), torch.randn(8, generator=w)
+    x = torch.randn(n, 8, generator=g)
+    dirty = torch.tanh(x @ a / 2) * 2
+    hit = torch.rand(n, generator=g) < outliers
+    dirty = dirty + hit * 10 * dirty.std() * torch.randn(n, generator=g).abs()
+    return x, {"dirty": dirty, "clean": torch.sin(x @ b / 3)}
+
+
+def _train(policy, outliers: float, steps: int = 500):
+    torch.manual_seed(0)
+    model = MultiTaskMLP(8, [64], TASKS)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    composer = lossrag.wrap(model, TASKS, policy, shared=model.trunk, seed=0)
+    for i in range(steps):
+        x, y = _data(128, i, outliers)
+        opt.zero_grad()
+        composer.backward(model(x), y)
+        opt.step()
+    composer.close()
+    x, y = _data(4000, 10_000, 0.0)  # a clean test set
+    with torch.no_grad():
+        out = model(x)
+    return composer, {t: float((out[t] - y[t]).abs().mean()) for t in y}
+
+
+def test_gross_errors_are_flagged_and_heavy_tails_are_not():
+    g = torch.Generator().manual_seed(0)
+    clean = torch.randn(2000, generator=g)
+    heavy = torch.distributions.StudentT(5.0).sample((2000,))
+    dirty = clean.clone()
+    dirty[:200] += 10 * (1 + torch.rand(200, generator=g))
+    zero = torch.zeros(2000)
+    assert float(gross_mask(clean, zero).float().mean()) == 0.0
+    assert float(gross_mask(heavy, zero).float().mean()) < 0.01
+    assert float(gross_mask(dirty, zero).float().mean()) == pytest.approx(0.1, abs=0.005)
+
+
+def test_a_robust_loss_draws_less_gradient_from_gross_errors():
+    target = torch.zeros(1000)
+    target[:100] = 20.0
+    out = torch.randn(1000).requires_grad_()
+    mask = gross_mask(out, target)
+    l2 = gradient_share(registry.create("l2")(out, target), out, mask)
+    l1 = gradient_share(registry.create("l1")(out, target), out, mask)
+    assert l2 > 0.6 and l1 == pytest.approx(0.1, abs=0.01)
+
+
+def test_asymmetric_losses_do_not_serve_a_regression_metric():
+    assert not metric_aligned("regression", registry.create("pinball", tau=0.05))
+    for name in ("l2", "l1", "huber", "cauchy", "pinball"):
+        assert metric_aligned("regression", registry.create(name))
+
+
+def test_gates_switch_on_strong_evidence_at_once_and_weak_evidence_slowly():
+    gates = Gates(patience=3, patience_on=1, spread=1.0)
+    strong, weak = TermKey("t", "tukey"), TermKey("t", "huber")
+    assert gates.update(strong, 3.0, active=False)[0]
+    states = [gates.update(weak, 0.6, active=False)[0] for _ in range(3)]
+    assert states == [False, False, True]  # 0.6 > 1/√n first at n = 3
+    # an arm keeps its statistics across a switch: one bad utility does not undo the evidence
+    assert gates.update(strong, -1.5, active=True) == (True, None)
+
+
+def test_a_switched_on_loss_spends_its_task_weight_and_takes_none_from_the_others():
+    natural = {"a": "l2", "b": "ce"}
+    scores = {TermKey("a", "l2"): 0.0, TermKey("a", "tukey"): 5.0, TermKey("b", "ce"): 0.0}
+    one = weights(scores, [TermKey("a", "l2"), TermKey("b", "ce")], natural, 0.05, 1.0)
+    two = weights(scores, list(scores), natural, 0.05, 1.0)
+    assert two[TermKey("b", "ce")] == pytest.approx(one[TermKey("b", "ce")])
+    assert two[TermKey("a", "l2")] + two[TermKey("a", "tukey")] == pytest.approx(
+        one[TermKey("a", "l2")]
+    )
+
+
+def test_gross_errors_switch_a_robust_loss_on_and_clean_targets_keep_the_natural_one():
+    """15 % one-sided gross errors in one task's training targets: the shipped policy (retrievals
+    every 80 steps here) switches that task to a robust loss and leaves the clean task on L2;
+    the dirty task's clean-test MAE beats EW's. Without the outliers nothing switches."""
+    policy = load_policy("default", refresh_every=20)
+    composer, mae = _train(policy, 0.15)
+    active = composer.method.active
+    assert active["clean"] == ["l2"]
+    assert any(e != "l2" for e in active["dirty"]), active
+    assert composer.method.gross["dirty"] > 0.05 > composer.method.gross["clean"]
+    _, ew = _train("ew", 0.15)
+    assert mae["dirty"] < 0.7 * ew["dirty"], (mae, ew)
+
+    quiet, _ = _train(load_policy("default", refresh_every=20), 0.0)
+    assert quiet.method.active == {"dirty": ["l2"], "clean": ["l2"]}
