@@ -25,7 +25,7 @@ from lossrag.policy.evidence import gradient_share
 from lossrag.policy.terms import TermLosses
 from lossrag.tasks import Task
 
-__all__ = ["Candidate", "Found", "least_misled", "measure", "search"]
+__all__ = ["Candidate", "Found", "gross_shares", "least_misled", "measure", "search"]
 
 #: Cosine above which two library entries count as the same loss.
 _SAME = 0.995
@@ -112,6 +112,22 @@ def search(
     return [(e, s, x) for e, (s, x) in found.items()]
 
 
+def gross_shares(
+    task: Task, entries: list[str], terms: TermLosses, output: Tensor, target: Tensor, mask: Tensor
+) -> list[float | None]:
+    """Per known entry, the share of its per-sample gradient that the samples of ``mask`` (the
+    task's gross errors) draw, on this batch's outputs in the target's standard units (no model
+    backward); ``None`` for a loss without per-sample values."""
+    s = terms.scale(task, target)
+    y = (output.detach() / s).requires_grad_()
+    shares: list[float | None] = []
+    with torch.enable_grad():
+        for e in entries:
+            per = terms.module(e)(y, target / s)
+            shares.append(gradient_share(per, y, mask) if per.dim() > 0 else None)
+    return shares
+
+
 def least_misled(
     index: LossIndex,
     task: Task,
@@ -120,25 +136,17 @@ def least_misled(
     target: Tensor,
     mask: Tensor,
 ) -> str | None:
-    """The library entry of the task's kind whose per-sample gradient the samples of ``mask``
-    (its gross errors) draw least, measured on this batch's outputs (no model backward, the
-    target's standard units); ``None`` when none is masked."""
+    """The metric-aligned library entry of the task's kind whose per-sample gradient the task's
+    gross errors (``mask``) draw least (:func:`gross_shares`); ``None`` when none is masked."""
     if not bool(mask.any()):
         return None
-    s = terms.scale(task, target)
-    y = (output.detach() / s).requires_grad_()
-    best, lowest = None, 2.0
-    with torch.enable_grad():
-        for row in index.rows_of(task.kind).tolist():
-            entry = index.entries[row]
-            terms.entries.setdefault(entry.id, entry)
-            if not terms.aligned(task.kind, entry.id):
-                continue
-            per = terms.module(entry.id)(y, target / s)
-            share = gradient_share(per, y, mask) if per.dim() > 0 else 2.0
-            if share < lowest:
-                best, lowest = entry.id, share
-    return best
+    pool = [index.entries[row] for row in index.rows_of(task.kind).tolist()]
+    for entry in pool:
+        terms.entries.setdefault(entry.id, entry)
+    ids = [e.id for e in pool if terms.aligned(task.kind, e.id)]
+    shares = gross_shares(task, ids, terms, output, target, mask)
+    measured = [(share, e) for e, share in zip(ids, shares, strict=True) if share is not None]
+    return min(measured, key=lambda pair: pair[0])[1] if measured else None
 
 
 def measure(
@@ -179,12 +187,10 @@ def measure(
         scales = [abs(float(terms.loss(task, e, outputs, targets, features))) for e, _, _ in found]
     shares = [0.0] * len(found)
     if gross is not None and task.kind == "regression":
-        s = terms.scale(task, targets[task.name])
-        y = (outputs[task.name].detach() / s).requires_grad_()
-        with torch.enable_grad():
-            for i, (e, _, _) in enumerate(found):
-                per = terms.module(e)(y, targets[task.name] / s)
-                shares[i] = gradient_share(per, y, gross) if per.dim() > 0 else 0.0
+        measured = gross_shares(
+            task, [e for e, _, _ in found], terms, outputs[task.name], targets[task.name], gross
+        )
+        shares = [0.0 if share is None else share for share in measured]
     if not all(np.isfinite(r).all() for r in raws) or not np.isfinite(scales).all():
         raise FloatingPointError(f"non-finite candidate statistics for task {task.name!r}")
     return [
