@@ -116,3 +116,48 @@ def test_gross_errors_switch_a_robust_loss_on_and_clean_targets_keep_the_natural
 
     quiet, _ = _train(load_policy("default", refresh_every=20), 0.0)
     assert quiet.method.active == {"dirty": ["l2"], "clean": ["l2"]}
+
+
+def test_a_switched_on_loss_that_goes_non_finite_is_switched_off_and_the_step_is_kept():
+    """Bad input: once the robust loss is on, make it return NaN. The step trains on without
+    it (not skipped, parameters move), the record says why, and it never comes on again."""
+    torch.manual_seed(0)
+    policy = load_policy("default", refresh_every=20)
+    model = MultiTaskMLP(8, [64], TASKS)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    composer = lossrag.wrap(model, TASKS, policy, shared=model.trunk, seed=0)
+    step = 0
+    while policy.active["dirty"] == ["l2"]:
+        assert step < 400, "no robust loss switched on"
+        x, y = _data(128, step, 0.15)
+        opt.zero_grad()
+        composer.backward(model(x), y)
+        opt.step()
+        step += 1
+    robust = next(e for e in policy.active["dirty"] if e != "l2")
+    loss = policy.library.loss
+
+    def broken(task, entry, *args):
+        value = loss(task, entry, *args)
+        return value * float("nan") if entry == robust else value
+
+    policy.library.loss = broken
+    before = [p.detach().clone() for p in model.parameters()]
+    x, y = _data(128, step, 0.15)
+    opt.zero_grad()
+    record = composer.backward(model(x), y)
+    opt.step()
+    assert not record.skipped
+    assert "non-finite" in (record.reason or "") and robust in record.reason
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters(), strict=True))
+    assert robust not in policy.active["dirty"] and policy.active["dirty"]
+    for i in range(step + 1, step + 200):  # later retrievals do not bring it back
+        x, y = _data(128, i, 0.15)
+        opt.zero_grad()
+        assert not composer.backward(model(x), y).skipped
+        opt.step()
+        assert robust not in policy.active["dirty"]
+    state = composer.state_dict()
+    assert ["dirty", robust] in state["method"]["gates"]["failed"]
+    composer.close()

@@ -247,6 +247,13 @@ class LossRAG(Method):
         """Whether this step refreshes the context, retrieval and scores."""
         return self.schedule.due(step)
 
+    def fail(self, keys: list[TermKey]) -> str:
+        """Switch off, for good, switched-on terms whose loss came out non-finite (the step goes
+        on without them; :class:`~lossrag.policy.gates.Gates` keeps them off); the note."""
+        self.notes.update(self.gates.fail(self.active, keys))
+        self._reweigh()
+        return "switched off, non-finite loss: " + ", ".join(f"{k.task}:{k.loss}" for k in keys)
+
     # ------------------------------------------------------------------ refresh
     def refresh(
         self,
