@@ -119,7 +119,10 @@ class Gates:
         for key, utility in utilities:
             terms = active[key.task]
             is_on = key.loss in terms
-            if key in self.failed or (not is_on and len(terms) >= max_terms):
+            if key in self.failed:
+                continue
+            if not is_on and len(terms) >= max_terms:
+                notes[key] = f"not counted: {len(terms)} terms of the task on (max_terms)"
                 continue
             now_on, why = self.update(key, utility, is_on)
             moved |= now_on != is_on or self.count.get(key, 0) > 0
