@@ -209,19 +209,24 @@ def inspect(
     step: Annotated[int | None, typer.Option(help="show every term of this step")] = None,
     task: Annotated[str | None, typer.Option(help="only this task")] = None,
     rows: Annotated[int, typer.Option(help="at most this many steps in the table")] = 25,
+    candidates: Annotated[
+        bool, typer.Option(help="every candidate at every retrieval: utility, evidence, gate")
+    ] = False,
     plot: Annotated[
         Path | None, typer.Option(help="where to write the PNG (default: beside)")
     ] = None,
 ) -> None:
     """Per-step table of losses and weights (with each task's mean weight, and the terms a
     retrieval policy switched on or off and why), and a PNG of the weights (and gates) over
-    time."""
+    time. ``--candidates``: every candidate a retrieval policy measured, at each retrieval."""
     from lossrag.inspect import (
         gate_changes,
         render_changes,
+        render_retrievals,
         render_step,
         render_steps,
         render_summary,
+        retrievals,
     )
     from lossrag.plots import plot_weights
     from lossrag.record import read_trace
@@ -235,6 +240,10 @@ def inspect(
     try:
         if step is not None:
             console.print(render_step(records, step, task))
+        elif candidates:
+            if not retrievals(records):
+                _fail("This trace lists no retrieved candidates (not a retrieval policy's).")
+            console.print(render_retrievals(records, task))
         else:
             console.print(render_steps(records, task, rows))
             console.print(render_summary(records, task))

@@ -14,10 +14,12 @@ __all__ = [
     "mean_weights",
     "render_changes",
     "render_context",
+    "render_retrievals",
     "render_step",
     "render_steps",
     "render_summary",
     "render_targets",
+    "retrievals",
     "run_title",
     "task_multipliers",
 ]
@@ -222,6 +224,36 @@ def render_changes(records: Sequence[StepRecord], task: str | None = None) -> Ta
     return table
 
 
+def retrievals(records: Sequence[StepRecord]) -> list[StepRecord]:
+    """The records that list a retrieval policy's candidates with their utilities (its
+    retrievals and online meta-steps)."""
+    return [r for r in records if any(t.utility is not None for t in r.terms)]
+
+
+def render_retrievals(records: Sequence[StepRecord], task: str | None = None) -> Table:
+    """Every candidate at every retrieval: its gate after the retrieval, this retrieval's
+    utility, the gate's evidence so far (utilities since its last switch and their mean) and
+    why the gate moved, if it did."""
+    names = _tasks(records, task)
+    table = Table(title="candidates at each retrieval")
+    for col in ("step", "task", "loss", "gate", "utility", "seen", "mean utility", "note"):
+        table.add_column(col, justify="right" if col in ("step", "utility", "seen") else "left")
+    for r in retrievals(records):
+        for t in r.terms:
+            if t.task in names and t.utility is not None:
+                table.add_row(
+                    str(r.step),
+                    t.task,
+                    t.loss,
+                    "on" if t.active else "off",
+                    _fmt(t.utility),
+                    "" if t.seen is None else str(t.seen),
+                    _fmt(t.mean_utility),
+                    t.note or "",
+                )
+    return table
+
+
 def render_step(records: Sequence[StepRecord], step: int, task: str | None = None) -> Group:
     """Every term of one step: task, loss, weight, effective multiplier, gate and score; then,
     when the step recorded them, its context features and target-normaliser statistics."""
@@ -234,11 +266,14 @@ def render_step(records: Sequence[StepRecord], step: int, task: str | None = Non
     r = found[0]
     status = f"skipped: {r.reason}" if r.skipped else "ok"
     table = Table(title=f"step {r.step} ({run_title(r)}, {status})")
-    for col in ("task", "loss", "loss value", "weight", "multiplier", "active", "score", "note"):
+    evidence = any(t.utility is not None for t in r.terms)
+    columns = ["task", "loss", "loss value", "weight", "multiplier", "active", "score"]
+    columns += ["utility", "seen", "mean utility"] if evidence else []
+    for col in [*columns, "note"]:
         table.add_column(col)
     for term in r.terms:
         if term.task in names:
-            table.add_row(
+            cells = [
                 term.task,
                 term.loss,
                 _fmt(r.losses.get(term.task)),
@@ -246,8 +281,11 @@ def render_step(records: Sequence[StepRecord], step: int, task: str | None = Non
                 _fmt(term.multiplier),
                 "on" if term.active else "off",
                 _fmt(term.score),
-                term.note or "",
-            )
+            ]
+            if evidence:
+                seen = "" if term.seen is None else str(term.seen)
+                cells += [_fmt(term.utility), seen, _fmt(term.mean_utility)]
+            table.add_row(*cells, term.note or "")
     parts: list[Table] = [table]
     if r.context:
         parts.append(render_context([r], task))

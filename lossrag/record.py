@@ -25,7 +25,9 @@ class Term(BaseModel):
     (negative: more weight would lower the query loss). ``multiplier`` is the term's effective
     multiplier on its raw loss: ``weight`` divided by the loss scale the method normalises by
     (equal to ``weight`` for methods that do not normalise); ``None`` when not recorded (older
-    traces) or when the method produces no weights.
+    traces) or when the method produces no weights. ``seen`` and ``mean_utility``: a retrieval
+    policy's evidence on the term's gate at a retrieval, the number of utilities measured since
+    its last switch and their mean (the gate compares the mean with a confidence bound).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -38,6 +40,8 @@ class Term(BaseModel):
     note: str | None = None
     utility: float | None = None
     multiplier: float | None = None
+    seen: int | None = None
+    mean_utility: float | None = None
 
 
 class StepRecord(BaseModel):

@@ -27,19 +27,22 @@ the task falls back to loss-only normalisation: the model is left as it is and t
 
 Statistics: per task, an exponential moving average of the mean (per output dimension) and of the
 variance with factor ``max(beta, n/N)`` (``n`` the batch's targets, ``N`` all targets seen):
-the exact running average until ``N ≥ n/beta``, an EMA with memory ``≈ 1/beta`` steps after. A
-supervised target is stationary, so the exact average is what one wants early; ``beta`` (default
-``1e-3``, inside PopArt's range of 3e-4 to 1e-2) only bounds the memory, so a drifting target is
-still followed while the rescaling it causes stays small from step to step. A target with several
-dimensions gets a mean per dimension but *one* ``σ``, the root of the dimensions' mean variance:
-the loss ``|(y − μ)/σ − (t − μ)/σ|`` is then the user's loss over ``σ`` (for L2, over ``σ²``),
-the relative weight of the dimensions inside the task unchanged; a ``σ`` per dimension would
-silently re-weight them (on ``mnist1d``'s 40-dimensional ``denoise`` target it cost the task's
-MAE). ``σ`` is 1 (the
-target's own units) until some batch shows a variance (a first batch of identical targets is a
-*fallback*, recorded), and at least ``1e-6·|μ| + 1e-12`` after. A batch whose statistics are not
-finite leaves them unchanged and is counted in ``skipped`` (a non-finite *first* batch leaves
-``μ = 0, σ = 1`` until a finite batch is applied).
+the exact running average until ``N ≥ n/beta``, an EMA with memory ``≈ 1/beta`` observed batches
+after. A supervised target is stationary, so the exact average is what one wants early; ``beta``
+(default ``1e-3``, inside PopArt's range of 3e-4 to 1e-2) only bounds the memory, so a drifting
+target is still followed while the rescaling it causes stays small from step to step. The
+statistics take in every batch of the first ``warmup`` steps (64) and one batch in ``every`` (16)
+after (:meth:`~TargetNormalizer.due`): observing and folding a batch are about forty small tensor
+operations, a third of a small model's step, while after a few dozen batches ``μ, σ`` are known to
+a fraction of a percent. A target with several dimensions gets a mean per dimension but *one*
+``σ``, the root of the dimensions' mean variance: the loss ``|(y − μ)/σ − (t − μ)/σ|`` is then
+the user's loss over ``σ`` (for L2, over ``σ²``), the relative weight of the dimensions inside the
+task unchanged; a ``σ`` per dimension would silently re-weight them (on ``mnist1d``'s
+40-dimensional ``denoise`` target it cost the task's MAE). ``σ`` is 1 (the target's own units)
+until some batch shows a variance (a first batch of identical targets is a *fallback*, recorded),
+and at least ``1e-6·|μ| + 1e-12`` after. A batch whose statistics are not finite leaves them
+unchanged and is counted in ``skipped`` (a non-finite *first* batch leaves ``μ = 0, σ = 1`` until
+a finite batch is applied).
 
 Order of calls in a training step (nothing here synchronises host and device)::
 
@@ -51,7 +54,8 @@ Order of calls in a training step (nothing here synchronises host and device)::
     outputs = model(x)
     if first_step:
         normalizer.locate(outputs)                 # finds the heads; the temporary hooks go
-    pending = normalizer.observe(targets)          # all-reduce (sum) it under DDP
+    if normalizer.due(step):                       # the batches the statistics take in
+        pending = normalizer.observe(targets)      # all-reduce (sum) it under DDP
     for task in regression tasks:
         out_n, tgt_n = normalizer.normalized(task.name, outputs[task.name], targets[task.name])
         ...                                        # the task's loss on (out_n, tgt_n)
@@ -123,7 +127,7 @@ _WRAPPERS = ("module", "_orig_mod")
 
 @dataclass
 class _Stats:
-    """Running statistics of one task's targets (all tensors on the targets' device).
+    """Running statistics of one task's targets: views into :class:`_Flat`'s buffers.
 
     ``mean``/``var``: the running moments (``dim`` values each); ``count``: targets seen;
     ``valid``: whether some batch showed a variance; ``skipped``: non-finite batches; ``mu``,
@@ -140,23 +144,6 @@ class _Stats:
     sigma: Tensor
     ready: Tensor
 
-    @classmethod
-    def empty(cls, dim: int, device: torch.device, dtype: torch.dtype) -> _Stats:
-        """Nothing seen yet: ``μ = 0``, ``σ = 1``."""
-        kw: dict[str, Any] = {"device": device, "dtype": dtype}
-        flag: dict[str, Any] = {"device": device, "dtype": torch.bool}
-        return cls(
-            dim=dim,
-            mean=torch.zeros(dim, **kw),
-            var=torch.zeros(dim, **kw),
-            count=torch.zeros((), **kw),
-            valid=torch.zeros((), **flag),
-            skipped=torch.zeros((), **kw),
-            mu=torch.zeros(dim, **kw),
-            sigma=torch.ones(dim, **kw),
-            ready=torch.zeros((), **flag),
-        )
-
     def tensors(self) -> dict[str, Tensor]:
         """The state tensors by name."""
         names = ("mean", "var", "count", "valid", "skipped", "mu", "sigma", "ready")
@@ -164,18 +151,110 @@ class _Stats:
 
 
 @dataclass
+class _Flat:
+    """The statistics of all normalised tasks in one set of buffers, so that a step updates
+    them with a handful of tensor operations whatever the number of tasks: per target
+    dimension (``D`` in all) ``mean, var, mu, sigma`` (``μ, σ`` also in float32, ``mu32``,
+    ``sigma32``, for float32 losses: ``loss32`` per task); per task (``T``) ``count, valid,
+    skipped, ready``. ``seg[i]`` is the task of dimension ``i``, ``first[k]`` task ``k``'s
+    first dimension, ``size[k]`` its number of dimensions. Each task's :class:`_Stats` holds
+    views of its part. Nothing seen yet: ``μ = 0``, ``σ = 1``."""
+
+    names: list[str]
+    dims: list[int]
+    seg: Tensor
+    first: Tensor
+    size: Tensor
+    mean: Tensor
+    var: Tensor
+    mu: Tensor
+    sigma: Tensor
+    count: Tensor
+    valid: Tensor
+    skipped: Tensor
+    ready: Tensor
+    stats: dict[str, _Stats]
+    mu32: Tensor
+    sigma32: Tensor
+    loss32: dict[str, tuple[Tensor, Tensor]]
+
+    @classmethod
+    def build(
+        cls, names: Sequence[str], dims: Sequence[int], device: torch.device, dtype: torch.dtype
+    ) -> _Flat:
+        """Empty statistics for ``names`` with ``dims`` values per target."""
+        kw: dict[str, Any] = {"device": device, "dtype": dtype}
+        total = sum(dims)
+        sizes = torch.tensor(dims, device=device)
+        starts = [0, *itertools.accumulate(dims)][:-1]
+        flat = cls(
+            names=list(names),
+            dims=list(dims),
+            seg=torch.repeat_interleave(torch.arange(len(dims), device=device), sizes),
+            first=torch.tensor(starts, device=device, dtype=torch.long),
+            size=sizes.to(dtype),
+            mean=torch.zeros(total, **kw),
+            var=torch.zeros(total, **kw),
+            mu=torch.zeros(total, **kw),
+            sigma=torch.ones(total, **kw),
+            count=torch.zeros(len(dims), **kw),
+            valid=torch.zeros(len(dims), device=device, dtype=torch.bool),
+            skipped=torch.zeros(len(dims), **kw),
+            ready=torch.zeros(len(dims), device=device, dtype=torch.bool),
+            stats={},
+            mu32=torch.zeros(total, device=device),
+            sigma32=torch.ones(total, device=device),
+            loss32={},
+        )
+        for k, (name, start, dim) in enumerate(zip(names, starts, dims, strict=True)):
+            span = slice(start, start + dim)
+            flat.stats[name] = _Stats(
+                dim=dim,
+                mean=flat.mean[span],
+                var=flat.var[span],
+                count=flat.count[k],
+                valid=flat.valid[k],
+                skipped=flat.skipped[k],
+                mu=flat.mu[span],
+                sigma=flat.sigma[span],
+                ready=flat.ready[k],
+            )
+            flat.loss32[name] = (flat.mu32[span], flat.sigma32[span])
+        return flat
+
+    def per_task(self, x: Tensor) -> Tensor:
+        """The mean of ``x`` (``D`` values) over each task's dimensions (``T`` values)."""
+        return torch.zeros_like(self.size).index_add_(0, self.seg, x) / self.size
+
+
+@dataclass
 class _Head:
     """A re-parametrised ``nn.Linear``: the output columns of each task it is the head of
     (``{task: (first column, width)}``), the per-column ``μ, σ`` of its transform (0 and 1 on
-    columns of no task), its hook and the last forward's ``(user-unit output, raw output)``."""
+    columns of no task; in float64 where the device has it, and in float32 for float32
+    outputs), its hook and the last forward's ``(user-unit output, raw output)``."""
 
     module: nn.Linear
     columns: dict[str, tuple[int, int]]
     mu: Tensor
     sigma: Tensor
+    mu32: Tensor
+    sigma32: Tensor
     hook: RemovableHandle | None = None
     last: tuple[Tensor, Tensor] | None = None
     detached: bool = False
+
+
+@dataclass
+class _Group:
+    """The located heads whose parameters share a device and dtypes, batched for one
+    ``torch._foreach_*`` call per update: ``src[j]`` is the flat statistics dimension of the
+    heads' ``j``-th output column (in order of the heads, ``sizes`` columns each; ``D``, one past
+    the last, for a column of no task)."""
+
+    heads: list[_Head]
+    src: Tensor
+    sizes: list[int]
 
 
 @dataclass
@@ -184,6 +263,11 @@ class _Seen:
 
     outputs: list[tuple[nn.Linear, Tensor, int | None]] = field(default_factory=list)
     calls: dict[int, int] = field(default_factory=dict)
+
+
+def _pad(x: Tensor, value: float) -> Tensor:
+    """``x`` with one more value at the end (the columns of no task read it)."""
+    return torch.cat([x, x.new_full((1,), value)])
 
 
 def far_from_unit(mu: float, sigma: float) -> bool:
@@ -199,6 +283,8 @@ class TargetNormalizer:
     Args:
         tasks: The model's tasks; only the ``regression`` ones are normalised.
         beta: Smallest weight of a batch in the running statistics (PopArt's step size).
+        every, warmup: The steps whose batches the statistics take in (:meth:`due`): every
+            step before ``warmup``, every ``every``-th step after (see the module).
         auto: Normalise only the targets far from standard units (:func:`far_from_unit`),
             decided once from the first batch (:meth:`begin`); the others are left in the
             user's units, exactly as without a normaliser, with a note saying so. On targets
@@ -212,10 +298,21 @@ class TargetNormalizer:
             normalisation (its head was not located), and for each statistic fallback.
     """
 
-    def __init__(self, tasks: Sequence[Task], beta: float = 1e-3, auto: bool = False) -> None:
+    def __init__(
+        self,
+        tasks: Sequence[Task],
+        beta: float = 1e-3,
+        auto: bool = False,
+        every: int = 16,
+        warmup: int = 64,
+    ) -> None:
         if not 0 < beta <= 1:
             raise ValueError(f"TargetNormalizer: beta must be in (0, 1], got {beta}.")
-        self.beta = beta
+        if every < 1 or warmup < 0:
+            raise ValueError(
+                f"TargetNormalizer: every must be >= 1 and warmup >= 0, got {every}, {warmup}."
+            )
+        self.beta, self.every, self.warmup = beta, every, warmup
         self.regression = [t.name for t in tasks if t.kind == "regression"]
         self.names = list(self.regression)
         #: whether the tasks to normalise are still to be chosen (``auto``, before a batch)
@@ -225,7 +322,9 @@ class TargetNormalizer:
         self._provisional: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
         self.notes: dict[str, str] = {}
         self.heads: dict[str, _Head] = {}
-        self._stats: dict[str, _Stats] = {}
+        self._flat: _Flat | None = None  # the statistics, from the first observe()
+        self._groups: list[_Group] | None = None  # the located heads, batched (rebuilt lazily)
+        self._report: dict[str, dict[str, float]] | None = None  # stats(), until they change
         self._observed: set[str] = set()  # tasks whose first batch set the provisional μ, σ
         self._seen: _Seen | None = None
         self._temporary: list[RemovableHandle] = []
@@ -384,14 +483,18 @@ class TargetNormalizer:
             dict(columns),
             torch.zeros(module.out_features, **kw),
             torch.ones(module.out_features, **kw),
+            torch.zeros(module.out_features, device=weight.device),
+            torch.ones(module.out_features, device=weight.device),
             last=last,
         )
 
         def transform(_module: nn.Module, _args: Any, out: Tensor) -> Tensor:
             dtype = torch.promote_types(out.dtype, torch.float32)
-            sigma = head.sigma.to(out.device, dtype, copy=True)  # copies: immune to apply()
-            mu = head.mu.to(out.device, dtype, copy=True)
-            y = torch.addcmul(mu, out.to(dtype), sigma)
+            if dtype == torch.float32:  # apply() changes them between steps, never in one
+                y = torch.addcmul(head.mu32, out.to(dtype), head.sigma32)
+            else:
+                sigma = head.sigma.to(out.device, dtype)
+                y = torch.addcmul(head.mu.to(out.device, dtype), out, sigma)
             head.last = (y, out)
             return y
 
@@ -400,18 +503,71 @@ class TargetNormalizer:
         for name, (first, width) in columns.items():
             self.heads[name] = head
             self._paths[name] = (path, first, width)
-            self._sync(name)
+        self._groups = None
+        self._sync()
 
-    def _sync(self, name: str) -> None:
-        """Copy the task's ``μ, σ`` into its head's columns (in place, no synchronisation)."""
-        head, stats = self.heads.get(name), self._stats.get(name)
-        if head is None or head.detached or stats is None:
+    @property
+    def _stats(self) -> dict[str, _Stats]:
+        return {} if self._flat is None else self._flat.stats
+
+    def _batched(self) -> list[_Group]:
+        """The located heads (not detached), grouped by their parameters' device and dtypes."""
+        flat = self._flat
+        if self._groups is not None or flat is None:
+            return self._groups or []
+        where = {n: int(f) for n, f in zip(flat.names, flat.first.tolist(), strict=True)}
+        groups: dict[tuple[Any, ...], tuple[list[_Head], list[int], list[int]]] = {}
+        for head in {id(h): h for h in self.heads.values() if not h.detached}.values():
+            weight, bias = head.module.weight, head.module.bias
+            assert bias is not None  # checked by _match
+            key = (weight.device, weight.dtype, bias.dtype, head.mu.device, head.mu.dtype)
+            members, src, sizes = groups.setdefault(key, ([], [], []))
+            cols = [sum(flat.dims)] * head.module.out_features
+            for name, (first, width) in head.columns.items():
+                if name in where:
+                    cols[first : first + width] = range(where[name], where[name] + width)
+            members.append(head)
+            src.extend(cols)
+            sizes.append(len(cols))
+        self._groups = [
+            _Group(members, torch.tensor(src, device=flat.mean.device), sizes)
+            for members, src, sizes in groups.values()
+        ]
+        return self._groups
+
+    def _sync(self) -> None:
+        """Copy the tasks' ``μ, σ`` into their heads' columns (in place, no synchronisation)."""
+        flat, self._report = self._flat, None
+        if flat is None:
             return
-        first, width = head.columns[name]
-        cols = slice(first, first + width)
         with torch.no_grad():
-            head.mu[cols].copy_(stats.mu.to(head.mu.device, head.mu.dtype))
-            head.sigma[cols].copy_(stats.sigma.to(head.sigma.device, head.sigma.dtype))
+            flat.mu32.copy_(flat.mu)
+            flat.sigma32.copy_(flat.sigma)
+            mu, sigma = _pad(flat.mu, 0.0), _pad(flat.sigma, 1.0)
+            for group in self._batched():
+                head = group.heads[0]
+                m = mu[group.src].to(head.mu.device, head.mu.dtype)
+                s = sigma[group.src].to(head.mu.device, head.mu.dtype)
+                heads = group.heads
+                torch._foreach_copy_([h.mu for h in heads], m.split(group.sizes))
+                torch._foreach_copy_([h.sigma for h in heads], s.split(group.sizes))
+                torch._foreach_copy_([h.mu32 for h in heads], m.float().split(group.sizes))
+                torch._foreach_copy_([h.sigma32 for h in heads], s.float().split(group.sizes))
+
+    def _rescale(self, scale: Tensor, shift: Tensor) -> None:
+        """PopArt's ART on every located head: ``W ← scale·W``, ``b ← scale·b + shift`` per
+        output column (``scale``, ``shift``: one value per flat statistics dimension)."""
+        scale, shift = _pad(scale, 1.0), _pad(shift, 0.0)
+        for group in self._batched():
+            weight, bias = group.heads[0].module.weight, group.heads[0].module.bias
+            assert bias is not None
+            w = scale[group.src].to(weight.device, weight.dtype).unsqueeze(1).split(group.sizes)
+            b = scale[group.src].to(bias.device, bias.dtype).split(group.sizes)
+            c = shift[group.src].to(bias.device, bias.dtype).split(group.sizes)
+            biases = [h.module.bias for h in group.heads]
+            torch._foreach_mul_([h.module.weight for h in group.heads], w)
+            torch._foreach_mul_(biases, b)  # type: ignore[arg-type]
+            torch._foreach_add_(biases, c)  # type: ignore[arg-type]
 
     def _remove_temporary(self) -> None:
         for handle in self._temporary:
@@ -463,43 +619,72 @@ class TargetNormalizer:
                     f"user units: the first batch (mean {mu:.3g}, std {sigma:.3g}) is near "
                     "standard units (normalize_targets='auto')"
                 )
-        self.names, self.choosing = keep, False
+        self.names, self.choosing, self._report = keep, False, None
 
     # ------------------------------------------------------------------ statistics
+    def due(self, step: int) -> bool:
+        """Whether step ``step``'s batch is to be observed (see ``every`` and ``warmup``)."""
+        return step < self.warmup or step % self.every == 0
+
     def observe(self, targets: Mapping[str, Tensor]) -> Tensor:
-        """This batch's statistics as one tensor to sum across ranks: per regression task, in
-        order, the count ``n`` and per target dimension ``Σ(t − m)`` and ``Σ(t − m)²`` about the
-        running mean ``m`` (the same on every rank; about it, a large offset keeps its
-        precision). At a task's first batch this also sets ``μ, σ`` from the batch (from the
-        global moments given to :meth:`begin`, else from this rank's), so the first step's loss
-        is already normalised. No host-device synchronisation."""
+        """This batch's statistics as one tensor to sum across ranks: per normalised task, in
+        order, the count ``n``, then per target dimension of every task ``Σ(t − m)``, then
+        ``Σ(t − m)²``, about the running mean ``m`` (the same on every rank; about it, a large
+        offset keeps its precision). At a task's first batch this also sets ``μ, σ`` from the
+        batch (from the global moments given to :meth:`begin`, else from this rank's), so the
+        first step's loss is already normalised. No host-device synchronisation."""
         missing = [n for n in self.names if n not in targets]
         if missing:
             raise ValueError(
                 f"TargetNormalizer.observe: no target for the regression task {missing[0]!r}."
             )
-        rows = {}
+        if not self.names:
+            return torch.zeros(0)
+        rows = []
         for name in self.names:
             t = targets[name].detach()
-            rows[name] = t.reshape(t.shape[0], -1) if t.dim() > 1 else t.reshape(-1, 1)
-            self._ensure(name, rows[name])
-        parts = []
+            rows.append(t.reshape(t.shape[0], -1) if t.dim() > 1 else t.reshape(-1, 1))
+        flat = self._layout(rows)
         with torch.no_grad():
-            for name, r in rows.items():
-                stats = self._stats[name]
-                centred = r.to(stats.mean.dtype) - stats.mean
-                n = torch.full((1,), r.shape[0], device=r.device, dtype=stats.mean.dtype)
+            if len({r.shape[0] for r in rows}) == 1:  # one batch size: all tasks at once
+                centred = torch.cat(rows, 1).to(flat.mean.dtype) - flat.mean
                 s1, s2 = centred.sum(0), centred.pow(2).sum(0)
-                parts.append(torch.cat([n, s1, s2]))
-                if name not in self._observed:  # never again: a graph may have saved μ, σ
-                    first = self._provisional.get(name, (n, s1, s2))
-                    self._first(stats, *(v.to(stats.mean) for v in first))
+            else:
+                spans = flat.mean.split(flat.dims)
+                centred_each = [r.to(m.dtype) - m for r, m in zip(rows, spans, strict=True)]
+                s1 = torch.cat([c.sum(0) for c in centred_each])
+                s2 = torch.cat([c.pow(2).sum(0) for c in centred_each])
+            n = torch.tensor([float(r.shape[0]) for r in rows], dtype=flat.mean.dtype)
+            n = n.to(flat.mean.device)
+            fresh = [k for k, name in enumerate(flat.names) if name not in self._observed]
+            if fresh:  # never again: a graph may have saved μ, σ
+                ones, sums, squares = n.split(1), s1.split(flat.dims), s2.split(flat.dims)
+                for k in fresh:
+                    name = flat.names[k]
+                    first = self._provisional.get(name, (ones[k], sums[k], squares[k]))
+                    self._first(flat.stats[name], *(v.to(flat.mean) for v in first))
                     self._observed.add(name)
-                    self._sync(name)
+                self._sync()
         self._provisional = {}
-        if not parts:
-            return torch.zeros(0)
-        return torch.cat([p.to(parts[0].device) for p in parts])
+        return torch.cat([n, s1, s2])
+
+    def _layout(self, rows: Sequence[Tensor]) -> _Flat:
+        """The statistics of :attr:`names` (created at the first batch, on its device, in
+        float64 where the device has it), checked against ``rows``' shapes."""
+        flat = self._flat
+        if flat is None or flat.names != self.names:
+            dims = [r.shape[1] for r in rows]
+            device = rows[0].device
+            dtype = torch.float32 if device.type == "mps" else torch.float64
+            flat = self._flat = _Flat.build(self.names, dims, device, dtype)
+            self._groups = None
+        for name, r, dim in zip(flat.names, rows, flat.dims, strict=True):
+            if r.shape[1] != dim:
+                raise ValueError(
+                    f"Task {name!r}: targets have {r.shape[1]} values per sample, the "
+                    f"normaliser was set up for {dim}."
+                )
+        return flat
 
     def _first(self, stats: _Stats, n: Tensor, s1: Tensor, s2: Tensor) -> None:
         """Provisional ``μ, σ`` from the first batch (before :meth:`apply` folds in the global
@@ -522,8 +707,8 @@ class TargetNormalizer:
 
     @staticmethod
     def _sigma(var: Tensor, mu: Tensor, valid: Tensor, old: Tensor) -> tuple[Tensor, Tensor]:
-        """``(σ, valid)``: one σ for all the target's dimensions, the root of their mean
-        variance, floored; or the old σ (1 at first) while no batch showed a variance."""
+        """``(σ, valid)`` of one task: one σ for all the target's dimensions, the root of their
+        mean variance, floored; or the old σ (1 at first) while no batch showed a variance."""
         floor = _REL_FLOOR * mu.abs().mean() + _ABS_FLOOR
         root = var.mean().sqrt().expand_as(var)
         now = valid | (root > floor).all()
@@ -535,79 +720,70 @@ class TargetNormalizer:
         unchanged (PopArt's ART; at a task's first batch the head is reinterpreted instead).
         Call it between steps, never between a forward and its backward. Non-finite statistics
         leave a task as it was and are counted. No host-device synchronisation."""
-        offset = 0
+        flat = self._flat
+        if not self.names:
+            return
+        if flat is None:
+            raise ValueError(
+                "TargetNormalizer.apply: no statistics layout yet; call observe() first."
+            )
+        tasks, dims = len(flat.names), int(flat.seg.numel())
+        if stats.numel() != tasks + 2 * dims:
+            raise ValueError(
+                f"TargetNormalizer.apply: expected {tasks + 2 * dims} statistics, got "
+                f"{stats.numel()}."
+            )
+        stats = stats.to(flat.mean.device, flat.mean.dtype)
         with torch.no_grad():
-            for name in self.names:
-                s = self._stats.get(name)
-                if s is None:
-                    raise ValueError(
-                        f"TargetNormalizer.apply: no statistics layout for {name!r}; call "
-                        "observe() first."
-                    )
-                chunk = stats[offset : offset + 1 + 2 * s.dim].to(s.mean.device, s.mean.dtype)
-                offset += 1 + 2 * s.dim
-                self._fold(name, s, chunk[:1], chunk[1 : 1 + s.dim], chunk[1 + s.dim :])
-        if offset != stats.numel():
-            raise ValueError(
-                f"TargetNormalizer.apply: expected {offset} statistics, got {stats.numel()}."
-            )
+            self._fold(flat, *stats.split([tasks, dims, dims]))
 
-    def _fold(self, name: str, s: _Stats, n: Tensor, s1: Tensor, s2: Tensor) -> None:
-        d, q = s1 / n.clamp_min(1), s2 / n.clamp_min(1)  # offset and 2nd moment about the mean
-        total = s.count + n
-        w = torch.maximum(torch.full_like(n, self.beta), n / total.clamp_min(1))
-        mean = s.mean + w * d
-        var = ((1 - w) * s.var + w * q - w * w * d * d).clamp_min(0)
-        sigma, valid = self._sigma(var, mean, s.valid, s.sigma)
-        ok = (n > 0).all() & torch.isfinite(mean).all() & torch.isfinite(sigma).all()
-        ok = ok & torch.isfinite(var).all()
-        started = (s.count > 0).reshape(())
+    def _fold(self, flat: _Flat, n: Tensor, s1: Tensor, s2: Tensor) -> None:
+        """One step of the running statistics of every task at once (see the module)."""
+        seg = flat.seg
+        count = n.clamp_min(1)[seg]
+        d, q = s1 / count, s2 / count  # offset and 2nd moment about the mean
+        total = flat.count + n
+        w = torch.maximum(torch.full_like(n, self.beta), n / total.clamp_min(1))[seg]
+        mean = flat.mean + w * d
+        var = ((1 - w) * flat.var + w * q - w * w * d * d).clamp_min(0)
+        # one σ per task: the root of its dimensions' mean variance, floored
+        floor = _REL_FLOOR * flat.per_task(mean.abs()) + _ABS_FLOOR
+        root = flat.per_task(var).sqrt()
+        valid = flat.valid | (root > floor)
+        old = flat.sigma[flat.first]
+        sigma = torch.where(valid, torch.maximum(root, floor), old)
+        bad = flat.per_task((~(torch.isfinite(mean) & torch.isfinite(var))).to(mean.dtype))
+        ok = (n > 0) & (bad == 0) & torch.isfinite(sigma)
         # ART: preserve σ·raw + μ (from the second batch on; the first reinterprets the head)
-        scale = torch.where(ok & started, s.sigma / sigma, torch.ones_like(sigma))
-        shift = torch.where(ok & started, (s.mu - mean) / sigma, torch.zeros_like(sigma))
-        head = self.heads.get(name)
-        if head is not None and not head.detached:
-            first, width = head.columns[name]
-            weight, bias = head.module.weight, head.module.bias
-            assert bias is not None  # checked by _match
-            w, b = weight[first : first + width], bias[first : first + width]
-            w.mul_(scale.to(weight.device, weight.dtype).unsqueeze(1))
-            b.mul_(scale.to(bias.device, bias.dtype)).add_(shift.to(bias.device, bias.dtype))
-        s.mean.copy_(torch.where(ok, mean, s.mean))
-        s.var.copy_(torch.where(ok, var, s.var))
-        s.count.copy_(torch.where(ok, total.reshape(()), s.count))
-        s.valid.copy_(torch.where(ok, valid, s.valid))
-        s.skipped.add_((~ok & (n > 0).all()).to(s.skipped.dtype))
-        s.mu.copy_(torch.where(ok, mean, s.mu))
-        s.sigma.copy_(torch.where(ok, sigma, s.sigma))
-        s.ready.copy_(s.ready | ok)
-        self._sync(name)
-
-    def _ensure(self, name: str, rows: Tensor) -> None:
-        """Check the targets' shape against the task's statistics; create these at its first
-        batch (on the targets' device, in float64 where the device has it)."""
-        stats = self._stats.get(name)
-        if stats is not None and rows.shape[1] != stats.dim:
-            raise ValueError(
-                f"Task {name!r}: targets have {rows.shape[1]} values per sample, the normaliser "
-                f"was set up for {stats.dim}."
-            )
-        if stats is None:
-            dtype = torch.float32 if rows.device.type == "mps" else torch.float64
-            self._stats[name] = _Stats.empty(rows.shape[1], rows.device, dtype)
+        go = ok & (flat.count > 0)
+        scale = torch.where(go, old / sigma, torch.ones_like(sigma))[seg]
+        shift = torch.where(go[seg], (flat.mu - mean) / sigma[seg], torch.zeros_like(mean))
+        self._rescale(scale, shift)
+        each = ok[seg]
+        flat.mean.copy_(torch.where(each, mean, flat.mean))
+        flat.var.copy_(torch.where(each, var, flat.var))
+        flat.count.copy_(torch.where(ok, total, flat.count))
+        flat.valid.copy_(torch.where(ok, valid, flat.valid))
+        flat.skipped.add_((~ok & (n > 0)).to(flat.skipped.dtype))
+        flat.mu.copy_(torch.where(each, mean, flat.mu))
+        flat.sigma.copy_(torch.where(each, sigma[seg], flat.sigma))
+        flat.ready.copy_(flat.ready | ok)
+        self._sync()
 
     # ------------------------------------------------------------------ the loss
     def normalized(self, task: str, output: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         """``(output_n, target_n)`` for the task's loss: ``(output − μ)/σ`` and
         ``(target − μ)/σ``; for a located head ``output_n`` is its raw output (the same value,
         without the round trip). A task that is not normalised is returned as it is."""
-        stats = self._stats.get(task)
-        if task not in self.names or stats is None:
+        flat = self._flat
+        if task not in self.names or flat is None or task not in flat.stats:
             return output, target
+        stats = flat.stats[task]
         dtype = torch.promote_types(output.dtype, torch.float32)
         shape = target.shape[1:] if target.dim() > 1 else ()
-        mu = stats.mu.to(target.device, dtype, copy=True).reshape(shape)
-        sigma = stats.sigma.to(target.device, dtype, copy=True).reshape(shape)
+        mu, sigma = flat.loss32[task] if dtype == torch.float32 else (stats.mu, stats.sigma)
+        mu = mu.to(target.device, dtype).reshape(shape)  # apply() changes them between steps
+        sigma = sigma.to(target.device, dtype).reshape(shape)
         target_n = (target.to(dtype) - mu) / sigma
         head = self.heads.get(task)
         if head is not None and not head.detached and head.last is not None:
@@ -622,7 +798,12 @@ class TargetNormalizer:
     def stats(self) -> dict[str, dict[str, float]]:
         """``{task: {"mu", "sigma", "fallback", "located", "skipped"}}`` (per dimension
         ``mu[i]``, ``sigma[i]`` when a target has several values; flags as 0/1). Reads the
-        device: call it when a record is written, not every step."""
+        device after the statistics changed (once in ``every`` steps)."""
+        if self._report is None:
+            self._report = self._read()
+        return {name: dict(row) for name, row in self._report.items()}
+
+    def _read(self) -> dict[str, dict[str, float]]:
         out: dict[str, dict[str, float]] = {}
         for name in self.names:
             s = self._stats.get(name)
@@ -648,6 +829,8 @@ class TargetNormalizer:
         is wrapped."""
         return {
             "beta": self.beta,
+            "every": self.every,
+            "warmup": self.warmup,
             "tasks": {
                 n: {k: v.clone() for k, v in s.tensors().items()} for n, s in self._stats.items()
             },
@@ -663,6 +846,8 @@ class TargetNormalizer:
         attach that follows); the model's own state (its normalised heads) is the user's to
         load. Tasks that fell back stay loss-only; with ``auto``, the tasks chosen stay chosen."""
         self.beta = float(state["beta"])
+        # states from before the schedule observed every batch; they go on doing so
+        self.every, self.warmup = int(state.get("every", 1)), int(state.get("warmup", 0))
         for name in [*state["tasks"], *(state.get("names") or [])]:
             if name not in self.regression:
                 raise ValueError(
@@ -671,19 +856,23 @@ class TargetNormalizer:
                 )
         if state.get("names") is not None:  # the tasks chosen (all of them before ``auto``)
             self.names, self.choosing = list(state["names"]), False
-        for name, tensors in state["tasks"].items():
-            dim = int(tensors["mean"].numel())
-            mean = tensors["mean"]
-            if name not in self._stats or self._stats[name].dim != dim:
-                self._stats[name] = _Stats.empty(dim, mean.device, mean.dtype)
-            for key, value in self._stats[name].tensors().items():
-                value.copy_(tensors[key].to(value.device, value.dtype))
-            self._observed.add(name)
+        saved = state["tasks"]
+        if saved:
+            names = sorted(saved, key=lambda n: self.names.index(n) if n in self.names else 1e9)
+            dims = [int(saved[n]["mean"].numel()) for n in names]
+            flat = self._flat
+            if flat is None or flat.names != names or flat.dims != dims:
+                mean = saved[names[0]]["mean"]
+                self._flat = _Flat.build(names, dims, mean.device, mean.dtype)
+                self._groups = None
+            for name in names:
+                for key, value in self._stats[name].tensors().items():
+                    value.copy_(saved[name][key].to(value.device, value.dtype))
+                self._observed.add(name)
         self.notes.update(state.get("notes", {}))
         for name, (path, first, width) in state.get("heads", {}).items():
             self._paths[name] = (str(path), int(first), int(width))
-        for name in self.heads:
-            self._sync(name)
+        self._sync()
         self._resolve()
 
     def detach(self, model: nn.Module | None = None) -> None:
@@ -700,6 +889,7 @@ class TargetNormalizer:
                 if head.hook is not None:
                     head.hook.remove()
                 head.detached, head.last = True, None
+                self._groups = self._report = None
                 weight, bias = head.module.weight, head.module.bias
                 assert bias is not None
                 weight.mul_(head.sigma.to(weight.device, weight.dtype).unsqueeze(1))

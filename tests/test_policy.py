@@ -205,7 +205,7 @@ def test_inspect_shows_mean_weights_and_gates(digits, tmp_path):
     assert "mean w" in result.output and "active terms" in result.output
     assert (tmp_path / "w.png").stat().st_size > 10_000
     step = CliRunner().invoke(app, ["inspect", str(trace), "--step", "0"], env={"COLUMNS": "160"})
-    assert "retrieved" in step.output and "explore" in step.output
+    assert "not counted" in step.output and "explore" in step.output
 
 
 def test_policy_is_reachable_by_name(digits):

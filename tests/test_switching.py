@@ -35,11 +35,11 @@ def _data(n: int, seed: int, outliers: float) -> tuple[torch.Tensor, dict[str, t
     return x, {"dirty": dirty, "clean": torch.sin(x @ b / 3)}
 
 
-def _train(policy, outliers: float, steps: int = 500):
+def _train(policy, outliers: float, steps: int = 500, trace=None):
     torch.manual_seed(0)
     model = MultiTaskMLP(8, [64], TASKS)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    composer = lossrag.wrap(model, TASKS, policy, shared=model.trunk, seed=0)
+    composer = lossrag.wrap(model, TASKS, policy, shared=model.trunk, seed=0, trace=trace)
     for i in range(steps):
         x, y = _data(128, i, outliers)
         opt.zero_grad()
@@ -116,3 +116,83 @@ def test_gross_errors_switch_a_robust_loss_on_and_clean_targets_keep_the_natural
 
     quiet, _ = _train(load_policy("default", refresh_every=20), 0.0)
     assert quiet.method.active == {"dirty": ["l2"], "clean": ["l2"]}
+
+
+def test_a_switched_on_loss_that_goes_non_finite_is_switched_off_and_the_step_is_kept():
+    """Bad input: once the robust loss is on, make it return NaN. The step trains on without
+    it (not skipped, parameters move), the record says why, and it never comes on again."""
+    torch.manual_seed(0)
+    policy = load_policy("default", refresh_every=20)
+    model = MultiTaskMLP(8, [64], TASKS)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    composer = lossrag.wrap(model, TASKS, policy, shared=model.trunk, seed=0)
+    step = 0
+    while policy.active["dirty"] == ["l2"]:
+        assert step < 400, "no robust loss switched on"
+        x, y = _data(128, step, 0.15)
+        opt.zero_grad()
+        composer.backward(model(x), y)
+        opt.step()
+        step += 1
+    robust = next(e for e in policy.active["dirty"] if e != "l2")
+    loss = policy.library.loss
+
+    def broken(task, entry, *args):
+        value = loss(task, entry, *args)
+        return value * float("nan") if entry == robust else value
+
+    policy.library.loss = broken
+    before = [p.detach().clone() for p in model.parameters()]
+    x, y = _data(128, step, 0.15)
+    opt.zero_grad()
+    record = composer.backward(model(x), y)
+    opt.step()
+    assert not record.skipped
+    assert "non-finite" in (record.reason or "") and robust in record.reason
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters(), strict=True))
+    assert robust not in policy.active["dirty"] and policy.active["dirty"]
+    for i in range(step + 1, step + 200):  # later retrievals do not bring it back
+        x, y = _data(128, i, 0.15)
+        opt.zero_grad()
+        assert not composer.backward(model(x), y).skipped
+        opt.step()
+        assert robust not in policy.active["dirty"]
+    state = composer.state_dict()
+    assert ["dirty", robust] in state["method"]["gates"]["failed"]
+    composer.close()
+
+
+def test_inspect_shows_every_candidate_its_evidence_and_why_its_gate_moved(tmp_path):
+    """The trace of a run in which a robust loss switches on: every retrieval lists each
+    candidate's utility and the gate's evidence; the switch's note agrees with the evidence it
+    was taken on; ``lossrag inspect --candidates`` prints them."""
+    from typer.testing import CliRunner
+
+    from lossrag.cli import app
+    from lossrag.inspect import retrievals
+    from lossrag.record import read_trace
+
+    trace = tmp_path / "run.jsonl"
+    composer, _ = _train(load_policy("default", refresh_every=20), 0.15, steps=300, trace=trace)
+    listed = retrievals(read_trace(trace))
+    assert len(listed) >= 3
+    most = composer.method.max_terms
+    for r in listed[1:]:  # a candidate without evidence found its task full
+        for t in r.terms:
+            full = sum(u.active for u in r.terms if u.task == t.task) >= most
+            assert t.utility is None or (t.seen or 0) >= 1 or (not t.active and full)
+    gated = [t for r in listed[1:] for t in r.terms if t.seen is not None]
+    switched = [t for t in gated if (t.note or "").startswith("on:")]
+    assert switched, "no gate moved"
+    spread, margin = composer.method.gates.spread, composer.method.gates.margin
+    for t in switched:
+        assert t.mean_utility is not None and t.seen is not None
+        assert t.mean_utility - spread / t.seen**0.5 > margin
+        assert f"{t.mean_utility:.2f}" in (t.note or "")
+    result = CliRunner().invoke(
+        app, ["inspect", str(trace), "--candidates"], env={"COLUMNS": "200"}
+    )
+    assert result.exit_code == 0, result.output
+    assert "candidates at each retrieval" in result.output and switched[0].loss in result.output
+    assert "mean utility" in result.output

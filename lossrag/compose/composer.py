@@ -336,7 +336,8 @@ class Composer:
             if self.step == 0:
                 self.normalizer.begin(self.sync.sum(self.normalizer.first_moments(targets)))
                 self.normalizer.locate(outputs)
-            observed = self.normalizer.observe(targets)  # before the loss: step 0 uses it
+            if self.normalizer.due(self.step):  # before the loss: step 0 uses it
+                observed = self.normalizer.observe(targets)
         own = self._window is None
         if own:
             self._window = _Window(1)

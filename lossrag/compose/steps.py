@@ -215,12 +215,18 @@ class PolicyStep(Step):
         candidates: list[Term] = []
         context: dict[str, dict[str, float]] = {}
         values = stats.tolist()
-        bad = [
-            f"{k.task}:{k.loss}" for k, v in zip(terms, values, strict=True) if not math.isfinite(v)
-        ]
+        bad = [k for k, v in zip(terms, values, strict=True) if not math.isfinite(v)]
+        failed = [k for k in bad if k.loss != policy.natural[k.task]]
+        if bad and failed == bad and not (window is not None and window.skipped):
+            # a switched-on loss failed, not the task's own: go on without it (for good)
+            note = "; ".join(filter(None, [note, policy.fail(failed)]))
+            kept = [i for i, k in enumerate(terms) if k not in failed]
+            terms, values = [terms[i] for i in kept], [values[i] for i in kept]
+            parts = [parts[i] for i in kept]
+            losses, bad = torch.stack(parts), []
         if bad or (window is not None and window.skipped):
             why = (
-                f"non-finite loss in {', '.join(bad)}"
+                f"non-finite loss in {', '.join(f'{k.task}:{k.loss}' for k in bad)}"
                 if bad
                 else "an earlier micro-batch of this optimizer step was skipped"
             )

@@ -54,6 +54,20 @@ class Gates:
         self.count: dict[TermKey, int] = {}
         #: term -> (utilities since its last switch, their mean)
         self.evidence: dict[TermKey, tuple[int, float]] = {}
+        #: terms whose loss came out non-finite while on (:meth:`fail`): never on again
+        self.failed: set[TermKey] = set()
+
+    def fail(self, active: dict[str, list[str]], keys: Iterable[TermKey]) -> dict[TermKey, str]:
+        """Switch ``keys`` off for good (their loss came out non-finite); their notes."""
+        notes = {}
+        for key in keys:
+            if key.loss in active[key.task]:
+                active[key.task].remove(key.loss)
+            self.failed.add(key)
+            self.count.pop(key, None)
+            self.evidence.pop(key, None)
+            notes[key] = "off: its loss was not finite; not switched on again"
+        return notes
 
     def update(self, key: TermKey, utility: float, active: bool) -> tuple[bool, str | None]:
         """Fold one utility in; return the term's new state and, if it changed, why."""
@@ -105,7 +119,10 @@ class Gates:
         for key, utility in utilities:
             terms = active[key.task]
             is_on = key.loss in terms
+            if key in self.failed:
+                continue
             if not is_on and len(terms) >= max_terms:
+                notes[key] = f"not counted: {len(terms)} terms of the task on (max_terms)"
                 continue
             now_on, why = self.update(key, utility, is_on)
             moved |= now_on != is_on or self.count.get(key, 0) > 0
@@ -128,6 +145,7 @@ class Gates:
         return {
             "count": nest(self.count),
             "evidence": nest({k: list(v) for k, v in self.evidence.items()}),
+            "failed": [list(k) for k in sorted(self.failed)],
         }
 
     def load_state_dict(self, state: dict[str, Any], tasks: Collection[str] = ()) -> None:
@@ -137,3 +155,4 @@ class Gates:
         self.evidence = {
             k: (int(v[0]), float(v[1])) for k, v in unnest(state.get("evidence", {}), tasks).items()
         }
+        self.failed = {TermKey(str(t), str(loss)) for t, loss in state.get("failed", [])}

@@ -247,6 +247,13 @@ class LossRAG(Method):
         """Whether this step refreshes the context, retrieval and scores."""
         return self.schedule.due(step)
 
+    def fail(self, keys: list[TermKey]) -> str:
+        """Switch off, for good, switched-on terms whose loss came out non-finite (the step goes
+        on without them; :class:`~lossrag.policy.gates.Gates` keeps them off); the note."""
+        self.notes.update(self.gates.fail(self.active, keys))
+        self._reweigh()
+        return "switched off, non-finite loss: " + ", ".join(f"{k.task}:{k.loss}" for k in keys)
+
     # ------------------------------------------------------------------ refresh
     def refresh(
         self,
@@ -368,6 +375,9 @@ class LossRAG(Method):
         utilities = self._utilities(keys)
         if gate:
             self._gate(utilities)
+        else:
+            why = "not counted: first retrieval (untrained model)"
+            self.notes = {k: why for k in keys if k.loss not in self.active[k.task]}
         self._reweigh()
         return self.candidate_terms(dict(utilities))
 
@@ -384,11 +394,15 @@ class LossRAG(Method):
 
     def candidate_terms(self, utilities: Mapping[TermKey, float] | None = None) -> list[Term]:
         """Every candidate of the last retrieval as a record term: weight, gate, score, the note
-        of its last gate change (or ``retrieved`` / ``explore`` / ``active``) and utility."""
+        of its last gate change (or ``retrieved`` / ``explore`` / ``active``), utility and the
+        gate's evidence so far."""
         terms = []
         for key, c in zip(self.candidate_keys(), self._listed(), strict=True):
             on = c.entry in self.active[key.task]
-            default = "explore" if c.explore else "active" if on else "retrieved"
+            note = self.notes.get(key) or ("active" if on else "retrieved")
+            if c.explore and not note.startswith(("on:", "off:")):
+                note = f"explore; {note}" if note.startswith("not") else "explore"
+            seen, mean = self.gates.evidence.get(key, (None, None))
             terms.append(
                 Term.model_construct(
                     task=key.task,
@@ -396,8 +410,10 @@ class LossRAG(Method):
                     weight=self.weights.get(key, 0.0),
                     active=on,
                     score=self.scores.get(key),
-                    note=self.notes.get(key) or default,
+                    note=note,
                     utility=None if utilities is None else utilities.get(key),
+                    seen=seen,
+                    mean_utility=mean,
                 )
             )
         return terms
