@@ -32,7 +32,8 @@ def _grouped_z(values: Sequence[float], groups: Sequence[str]) -> list[float]:
 class Prior(BaseModel):
     """Coefficients of the prior score, in logits of the weight softmax.
 
-    A task's score is ``learn·z_r + align·cos(∇L/L, mean) + slow·z_s + learnable_slow·z_s·z_r``
+    A task's score is ``learn·z_r + align·cos(∇L/L, mean) + slow·z_s +
+    learnable_slow·max(z_s, 0)·z_r``
     with ``z_r = z(log ‖∇L‖/L)`` and ``z_s = z(slope of log L)``, each ``z`` standardised across
     the tasks trained with the same loss function and clipped to ±2:
 
@@ -46,8 +47,11 @@ class Prior(BaseModel):
       particular;
     - *slow learners* (a flat or rising ``log L``) get more weight, as in FAMO and GradNorm;
     - *learnable slow learners*: a junk task is a slow learner too (its loss is irreducible), so
-      the interaction ``z_s·z_r`` gives the slow-learner bonus to learnable tasks and takes it
-      from unlearnable ones (0 in the hand-set prior; meta-trained).
+      the interaction ``max(z_s, 0)·z_r`` gives the slow-learner bonus to learnable tasks and
+      takes it from unlearnable ones (0 in the hand-set prior; meta-trained). Only slow learners
+      (``z_s > 0``) get it: the plain product ``z_s·z_r`` also docked every fast, learnable task,
+      which put the junk tasks of ``mnist1d-noisy`` above clean ones in every seed (with
+      ``max``: below every clean task in seeds 0-2).
 
     A candidate other than the task's natural loss adds ``candidate·(its log GSNR on the user's
     model − the natural loss's) − switch_cost``: a loss is switched on only when it gives a
@@ -82,7 +86,7 @@ class Prior(BaseModel):
         cross-entropy and of a squared error differ by construction."""
         learn, slow = _grouped_z(norm_ratio, groups), _grouped_z(slopes, groups)
         return [
-            self.learn * r + self.align * c + self.slow * s + self.learnable_slow * s * r
+            self.learn * r + self.align * c + self.slow * s + self.learnable_slow * max(s, 0) * r
             for r, c, s in zip(learn, cos_mean, slow, strict=True)
         ]
 
