@@ -103,6 +103,13 @@ TASKS = [
     Task("row", kind="regression", metric="mae"),
 ]
 HIGHER_IS_BETTER = {"accuracy": True, "mae": False}
+#: ``--targets junk``: two tasks trained but never scored, whose targets carry no signal.
+JUNK = [
+    Task("shuffled", kind="classification", num_classes=10),  # digit labels of other images
+    Task("noise", kind="regression"),  # N(0, 1) per image
+]
+#: Per method, each seed's mean weight per task over the run (LossRAG policies).
+WEIGHTS: dict[str, list[dict[str, float]]] = {}
 N_TRAIN = 1297
 #: ``--targets raw``: ``(offset, scale)`` of each regression target (a large offset, a tiny scale).
 UNITS: dict[str, tuple[float, float]] = {}
@@ -137,12 +144,13 @@ class SmallCNN(nn.Module):
 
 
 def data(
-    units: bool = False, outliers: float = 0.0
+    units: bool = False, outliers: float = 0.0, junk: bool = False
 ) -> tuple[Tensor, dict[str, Tensor], Tensor, dict[str, Tensor]]:
     """Train and test inputs ``(N, 64)`` in [0, 1] and their targets (fixed split); with
     ``units``, the standardised regressions ``z`` become ``offset + scale·z`` (:data:`UNITS`);
     with ``outliers``, that share of the *training* ``ink`` targets gets a one-sided gross error
-    of ``10·|N(0, 1)|`` standard deviations (the test split stays clean)."""
+    of ``10·|N(0, 1)|`` standard deviations (the test split stays clean); with ``junk``, the
+    training targets of :data:`JUNK` are added."""
     raw = load_digits()
     x = torch.tensor(raw.data, dtype=torch.float32) / 16.0
     label = torch.tensor(raw.target, dtype=torch.long)
@@ -163,6 +171,10 @@ def data(
         g = torch.Generator().manual_seed(4321)
         hit = torch.rand(len(tr), generator=g) < outliers
         train["ink"] = train["ink"] + hit * 10 * torch.randn(len(tr), generator=g).abs()
+    if junk:
+        g = torch.Generator().manual_seed(2468)
+        train["shuffled"] = train["digit"][torch.randperm(len(tr), generator=g)]
+        train["noise"] = torch.randn(len(tr), generator=g)
     return x[tr], train, x[te], {k: v[te] for k, v in y.items()}
 
 
@@ -195,6 +207,7 @@ def run(
     ``default`` chooses ``"auto"`` itself. With ``--targets raw`` the regressions are in odd
     units (``UNITS``): their MAE is reported divided by the unit, comparable to ``standard``."""
     xtr, ytr, xte, yte = DATA
+    label = method
     torch.manual_seed(seed)
     model = SmallCNN(tasks)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -212,14 +225,20 @@ def run(
     composer = lossrag.wrap(model, tasks, policy, shared=model.trunk, seed=seed, **options)
     gen = torch.Generator().manual_seed(seed)
     worst = 1.0
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
     for _ in range(epochs):
         order = torch.randperm(len(xtr), generator=gen)
         for i in range(0, len(xtr) - BATCH + 1, BATCH):
             idx = order[i : i + BATCH]
             opt.zero_grad()
             y = {t.name: ytr[t.name][idx] for t in tasks}
-            composer.backward(model(xtr[idx]), y)
+            record = composer.backward(model(xtr[idx]), y)
             opt.step()
+            for name, w in record.task_weights().items():
+                if w is not None:
+                    sums[name] = sums.get(name, 0.0) + w
+                    counts[name] = counts.get(name, 0) + 1
             m = _multipliers(composer.method)
             if m:
                 per_task: dict[str, float] = {}
@@ -229,12 +248,15 @@ def run(
                 if len(positive) > 1:
                     worst = max(worst, max(positive) / min(positive))
     composer.close()
+    if hasattr(composer.method, "tracker"):  # a LossRAG policy: its mean weights
+        WEIGHTS.setdefault(label, []).append({n: sums[n] / counts[n] for n in sums})
     model.eval()
     with torch.no_grad():
         out = model(xte)
     return {
         t.name: metric(t, out[t.name], yte[t.name]) / UNITS.get(t.name, (0.0, 1.0))[1]
         for t in tasks
+        if t.name in yte
     }, worst
 
 
@@ -274,10 +296,11 @@ def main() -> None:
     parser.add_argument("--table", help="print the table of a --json file and exit")
     parser.add_argument(
         "--targets",
-        choices=["standard", "raw", "outliers"],
+        choices=["standard", "raw", "outliers", "junk"],
         default="standard",
         help="raw: ink = 1e3 + 1e2·z, row = 1e-3·z (MAE reported in units of z); outliers: 15 %% "
-        "of the training ink targets get a gross error (test clean)",
+        "of the training ink targets get a gross error (test clean); junk: two more tasks "
+        "trained, never scored, whose targets carry no signal (shuffled labels, pure noise)",
     )
     parser.add_argument(
         "--popart", action="store_true", help="run the target-normalisation measurement instead"
@@ -290,6 +313,8 @@ def main() -> None:
         DATA = data(units=True)
     elif args.targets == "outliers":
         DATA = data(outliers=0.15)
+    elif args.targets == "junk":
+        DATA = data(junk=True)
     if args.table:
         with open(args.table) as f:
             saved = json.load(f)
@@ -310,14 +335,17 @@ def main() -> None:
                     scores.update(run("ew" + method[3:], seed, args.epochs, [task])[0])
                 ratio = math.nan
             else:
-                scores, ratio = run(method, seed, args.epochs, overrides=overrides)
+                tasks = TASKS + JUNK if args.targets == "junk" else TASKS
+                scores, ratio = run(method, seed, args.epochs, tasks, overrides=overrides)
             results.setdefault(method, []).append(scores)
             ratios.setdefault(method, []).append(ratio)
         print(f"# {method}: {time.perf_counter() - t0:.0f} s", flush=True)
     report(results, ratios)
+    weights_report()
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"results": results, "ratios": ratios, "overrides": overrides}, f, indent=1)
+            saved = {"results": results, "ratios": ratios, "overrides": overrides}
+            json.dump({**saved, "weights": WEIGHTS}, f, indent=1)
 
 
 def report(results: dict[str, list[dict[str, float]]], ratios: dict[str, list[float]]) -> None:
@@ -350,6 +378,26 @@ def report(results: dict[str, list[dict[str, float]]], ratios: dict[str, list[fl
         finite = [x for x in ratios.get(m, []) if math.isfinite(x) and x > 1.0]
         ratio = f"{max(finite):.1f}" if finite else "-"
         print(f"{m:<34}{cells}{dm:>13}  {ratio:>15}  {', '.join(starved) or '-'}")
+
+
+def weights_report() -> None:
+    """Each LossRAG policy's mean weight per task (mean over seeds), and in how many seeds every
+    junk task (:data:`JUNK`) got less than every scored task."""
+    junk = {t.name for t in JUNK}
+    for method, seeds in WEIGHTS.items():
+        names = list(seeds[0])
+        cells = "  ".join(f"{n} {statistics.mean(s[n] for s in seeds):.3f}" for n in names)
+        below = sum(
+            max(s[n] for n in names if n in junk) < min(s[n] for n in names if n not in junk)
+            for s in seeds
+            if junk & set(s)
+        )
+        tail = (
+            f"  (junk below every scored task in {below}/{len(seeds)} seeds)"
+            if junk & set(names)
+            else ""
+        )
+        print(f"mean weights, {method}: {cells}{tail}")
 
 
 def popart(seeds: Sequence[int], epochs: int) -> None:
