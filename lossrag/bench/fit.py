@@ -6,6 +6,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -42,6 +43,7 @@ def fit(
     on_step: Callable[[StepRecord], None] | None = None,
     split: str = "test",
     only: str | None = None,
+    normalize_targets: bool | Literal["auto"] | None = None,
 ) -> FitResult:
     """Train ``problem.build_model(seed)`` on ``problem.load(seed).train`` with ``policy`` through
     :func:`lossrag.wrap`, then evaluate on ``split``. A method that learns from held-out batches
@@ -51,7 +53,8 @@ def fit(
     Everything random (data order, model init, the method's own stream) follows ``seed``. Uses the
     problem's budget (epochs, batch size, Adam learning rate); ``epochs`` overrides the budget.
     ``only`` names one task to train alone (a single-task baseline: same model, data and budget;
-    the other heads get no gradient and are not scored).
+    the other heads get no gradient and are not scored). ``normalize_targets`` goes to
+    :func:`lossrag.wrap` (``None``: the method's own choice).
     """
     torch.manual_seed(seed)
     splits = problem.load(seed)
@@ -79,6 +82,7 @@ def fit(
         query=query_batches(problem, splits.val, seed) if needs_query else None,
         optimizer=optimizer,
         query_tasks=[n for n in problem.scored if n in names] if needs_query else None,
+        normalize_targets=normalize_targets,
     )
     order = torch.Generator().manual_seed(seed)
     wall0, cpu0 = time.perf_counter(), time.process_time()

@@ -32,7 +32,7 @@ import warnings
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from rich.console import Console
@@ -120,15 +120,23 @@ def _run(
     correction (``theta`` None: EW)."""
     import torch
 
-    from lossrag.bench.fit import fit
-
     torch.set_num_threads(1)
     dist, seed, theta, correction = job
     problem = sample_problem(dist, seed)
-    policy = "ew" if theta is None else policy_from(theta, correction)
+    if theta is None:
+        return _quiet_fit(problem, "ew", seed, None)
+    # as the shipped policy trains (DefaultPolicy): targets far from unit scale normalised
+    return _quiet_fit(problem, policy_from(theta, correction), seed, "auto")
+
+
+def _quiet_fit(
+    problem: Any, policy: Any, seed: int, normalize: bool | Literal["auto"] | None
+) -> dict[str, float]:
+    from lossrag.bench.fit import fit
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return fit(problem, policy, seed, split="val").metrics
+        return fit(problem, policy, seed, split="val", normalize_targets=normalize).metrics
 
 
 def _adapt(job: tuple[Distribution, int, list[float], Weights, float]) -> Weights:
@@ -289,6 +297,7 @@ def train(
                 "generation": t,
                 "reward_mean_abs": float(np.abs(rewards).mean()),
                 "theta": dict(zip(PARAMS, theta.round(4).tolist(), strict=True)),
+                "grad": dict(zip(PARAMS, grad.round(4).tolist(), strict=True)),
             }
             if t % es.eval_every == 0 or t == es.generations:
                 entry["objective"] = objective(theta)

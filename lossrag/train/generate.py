@@ -3,8 +3,11 @@
 Every problem shares one input distribution: ``x ~ N(0, I)``, a hidden teacher
 ``z = tanh(x A / √d)``, and tasks read out of ``z``:
 
-- *regression*: ``y = s·(sin(z·u) + ½ z·v) + s·σ·ε`` with a loss scale ``s²`` from 10⁻⁴ to 10⁴ and
-  target noise ``σ``;
+- *regression*: ``y = s·(c + sin(z·u) + ½ z·v) + s·σ·ε`` with a loss scale ``s²`` from 10⁻⁴ to
+  10⁴, an offset ``c`` and target noise ``σ`` (Gaussian, or Student-t for heavy tails), scored by
+  MSE or MAE; a share of the training and validation targets may carry gross one-sided errors
+  (``+10·s·|N(0, 1)|``, the test split stays clean), where a robust loss serves the metric
+  better than L2;
 - *classification*: ``y = argmax(zW + τ·Gumbel)``, then a fraction of labels flipped at random;
 - *junk*: regression targets that are pure noise, or uniformly random labels; trained, never
   scored;
@@ -22,6 +25,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from lossrag.bench.data.corrupt import add_outliers
 from lossrag.bench.problems.base import Budget, Problem, Split, Splits
 from lossrag.tasks import Task
 
@@ -37,6 +41,10 @@ class TaskSpec(BaseModel):
         log10_scale: ``log10 s`` of a regression target (its loss scales as ``s²``).
         noise: Target noise ``σ`` (regression) or label flip rate (classification).
         junk: Targets are pure noise; trained but not scored.
+        offset: Regression target offset ``c``, in units of ``s``.
+        tail: Student-t degrees of freedom of the regression noise (``None``: Gaussian).
+        outliers: Share of the training and validation regression targets with a gross error.
+        metric: The regression task's scored metric.
         source: Index of the task this one duplicates or conflicts with (else ``None``).
         relation: ``duplicate`` or ``conflict`` when ``source`` is set.
     """
@@ -48,6 +56,10 @@ class TaskSpec(BaseModel):
     log10_scale: float = 0.0
     noise: float = Field(default=0.0, ge=0.0)
     junk: bool = False
+    offset: float = 0.0
+    tail: float | None = Field(default=None, gt=0.0)
+    outliers: float = Field(default=0.0, ge=0.0, le=1.0)
+    metric: Literal["mse", "mae"] = "mse"
     source: int | None = None
     relation: Literal["duplicate", "conflict"] | None = None
 
@@ -71,7 +83,7 @@ class GeneratedProblem(Problem):
 
     def _make_tasks(self) -> list[Task]:
         return [
-            Task(f"t{i}", kind="regression", metric="mse")
+            Task(f"t{i}", kind="regression", metric=s.metric)
             if s.kind == "regression"
             else Task(f"t{i}", kind="classification", num_classes=s.classes)
             for i, s in enumerate(self.specs)
@@ -95,12 +107,18 @@ class GeneratedProblem(Problem):
                 readouts[i] = readouts[s.source]
         rng = self.rng(seed)
         train, val, test = (
-            self._split(a, readouts, n, rng) for n in (self.n_train, self.n_val, self.n_test)
+            self._split(a, readouts, n, rng, corrupt)
+            for n, corrupt in ((self.n_train, True), (self.n_val, True), (self.n_test, False))
         )
         return Splits(train, val, test)
 
     def _split(
-        self, a: np.ndarray, readouts: list[np.ndarray], n: int, rng: np.random.Generator
+        self,
+        a: np.ndarray,
+        readouts: list[np.ndarray],
+        n: int,
+        rng: np.random.Generator,
+        corrupt: bool,
     ) -> Split:
         x = rng.standard_normal((n, self.in_features))
         z = np.tanh(x @ a / np.sqrt(self.in_features))
@@ -111,7 +129,11 @@ class GeneratedProblem(Problem):
                 sign = -1.0 if s.relation == "conflict" else 1.0
                 clean = sign * np.sin(3.0 * proj[:, 0]) + 0.5 * proj[:, 1]
                 clean = rng.standard_normal(n) if s.junk else clean
-                value = 10.0**s.log10_scale * (clean + s.noise * rng.standard_normal(n))
+                eps = rng.standard_normal(n) if s.tail is None else rng.standard_t(s.tail, n)
+                value = s.offset + clean + s.noise * eps
+                if corrupt and s.outliers > 0:
+                    value = add_outliers(value, s.outliers, 10.0, rng)
+                value = 10.0**s.log10_scale * value
                 y[f"t{i}"] = torch.from_numpy(value.astype(np.float32))
             else:
                 logits = proj * (-1.0 if s.relation == "conflict" else 1.0) * 3.0
@@ -132,6 +154,13 @@ class Distribution(BaseModel):
         noise: Range of the regression target noise ``σ``.
         label_flip: Range of the classification label flip rate.
         junk: Probability that a task is junk.
+        outliers: Probability that a regression task's training and validation targets carry
+            gross errors, on a share drawn from ``outlier_share``.
+        heavy_tail: Probability that a regression task's noise is Student-t, with degrees of
+            freedom drawn from ``tail_dof``.
+        offset: Range of ``|c|``, a regression target's offset in units of its scale (sign at
+            random).
+        mae: Probability that a regression task is scored by MAE (else MSE).
         duplicate: Probability that a task duplicates an earlier one.
         conflict: Probability that a task conflicts with an earlier one.
         n_train: Range of training-set sizes.
@@ -149,6 +178,12 @@ class Distribution(BaseModel):
     noise: tuple[float, float] = (0.0, 1.0)
     label_flip: tuple[float, float] = (0.0, 0.4)
     junk: float = Field(default=0.15, ge=0.0, le=1.0)
+    outliers: float = Field(default=0.0, ge=0.0, le=1.0)
+    outlier_share: tuple[float, float] = (0.05, 0.2)
+    heavy_tail: float = Field(default=0.0, ge=0.0, le=1.0)
+    tail_dof: tuple[float, float] = (1.5, 5.0)
+    offset: tuple[float, float] = (0.0, 0.0)
+    mae: float = Field(default=0.0, ge=0.0, le=1.0)
     duplicate: float = Field(default=0.1, ge=0.0, le=1.0)
     conflict: float = Field(default=0.1, ge=0.0, le=1.0)
     n_train: tuple[int, int] = (256, 2048)
@@ -159,7 +194,8 @@ class Distribution(BaseModel):
 
     def model_post_init(self, _: object) -> None:
         """Every range is ordered and in bounds."""
-        for name in ("tasks", "log10_scale", "noise", "label_flip", "n_train", "in_features"):
+        ranges = ("log10_scale", "noise", "label_flip", "outlier_share", "tail_dof", "offset")
+        for name in ("tasks", *ranges, "n_train", "in_features"):
             low, high = getattr(self, name)
             if low > high:
                 raise ValueError(f"problems.{name}: the range {low}..{high} is empty.")
@@ -175,6 +211,21 @@ class Distribution(BaseModel):
             raise ValueError(
                 "problems: need n_train >= 16, in_features >= 2 and some hidden widths."
             )
+
+
+def _corruption(dist: Distribution, rng: np.random.Generator) -> dict[str, object]:
+    """A regression task's offset, heavy tail, gross errors and metric. Each is drawn only where
+    the distribution has it, so a recipe without them draws the problems it always drew."""
+    found: dict[str, object] = {}
+    if dist.offset[1] > 0:
+        found["offset"] = float(rng.uniform(*dist.offset)) * float(rng.choice([-1.0, 1.0]))
+    if dist.heavy_tail > 0 and rng.random() < dist.heavy_tail:
+        found["tail"] = float(rng.uniform(*dist.tail_dof))
+    if dist.outliers > 0 and rng.random() < dist.outliers:
+        found["outliers"] = float(rng.uniform(*dist.outlier_share))
+    if dist.mae > 0 and rng.random() < dist.mae:
+        found["metric"] = "mae"
+    return found
 
 
 def sample_problem(dist: Distribution, seed: int) -> GeneratedProblem:
@@ -202,14 +253,13 @@ def sample_problem(dist: Distribution, seed: int) -> GeneratedProblem:
                 )
             )
         else:
-            specs.append(
-                TaskSpec(
-                    kind="regression",
-                    log10_scale=float(rng.uniform(*dist.log10_scale)),
-                    noise=float(rng.uniform(*dist.noise)),
-                    junk=junk,
-                )
+            spec = TaskSpec(
+                kind="regression",
+                log10_scale=float(rng.uniform(*dist.log10_scale)),
+                noise=float(rng.uniform(*dist.noise)),
+                junk=junk,
             )
+            specs.append(spec.model_copy(update=_corruption(dist, rng)))
     if all(s.junk for s in specs):
         specs[0] = specs[0].model_copy(update={"junk": False})
     n_train = int(rng.integers(dist.n_train[0], dist.n_train[1] + 1))
