@@ -77,6 +77,41 @@ def test_generated_problems_are_reproducible_and_span_the_distribution():
     assert not torch.equal(splits.train.x, a.load(1).train.x)
 
 
+def test_generated_corruption_is_drawn_only_where_the_recipe_has_it():
+    """Gross errors (train and validation; the test split clean), heavy tails, offsets and
+    MAE-scored tasks; a distribution without them draws exactly the problems it drew before
+    they existed (digest of the specs of problems 0-9 as drawn then)."""
+    import hashlib
+
+    plain = [sample_problem(Distribution(), s) for s in range(10)]
+    fields = [
+        tuple(
+            (x.kind, x.classes, x.log10_scale, x.noise, x.junk, x.source, x.relation)
+            for x in p.specs
+        )
+        for p in plain
+    ]
+    assert hashlib.sha256(repr(fields).encode()).hexdigest()[:16] == "5665d203c58883b3"
+    assert all(x.outliers == 0 and x.tail is None and x.offset == 0 for p in plain for x in p.specs)
+
+    def first_regression(dist):
+        found = (sample_problem(dist, s) for s in range(50))
+        return next(p for p in found if p.specs[0].kind == "regression")
+
+    tailed = first_regression(Distribution(heavy_tail=1.0)).specs[0]
+    assert tailed.tail is not None and 1.5 <= tailed.tail <= 5
+    problem = first_regression(Distribution(outliers=1.0, offset=(5.0, 10.0), mae=1.0, junk=0))
+    spec = problem.specs[0]
+    assert 0.05 <= spec.outliers <= 0.2 and spec.tail is None and 5 <= abs(spec.offset) <= 10
+    assert problem.tasks[0].metric == "mae"
+    splits = problem.load(0)
+    scale = 10.0**spec.log10_scale
+    for split, dirty in ((splits.train, True), (splits.val, True), (splits.test, False)):
+        z = (split.y["t0"] / scale - spec.offset).numpy()
+        gross = float((np.abs(z - np.median(z)) > 8).mean())  # noise and signal stay within ~5
+        assert (gross > 0) == dirty, gross
+
+
 def test_recipe_errors_name_the_field(tmp_path):
     recipe = load_recipe(_recipe(tmp_path))
     assert recipe.es.generations == 2 and recipe.problems.tasks == (2, 3)
