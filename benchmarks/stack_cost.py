@@ -69,10 +69,27 @@ def _arm(problem: Any, seed: int, kind: str) -> tuple[torch.optim.Optimizer, Ste
 def interleaved(problem_name: str, kinds: list[str], steps: int, seed: int = 0) -> dict[str, Any]:
     """Median and mean step time of each arm, the arms alternating in ABBA order."""
     problem = get_problem(problem_name)
-    splits = problem.load(seed)
     arms = [_arm(problem, seed, k) for k in kinds]
-    times: list[list[float]] = [[] for _ in kinds]
-    order, done, warmup = torch.Generator().manual_seed(seed), 0, 10
+    times = time_arms(problem, arms, steps, seed)
+    return {
+        k: {"median_ms": statistics.median(t) * 1e3, "mean_ms": statistics.fmean(t) * 1e3}
+        for k, t in zip(kinds, times, strict=True)
+    }
+
+
+def time_arms(
+    problem: Any,
+    arms: list[tuple[torch.optim.Optimizer, Step]],
+    steps: int,
+    seed: int = 0,
+    warmup: int = 10,
+) -> list[list[float]]:
+    """Per arm, the times (seconds) of ``steps`` steps after ``warmup``: every step runs each
+    arm once on the same batch (zero_grad, the arm's step, the optimizer's step), the order
+    alternating (ABBA) so that no arm gains from going first."""
+    splits = problem.load(seed)
+    times: list[list[float]] = [[] for _ in arms]
+    order, done = torch.Generator().manual_seed(seed), 0
     while done < steps + warmup:
         for x, y in problem.train_batches(splits, order):
             sequence = range(len(arms)) if done % 2 == 0 else reversed(range(len(arms)))
@@ -87,10 +104,7 @@ def interleaved(problem_name: str, kinds: list[str], steps: int, seed: int = 0) 
             done += 1
             if done >= steps + warmup:
                 break
-    return {
-        k: {"median_ms": statistics.median(t) * 1e3, "mean_ms": statistics.fmean(t) * 1e3}
-        for k, t in zip(kinds, times, strict=True)
-    }
+    return times
 
 
 def _ddp_rank(rank: int, port: int, steps: int, out: str) -> None:

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from typing import Any
 
 import torch
+from stack_cost import time_arms  # benchmarks/stack_cost.py, beside this script
 
 from lossrag.bench.problems import get_problem
 from lossrag.compose import wrap
@@ -30,34 +30,21 @@ ARMS: list[tuple[str, dict[str, Any]]] = [
 ]
 
 
-def measure(name: str, steps: int, warmup: int = 20) -> list[list[float]]:
-    """Per arm, the step times (seconds) after ``warmup`` steps."""
+def measure(name: str, steps: int) -> list[list[float]]:
+    """Per arm, the step times (seconds) after 20 warm-up steps."""
     problem = get_problem(name)
-    splits = problem.load(0)
     arms = []
     for method, options in ARMS:
         model = problem.build_model(0)
         opt = torch.optim.Adam(model.parameters(), lr=problem.budget.lr)
         trunk = getattr(model, "trunk", None)
         composer = wrap(model, problem.tasks, method, shared=trunk, seed=0, **options)
-        arms.append((model, opt, composer))
-    times: list[list[float]] = [[] for _ in arms]
-    order, done = torch.Generator().manual_seed(0), 0
-    while done < steps + warmup:
-        for x, y in problem.train_batches(splits, order):
-            turn = range(len(arms)) if done % 2 == 0 else reversed(range(len(arms)))
-            for i in turn:
-                model, opt, composer = arms[i]
-                t0 = time.perf_counter()
-                opt.zero_grad(set_to_none=True)
-                composer.backward(model(x), y)
-                opt.step()
-                if done >= warmup:
-                    times[i].append(time.perf_counter() - t0)
-            done += 1
-            if done >= steps + warmup:
-                break
-    return times
+        arms.append((opt, _step(model, composer)))
+    return time_arms(problem, arms, steps, warmup=20)
+
+
+def _step(model: torch.nn.Module, composer: Any) -> Any:
+    return lambda x, y: composer.backward(model(x), y)
 
 
 def main() -> None:
