@@ -118,9 +118,9 @@ def test_gross_errors_switch_a_robust_loss_on_and_clean_targets_keep_the_natural
     assert quiet.method.active == {"dirty": ["l2"], "clean": ["l2"]}
 
 
-def test_a_switched_on_loss_that_goes_non_finite_is_switched_off_and_the_step_is_kept():
-    """Bad input: once the robust loss is on, make it return NaN. The step trains on without
-    it (not skipped, parameters move), the record says why, and it never comes on again."""
+def _until_switched():
+    """The shipped policy trained on 15 % gross errors until a robust loss is on for the dirty
+    task, then that loss made to return NaN: ``(policy, model, opt, composer, step, robust)``."""
     torch.manual_seed(0)
     policy = load_policy("default", refresh_every=20)
     model = MultiTaskMLP(8, [64], TASKS)
@@ -142,6 +142,13 @@ def test_a_switched_on_loss_that_goes_non_finite_is_switched_off_and_the_step_is
         return value * float("nan") if entry == robust else value
 
     policy.library.loss = broken
+    return policy, model, opt, composer, step, robust
+
+
+def test_a_switched_on_loss_that_goes_non_finite_is_switched_off_and_the_step_is_kept():
+    """Bad input: once the robust loss is on, make it return NaN. The step trains on without
+    it (not skipped, parameters move), the record says why, and it never comes on again."""
+    policy, model, opt, composer, step, robust = _until_switched()
     before = [p.detach().clone() for p in model.parameters()]
     x, y = _data(128, step, 0.15)
     opt.zero_grad()
@@ -196,3 +203,18 @@ def test_inspect_shows_every_candidate_its_evidence_and_why_its_gate_moved(tmp_p
     assert result.exit_code == 0, result.output
     assert "candidates at each retrieval" in result.output and switched[0].loss in result.output
     assert "mean utility" in result.output
+
+
+def test_a_task_whose_only_term_goes_non_finite_gets_its_natural_loss_back():
+    """The natural loss already off (as the gates do once a robust loss has proved itself),
+    the robust one goes non-finite: the task trains on its natural loss in that very step."""
+    policy, model, opt, composer, step, robust = _until_switched()
+    policy.active["dirty"] = [robust]
+    x, y = _data(128, step, 0.15)
+    opt.zero_grad()
+    record = composer.backward(model(x), y)
+    assert not record.skipped and robust in (record.reason or "")
+    assert policy.active["dirty"] == ["l2"]
+    assert {(t.task, t.loss) for t in record.terms if t.active} >= {("dirty", "l2")}
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    composer.close()

@@ -220,10 +220,11 @@ class PolicyStep(Step):
         if bad and failed == bad and not (window is not None and window.skipped):
             # a switched-on loss failed, not the task's own: go on without it (for good)
             note = "; ".join(filter(None, [note, policy.fail(failed)]))
-            kept = [i for i, k in enumerate(terms) if k not in failed]
-            terms, values = [terms[i] for i in kept], [values[i] for i in kept]
-            parts = [parts[i] for i in kept]
-            losses, bad = torch.stack(parts), []
+            terms = policy.terms()  # may hold a natural loss back as the task's floor
+            parts = policy.term_losses(outputs, targets, None if c.compiled else features)
+            losses = torch.stack(parts)
+            values = c.sync.mean(losses.detach()).float().tolist()
+            bad = [k for k, v in zip(terms, values, strict=True) if not math.isfinite(v)]
         if bad or (window is not None and window.skipped):
             why = (
                 f"non-finite loss in {', '.join(f'{k.task}:{k.loss}' for k in bad)}"

@@ -57,8 +57,11 @@ class Gates:
         #: terms whose loss came out non-finite while on (:meth:`fail`): never on again
         self.failed: set[TermKey] = set()
 
-    def fail(self, active: dict[str, list[str]], keys: Iterable[TermKey]) -> dict[TermKey, str]:
-        """Switch ``keys`` off for good (their loss came out non-finite); their notes."""
+    def fail(
+        self, active: dict[str, list[str]], natural: dict[str, str], keys: Iterable[TermKey]
+    ) -> dict[TermKey, str]:
+        """Switch ``keys`` off for good (their loss came out non-finite); a task left with no
+        term gets its ``natural`` loss back. Their notes."""
         notes = {}
         for key in keys:
             if key.loss in active[key.task]:
@@ -67,6 +70,11 @@ class Gates:
             self.count.pop(key, None)
             self.evidence.pop(key, None)
             notes[key] = "off: its loss was not finite; not switched on again"
+            if not active[key.task]:
+                active[key.task].append(natural[key.task])
+                notes[TermKey(key.task, natural[key.task])] = (
+                    "on: floor (every other term of the task is off)"
+                )
         return notes
 
     def update(self, key: TermKey, utility: float, active: bool) -> tuple[bool, str | None]:

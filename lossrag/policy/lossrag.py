@@ -250,7 +250,7 @@ class LossRAG(Method):
     def fail(self, keys: list[TermKey]) -> str:
         """Switch off, for good, switched-on terms whose loss came out non-finite (the step goes
         on without them; :class:`~lossrag.policy.gates.Gates` keeps them off); the note."""
-        self.notes.update(self.gates.fail(self.active, keys))
+        self.notes.update(self.gates.fail(self.active, self.natural, keys))
         self._reweigh()
         return "switched off, non-finite loss: " + ", ".join(f"{k.task}:{k.loss}" for k in keys)
 
