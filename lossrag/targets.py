@@ -226,6 +226,22 @@ class _Flat:
         """The mean of ``x`` (``D`` values) over each task's dimensions (``T`` values)."""
         return torch.zeros_like(self.size).index_add_(0, self.seg, x) / self.size
 
+    def finite(self, *xs: Tensor) -> Tensor:
+        """Per task, whether every value of ``xs`` (``D`` values each) is finite."""
+        ok = torch.isfinite(xs[0])
+        for x in xs[1:]:
+            ok = ok & torch.isfinite(x)
+        return self.per_task((~ok).to(self.size.dtype)) == 0
+
+    def sigma_of(self, var: Tensor, mean: Tensor) -> tuple[Tensor, Tensor]:
+        """``(σ, valid)`` per task: one σ for all a target's dimensions, the root of their mean
+        variance ``var``, floored relative to ``mean``; the σ in force while no batch has shown
+        a variance (1 at first)."""
+        floor = _REL_FLOOR * self.per_task(mean.abs()) + _ABS_FLOOR
+        root = self.per_task(var).sqrt()
+        valid = self.valid | (root > floor)
+        return torch.where(valid, torch.maximum(root, floor), self.sigma[self.first]), valid
+
 
 @dataclass
 class _Head:
@@ -656,14 +672,10 @@ class TargetNormalizer:
                 s2 = torch.cat([c.pow(2).sum(0) for c in centred_each])
             n = torch.tensor([float(r.shape[0]) for r in rows], dtype=flat.mean.dtype)
             n = n.to(flat.mean.device)
-            fresh = [k for k, name in enumerate(flat.names) if name not in self._observed]
-            if fresh:  # never again: a graph may have saved μ, σ
-                ones, sums, squares = n.split(1), s1.split(flat.dims), s2.split(flat.dims)
-                for k in fresh:
-                    name = flat.names[k]
-                    first = self._provisional.get(name, (ones[k], sums[k], squares[k]))
-                    self._first(flat.stats[name], *(v.to(flat.mean) for v in first))
-                    self._observed.add(name)
+            fresh = [name not in self._observed for name in flat.names]
+            if any(fresh):  # never again: a graph may have saved μ, σ
+                self._first(flat, n, s1, s2, fresh)
+                self._observed.update(flat.names)
                 self._sync()
         self._provisional = {}
         return torch.cat([n, s1, s2])
@@ -686,17 +698,20 @@ class TargetNormalizer:
                 )
         return flat
 
-    def _first(self, stats: _Stats, n: Tensor, s1: Tensor, s2: Tensor) -> None:
-        """Provisional ``μ, σ`` from the first batch (before :meth:`apply` folds in the global
-        statistics; only the first step's loss uses them)."""
-        mean, var = self._moments(n, s1, s2)
-        mu = stats.mean + mean
-        sigma, _ = self._sigma(var, mu, stats.valid, stats.sigma)
-        ok = torch.isfinite(mu).all() & torch.isfinite(sigma).all()
-        first = ~stats.ready & ok
-        stats.mu.copy_(torch.where(first, mu, stats.mu))
-        stats.sigma.copy_(torch.where(first, sigma, stats.sigma))
-        stats.ready.copy_(stats.ready | first)
+    def _first(self, flat: _Flat, n: Tensor, s1: Tensor, s2: Tensor, fresh: list[bool]) -> None:
+        """Provisional ``μ, σ`` of the ``fresh`` tasks from their first batch: this rank's
+        ``n, s1, s2``, or the global moments given to :meth:`begin` (before :meth:`apply` folds
+        in the global statistics; only the first step's loss uses them)."""
+        parts = zip(flat.names, n.split(1), s1.split(flat.dims), s2.split(flat.dims), strict=True)
+        moments = [self._provisional.get(name, own) for name, *own in parts]
+        n, s1, s2 = (torch.cat([m[i].to(flat.mean) for m in moments]) for i in range(3))
+        d, var = self._moments(n[flat.seg], s1, s2)
+        mu = flat.mean + d
+        sigma, _ = flat.sigma_of(var, mu)
+        new = torch.tensor(fresh, device=n.device) & ~flat.ready & flat.finite(mu, sigma[flat.seg])
+        flat.mu.copy_(torch.where(new[flat.seg], mu, flat.mu))
+        flat.sigma.copy_(torch.where(new[flat.seg], sigma[flat.seg], flat.sigma))
+        flat.ready.copy_(flat.ready | new)
 
     @staticmethod
     def _moments(n: Tensor, s1: Tensor, s2: Tensor) -> tuple[Tensor, Tensor]:
@@ -704,15 +719,6 @@ class TargetNormalizer:
         count = n.clamp_min(1)
         d = s1 / count
         return d, (s2 / count - d * d).clamp_min(0)
-
-    @staticmethod
-    def _sigma(var: Tensor, mu: Tensor, valid: Tensor, old: Tensor) -> tuple[Tensor, Tensor]:
-        """``(σ, valid)`` of one task: one σ for all the target's dimensions, the root of their
-        mean variance, floored; or the old σ (1 at first) while no batch showed a variance."""
-        floor = _REL_FLOOR * mu.abs().mean() + _ABS_FLOOR
-        root = var.mean().sqrt().expand_as(var)
-        now = valid | (root > floor).all()
-        return torch.where(now, torch.maximum(root, floor), old), now
 
     def apply(self, stats: Tensor) -> None:
         """Fold ``stats`` (:meth:`observe`'s tensor, summed over the ranks) into the running
@@ -746,14 +752,9 @@ class TargetNormalizer:
         w = torch.maximum(torch.full_like(n, self.beta), n / total.clamp_min(1))[seg]
         mean = flat.mean + w * d
         var = ((1 - w) * flat.var + w * q - w * w * d * d).clamp_min(0)
-        # one σ per task: the root of its dimensions' mean variance, floored
-        floor = _REL_FLOOR * flat.per_task(mean.abs()) + _ABS_FLOOR
-        root = flat.per_task(var).sqrt()
-        valid = flat.valid | (root > floor)
+        sigma, valid = flat.sigma_of(var, mean)
         old = flat.sigma[flat.first]
-        sigma = torch.where(valid, torch.maximum(root, floor), old)
-        bad = flat.per_task((~(torch.isfinite(mean) & torch.isfinite(var))).to(mean.dtype))
-        ok = (n > 0) & (bad == 0) & torch.isfinite(sigma)
+        ok = (n > 0) & flat.finite(mean, var) & torch.isfinite(sigma)
         # ART: preserve σ·raw + μ (from the second batch on; the first reinterprets the head)
         go = ok & (flat.count > 0)
         scale = torch.where(go, old / sigma, torch.ones_like(sigma))[seg]
