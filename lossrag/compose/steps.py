@@ -206,25 +206,18 @@ class PolicyStep(Step):
         t0 = time.perf_counter()
         raw_targets = targets
         outputs, targets = c.normalize(outputs, targets)
-        terms = policy.terms()
-        parts = policy.term_losses(outputs, targets, None if c.compiled else features)
-        losses = torch.stack(parts)
-        stats = c.sync.mean(losses.detach()).float()
-        timings["losses"] = time.perf_counter() - t0
-        step = c.step
-        candidates: list[Term] = []
-        context: dict[str, dict[str, float]] = {}
-        values = stats.tolist()
+        terms, parts, losses, values = self._term_losses(outputs, targets, features)
         bad = [k for k, v in zip(terms, values, strict=True) if not math.isfinite(v)]
         failed = [k for k in bad if k.loss != policy.natural[k.task]]
         if bad and failed == bad and not (window is not None and window.skipped):
             # a switched-on loss failed, not the task's own: go on without it (for good)
             note = "; ".join(filter(None, [note, policy.fail(failed)]))
-            terms = policy.terms()  # may hold a natural loss back as the task's floor
-            parts = policy.term_losses(outputs, targets, None if c.compiled else features)
-            losses = torch.stack(parts)
-            values = c.sync.mean(losses.detach()).float().tolist()
+            terms, parts, losses, values = self._term_losses(outputs, targets, features)
             bad = [k for k, v in zip(terms, values, strict=True) if not math.isfinite(v)]
+        timings["losses"] = time.perf_counter() - t0
+        step = c.step
+        candidates: list[Term] = []
+        context: dict[str, dict[str, float]] = {}
         if bad or (window is not None and window.skipped):
             why = (
                 f"non-finite loss in {', '.join(f'{k.task}:{k.loss}' for k in bad)}"
@@ -263,6 +256,17 @@ class PolicyStep(Step):
     @property
     def policy(self) -> LossRAG:
         return self.c.method  # type: ignore[return-value]
+
+    def _term_losses(
+        self, outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor], features: Tensor | None
+    ) -> tuple[list[TermKey], list[Tensor], Tensor, list[float]]:
+        """The active terms, their losses (each, and stacked, with their graph) and the losses'
+        values averaged over the ranks."""
+        c = self.c
+        terms = self.policy.terms()
+        parts = self.policy.term_losses(outputs, targets, None if c.compiled else features)
+        losses = torch.stack(parts)
+        return terms, parts, losses, c.sync.mean(losses.detach()).float().tolist()
 
     def _refresh(
         self,
