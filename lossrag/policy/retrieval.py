@@ -1,6 +1,7 @@
 """Retrieval: a task's candidate losses from the index, measured on the user's model.
 
-Per task, the query is the mean embedding of its active losses; the index returns the ``k``
+Per task, the query is the mean embedding of its active losses, or, where a regression task shows
+gross errors, the entry they mislead least (:func:`least_misled`); the index returns the ``k``
 nearest losses of the task's kind (skipping near-copies of those already chosen), to which the
 active terms and ``explore`` random entries are added. Each candidate is then measured on the
 model at this batch (probe statistics against the probe loss,
