@@ -4,11 +4,11 @@ At a refresh (every ``refresh_every`` steps, weights held in between; :mod:`.sch
 
 1. context per active term, smoothed for the prior (:mod:`.scoring`);
 2. at a retrieval, per task, candidates from the index measured on the user's model
-   (:mod:`.retrieval`); a regression task's gross errors (:mod:`.evidence`) are averaged into
-   its evidence, and while it is above the prior's floor the query moves to the library entry
-   they mislead least;
-3. scores ``a = prior + Δφ`` (:mod:`.scoring`; the prior rewards a candidate that the gross
-   errors mislead less than the natural loss, in proportion to the evidence); at a retrieval,
+   (:mod:`.retrieval`); the share of a task's corrupted samples (a regression's gross errors, a
+   classification's contradicted labels; :mod:`.evidence`) is averaged into its evidence, and
+   while it is above the prior's floor the query moves to the library entry they mislead least;
+3. scores ``a = prior + Δφ`` (:mod:`.scoring`; the prior rewards a candidate that the corrupted
+   samples mislead less than the natural loss, in proportion to the evidence); at a retrieval,
    the gates act on each candidate's running utility with a confidence bound (here the score
    relative to the task's natural loss; the natural loss's own is minus the best active
    alternative's; :mod:`.gates`); weights: each task's from its natural loss's score,
@@ -43,7 +43,7 @@ from lossrag.keys import TermKey, nest, unnest
 from lossrag.losses import registry
 from lossrag.meta.learner import CorrectionLearner
 from lossrag.policy import weights as weighing
-from lossrag.policy.evidence import gross_mask
+from lossrag.policy.evidence import corruption_mask
 from lossrag.policy.gates import Gates
 from lossrag.policy.net import Correction
 from lossrag.policy.prior import Prior
@@ -318,8 +318,9 @@ class LossRAG(Method):
         features: Tensor,
     ) -> list[Candidate]:
         """Retrieve the task's candidates (keeping those counting towards switching on) and
-        measure each on the model at this batch; for a regression task, fold this batch's
-        gross share into the task's evidence (an average over retrievals, from the second)."""
+        measure each on the model at this batch; fold this batch's share of corrupted samples
+        (:func:`~lossrag.policy.evidence.corruption_mask`) into the task's evidence (an average
+        over retrievals, from the second)."""
         assert self.index is not None
         pending = [
             c.entry
@@ -330,9 +331,10 @@ class LossRAG(Method):
         mask, toward = None, None
         # from the second retrieval on: before training, residuals show the targets' own tails
         # (on qm9-raw, alpha's tail read as gross errors at step 0 and switched a loss on)
-        if task.kind == "regression" and self.candidates:
+        if self.candidates and task.kind != "representation":
             out, tgt = outputs[task.name], targets[task.name]
-            mask = gross_mask(out, tgt)
+            mask = corruption_mask(task.kind, out, tgt)
+        if mask is not None:
             share = float(mask.float().mean())
             self.gross[task.name] = 0.5 * (self.gross.get(task.name, share) + share)
             if self.gross[task.name] > self.prior.gross_floor:  # the query moves there

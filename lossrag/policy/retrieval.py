@@ -1,12 +1,12 @@
 """Retrieval: a task's candidate losses from the index, measured on the user's model.
 
-Per task, the query is the mean embedding of its active losses, or, where a regression task shows
-gross errors, the entry they mislead least (:func:`least_misled`); the index returns the ``k``
+Per task, the query is the mean embedding of its active losses, or, where a task shows corrupted
+targets (gross errors, flipped labels), the entry they mislead least (:func:`least_misled`); the index returns the ``k``
 nearest losses of the task's kind (skipping near-copies of those already chosen), to which the
 active terms and ``explore`` random entries are added. Each candidate is then measured on the
 model at this batch (probe statistics against the probe loss,
-:meth:`lossrag.embed.Embedder.on_model`), and for a regression task also by the share of its
-gradient that the task's gross errors draw (:mod:`lossrag.policy.evidence`). Candidates that a
+:meth:`lossrag.embed.Embedder.on_model`), and by the share of its gradient that the task's
+corrupted samples draw (:mod:`lossrag.policy.evidence`). Candidates that a
 task's evidence favoured are kept at its next retrieval (``keep``): evidence accumulates.
 """
 
@@ -48,8 +48,8 @@ class Candidate:
         vector: Its normalised embedding on the user's model.
         gsnr: Its on-model log gradient signal-to-noise ratio.
         scale: Its loss at the retrieval batch (its scale until it is tracked).
-        gross_grad: The share of its per-sample gradient on the task's gross errors (0 where
-            none were found, or for a loss without per-sample values).
+        gross_grad: The share of its per-sample gradient on the task's corrupted samples (0
+            where none were found, or for a loss without per-sample values).
     """
 
     entry: str
@@ -117,14 +117,15 @@ def gross_shares(
     task: Task, entries: list[str], terms: TermLosses, output: Tensor, target: Tensor, mask: Tensor
 ) -> list[float | None]:
     """Per known entry, the share of its per-sample gradient that the samples of ``mask`` (the
-    task's gross errors) draw, on this batch's outputs in the target's standard units (no model
-    backward); ``None`` for a loss without per-sample values."""
-    s = terms.scale(task, target)
+    task's corrupted samples) draw, on this batch's outputs (a regression's in its target's
+    standard units; no model backward); ``None`` for a loss without per-sample values."""
+    s = terms.scale(task, target) if task.kind == "regression" else 1.0
     y = (output.detach() / s).requires_grad_()
+    t = target / s if task.kind == "regression" else target
     shares: list[float | None] = []
     with torch.enable_grad():
         for e in entries:
-            per = terms.module(e)(y, target / s)
+            per = terms.module(e)(y, t)
             shares.append(gradient_share(per, y, mask) if per.dim() > 0 else None)
     return shares
 
@@ -138,7 +139,7 @@ def least_misled(
     mask: Tensor,
 ) -> str | None:
     """The metric-aligned library entry of the task's kind whose per-sample gradient the task's
-    gross errors (``mask``) draw least (:func:`gross_shares`); ``None`` when none is masked."""
+    corrupted samples (``mask``) draw least (:func:`gross_shares`); ``None`` when none is masked."""
     if not bool(mask.any()):
         return None
     pool = [index.entries[row] for row in index.rows_of(task.kind).tolist()]
@@ -161,7 +162,7 @@ def measure(
 ) -> list[Candidate]:
     """Measure each found entry on the model at ``batch`` (outputs, targets, features), in
     the target's standard units for regression (the probe loss is not homogeneous), with the
-    share of its gradient on the samples of ``gross`` (a regression task's gross errors).
+    share of its gradient on the samples of ``gross`` (the task's corrupted samples).
     Raises ``FloatingPointError`` on a non-finite statistic."""
     outputs, targets, features = batch
     with torch.enable_grad():
@@ -187,7 +188,7 @@ def measure(
     with torch.no_grad():  # each term's loss at this batch: its scale until it is tracked
         scales = [abs(float(terms.loss(task, e, outputs, targets, features))) for e, _, _ in found]
     shares = [0.0] * len(found)
-    if gross is not None and task.kind == "regression":
+    if gross is not None:
         measured = gross_shares(
             task, [e for e, _, _ in found], terms, outputs[task.name], targets[task.name], gross
         )
