@@ -11,7 +11,8 @@ samples whose residual is more than :data:`GROSS_Z` robust standard deviations
 A clean classification task, even a hard one, puts a wrong label's class near the top of the
 model's ranking: it confuses a shirt with a T-shirt, not with a boot. A flipped label (label noise)
 is any class, so once the model has learnt something (``p_max ≥`` :data:`CONFIDENT`) about half of
-the flipped labels rank in the bottom half of its classes (:func:`mislabel_mask`). Labels of rare
+the flipped labels rank in the bottom half of its classes (:func:`mislabel_mask`; the task's
+evidence counts them twice, :func:`corrupted_share`). Labels of rare
 classes are not counted: under class imbalance the model ranks them low without any noise
 (``mnist1d-imbalanced``, 50:1: 2-6 % of its samples, 0-1 % without the rare classes). Measured
 while EW trains, on training batches: 40 % flipped labels (``multifashion-noisy``) mark 4-12 % of
@@ -42,6 +43,7 @@ __all__ = [
     "CONFIDENT",
     "GROSS_Z",
     "asymmetry",
+    "corrupted_share",
     "corruption_mask",
     "gradient_share",
     "gross_mask",
@@ -100,6 +102,13 @@ def corruption_mask(kind: str, output: Tensor, target: Tensor) -> Tensor | None:
     if kind == "classification" and output.dim() == 2 and output.shape[1] >= MIN_CLASSES:
         return mislabel_mask(output, target)
     return None
+
+
+def corrupted_share(kind: str, share: float) -> float:
+    """The share of a task's samples (or of a loss's gradient) estimated to be corrupted from
+    the share on the masked samples: the same for gross errors, twice it for flipped labels
+    (:func:`mislabel_mask` finds the half of them that rank in the bottom half)."""
+    return min(1.0, 2.0 * share) if kind == "classification" else share
 
 
 def gradient_share(per_sample: Tensor, output: Tensor, mask: Tensor) -> float:

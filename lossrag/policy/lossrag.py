@@ -43,7 +43,7 @@ from lossrag.keys import TermKey, nest, unnest
 from lossrag.losses import registry
 from lossrag.meta.learner import CorrectionLearner
 from lossrag.policy import weights as weighing
-from lossrag.policy.evidence import corruption_mask
+from lossrag.policy.evidence import corrupted_share, corruption_mask
 from lossrag.policy.gates import Gates
 from lossrag.policy.net import Correction
 from lossrag.policy.prior import Prior
@@ -335,7 +335,7 @@ class LossRAG(Method):
             out, tgt = outputs[task.name], targets[task.name]
             mask = corruption_mask(task.kind, out, tgt)
         if mask is not None:
-            share = float(mask.float().mean())
+            share = corrupted_share(task.kind, float(mask.float().mean()))
             self.gross[task.name] = 0.5 * (self.gross.get(task.name, share) + share)
             if self.gross[task.name] > self.prior.gross_floor:  # the query moves there
                 if task.name not in self.toward:  # found once (~0.1 s over 207 entries)

@@ -1,14 +1,13 @@
 """Retrieval: a task's candidate losses from the index, measured on the user's model.
 
 Per task, the query is the mean embedding of its active losses, or, where a task shows corrupted
-targets (gross errors, flipped labels), the entry they mislead least (:func:`least_misled`); the index returns the ``k``
-nearest losses of the task's kind (skipping near-copies of those already chosen), to which the
-active terms and ``explore`` random entries are added. Each candidate is then measured on the
-model at this batch (probe statistics against the probe loss,
+targets (gross errors, flipped labels), the entry they mislead least (:func:`least_misled`); the
+index returns the ``k`` nearest losses of the task's kind (skipping near-copies of those already
+chosen), to which the active terms and ``explore`` random entries are added. Each candidate is
+then measured on the model at this batch (probe statistics against the probe loss,
 :meth:`lossrag.embed.Embedder.on_model`), and by the share of its gradient that the task's
-corrupted samples draw (:mod:`lossrag.policy.evidence`). Candidates that a
-task's evidence favoured are kept at its next retrieval (``keep``): evidence accumulates.
-"""
+corrupted samples draw (:mod:`lossrag.policy.evidence`). Candidates that a task's evidence
+favoured are kept at its next retrieval (``keep``): evidence accumulates."""
 
 from __future__ import annotations
 
@@ -22,7 +21,7 @@ from torch import Tensor
 from lossrag.embed import PROBE_STATS, SIGNATURE, Embedder
 from lossrag.index import LossIndex
 from lossrag.losses.spec import FAMILIES
-from lossrag.policy.evidence import gradient_share
+from lossrag.policy.evidence import corrupted_share, gradient_share
 from lossrag.policy.terms import TermLosses
 from lossrag.tasks import Task
 
@@ -116,9 +115,10 @@ def search(
 def gross_shares(
     task: Task, entries: list[str], terms: TermLosses, output: Tensor, target: Tensor, mask: Tensor
 ) -> list[float | None]:
-    """Per known entry, the share of its per-sample gradient that the samples of ``mask`` (the
-    task's corrupted samples) draw, on this batch's outputs (a regression's in its target's
-    standard units; no model backward); ``None`` for a loss without per-sample values."""
+    """Per known entry, the share of its per-sample gradient that the task's corrupted samples
+    draw (:func:`~lossrag.policy.evidence.corrupted_share` of the share on ``mask``), on this
+    batch's outputs (a regression's in its target's standard units; no model backward); ``None``
+    for a loss without per-sample values."""
     s = terms.scale(task, target) if task.kind == "regression" else 1.0
     y = (output.detach() / s).requires_grad_()
     t = target / s if task.kind == "regression" else target
@@ -126,7 +126,10 @@ def gross_shares(
     with torch.enable_grad():
         for e in entries:
             per = terms.module(e)(y, t)
-            shares.append(gradient_share(per, y, mask) if per.dim() > 0 else None)
+            if per.dim() == 0:
+                shares.append(None)
+            else:
+                shares.append(corrupted_share(task.kind, gradient_share(per, y, mask)))
     return shares
 
 
