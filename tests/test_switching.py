@@ -1,6 +1,6 @@
 """Loss switching from corruption evidence (issue 13): gross errors in a regression task's training
-targets switch a robust loss on, zero-shot and without a hand-forced prior; clean targets keep the
-natural loss."""
+targets, or flipped labels in a classification task's, switch a robust loss on, zero-shot and
+without a hand-forced prior; clean targets keep the natural loss."""
 
 from __future__ import annotations
 
@@ -12,7 +12,13 @@ from lossrag.keys import TermKey
 from lossrag.losses import registry
 from lossrag.models import MultiTaskMLP
 from lossrag.policy import load_policy
-from lossrag.policy.evidence import gradient_share, gross_mask, metric_aligned
+from lossrag.policy.evidence import (
+    corruption_mask,
+    gradient_share,
+    gross_mask,
+    metric_aligned,
+    mislabel_mask,
+)
 from lossrag.policy.gates import Gates
 from lossrag.policy.weights import weights
 
@@ -62,6 +68,26 @@ def test_gross_errors_are_flagged_and_heavy_tails_are_not():
     assert float(gross_mask(clean, zero).float().mean()) == 0.0
     assert float(gross_mask(heavy, zero).float().mean()) < 0.01
     assert float(gross_mask(dirty, zero).float().mean()) == pytest.approx(0.1, abs=0.005)
+
+
+def test_flipped_labels_are_flagged_and_confused_or_rare_labels_are_not():
+    """A model sure of class 0 (p 0.6, then classes 1, 2, ... in decreasing order): a label it
+    ranks second (a confusion) is not flagged, one it ranks last (a flip) is, unless that label
+    is a rare class of the batch or the model is not yet sure of anything."""
+    logits = torch.linspace(0, -4, 10).repeat(100, 1)
+    logits[:, 0] = 2.0
+    labels = torch.arange(10).repeat(10)  # every class 8 times or more: none is rare
+    labels[80:90] = 1  # confused with the top class
+    labels[90:] = 9  # flipped
+    mask = mislabel_mask(logits, labels)
+    assert not mask[80:90].any() and mask[90:].all()
+    assert int(mask.sum()) == 10 + 5 * 8  # and classes 5-9 among the first 80
+    rare = torch.zeros(100, dtype=torch.long)
+    rare[0] = 9  # one sample of class 9 in 100: rare
+    assert not bool(mislabel_mask(logits, rare).any())
+    assert not bool(mislabel_mask(torch.zeros(100, 10), labels).any())  # sure of nothing
+    assert corruption_mask("classification", torch.zeros(100, 2), labels % 2) is None
+    assert corruption_mask("multilabel", torch.zeros(100, 10), labels) is None
 
 
 def test_a_robust_loss_draws_less_gradient_from_gross_errors():
@@ -218,3 +244,60 @@ def test_a_task_whose_only_term_goes_non_finite_gets_its_natural_loss_back():
     assert {(t.task, t.loss) for t in record.terms if t.active} >= {("dirty", "l2")}
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
     composer.close()
+
+
+LABEL_TASKS = [
+    lossrag.Task("noisy", kind="classification", num_classes=10),
+    lossrag.Task("clean", kind="classification", num_classes=10),
+]
+
+
+def _labels(n: int, seed: int, flip: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Two 10-class tasks of 16 inputs (the argmax of a random linear map); ``flip`` of the
+    ``noisy`` labels are replaced by a uniformly drawn class."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.Generator().manual_seed(99)
+    a, b = torch.randn(16, 10, generator=w), torch.randn(16, 10, generator=w)
+    x = torch.randn(n, 16, generator=g)
+    noisy = (x @ a).argmax(1)
+    hit = torch.rand(n, generator=g) < flip
+    noisy = torch.where(hit, torch.randint(0, 10, (n,), generator=g), noisy)
+    return x, {"noisy": noisy, "clean": (x @ b).argmax(1)}
+
+
+def _train_labels(policy, flip: float, steps: int = 600):
+    """Adam on a fixed training set of 2,000 samples (~40 epochs: cross-entropy memorises the
+    flipped labels); test accuracy on 4,000 clean samples."""
+    torch.manual_seed(0)
+    model = MultiTaskMLP(16, [64], LABEL_TASKS)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    composer = lossrag.wrap(model, LABEL_TASKS, policy, shared=model.trunk, seed=0)
+    x_train, y_train = _labels(2000, 1, flip)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        i = torch.randint(0, 2000, (128,), generator=g)
+        opt.zero_grad()
+        composer.backward(model(x_train[i]), {k: v[i] for k, v in y_train.items()})
+        opt.step()
+    composer.close()
+    x, y = _labels(4000, 10_000, 0.0)
+    with torch.no_grad():
+        out = model(x)
+    return composer, {t: float((out[t].argmax(1) == y[t]).float().mean()) for t in y}
+
+
+def test_flipped_labels_switch_a_robust_loss_on_and_clean_labels_keep_cross_entropy():
+    """40 % flipped labels in one task's training set: the shipped policy switches that task
+    to a loss the flipped labels mislead less and leaves the clean task on cross-entropy; the
+    noisy task's clean-test accuracy beats EW's (0.79 against 0.72 when written). Without the
+    flips nothing switches."""
+    composer, acc = _train_labels(load_policy("default", refresh_every=20), 0.4)
+    active = composer.method.active
+    assert active["clean"] == ["ce"]
+    assert "ce" not in active["noisy"], active
+    assert composer.method.gross["noisy"] > 0.1 > composer.method.gross["clean"]
+    _, ew = _train_labels("ew", 0.4)
+    assert acc["noisy"] > ew["noisy"] + 0.04, (acc, ew)
+
+    quiet, _ = _train_labels(load_policy("default", refresh_every=20), 0.0)
+    assert quiet.method.active == {"noisy": ["ce"], "clean": ["ce"]}

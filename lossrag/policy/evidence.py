@@ -11,7 +11,7 @@ samples whose residual is more than :data:`GROSS_Z` robust standard deviations
 A clean classification task, even a hard one, puts a wrong label's class near the top of the
 model's ranking: it confuses a shirt with a T-shirt, not with a boot. A flipped label (label noise)
 is any class, so once the model has learnt something (``p_max ≥`` :data:`CONFIDENT`) about half of
-the flipped labels rank in the bottom half of its classes (:func:`mislabel_mask`; the task's
+the flipped labels rank in the lower half of its classes (:func:`mislabel_mask`; the task's
 evidence counts them twice, :func:`corrupted_share`). Labels of rare
 classes are not counted: under class imbalance the model ranks them low without any noise
 (``mnist1d-imbalanced``, 50:1: 2-6 % of its samples, 0-1 % without the rare classes). Measured
@@ -42,6 +42,7 @@ from torch import Tensor
 __all__ = [
     "CONFIDENT",
     "GROSS_Z",
+    "MIN_CLASSES",
     "asymmetry",
     "corrupted_share",
     "corruption_mask",
@@ -82,7 +83,7 @@ def gross_mask(output: Tensor, target: Tensor) -> Tensor:
 def mislabel_mask(output: Tensor, target: Tensor) -> Tensor:
     """The samples of a classification batch (``output`` logits ``(B, K)``, ``target`` labels
     ``(B,)``) whose label the model contradicts: its top class has probability at least
-    :data:`CONFIDENT`, at least ``K // 2`` classes rank above the label, and the label is not a
+    :data:`CONFIDENT`, at least ``⌈K/2⌉`` classes rank above the label, and the label is not a
     rare class of the batch (at least half the frequency of a uniform label)."""
     p = output.detach().float().softmax(-1)
     labels = target.detach().reshape(-1).long()
@@ -90,7 +91,7 @@ def mislabel_mask(output: Tensor, target: Tensor) -> Tensor:
     p_label = p.gather(1, labels.view(-1, 1))
     above = (p > p_label).sum(1)
     frequency = torch.bincount(labels, minlength=k).to(p.dtype)[labels] / len(labels)
-    return (above >= k // 2) & (p.max(1).values >= CONFIDENT) & (frequency >= 0.5 / k)
+    return (above >= (k + 1) // 2) & (p.max(1).values >= CONFIDENT) & (frequency >= 0.5 / k)
 
 
 def corruption_mask(kind: str, output: Tensor, target: Tensor) -> Tensor | None:
@@ -107,7 +108,7 @@ def corruption_mask(kind: str, output: Tensor, target: Tensor) -> Tensor | None:
 def corrupted_share(kind: str, share: float) -> float:
     """The share of a task's samples (or of a loss's gradient) estimated to be corrupted from
     the share on the masked samples: the same for gross errors, twice it for flipped labels
-    (:func:`mislabel_mask` finds the half of them that rank in the bottom half)."""
+    (:func:`mislabel_mask` finds the half of them that rank in the lower half)."""
     return min(1.0, 2.0 * share) if kind == "classification" else share
 
 

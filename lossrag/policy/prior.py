@@ -55,12 +55,14 @@ class Prior(BaseModel):
 
     A candidate other than the task's natural loss adds ``candidate·(its log GSNR on the user's
     model − the natural loss's) − switch_cost``: a loss is switched on only when it gives a
-    clearly cleaner gradient. Where a regression task shows gross errors
-    (:mod:`lossrag.policy.evidence`: a gross share ``g`` above ``gross_floor``), a candidate
-    also adds ``robust·(g − gross_floor)/gross_floor·(G_natural − G)``, ``G`` the share of a
-    loss's gradient that the gross errors draw: a loss that the corrupted samples mislead less
-    is preferred in proportion to the evidence. (On QM9's clean targets ``g`` stays below
-    0.006; 15 % of gross outliers give 0.05–0.09.)
+    clearly cleaner gradient. Where a task shows corrupted targets
+    (:mod:`lossrag.policy.evidence`: a share ``g`` of gross errors in a regression, of flipped
+    labels in a classification, above ``gross_floor``), a candidate also adds
+    ``robust·(g − gross_floor)/gross_floor·(G_natural − G)``, ``G`` the share of a loss's
+    gradient that the corrupted samples draw: a loss that they mislead less is preferred in
+    proportion to the evidence. (On QM9's clean targets ``g`` stays below 0.006; 15 % of gross
+    outliers give 0.05–0.09; 40 % flipped labels 0.1–0.4, the clean classification tasks of the
+    suite at most 0.06 in one batch, mostly under 0.02.)
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -97,8 +99,8 @@ class Prior(BaseModel):
         gross: float = 0.0,
         relief: float = 0.0,
     ) -> float:
-        """What a non-natural candidate adds to its task's score (``gross``: the task's gross
-        share; ``relief``: how much less of its gradient the gross errors draw than of the
+        """What a non-natural candidate adds to its task's score (``gross``: the task's share of
+        corrupted samples; ``relief``: how much less of its gradient they draw than of the
         natural loss's)."""
         evidence = max(0.0, gross - self.gross_floor) / self.gross_floor
         return (
