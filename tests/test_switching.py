@@ -13,7 +13,7 @@ from lossrag.losses import registry
 from lossrag.models import MultiTaskMLP
 from lossrag.policy import load_policy
 from lossrag.policy.evidence import (
-    corruption_mask,
+    corruption,
     gradient_share,
     gross_mask,
     metric_aligned,
@@ -76,18 +76,18 @@ def test_flipped_labels_are_flagged_and_confused_or_rare_labels_are_not():
     is a rare class of the batch or the model is not yet sure of anything."""
     logits = torch.linspace(0, -4, 10).repeat(100, 1)
     logits[:, 0] = 2.0
-    labels = torch.arange(10).repeat(10)  # every class 8 times or more: none is rare
+    labels = torch.arange(10).repeat(10)
     labels[80:90] = 1  # confused with the top class
-    labels[90:] = 9  # flipped
-    mask = mislabel_mask(logits, labels)
-    assert not mask[80:90].any() and mask[90:].all()
-    assert int(mask.sum()) == 10 + 5 * 8  # and classes 5-9 among the first 80
-    rare = torch.zeros(100, dtype=torch.long)
-    rare[0] = 9  # one sample of class 9 in 100: rare
-    assert not bool(mislabel_mask(logits, rare).any())
-    assert not bool(mislabel_mask(torch.zeros(100, 10), labels).any())  # sure of nothing
-    assert corruption_mask("classification", torch.zeros(100, 2), labels % 2) is None
-    assert corruption_mask("multilabel", torch.zeros(100, 10), labels) is None
+    labels[90:] = 9  # flipped; classes 1 and 9 are now counted, the others rare (8 of 100)
+    mask, counted = mislabel_mask(logits, labels)
+    assert counted.sum() == 36 and not mask[80:90].any() and mask[90:].all()
+    assert int(mask.sum()) == 18  # class 9 among the first 80 too; not 5-8 (rare)
+    found = corruption("classification", logits, labels)
+    assert found is not None and found.factor == pytest.approx(2 / 0.36)  # 36 of 100 counted
+    assert found.share == 1.0  # 2 · 18 / 36, capped
+    assert not bool(mislabel_mask(torch.zeros(100, 10), labels)[0].any())  # sure of nothing
+    assert corruption("classification", torch.zeros(100, 2), labels % 2) is None
+    assert corruption("multilabel", torch.zeros(100, 10), labels) is None
 
 
 def test_a_robust_loss_draws_less_gradient_from_gross_errors():

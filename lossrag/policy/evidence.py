@@ -11,20 +11,22 @@ samples whose residual is more than :data:`GROSS_Z` robust standard deviations
 A clean classification task, even a hard one, puts a wrong label's class near the top of the
 model's ranking: it confuses a shirt with a T-shirt, not with a boot. A flipped label (label noise)
 is any class, so once the model has learnt something (``p_max ≥`` :data:`CONFIDENT`) about half of
-the flipped labels rank in the lower half of its classes (:func:`mislabel_mask`; the task's
-evidence counts them twice, :func:`corrupted_share`). Labels of rare
-classes are not counted: under class imbalance the model ranks them low without any noise
-(``mnist1d-imbalanced``, 50:1: 2-6 % of its samples, 0-1 % without the rare classes). Measured
-while EW trains, on training batches: 40 % flipped labels (``multifashion-noisy``) mark 4-12 % of
-the samples; the clean classification tasks of the suite at most 3 % (``mnist1d``'s and
-``digits``' early in training), mostly under 1 %. Tasks with fewer than four classes carry no such
-evidence.
+the flipped labels rank in the lower half of its classes (:func:`mislabel_mask`), and the
+evidence counts them twice (:class:`Corruption`). Only labels of classes at least as frequent in
+the batch as a uniform label are counted, and the share is taken among them: under class
+imbalance the model ranks the rare classes low without any noise (``mnist1d-imbalanced``, 50:1,
+while EW trains: 2-6 % of all its samples, under 0.6 % of those counted). Measured while EW
+trains, on training batches: 40 % flipped labels (``multifashion-noisy``) mark 4-11 % of the
+counted samples; the clean classification tasks of the suite at most 3 % (``mnist1d``'s and
+``digits``' early in training), mostly under 1 %. So the prior's floor for this evidence
+(``label_floor``, 0.04 of estimated flips) is its own. Tasks with fewer than four classes carry
+no such evidence.
 
 Whether a candidate loss would be misled by them is measured on the model as well: the share of
 the loss's per-sample gradient (with respect to the task's output) that goes to those samples.
 For L2 it grows with their residuals; a robust loss (L1, Huber, Cauchy, ...) caps or drops it.
 For cross-entropy a flipped label draws a gradient near its largest; GCE or MAE on probabilities
-scale it down by ``p_y``.
+scale it down by ``p_y`` (:func:`relief` compares a candidate with the natural loss).
 
 The task's declared metric rules candidates out: every regression metric (MAE, MSE, RMSE)
 penalises an error of ``+r`` and ``−r`` alike, so a loss that does not (a pinball loss at
@@ -35,6 +37,7 @@ mislead least) is not a candidate for a regression task (:func:`metric_aligned`)
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -43,13 +46,14 @@ __all__ = [
     "CONFIDENT",
     "GROSS_Z",
     "MIN_CLASSES",
+    "Corruption",
     "asymmetry",
-    "corrupted_share",
-    "corruption_mask",
+    "corruption",
     "gradient_share",
     "gross_mask",
     "metric_aligned",
     "mislabel_mask",
+    "relief",
 ]
 
 #: Robust standard deviations beyond which a residual counts as a gross error.
@@ -80,36 +84,52 @@ def gross_mask(output: Tensor, target: Tensor) -> Tensor:
     return (e - median).abs() > GROSS_Z * spread
 
 
-def mislabel_mask(output: Tensor, target: Tensor) -> Tensor:
+def mislabel_mask(output: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     """The samples of a classification batch (``output`` logits ``(B, K)``, ``target`` labels
-    ``(B,)``) whose label the model contradicts: its top class has probability at least
-    :data:`CONFIDENT`, at least ``⌈K/2⌉`` classes rank above the label, and the label is not a
-    rare class of the batch (at least half the frequency of a uniform label)."""
+    ``(B,)``) whose label the model contradicts, and those it could (``counted``: the label's
+    class is at least as frequent in the batch as a uniform label). A counted label is
+    contradicted where the model's top class has probability at least :data:`CONFIDENT` and at
+    least ``⌈K/2⌉`` classes rank above it."""
     p = output.detach().float().softmax(-1)
     labels = target.detach().reshape(-1).long()
     k = p.shape[1]
     p_label = p.gather(1, labels.view(-1, 1))
     above = (p > p_label).sum(1)
-    frequency = torch.bincount(labels, minlength=k).to(p.dtype)[labels] / len(labels)
-    return (above >= (k + 1) // 2) & (p.max(1).values >= CONFIDENT) & (frequency >= 0.5 / k)
+    counted = torch.bincount(labels, minlength=k)[labels] * k >= len(labels)
+    return counted & (above >= (k + 1) // 2) & (p.max(1).values >= CONFIDENT), counted
 
 
-def corruption_mask(kind: str, output: Tensor, target: Tensor) -> Tensor | None:
-    """The samples a task's evidence counts as corrupted: gross errors for a regression
+@dataclass(frozen=True)
+class Corruption:
+    """The samples of one batch that a task's evidence flags as corrupted.
+
+    Attributes:
+        mask: The flagged samples (boolean, one per sample).
+        factor: Corrupted samples estimated per flagged one: 1 for gross errors; for flipped
+            labels 2 (about half rank in the lower half) over the share of the batch that
+            :func:`mislabel_mask` counts.
+    """
+
+    mask: Tensor
+    factor: float = 1.0
+
+    @property
+    def share(self) -> float:
+        """The estimated share of corrupted samples in the batch: the task's evidence."""
+        return min(1.0, self.factor * float(self.mask.float().mean()))
+
+
+def corruption(kind: str, output: Tensor, target: Tensor) -> Corruption | None:
+    """The samples a task's evidence flags in a batch: gross errors for a regression
     (:func:`gross_mask`), contradicted labels for a classification with at least
     :data:`MIN_CLASSES` classes (:func:`mislabel_mask`); ``None`` for other tasks."""
     if kind == "regression":
-        return gross_mask(output, target)
+        return Corruption(gross_mask(output, target))
     if kind == "classification" and output.dim() == 2 and output.shape[1] >= MIN_CLASSES:
-        return mislabel_mask(output, target)
+        mask, counted = mislabel_mask(output, target)
+        coverage = float(counted.float().mean())
+        return Corruption(mask, 2.0 / coverage if coverage > 0 else 0.0)
     return None
-
-
-def corrupted_share(kind: str, share: float) -> float:
-    """The share of a task's samples (or of a loss's gradient) estimated to be corrupted from
-    the share on the masked samples: the same for gross errors, twice it for flipped labels
-    (:func:`mislabel_mask` finds the half of them that rank in the lower half)."""
-    return min(1.0, 2.0 * share) if kind == "classification" else share
 
 
 def gradient_share(per_sample: Tensor, output: Tensor, mask: Tensor) -> float:
@@ -122,6 +142,17 @@ def gradient_share(per_sample: Tensor, output: Tensor, mask: Tensor) -> float:
     norms = grad.reshape(grad.shape[0], -1).float().norm(dim=1)
     total = float(norms.sum())
     return float(norms[mask].sum()) / total if total > 0 else 0.0
+
+
+def relief(kind: str, natural: float, candidate: float) -> float:
+    """How much less a candidate loss follows the corrupted samples than the natural loss, from
+    the shares of their gradients on the flagged samples: the difference for gross errors (the
+    flagged samples are the gross errors); for flipped labels the share of the natural loss's
+    misled gradient that the candidate removes, ``(natural − candidate)/natural``, which does
+    not depend on which fraction of the flipped labels was flagged."""
+    if kind != "classification":
+        return natural - candidate
+    return (natural - candidate) / natural if natural > 0 else 0.0
 
 
 def asymmetry(loss: Callable[[Tensor, Tensor], Tensor]) -> float:

@@ -43,7 +43,7 @@ from lossrag.keys import TermKey, nest, unnest
 from lossrag.losses import registry
 from lossrag.meta.learner import CorrectionLearner
 from lossrag.policy import weights as weighing
-from lossrag.policy.evidence import corrupted_share, corruption_mask
+from lossrag.policy.evidence import Corruption, corruption
 from lossrag.policy.gates import Gates
 from lossrag.policy.net import Correction
 from lossrag.policy.prior import Prior
@@ -307,6 +307,7 @@ class LossRAG(Method):
             {n: self.library.entries[ids[0]].name for n, ids in self.active.items()},
             global_features(step, self.total_steps, self.rank),
             self.gross,
+            {n: t.kind for n, t in self.tasks.items()},
         )
         return scores(self._scored, self.correction)
 
@@ -319,7 +320,7 @@ class LossRAG(Method):
     ) -> list[Candidate]:
         """Retrieve the task's candidates (keeping those counting towards switching on) and
         measure each on the model at this batch; fold this batch's share of corrupted samples
-        (:func:`~lossrag.policy.evidence.corruption_mask`) into the task's evidence (an average
+        (:func:`~lossrag.policy.evidence.corruption`) into the task's evidence (an average
         over retrievals, from the second)."""
         assert self.index is not None
         pending = [
@@ -328,18 +329,19 @@ class LossRAG(Method):
             if c.entry not in self.active[task.name]
             and self.gates.count.get(TermKey(task.name, c.entry), 0) > 0
         ]
-        mask, toward = None, None
+        corrupted: Corruption | None = None
+        toward = None
         # from the second retrieval on: before training, residuals show the targets' own tails
         # (on qm9-raw, alpha's tail read as gross errors at step 0 and switched a loss on)
         if self.candidates and task.kind != "representation":
             out, tgt = outputs[task.name], targets[task.name]
-            mask = corruption_mask(task.kind, out, tgt)
-        if mask is not None:
-            share = corrupted_share(task.kind, float(mask.float().mean()))
+            corrupted = corruption(task.kind, out, tgt)
+        if corrupted is not None:
+            share = corrupted.share
             self.gross[task.name] = 0.5 * (self.gross.get(task.name, share) + share)
-            if self.gross[task.name] > self.prior.gross_floor:  # the query moves there
+            if self.gross[task.name] > self.prior.floor_of(task.kind):  # the query moves there
                 if task.name not in self.toward:  # found once (~0.1 s over 207 entries)
-                    entry = least_misled(self.index, task, self.library, out, tgt, mask)
+                    entry = least_misled(self.index, task, self.library, out, tgt, corrupted)
                     if entry is not None:
                         self.toward[task.name] = entry
                 toward = self.toward.get(task.name)
@@ -355,7 +357,7 @@ class LossRAG(Method):
             toward=toward,
         )
         batch = (outputs, targets, features)
-        return measure(task, found, self.index, self.library, self.embedder, batch, mask)
+        return measure(task, found, self.index, self.library, self.embedder, batch, corrupted)
 
     @cached_property
     def embedder(self) -> Embedder:

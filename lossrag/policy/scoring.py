@@ -25,6 +25,7 @@ from lossrag.context import (
 )
 from lossrag.embed import RAW_DIM
 from lossrag.keys import TermKey
+from lossrag.policy.evidence import relief
 from lossrag.policy.net import Correction
 from lossrag.policy.prior import Prior
 from lossrag.policy.retrieval import Candidate
@@ -91,11 +92,12 @@ def candidate_rows(
     active_names: dict[str, str],
     glob: list[float],
     gross: dict[str, float] | None = None,
+    kinds: dict[str, str] | None = None,
 ) -> Scored:
     """Feature vectors and prior scores of every candidate, tasks in ``natural`` order
     (``active_names``: the library name of each task's first active term, ``glob`` the global
-    context features, ``gross`` each task's gross-error evidence)."""
-    names = list(natural)
+    context features, ``gross`` each task's corruption evidence, ``kinds`` each task's kind)."""
+    names, kinds = list(natural), kinds or {}
     task_prior = prior.task_scores(
         [smoothed[n][_COL["log_norm_ratio"]] for n in names],
         [smoothed[n][_COL["cos_mean"]] for n in names],
@@ -114,7 +116,11 @@ def candidate_rows(
                 0.0
                 if is_natural
                 else prior.candidate_score(
-                    c.gsnr, nat.gsnr, (gross or {}).get(name, 0.0), nat.gross_grad - c.gross_grad
+                    c.gsnr,
+                    nat.gsnr,
+                    (gross or {}).get(name, 0.0),
+                    relief(kinds.get(name, "regression"), nat.gross_grad, c.gross_grad),
+                    kinds.get(name, "regression"),
                 )
             )
             priors.append(task_prior[gi] + extra)
