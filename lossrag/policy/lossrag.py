@@ -43,7 +43,7 @@ from lossrag.keys import TermKey, nest, unnest
 from lossrag.losses import registry
 from lossrag.meta.learner import CorrectionLearner
 from lossrag.policy import weights as weighing
-from lossrag.policy.evidence import Corruption, corruption
+from lossrag.policy.evidence import corruption
 from lossrag.policy.gates import Gates
 from lossrag.policy.net import Correction
 from lossrag.policy.prior import Prior
@@ -329,19 +329,25 @@ class LossRAG(Method):
             if c.entry not in self.active[task.name]
             and self.gates.count.get(TermKey(task.name, c.entry), 0) > 0
         ]
-        corrupted: Corruption | None = None
-        toward = None
+        mask, toward = None, None
         # from the second retrieval on: before training, residuals show the targets' own tails
         # (on qm9-raw, alpha's tail read as gross errors at step 0 and switched a loss on)
-        if self.candidates and task.kind != "representation":
-            out, tgt = outputs[task.name], targets[task.name]
-            corrupted = corruption(task.kind, out, tgt)
-        if corrupted is not None:
-            share = corrupted.share
+        flagged = (
+            corruption(task.kind, outputs[task.name], targets[task.name])
+            if self.candidates and task.kind != "representation"
+            else None
+        )
+        if flagged is not None:
+            out, tgt, mask, share = (
+                outputs[task.name],
+                targets[task.name],
+                flagged.mask,
+                flagged.share,
+            )
             self.gross[task.name] = 0.5 * (self.gross.get(task.name, share) + share)
             if self.gross[task.name] > self.prior.floor_of(task.kind):  # the query moves there
                 if task.name not in self.toward:  # found once (~0.1 s over 207 entries)
-                    entry = least_misled(self.index, task, self.library, out, tgt, corrupted)
+                    entry = least_misled(self.index, task, self.library, out, tgt, mask)
                     if entry is not None:
                         self.toward[task.name] = entry
                 toward = self.toward.get(task.name)
@@ -357,7 +363,7 @@ class LossRAG(Method):
             toward=toward,
         )
         batch = (outputs, targets, features)
-        return measure(task, found, self.index, self.library, self.embedder, batch, corrupted)
+        return measure(task, found, self.index, self.library, self.embedder, batch, mask)
 
     @cached_property
     def embedder(self) -> Embedder:

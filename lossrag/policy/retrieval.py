@@ -21,7 +21,7 @@ from torch import Tensor
 from lossrag.embed import PROBE_STATS, SIGNATURE, Embedder
 from lossrag.index import LossIndex
 from lossrag.losses.spec import FAMILIES
-from lossrag.policy.evidence import Corruption, gradient_share
+from lossrag.policy.evidence import gradient_share
 from lossrag.policy.terms import TermLosses
 from lossrag.tasks import Task
 
@@ -113,17 +113,11 @@ def search(
 
 
 def gross_shares(
-    task: Task,
-    entries: list[str],
-    terms: TermLosses,
-    output: Tensor,
-    target: Tensor,
-    corrupted: Corruption,
+    task: Task, entries: list[str], terms: TermLosses, output: Tensor, target: Tensor, mask: Tensor
 ) -> list[float | None]:
-    """Per known entry, the share of its per-sample gradient that the task's corrupted samples
-    draw (flagged in its mask), on this
-    batch's outputs (a regression's in its target's standard units; no model backward); ``None``
-    for a loss without per-sample values."""
+    """Per known entry, the share of its per-sample gradient that the samples of ``mask`` (the
+    task's corrupted samples) draw, on this batch's outputs (a regression's in its target's
+    standard units; no model backward); ``None`` for a loss without per-sample values."""
     s = terms.scale(task, target) if task.kind == "regression" else 1.0
     y = (output.detach() / s).requires_grad_()
     t = target / s if task.kind == "regression" else target
@@ -131,10 +125,7 @@ def gross_shares(
     with torch.enable_grad():
         for e in entries:
             per = terms.module(e)(y, t)
-            if per.dim() == 0:
-                shares.append(None)
-            else:
-                shares.append(gradient_share(per, y, corrupted.mask))
+            shares.append(gradient_share(per, y, mask) if per.dim() > 0 else None)
     return shares
 
 
@@ -144,17 +135,18 @@ def least_misled(
     terms: TermLosses,
     output: Tensor,
     target: Tensor,
-    corrupted: Corruption,
+    mask: Tensor,
 ) -> str | None:
     """The metric-aligned library entry of the task's kind whose per-sample gradient the task's
-    ``corrupted`` samples draw least (:func:`gross_shares`); ``None`` when none is flagged."""
-    if not bool(corrupted.mask.any()):
+    corrupted samples (``mask``) draw least (:func:`gross_shares`); ``None`` when none is
+    masked."""
+    if not bool(mask.any()):
         return None
     pool = [index.entries[row] for row in index.rows_of(task.kind).tolist()]
     for entry in pool:
         terms.entries.setdefault(entry.id, entry)
     ids = [e.id for e in pool if terms.aligned(task.kind, e.id)]
-    shares = gross_shares(task, ids, terms, output, target, corrupted)
+    shares = gross_shares(task, ids, terms, output, target, mask)
     measured = [(share, e) for e, share in zip(ids, shares, strict=True) if share is not None]
     return min(measured, key=lambda pair: pair[0])[1] if measured else None
 
@@ -166,11 +158,11 @@ def measure(
     terms: TermLosses,
     embedder: Embedder,
     batch: tuple[Mapping[str, Tensor], Mapping[str, Tensor], Tensor],
-    corrupted: Corruption | None = None,
+    gross: Tensor | None = None,
 ) -> list[Candidate]:
     """Measure each found entry on the model at ``batch`` (outputs, targets, features), in
     the target's standard units for regression (the probe loss is not homogeneous), with the
-    share of its gradient that the task's ``corrupted`` samples draw.
+    share of its gradient on the samples of ``gross`` (the task's corrupted samples).
     Raises ``FloatingPointError`` on a non-finite statistic."""
     outputs, targets, features = batch
     with torch.enable_grad():
@@ -196,9 +188,9 @@ def measure(
     with torch.no_grad():  # each term's loss at this batch: its scale until it is tracked
         scales = [abs(float(terms.loss(task, e, outputs, targets, features))) for e, _, _ in found]
     shares = [0.0] * len(found)
-    if corrupted is not None:
+    if gross is not None:
         measured = gross_shares(
-            task, [e for e, _, _ in found], terms, outputs[task.name], targets[task.name], corrupted
+            task, [e for e, _, _ in found], terms, outputs[task.name], targets[task.name], gross
         )
         shares = [0.0 if share is None else share for share in measured]
     if not all(np.isfinite(r).all() for r in raws) or not np.isfinite(scales).all():
