@@ -130,3 +130,25 @@ def test_policy_records_its_effective_multipliers(digits):
         [policy.multipliers[key] for key in terms]
     )
     composer.close()
+
+
+def test_a_task_whose_natural_loss_is_switched_off_still_bounds_the_others():
+    """Task ``a`` plateaus at its first loss while ``b`` falls 1000×, so ``b``'s scale is held at
+    a third of its first loss (max_ratio 3). When ``a`` switches its natural loss off for
+    another, ``b`` stays bounded by ``a``'s natural level: its multiplier does not jump."""
+    policy = LossRAG(max_ratio=3.0)
+    policy.bind([lossrag.Task("a", kind="regression"), lossrag.Task("b", kind="regression")])
+    for step in range(100):
+        policy.tracker.update(step, {A: 1.0, B: 0.9**step})
+    like = torch.zeros(())
+    policy.weights = {A: 1.0, B: 1.0}
+    before = policy.coefficients(like, [A, B]).tolist()
+    assert before[1] == pytest.approx(3.0)  # L0 / (L0 / 3)
+
+    robust = TermKey("a", "l1")
+    policy.active["a"] = ["l1"]
+    policy.tracker.join(robust, A)
+    policy.tracker.update(100, {robust: 1.0, B: 0.9**100})
+    policy.weights = {robust: 1.0, B: 1.0}
+    after = policy.coefficients(like, [robust, B]).tolist()
+    assert after[1] == pytest.approx(before[1])
