@@ -341,12 +341,8 @@ class LossRAG(Method):
             else None
         )
         if flagged is not None:
-            out, tgt, mask, share = (
-                outputs[task.name],
-                targets[task.name],
-                flagged.mask,
-                flagged.share,
-            )
+            out, tgt, mask = outputs[task.name], targets[task.name], flagged.mask
+            share = flagged.share
             self.gross[task.name] = 0.5 * (self.gross.get(task.name, share) + share)
             if self.gross[task.name] > self.prior.floor_of(task.kind):  # the query moves there
                 if task.name not in self.toward:  # found once (~0.1 s over 207 entries)
