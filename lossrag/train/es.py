@@ -54,12 +54,9 @@ __all__ = [
     "train",
 ]
 
-#: The prior's coefficients ES trains: all but ``label_floor`` (the generated problems have no
-#: label noise to tell it anything).
-_TRAINED = tuple(f for f in Prior.model_fields if f != "label_floor")
 #: The trained parameters, in order (``log`` of each, ``logit`` of the floor).
-PARAMS = (*_TRAINED, "temperature", "floor")
-_PRIOR = len(_TRAINED)
+PARAMS = (*Prior.model_fields, "temperature", "floor")
+_PRIOR = len(Prior.model_fields)
 #: Where ES starts a coefficient that the hand-set prior leaves at 0 (a log-parameter cannot).
 _START_AT_ZERO = 0.25
 _EVAL_OFFSET = 1_000_000  # held-out problems are numbered from here; training ones below
@@ -96,7 +93,7 @@ def policy_from(
     ``weights`` (None: zero) describe; ``online`` adapts Δφ from a query stream."""
     values = policy_values(theta)
     named = dict(zip(PARAMS, values, strict=True))
-    prior = Prior(**{k: named[k] for k in _TRAINED})
+    prior = Prior(**{k: named[k] for k in Prior.model_fields})
     cls = LossRAGOnline if online else LossRAG
     policy = cls(
         prior=prior, temperature=named["temperature"], floor=named["floor"], meta_lr=meta_lr
