@@ -97,7 +97,7 @@ def candidate_rows(
     """Feature vectors and prior scores of every candidate, tasks in ``natural`` order
     (``active_names``: the library name of each task's first active term, ``glob`` the global
     context features, ``gross`` each task's corruption evidence, ``kinds`` each task's kind)."""
-    names, kinds = list(natural), kinds or {}
+    names, gross, kinds = list(natural), gross or {}, kinds or {}
     task_prior = prior.task_scores(
         [smoothed[n][_COL["log_norm_ratio"]] for n in names],
         [smoothed[n][_COL["cos_mean"]] for n in names],
@@ -108,6 +108,7 @@ def candidate_rows(
     for gi, name in enumerate(names):
         cands = candidates[name]
         nat = next(c for c in cands if c.entry == natural[name])
+        kind, evidence = kinds.get(name, "regression"), gross.get(name, 0.0)
         for c in cands:
             is_natural = c.entry == natural[name]
             flags = [c.retrieval, float(c.entry in active[name]), float(is_natural)]
@@ -116,11 +117,7 @@ def candidate_rows(
                 0.0
                 if is_natural
                 else prior.candidate_score(
-                    c.gsnr,
-                    nat.gsnr,
-                    (gross or {}).get(name, 0.0),
-                    relief(kinds.get(name, "regression"), nat.gross_grad, c.gross_grad),
-                    kinds.get(name, "regression"),
+                    c.gsnr, nat.gsnr, evidence, relief(kind, nat.gross_grad, c.gross_grad), kind
                 )
             )
             priors.append(task_prior[gi] + extra)
