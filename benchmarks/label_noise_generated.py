@@ -5,9 +5,9 @@ does it help?
 Problems are drawn from ``lossrag.train.generate`` (2–6 tasks, 70 % classification, no junk, no
 duplicates, 800–1500 steps), numbered from ``--first`` (the default recipe trains on problems
 0–399 and 500 000 on, and holds out 1 000 000 on: these are in none), with every classification
-task's labels flipped at a rate drawn from ``--flip`` (the generator flips every split, the test
-split too, so test accuracy is measured against flipped labels: the ranking of methods holds, the
-gaps shrink by the flip rate). Each problem trains twice from seed 0: the shipped policy, and
+task's training and validation labels flipped at a rate drawn from ``--flip`` (the test labels
+stay clean; before commit SEE_BELOW the generator flipped them too, which shrank the gaps by the
+flip rate). Each problem trains twice from seed 0: the shipped policy, and
 the same policy kept on its natural losses (``max_terms=1``). One JSON line per problem, then a
 summary over the classification tasks with at least four classes (the only ones with label-noise
 evidence)::

@@ -143,3 +143,95 @@ def test_query_tasks_choose_the_objective_and_keep_their_losses_on(digits, objec
         assert own and all(u == 0.0 for u in own)
     else:
         assert any(u != 0.0 for u in own)
+
+
+def test_query_objectives_follow_each_metric():
+    """Each metric's query objective: its exact value where the metric is smooth already, and
+    the metric itself where predictions are confident (soft F1 = F1 when p is one-hot)."""
+    from lossrag import Task
+    from lossrag.meta.objectives import aligned
+    from lossrag.metrics import f1
+
+    y, t = torch.tensor([1.0, -2.0, 0.5]), torch.tensor([0.0, 0.0, 0.0])
+    mae = aligned(Task("r", kind="regression", metric="mae"))
+    rmse = aligned(Task("r", kind="regression", metric="rmse"))
+    assert mae is not None and rmse is not None
+    assert float(mae(y, t)) == pytest.approx(3.5 / 3) and float(rmse(y, t)) == pytest.approx(1.75)
+    labels = torch.tensor([0, 0, 1, 2, 2, 2])
+    logits = 30 * torch.nn.functional.one_hot(torch.tensor([0, 1, 1, 2, 2, 0]), 3).float()
+    for metric in ("accuracy", "f1"):
+        objective = aligned(Task("c", kind="classification", num_classes=3, metric=metric))
+        assert objective is not None
+        score = f1(logits, labels) if metric == "f1" else 4 / 6
+        assert float(objective(logits, labels)) == pytest.approx(1 - score, abs=1e-6)
+    multi = torch.tensor([[1, 0, 1], [0, 0, 1]])
+    confident = 30 * (2 * torch.tensor([[1, 1, 1], [0, 0, 1]]).float() - 1)
+    micro = aligned(Task("m", kind="multilabel", num_classes=3, metric="f1"))
+    share = aligned(Task("m", kind="multilabel", num_classes=3, metric="accuracy"))
+    assert micro is not None and share is not None
+    assert float(micro(confident, multi)) == pytest.approx(1 - f1(confident, multi, "multilabel"))
+    assert float(share(confident, multi)) == pytest.approx(1 / 6, abs=1e-6)
+    x = torch.randn(6, 3, requires_grad=True)
+    objective = aligned(Task("c", kind="classification", num_classes=3, metric="f1"))
+    assert objective is not None
+    objective(x, labels).backward()
+    assert x.grad is not None and bool(x.grad.abs().sum() > 0)  # smooth: it has a gradient
+
+
+@pytest.mark.parametrize("which", ["metric", "natural"])
+def test_the_query_loss_is_the_metric_objective_or_the_natural_loss(digits, which):
+    model = digits.model(0)
+    policy = LossRAG(refresh_every=4)
+    composer = lossrag.wrap(
+        model,
+        digits.tasks,
+        policy,
+        shared=model.trunk,
+        query=_query(digits, 4),
+        meta_every=2,
+        seed=0,
+        query_objective=which,
+    )
+    _train(digits, composer, model, 1)
+    assert composer.meta is not None
+    x, y = digits.batch(50)
+    with torch.no_grad():
+        out = model(x)
+        got = policy.query_losses(out, y, None, composer.meta.objectives)
+    natural = policy.query_losses(out, y, None)
+    tasks = list(policy.tasks)
+    digit, ink = tasks.index("digit"), tasks.index("ink")
+    if which == "natural":
+        torch.testing.assert_close(got, natural)
+    else:
+        p_true = out["digit"].softmax(-1).gather(1, y["digit"].view(-1, 1)).mean()
+        assert float(got[digit]) == pytest.approx(1 - float(p_true), rel=1e-5)
+        assert float(got[ink]) == pytest.approx(float((out["ink"] - y["ink"]).abs().mean()))
+        assert float(got[digit]) != pytest.approx(float(natural[digit]))
+
+
+def test_a_metric_without_an_aligned_objective_keeps_the_natural_loss_and_says_so(
+    digits, monkeypatch
+):
+    from lossrag.meta import objectives
+
+    monkeypatch.delitem(objectives._ALIGNED, ("regression", "mae"))
+    model = digits.model(0)
+    composer = lossrag.wrap(
+        model,
+        digits.tasks,
+        LossRAG(refresh_every=4),
+        shared=model.trunk,
+        query=_query(digits, 4),
+        meta_every=2,
+        seed=0,
+    )
+    records = _train(digits, composer, model, 6)
+    notes = [r.reason for r in records if any(t.utility is not None for t in r.terms)]
+    assert notes[0] == (
+        "query objective: the natural loss for ink (mae), whose metric has no aligned objective"
+    )
+    assert not any(notes[1:])
+    assert composer.meta is not None and "ink" not in composer.meta.objectives
+    with pytest.raises(ValueError, match="query_objective"):
+        lossrag.wrap(model, digits.tasks, "lossrag", query=_query(digits), query_objective="l1")

@@ -93,6 +93,8 @@ def test_generated_corruption_is_drawn_only_where_the_recipe_has_it():
     ]
     assert hashlib.sha256(repr(fields).encode()).hexdigest()[:16] == "5665d203c58883b3"
     assert all(x.outliers == 0 and x.tail is None and x.offset == 0 for p in plain for x in p.specs)
+    metrics = {(t.kind, t.metric) for p in plain for t in p.tasks}
+    assert metrics == {("regression", "mse"), ("classification", "accuracy")}
 
     def first_regression(dist):
         found = (sample_problem(dist, s) for s in range(50))
@@ -110,6 +112,40 @@ def test_generated_corruption_is_drawn_only_where_the_recipe_has_it():
         z = (split.y["t0"] / scale - spec.offset).numpy()
         gross = float((np.abs(z - np.median(z)) > 8).mean())  # noise and signal stay within ~5
         assert (gross > 0) == dirty, gross
+
+
+def test_generated_label_noise_and_long_tails():
+    """Flipped labels in training and validation only (the test split clean, the random stream
+    as before, so train and validation are as they were drawn); one long-tailed task per
+    problem, its tail in every split, scored by macro-F1 where drawn; specs checked."""
+    from lossrag.train.generate import TaskSpec
+
+    dist = Distribution(classification=1.0, junk=0, duplicate=0, conflict=0, label_flip=(0, 0))
+    problem = sample_problem(dist, 3)
+    flipped = problem.model_copy(
+        update={"specs": tuple(s.model_copy(update={"noise": 0.5}) for s in problem.specs)}
+    )
+    clean, noisy = problem.load(0), flipped.load(0)
+    for i, _ in enumerate(problem.specs):
+        name = f"t{i}"
+        torch.testing.assert_close(noisy.test.y[name], clean.test.y[name])
+        share = float((noisy.train.y[name] != clean.train.y[name]).float().mean())
+        assert 0.2 < share < 0.5, share  # 0.5·(K−1)/K of the labels change
+    tailed = Distribution(classification=1.0, junk=0, imbalance=1.0, imbalance_ratio=(40, 40))
+    tailed = tailed.model_copy(update={"f1": 1.0})
+    found = [sample_problem(tailed, s) for s in range(8)]
+    assert all(sum(s.imbalance > 1 for s in p.specs) == 1 for p in found)
+    assert all(t.metric == "f1" for p in found for t in p.tasks)
+    p = next(p for p in found if p.specs[0].imbalance > 1 and p.specs[0].classes >= 6)
+    splits = p.load(0)
+    for split in (splits.train, splits.test):
+        counts = np.bincount(split.y["t0"].numpy(), minlength=p.specs[0].classes)
+        assert len(split.x) == p.n_train if split is splits.train else p.n_test
+        assert counts[0] > 5 * counts[-1], counts  # as drawn the classes are roughly even
+    with pytest.raises(ValueError, match="a regression task is scored by mse or mae, not 'f1'"):
+        TaskSpec(kind="regression", metric="f1")
+    with pytest.raises(ValueError, match="imbalance applies to classification tasks"):
+        TaskSpec(kind="regression", imbalance=3.0)
 
 
 def test_recipe_errors_name_the_field(tmp_path):

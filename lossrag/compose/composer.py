@@ -181,6 +181,7 @@ class Composer:
                 features=self.take_features,
                 objective=self.options.meta_objective,
                 query_tasks=[self.tasks[i].name for i in self._query_index],
+                query_objective=self.options.query_objective,
             )
         elif self.method.needs_query or self.meter is not None:
             self._query = stream

@@ -36,6 +36,10 @@ class Options(BaseModel):
             precondition its look-ahead as Adam does.
         query_tasks: Names of the tasks whose query losses the meta-step lowers (Auto-Lambda's
             primary tasks); the others are auxiliary. Default: every task.
+        query_objective: A retrieval policy's query loss per task: ``"metric"`` (default), a
+            smooth surrogate of the task's metric (:mod:`lossrag.meta.objectives`: L1 for
+            ``mae``, ``1 − p_true`` for ``accuracy``, soft-F1 for ``f1``, ...), or
+            ``"natural"``, its natural loss.
         scaler: The ``torch.amp.GradScaler`` of an fp16 loop. A step the scaler skips (its
             scale went down) leaves the method's state as it was before that step (the target
             statistics of ``normalize_targets`` keep that batch's targets: they describe the
@@ -62,6 +66,7 @@ class Options(BaseModel):
     meta_objective: Literal["sum", "common", "transfer"] = "sum"
     optimizer: torch.optim.Optimizer | None = None
     query_tasks: list[str] | None = None
+    query_objective: Literal["metric", "natural"] = "metric"
     scaler: torch.amp.GradScaler | None = None
     trace_every: int = Field(32, ge=1)
     normalize_targets: bool | Literal["auto"] | None = None

@@ -3,8 +3,9 @@
 Every ``every`` steps the composer remembers the parameters θ_t and the training batch. At the
 next step the parameters are θ_{t+1}: the real update is the look-ahead (the *delayed* way of
 ``research/algorithms.md`` §2.2(f)). One forward and backward on a query batch gives
-``v = ∇L_Q(θ_{t+1})`` (``L_Q`` the sum over tasks of each task's natural loss, divided by its
-running mean so that no task dominates by scale), and one central finite difference at θ_t along
+``v = ∇L_Q(θ_{t+1})`` (``L_Q`` the sum over tasks of each task's query loss, the objective
+aligned with its metric by default (:mod:`lossrag.meta.objectives`), divided by its running mean
+so that no task dominates by scale), and one central finite difference at θ_t along
 ``P v`` gives the utility of every candidate term, switched-off ones included:
 ``u_c = −⟨∇(L_c / scale_c)(θ_t), P v⟩`` (negative: the term would lower the query loss). The
 policy then takes one step on its correction (:meth:`lossrag.policy.LossRAG.meta_update`,
@@ -25,6 +26,7 @@ from torch import Tensor, nn
 
 from lossrag.keys import TermKey
 from lossrag.meta.hypergrad import Functional, directional
+from lossrag.meta.objectives import Objective, aligned
 
 if TYPE_CHECKING:
     from lossrag.policy import LossRAG
@@ -134,6 +136,9 @@ class OnlineMeta:
             ``transfer``: one per task, summed with each task's effect on its own query loss
             left out (same cost as ``common``).
         query_tasks: The tasks whose query losses are lowered (default: all of the policy's).
+        query_objective: ``metric``: each task's query loss is the objective aligned with its
+            metric (:mod:`lossrag.meta.objectives`; its natural loss where there is none, said
+            in the first meta-step's note); ``natural``: its natural loss.
     """
 
     def __init__(
@@ -148,6 +153,7 @@ class OnlineMeta:
         features: Callable[[], Tensor | None] = lambda: None,
         objective: str = "sum",
         query_tasks: Sequence[str] | None = None,
+        query_objective: str = "metric",
     ) -> None:
         if every < 1:
             raise ValueError(f"wrap: meta_every must be >= 1, got {every}.")
@@ -165,6 +171,24 @@ class OnlineMeta:
         wanted = tasks if query_tasks is None else list(query_tasks)
         self.query_index = [i for i, n in enumerate(tasks) if n in wanted]
         self.query_names = [tasks[i] for i in self.query_index]
+        self.objectives, self.note = self._objectives(query_objective)
+
+    def _objectives(self, which: str) -> tuple[dict[str, Objective], str | None]:
+        """The query tasks' metric-aligned objectives (none with ``natural``), and a note
+        naming the tasks left on their natural loss."""
+        if which not in ("metric", "natural"):
+            raise ValueError(f"wrap: query_objective must be 'metric' or 'natural', got {which!r}.")
+        if which == "natural":
+            return {}, None
+        found = {n: aligned(self.policy.tasks[n]) for n in self.query_names}
+        missing = [f"{n} ({self.policy.tasks[n].metric})" for n, f in found.items() if f is None]
+        note = (
+            "query objective: the natural loss for " + ", ".join(missing) + ", whose metric has "
+            "no aligned objective"
+            if missing
+            else None
+        )
+        return {n: f for n, f in found.items() if f is not None}, note
 
     def due(self, step: int) -> bool:
         """Whether this step's batch and parameters are remembered for a meta-step."""
@@ -205,7 +229,8 @@ class OnlineMeta:
         utilities = dict(zip(keys, rows.sum(0).tolist(), strict=True))
         per_task = None if self.objective != "common" else rows.to(torch.float32)
         self.policy.meta_update(utilities, per_task, keep=set(self.query_names))
-        return utilities, None
+        note, self.note = self.note, None  # said once, at the first meta-step
+        return utilities, note
 
     def _forward(self, call: Any, inputs: Any) -> tuple[Mapping[str, Tensor], Tensor | None]:
         args, kwargs = inputs
@@ -232,7 +257,8 @@ class OnlineMeta:
 
         def loss(call: Any, batch: Any) -> Tensor:
             outputs, features = self._forward(call, ((batch[0],), {}))
-            return self.policy.query_losses(outputs, batch[1], features)[self.query_index]
+            losses = self.policy.query_losses(outputs, batch[1], features, self.objectives)
+            return losses[self.query_index]
 
         with torch.enable_grad():
             per_task = Functional(self.model, loss)(params, (x, y))

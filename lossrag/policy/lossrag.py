@@ -42,6 +42,7 @@ from lossrag.index import Entry, LossIndex, default_index
 from lossrag.keys import TermKey, nest, unnest
 from lossrag.losses import registry
 from lossrag.meta.learner import CorrectionLearner
+from lossrag.meta.objectives import Objective
 from lossrag.policy import weights as weighing
 from lossrag.policy.evidence import corruption
 from lossrag.policy.gates import Gates
@@ -461,11 +462,22 @@ class LossRAG(Method):
         )
 
     def query_losses(
-        self, outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor], features: Tensor | None
+        self,
+        outputs: Mapping[str, Tensor],
+        targets: Mapping[str, Tensor],
+        features: Tensor | None,
+        objectives: Mapping[str, Objective] | None = None,
     ) -> Tensor:
-        """Each task's natural loss on a query batch, in task order."""
+        """Each task's query loss on a query batch, in task order: its objective in
+        ``objectives`` (:func:`lossrag.meta.objectives.aligned`), else its natural loss."""
+        objectives = objectives or {}
         return torch.stack(
-            [self._term(TermKey(n, e), outputs, targets, features) for n, e in self.natural.items()]
+            [
+                objectives[n](outputs[n], targets[n])
+                if n in objectives
+                else self._term(TermKey(n, e), outputs, targets, features)
+                for n, e in self.natural.items()
+            ]
         )
 
     def meta_update(

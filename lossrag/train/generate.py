@@ -8,7 +8,11 @@ Every problem shares one input distribution: ``x ~ N(0, I)``, a hidden teacher
   MSE or MAE; a share of the training and validation targets may carry gross one-sided errors
   (``+10·s·|N(0, 1)|``, the test split stays clean), where a robust loss serves the metric
   better than L2;
-- *classification*: ``y = argmax(zW + τ·Gumbel)``, then a fraction of labels flipped at random;
+- *classification*: ``y = argmax(zW + τ·Gumbel)``, then a fraction of the training and
+  validation labels flipped at random (the test split's stay clean); a task may be long-tailed
+  (samples kept with a probability falling geometrically over the classes, in every split: the
+  imbalance is the data's) and scored by accuracy or macro-F1 (``f1``), which weighs the rare
+  classes as much as the frequent ones where a loss on samples does not;
 - *junk*: regression targets that are pure noise, or uniformly random labels; trained, never
   scored;
 - *duplicates* of another task (same function, own noise), and *conflicting* tasks (the same
@@ -25,7 +29,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from lossrag.bench.data.corrupt import add_outliers
+from lossrag.bench.data.corrupt import add_outliers, long_tail_mask
 from lossrag.bench.problems.base import Budget, Problem, Split, Splits
 from lossrag.tasks import Task
 
@@ -39,12 +43,16 @@ class TaskSpec(BaseModel):
         kind: ``regression`` or ``classification``.
         classes: Number of classes (classification).
         log10_scale: ``log10 s`` of a regression target (its loss scales as ``s²``).
-        noise: Target noise ``σ`` (regression) or label flip rate (classification).
+        noise: Target noise ``σ`` (regression) or the training and validation labels' flip rate
+            (classification).
         junk: Targets are pure noise; trained but not scored.
         offset: Regression target offset ``c``, in units of ``s``.
         tail: Student-t degrees of freedom of the regression noise (``None``: Gaussian).
         outliers: Share of the training and validation regression targets with a gross error.
-        metric: The regression task's scored metric.
+        metric: The scored metric: ``mse`` or ``mae`` for a regression, ``accuracy`` or ``f1``
+            (macro) for a classification; ``None``: ``mse`` for a regression, ``accuracy`` for a
+            classification.
+        imbalance: Ratio of the most to the least frequent class (classification; 1: as drawn).
         source: Index of the task this one duplicates or conflicts with (else ``None``).
         relation: ``duplicate`` or ``conflict`` when ``source`` is set.
     """
@@ -59,9 +67,23 @@ class TaskSpec(BaseModel):
     offset: float = 0.0
     tail: float | None = Field(default=None, gt=0.0)
     outliers: float = Field(default=0.0, ge=0.0, le=1.0)
-    metric: Literal["mse", "mae"] = "mse"
+    metric: Literal["mse", "mae", "accuracy", "f1"] | None = None
+    imbalance: float = Field(default=1.0, ge=1.0)
     source: int | None = None
     relation: Literal["duplicate", "conflict"] | None = None
+
+    def model_post_init(self, _: object) -> None:
+        """The metric fits the kind; only a classification is long-tailed."""
+        fits = ("mse", "mae") if self.kind == "regression" else ("accuracy", "f1")
+        if self.metric is not None and self.metric not in fits:
+            raise ValueError(
+                f"TaskSpec: a {self.kind} task is scored by {' or '.join(fits)}, not "
+                f"{self.metric!r}."
+            )
+        if self.imbalance > 1 and self.kind != "classification":
+            raise ValueError(
+                f"TaskSpec: imbalance applies to classification tasks, not {self.kind}."
+            )
 
 
 class GeneratedProblem(Problem):
@@ -83,9 +105,9 @@ class GeneratedProblem(Problem):
 
     def _make_tasks(self) -> list[Task]:
         return [
-            Task(f"t{i}", kind="regression", metric=s.metric)
+            Task(f"t{i}", kind="regression", metric=s.metric or "mse")
             if s.kind == "regression"
-            else Task(f"t{i}", kind="classification", num_classes=s.classes)
+            else Task(f"t{i}", kind="classification", num_classes=s.classes, metric=s.metric)
             for i, s in enumerate(self.specs)
         ]
 
@@ -120,9 +142,35 @@ class GeneratedProblem(Problem):
         rng: np.random.Generator,
         corrupt: bool,
     ) -> Split:
+        """``n`` samples; for a long-tailed task, drawn in rounds of ``n`` until ``n`` are kept."""
+        x, y, keep = self._draw(a, readouts, n, rng, corrupt)
+        if keep is not None:
+            parts = [(x[keep], {k: v[keep] for k, v in y.items()})]
+            while sum(len(p[0]) for p in parts) < n:
+                x, y, keep = self._draw(a, readouts, n, rng, corrupt)
+                assert keep is not None
+                parts.append((x[keep], {k: v[keep] for k, v in y.items()}))
+            x = np.concatenate([p[0] for p in parts])[:n]
+            y = {k: np.concatenate([p[1][k] for p in parts])[:n] for k in y}
+        return Split(
+            torch.from_numpy(x.astype(np.float32)),
+            {k: torch.from_numpy(v) for k, v in y.items()},
+        )
+
+    def _draw(
+        self,
+        a: np.ndarray,
+        readouts: list[np.ndarray],
+        n: int,
+        rng: np.random.Generator,
+        corrupt: bool,
+    ) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray | None]:
+        """``n`` inputs, their targets and which samples the long tail keeps (``None``: no task
+        is long-tailed)."""
         x = rng.standard_normal((n, self.in_features))
         z = np.tanh(x @ a / np.sqrt(self.in_features))
-        y: dict[str, torch.Tensor] = {}
+        y: dict[str, np.ndarray] = {}
+        keep: np.ndarray | None = None
         for i, s in enumerate(self.specs):
             proj = z @ readouts[i]
             if s.kind == "regression":
@@ -133,15 +181,17 @@ class GeneratedProblem(Problem):
                 value = s.offset + clean + s.noise * eps
                 if corrupt and s.outliers > 0:
                     value = add_outliers(value, s.outliers, 10.0, rng)
-                value = 10.0**s.log10_scale * value
-                y[f"t{i}"] = torch.from_numpy(value.astype(np.float32))
+                y[f"t{i}"] = (10.0**s.log10_scale * value).astype(np.float32)
             else:
                 logits = proj * (-1.0 if s.relation == "conflict" else 1.0) * 3.0
                 labels = np.argmax(logits + rng.gumbel(size=logits.shape) * 0.3, axis=1)
+                if s.imbalance > 1:
+                    keep = long_tail_mask(labels, s.imbalance, s.classes, rng)
                 flip = rng.random(n) < (1.0 if s.junk else s.noise)
-                labels = np.where(flip, rng.integers(0, s.classes, n), labels)
-                y[f"t{i}"] = torch.from_numpy(labels.astype(np.int64))
-        return Split(torch.from_numpy(x.astype(np.float32)), y)
+                flipped = np.where(flip, rng.integers(0, s.classes, n), labels)
+                labels = flipped if corrupt or s.junk else labels  # the test split is clean
+                y[f"t{i}"] = labels.astype(np.int64)
+        return x, y, keep
 
 
 class Distribution(BaseModel):
@@ -161,6 +211,9 @@ class Distribution(BaseModel):
         offset: Range of ``|c|``, a regression target's offset in units of its scale (sign at
             random).
         mae: Probability that a regression task is scored by MAE (else MSE).
+        imbalance: Probability that a classification task is long-tailed, its most frequent
+            class ``imbalance_ratio`` times as frequent as its rarest.
+        f1: Probability that a classification task is scored by macro-F1 (else accuracy).
         duplicate: Probability that a task duplicates an earlier one.
         conflict: Probability that a task conflicts with an earlier one.
         n_train: Range of training-set sizes.
@@ -184,6 +237,9 @@ class Distribution(BaseModel):
     tail_dof: tuple[float, float] = (1.5, 5.0)
     offset: tuple[float, float] = (0.0, 0.0)
     mae: float = Field(default=0.0, ge=0.0, le=1.0)
+    imbalance: float = Field(default=0.0, ge=0.0, le=1.0)
+    imbalance_ratio: tuple[float, float] = (5.0, 50.0)
+    f1: float = Field(default=0.0, ge=0.0, le=1.0)
     duplicate: float = Field(default=0.1, ge=0.0, le=1.0)
     conflict: float = Field(default=0.1, ge=0.0, le=1.0)
     n_train: tuple[int, int] = (256, 2048)
@@ -194,8 +250,11 @@ class Distribution(BaseModel):
 
     def model_post_init(self, _: object) -> None:
         """Every range is ordered and in bounds."""
-        ranges = ("log10_scale", "noise", "label_flip", "outlier_share", "tail_dof", "offset")
-        for name in ("tasks", *ranges, "n_train", "in_features"):
+        ranges = (
+            *("tasks", "log10_scale", "noise", "label_flip", "outlier_share", "tail_dof"),
+            *("offset", "imbalance_ratio", "n_train", "in_features"),
+        )
+        for name in ranges:
             low, high = getattr(self, name)
             if low > high:
                 raise ValueError(f"problems.{name}: the range {low}..{high} is empty.")
@@ -206,6 +265,10 @@ class Distribution(BaseModel):
         if self.tasks[0] < 2:
             raise ValueError(
                 f"problems.tasks: a multi-task problem needs >= 2 tasks, got {self.tasks}."
+            )
+        if self.imbalance_ratio[0] < 1:
+            raise ValueError(
+                f"problems.imbalance_ratio: a class ratio is >= 1, got {self.imbalance_ratio}."
             )
         if self.n_train[0] < 16 or self.in_features[0] < 2 or not self.hidden:
             raise ValueError(
@@ -228,6 +291,18 @@ def _corruption(dist: Distribution, rng: np.random.Generator) -> dict[str, objec
     return found
 
 
+def _class_balance(dist: Distribution, rng: np.random.Generator, tailed: bool) -> dict[str, object]:
+    """A classification task's long tail (none where another task of the problem is
+    ``tailed``: the samples kept follow one task's classes) and metric, drawn only where the
+    distribution has them (as :func:`_corruption`)."""
+    found: dict[str, object] = {}
+    if dist.imbalance > 0 and not tailed and rng.random() < dist.imbalance:
+        found["imbalance"] = float(rng.uniform(*dist.imbalance_ratio))
+    if dist.f1 > 0 and rng.random() < dist.f1:
+        found["metric"] = "f1"
+    return found
+
+
 def sample_problem(dist: Distribution, seed: int) -> GeneratedProblem:
     """Draw problem number ``seed`` of ``dist`` (a deterministic function of both)."""
     rng = np.random.default_rng([seed, 11])
@@ -239,19 +314,23 @@ def sample_problem(dist: Distribution, seed: int) -> GeneratedProblem:
             source = bases[int(rng.integers(0, len(bases)))]
             is_dup = rng.random() < dist.duplicate / (dist.duplicate + dist.conflict)
             relation = "duplicate" if is_dup else "conflict"
-            specs.append(specs[source].model_copy(update={"source": source, "relation": relation}))
+            # a copy follows the source's long tail through the data; it adds none of its own
+            update = {"source": source, "relation": relation, "imbalance": 1.0}
+            specs.append(specs[source].model_copy(update=update))
             continue
         classification = rng.random() < dist.classification
         junk = rng.random() < dist.junk
         if classification:
-            specs.append(
-                TaskSpec(
-                    kind="classification",
-                    classes=int(rng.integers(2, 11)),
-                    noise=float(rng.uniform(*dist.label_flip)),
-                    junk=junk,
-                )
+            spec = TaskSpec(
+                kind="classification",
+                classes=int(rng.integers(2, 11)),
+                noise=float(rng.uniform(*dist.label_flip)),
+                junk=junk,
             )
+            if not junk:
+                tailed = any(s.imbalance > 1 for s in specs)
+                spec = spec.model_copy(update=_class_balance(dist, rng, tailed))
+            specs.append(spec)
         else:
             spec = TaskSpec(
                 kind="regression",
