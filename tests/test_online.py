@@ -16,6 +16,21 @@ def _query(digits, n=3, start=100):
     return [digits.batch(start + i) for i in range(n)]
 
 
+def _meta_steps(composer):
+    """The steps whose record carries a meta-step's utilities (filled while training)."""
+    steps: list[int] = []
+    original = composer.meta.step
+
+    def step():
+        utilities, note = original()
+        if utilities is not None:
+            steps.append(composer.step)
+        return utilities, note
+
+    composer.meta.step = step
+    return steps
+
+
 def _train(digits, composer, model, steps):
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     records = []
@@ -41,9 +56,10 @@ def test_meta_steps_record_finite_utilities_for_every_candidate(digits, objectiv
         meta_objective=objective,
     )
     before = [p.detach().clone() for p in model.parameters()]
+    steps = _meta_steps(composer)
     records = _train(digits, composer, model, 8)
-    meta = [r for r in records if any(t.utility is not None for t in r.terms)]
-    assert [r.step for r in meta] == [1, 4, 7]
+    assert steps == [1, 4, 7]
+    meta = [records[i] for i in steps]
     for r in meta:
         assert "meta" in r.timings
         listed = [t for t in r.terms if t.utility is not None]
@@ -130,11 +146,27 @@ def test_query_tasks_choose_the_objective_and_keep_their_losses_on(digits, objec
         query_tasks=["digit"],
     )
     assert composer.meta is not None and composer.meta.query_index == [0]
-    gated: list[TermKey] = []
-    original = policy._gate
-    monkeypatch.setattr(policy, "_gate", lambda b: (gated.extend(k for k, _ in b), original(b))[1])
+    gated: list[TermKey] = []  # by the meta-steps (the refreshes gate on the evidence)
+    original, update = policy._gate, policy.meta_update
+    inside: list[bool] = []
+
+    def gate(utilities):
+        if inside:
+            gated.extend(k for k, _ in utilities)
+        return original(utilities)
+
+    def meta_update(*args, **kwargs):
+        inside.append(True)
+        try:
+            return update(*args, **kwargs)
+        finally:
+            inside.pop()
+
+    monkeypatch.setattr(policy, "_gate", gate)
+    monkeypatch.setattr(policy, "meta_update", meta_update)
+    steps = _meta_steps(composer)
     records = _train(digits, composer, model, 6)
-    meta = [r for r in records if any(t.utility is not None for t in r.terms)]
+    meta = [records[i] for i in steps]
     assert meta and gated
     assert TermKey("digit", policy.natural["digit"]) not in gated
     assert TermKey("ink", policy.natural["ink"]) in gated
@@ -226,8 +258,9 @@ def test_a_metric_without_an_aligned_objective_keeps_the_natural_loss_and_says_s
         meta_every=2,
         seed=0,
     )
+    steps = _meta_steps(composer)
     records = _train(digits, composer, model, 6)
-    notes = [r.reason for r in records if any(t.utility is not None for t in r.terms)]
+    notes = [records[i].reason for i in steps]
     assert notes[0] == (
         "query objective: the natural loss for ink (mae), whose metric has no aligned objective"
     )

@@ -142,6 +142,10 @@ def test_generated_label_noise_and_long_tails():
         counts = np.bincount(split.y["t0"].numpy(), minlength=p.specs[0].classes)
         assert len(split.x) == p.n_train if split is splits.train else p.n_test
         assert counts[0] > 5 * counts[-1], counts  # as drawn the classes are roughly even
+    even = p.model_copy(update={"tail_in_test": False}).load(0)
+    torch.testing.assert_close(even.train.y["t0"], splits.train.y["t0"])
+    counts = np.bincount(even.test.y["t0"].numpy(), minlength=p.specs[0].classes)
+    assert counts[0] < 5 * counts[-1], counts
     with pytest.raises(ValueError, match="a regression task is scored by mse or mae, not 'f1'"):
         TaskSpec(kind="regression", metric="f1")
     with pytest.raises(ValueError, match="imbalance applies to classification tasks"):

@@ -171,7 +171,8 @@ class Composer:
 
         stream = QueryStream(query, {t.name for t in self.tasks if t.kind != "representation"})
         if composes:
-            self.method.meta_on = True  # type: ignore[attr-defined]
+            query_tasks = frozenset(self.tasks[i].name for i in self._query_index)
+            self.method.query_tasks = query_tasks  # type: ignore[attr-defined]
             self.meta = OnlineMeta(
                 self.module,
                 self.method,  # type: ignore[arg-type]
@@ -180,7 +181,7 @@ class Composer:
                 self.options.optimizer,
                 features=self.take_features,
                 objective=self.options.meta_objective,
-                query_tasks=[self.tasks[i].name for i in self._query_index],
+                query_tasks=sorted(query_tasks),
                 query_objective=self.options.query_objective,
             )
         elif self.method.needs_query or self.meter is not None:

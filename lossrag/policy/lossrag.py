@@ -198,7 +198,8 @@ class LossRAG(Method):
         self.rank = 0.0
         self.candidates: dict[str, list[Candidate]] = {}
         self._scored: Scored | None = None
-        self.meta_on = False
+        #: The tasks whose query losses online meta-steps lower (``None``: no query stream).
+        self.query_tasks: frozenset[str] | None = None
         self.notes: dict[TermKey, str] = {}
         self.gross: dict[str, float] = {}
         self.toward: dict[str, str] = {}  # task -> the entry its gross errors mislead least
@@ -371,18 +372,19 @@ class LossRAG(Method):
         return Embedder()
 
     def _update(self, scored: list[float], gate: bool = True) -> list[Term]:
-        """Store the scores, gate on the evidence (without a query stream the utility is the
-        score relative to the task's natural loss; not at the first retrieval, whose untrained
-        model says nothing about the losses: on qm9-raw a candidate's gradient signal-to-noise
-        there read 6 units above L2's and switched it on), recompute the weights; the candidate
-        terms to record, with their utilities."""
+        """Store the scores, gate on the evidence (the utility is the score relative to the
+        task's natural loss; not at the first retrieval, whose untrained model says nothing
+        about the losses: on qm9-raw a candidate's gradient signal-to-noise there read 6 units
+        above L2's and switched it on; with a query stream, the auxiliary tasks' natural losses
+        are left to :meth:`meta_update`), recompute the weights; the candidate terms to record,
+        with their utilities."""
         keys = self.candidate_keys()
         self.scores.update(zip(keys, scored, strict=True))
         self.notes = {}
-        if self.meta_on:  # with a query stream the gates follow meta_update's utilities
-            self._reweigh()
-            return self.candidate_terms()
         utilities = self._utilities(keys)
+        if self.query_tasks is not None:  # meta_update gates the auxiliary tasks' natural losses
+            aux = {TermKey(n, e) for n, e in self.natural.items() if n not in self.query_tasks}
+            utilities = [(k, u) for k, u in utilities if k not in aux]
         if gate:
             self._gate(utilities)
         else:

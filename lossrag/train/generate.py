@@ -97,6 +97,10 @@ class GeneratedProblem(Problem):
     n_val: int = Field(default=512, ge=16)
     n_test: int = Field(default=512, ge=16)
     structure_seed: int = 0
+    #: Whether the test split shares a long-tailed task's tail (``False``: its classes as
+    #: drawn, a shift of the class prior between training and test, as on
+    #: ``mnist1d-imbalanced``).
+    tail_in_test: bool = True
 
     @property
     def in_dim(self) -> int:
@@ -144,7 +148,7 @@ class GeneratedProblem(Problem):
     ) -> Split:
         """``n`` samples; for a long-tailed task, drawn in rounds of ``n`` until ``n`` are kept."""
         x, y, keep = self._draw(a, readouts, n, rng, corrupt)
-        if keep is not None:
+        if keep is not None and (corrupt or self.tail_in_test):
             parts = [(x[keep], {k: v[keep] for k, v in y.items()})]
             while sum(len(p[0]) for p in parts) < n:
                 x, y, keep = self._draw(a, readouts, n, rng, corrupt)
