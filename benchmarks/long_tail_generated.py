@@ -42,7 +42,7 @@ def scores(problem: GeneratedProblem, tail: int, loss: str, even: bool) -> dict[
         specs[tail] = specs[tail].model_copy(update={"metric": metric})
         losses = {} if loss == "ce" else {f"t{tail}": LossChoice(loss=loss)}
         fields = {**problem.model_dump(), "specs": specs, "losses": losses}
-        variant = GeneratedProblem(**fields, tail_in_test=not even)
+        variant = GeneratedProblem(**{**fields, "tail_in_test": not even})
         result = fit(variant, load_policy("default", max_terms=1), 0, normalize_targets="auto")
         out[metric] = result.metrics[f"t{tail}"]
     return out

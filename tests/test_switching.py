@@ -41,11 +41,15 @@ def _data(n: int, seed: int, outliers: float) -> tuple[torch.Tensor, dict[str, t
     return x, {"dirty": dirty, "clean": torch.sin(x @ b / 3)}
 
 
-def _train(policy, outliers: float, steps: int = 500, trace=None):
+def _train(policy, outliers: float, steps: int = 500, trace=None, **options):
     torch.manual_seed(0)
     model = MultiTaskMLP(8, [64], TASKS)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    composer = lossrag.wrap(model, TASKS, policy, shared=model.trunk, seed=0, trace=trace)
+    if options.get("query") is not None:
+        options["optimizer"] = opt
+    composer = lossrag.wrap(
+        model, TASKS, policy, shared=model.trunk, seed=0, trace=trace, **options
+    )
     for i in range(steps):
         x, y = _data(128, i, outliers)
         opt.zero_grad()
@@ -142,6 +146,19 @@ def test_gross_errors_switch_a_robust_loss_on_and_clean_targets_keep_the_natural
 
     quiet, _ = _train(load_policy("default", refresh_every=20), 0.0)
     assert quiet.method.active == {"dirty": ["l2"], "clean": ["l2"]}
+
+
+def test_with_a_query_stream_gross_errors_still_switch_a_robust_loss_on():
+    """Online meta-adaptation (a query stream of held-out batches, as corrupted as the training
+    ones) leaves the switching to the evidence: the dirty task switches, the clean one stays
+    on L2, and the dirty task's clean-test MAE beats EW's."""
+    query = [_data(128, 50_000 + i, 0.15) for i in range(8)]
+    policy = load_policy("default", refresh_every=20)
+    composer, mae = _train(policy, 0.15, query=query, meta_every=10)
+    assert composer.meta is not None and composer.method.active["clean"] == ["l2"]
+    assert any(e != "l2" for e in composer.method.active["dirty"]), composer.method.active
+    _, ew = _train("ew", 0.15)
+    assert mae["dirty"] < 0.7 * ew["dirty"], (mae, ew)
 
 
 def _until_switched():
