@@ -167,6 +167,9 @@ N_TRAIN = 1297
 UNITS: dict[str, tuple[float, float]] = {}
 _RAW_UNITS = {"ink": (1e3, 1e2), "row": (0.0, 1e-3)}
 BATCH = 64
+#: ``--holdout``: the training images held out as the validation (query) set, with their targets
+#: as corrupted as the training ones; ``None`` without one.
+VAL: tuple[Tensor, dict[str, Tensor]] | None = None
 
 
 class SmallCNN(nn.Module):
@@ -262,14 +265,17 @@ def run(
     """Train one method from one seed; ``(test metric per task, largest multiplier ratio)``.
 
     ``METHOD+popart`` trains with ``normalize_targets=True`` (PopArt on every regression task);
-    ``default`` chooses ``"auto"`` itself. With ``--targets raw`` the regressions are in odd
-    units (``UNITS``): their MAE is reported divided by the unit, comparable to ``standard``."""
+    ``default`` chooses ``"auto"`` itself. ``METHOD+query`` passes the ``--holdout`` images as
+    ``query=`` (online meta-adaptation, the scored tasks as query tasks, ``meta_every=5``).
+    With ``--targets raw`` the regressions are in odd units (``UNITS``): their MAE is reported
+    divided by the unit, comparable to ``standard``."""
     xtr, ytr, xte, yte = DATA
     label = method
     torch.manual_seed(seed)
     model = SmallCNN(tasks)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     method, plus, _ = method.partition("+popart")
+    method, query, _ = method.partition("+query")
     policy: Any = method
     if method.startswith("default@"):  # a variant of the shipped policy: default@key=json,...
         pairs = (kv.split("=", 1) for kv in method.split("@", 1)[1].split(","))
@@ -279,7 +285,17 @@ def run(
         from lossrag.policy import load_policy
 
         policy = load_policy("default", **overrides)
-    options = {"normalize_targets": True} if plus else {}
+    options: dict[str, Any] = {"normalize_targets": True} if plus else {}
+    if query:
+        if VAL is None:
+            raise SystemExit(f"{label}: +query needs --holdout N (the images held out as query)")
+        xv, yv = VAL
+        batches = [
+            (xv[i : i + BATCH], {t.name: yv[t.name][i : i + BATCH] for t in tasks})
+            for i in range(0, len(xv), BATCH)
+        ]
+        scored = [t.name for t in tasks if t.name in DATA[3]]
+        options.update(query=batches, optimizer=opt, query_tasks=scored)
     composer = lossrag.wrap(model, tasks, policy, shared=model.trunk, seed=seed, **options)
     gen = torch.Generator().manual_seed(seed)
     worst = 1.0
@@ -371,9 +387,16 @@ def main() -> None:
     parser.add_argument(
         "--popart", action="store_true", help="run the target-normalisation measurement instead"
     )
+    parser.add_argument(
+        "--holdout",
+        type=int,
+        default=0,
+        help="hold out this many training images (every method trains without them) as the "
+        "query set of the METHOD+query arms",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
-    global DATA
+    global DATA, VAL
     if args.targets == "raw":
         UNITS.update(_RAW_UNITS)
         DATA = data(units=True)
@@ -383,6 +406,11 @@ def main() -> None:
         DATA = data(flipped=0.4)
     elif args.targets == "junk":
         DATA = data(junk=True)
+    if args.holdout:
+        xtr, ytr, xte, yte = DATA
+        keep = len(xtr) - args.holdout
+        VAL = xtr[keep:], {k: v[keep:] for k, v in ytr.items()}
+        DATA = xtr[:keep], {k: v[:keep] for k, v in ytr.items()}, xte, yte
     if args.table:
         with open(args.table) as f:
             saved = json.load(f)
