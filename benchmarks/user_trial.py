@@ -110,6 +110,35 @@ EW reaches 0.963 with ``sce``, 0.951 with ``gce``, 0.954 with CE and 0.701 with 
 the loss the evidence points to first (the one the flipped labels mislead least, MAE on
 probabilities) is not the best one here.
 
+Online meta-adaptation (``--holdout 200``: every method trains on 1,097 images; the other 200,
+as corrupted as the training ones, are the query set of ``default+query``), 3 seeds, 40 epochs,
+code ``66d2320``::
+
+    M="stl ew default default+query"
+    python benchmarks/user_trial.py --targets outliers --holdout 200 --methods $M
+    python benchmarks/user_trial.py --targets flipped --holdout 200 --methods $M
+
+==========================  =====  ======  =====  =====  =====
+targets, method             digit  parity  ink    row    Δm
+==========================  =====  ======  =====  =====  =====
+outliers: stl               0.969  0.992   1.129  0.044  0
+outliers: ew                0.939  0.947   1.210  0.128  +50.7
+outliers: default           0.965  0.983   0.148  0.073  −5.2
+outliers: default+query     0.965  0.984   0.154  0.073  −4.9
+flipped: stl                0.917  0.992   0.072  0.044  0
+flipped: ew                 0.945  0.976   0.117  0.079  +34.8
+flipped: default            0.910  0.987   0.071  0.089  +24.9
+flipped: default+query      0.909  0.986   0.067  0.074  +15.1
+==========================  =====  ======  =====  =====  =====
+
+With a query stream the switches are those of zero-shot (ink to ``tukey(c=0.5)`` and
+``welsch(scale=0.2)`` in every seed; digit to ``ce`` + ``mae_prob`` in seeds 1 and 2); before
+commit ``08bddb4`` a query stream kept every task on its natural loss. On the smaller training
+set the flipped digit task is 3.7 % below EW's accuracy (0.910 against 0.945; 1.7 % on 1,297
+images, above); the default gives it the lowest mean weight of the four tasks (0.90) and
+divides its cross-entropy, which the flipped labels keep large, by its running level, where EW
+takes it raw. Why the gap widens with less data was not measured further.
+
 Junk tasks (``--targets junk``: ``shuffled``, the digit labels of other images, and ``noise``,
 N(0, 1) per image, trained and never scored), 3 seeds, 40 epochs; the default is the retrained
 policy of commit ``a1d10a3`` (the other rows do not depend on it):
