@@ -201,7 +201,8 @@ def test_query_objectives_follow_each_metric():
     micro = aligned(Task("m", kind="multilabel", num_classes=3, metric="f1"))
     share = aligned(Task("m", kind="multilabel", num_classes=3, metric="accuracy"))
     assert micro is not None and share is not None
-    assert float(micro(confident, multi)) == pytest.approx(1 - f1(confident, multi, "multilabel"))
+    assert f1(confident, multi, "multilabel") == pytest.approx(6 / 7)  # smoothed: 7/8
+    assert float(micro(confident, multi)) == pytest.approx(1 / 8, abs=1e-6)
     assert float(share(confident, multi)) == pytest.approx(1 / 6, abs=1e-6)
     x = torch.randn(6, 3, requires_grad=True)
     objective = aligned(Task("c", kind="classification", num_classes=3, metric="f1"))
@@ -224,7 +225,7 @@ def test_the_query_loss_is_the_metric_objective_or_the_natural_loss(digits, whic
         seed=0,
         query_objective=which,
     )
-    _train(digits, composer, model, 1)
+    _train(digits, composer, model, 3)  # a meta-step at step 1
     assert composer.meta is not None
     x, y = digits.batch(50)
     with torch.no_grad():
@@ -233,6 +234,13 @@ def test_the_query_loss_is_the_metric_objective_or_the_natural_loss(digits, whic
     natural = policy.query_losses(out, y, None)
     tasks = list(policy.tasks)
     digit, ink = tasks.index("digit"), tasks.index("ink")
+    state = composer.meta.state_dict()
+    assert state["query_objective"] == which and state["query_scale"]
+    other = "natural" if which == "metric" else "metric"
+    composer.meta.load_state_dict({**state, "query_objective": other})
+    assert composer.meta.query_scale == {}  # running means of another objective start again
+    composer.meta.load_state_dict(state)
+    assert composer.meta.query_scale == state["query_scale"]
     if which == "natural":
         torch.testing.assert_close(got, natural)
     else:

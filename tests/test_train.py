@@ -80,7 +80,8 @@ def test_generated_problems_are_reproducible_and_span_the_distribution():
 def test_generated_corruption_is_drawn_only_where_the_recipe_has_it():
     """Gross errors (train and validation; the test split clean), heavy tails, offsets and
     MAE-scored tasks; a distribution without them draws exactly the problems it drew before
-    they existed (digest of the specs of problems 0-9 as drawn then)."""
+    they existed (digests of the specs of problems 0-9 and of the training and validation data
+    of problems 0-2 as drawn then)."""
     import hashlib
 
     plain = [sample_problem(Distribution(), s) for s in range(10)]
@@ -93,6 +94,13 @@ def test_generated_corruption_is_drawn_only_where_the_recipe_has_it():
     ]
     assert hashlib.sha256(repr(fields).encode()).hexdigest()[:16] == "5665d203c58883b3"
     assert all(x.outliers == 0 and x.tail is None and x.offset == 0 for p in plain for x in p.specs)
+    data = hashlib.sha256()  # their training and validation data, as drawn then too
+    for p in plain[:3]:
+        splits = p.load(0)
+        for split in (splits.train, splits.val):  # rounded: BLAS may differ in the last bits
+            for values in (split.x, *(split.y[name] for name in sorted(split.y))):
+                data.update(np.round(values.double().numpy(), 3).tobytes())
+    assert data.hexdigest()[:16] == "fc2ea029492d9a57"
     metrics = {(t.kind, t.metric) for p in plain for t in p.tasks}
     assert metrics == {("regression", "mse"), ("classification", "accuracy")}
 
@@ -131,8 +139,9 @@ def test_generated_label_noise_and_long_tails():
         torch.testing.assert_close(noisy.test.y[name], clean.test.y[name])
         share = float((noisy.train.y[name] != clean.train.y[name]).float().mean())
         assert 0.2 < share < 0.5, share  # 0.5·(K−1)/K of the labels change
-    tailed = Distribution(classification=1.0, junk=0, imbalance=1.0, imbalance_ratio=(40, 40))
-    tailed = tailed.model_copy(update={"f1": 1.0})
+    tailed = Distribution(
+        classification=1.0, junk=0, imbalance=1.0, imbalance_ratio=(40, 40), f1=1.0
+    )
     found = [sample_problem(tailed, s) for s in range(8)]
     assert all(sum(s.imbalance > 1 for s in p.specs) == 1 for p in found)
     assert all(t.metric == "f1" for p in found for t in p.tasks)
@@ -140,12 +149,15 @@ def test_generated_label_noise_and_long_tails():
     splits = p.load(0)
     for split in (splits.train, splits.test):
         counts = np.bincount(split.y["t0"].numpy(), minlength=p.specs[0].classes)
-        assert len(split.x) == p.n_train if split is splits.train else p.n_test
+        assert len(split.x) == (p.n_train if split is splits.train else p.n_test)
         assert counts[0] > 5 * counts[-1], counts  # as drawn the classes are roughly even
     even = p.model_copy(update={"tail_in_test": False}).load(0)
     torch.testing.assert_close(even.train.y["t0"], splits.train.y["t0"])
     counts = np.bincount(even.test.y["t0"].numpy(), minlength=p.specs[0].classes)
     assert counts[0] < 5 * counts[-1], counts
+    two = (p.specs[0], p.specs[0].model_copy(update={"classes": 3}))
+    with pytest.raises(ValueError, match="tasks t0, t1 are long-tailed; at most one task may be"):
+        type(p)(**{**p.model_dump(), "specs": two})
     with pytest.raises(ValueError, match="a regression task is scored by mse or mae, not 'f1'"):
         TaskSpec(kind="regression", metric="f1")
     with pytest.raises(ValueError, match="imbalance applies to classification tasks"):

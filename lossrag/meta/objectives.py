@@ -17,7 +17,8 @@ classification        ``accuracy`` mean ``1 − p_t``, the expected 0-1 error of
 classification        ``f1``       ``1 −`` soft macro-F1 over the batch's classes,
                                    ``2·Σ p_k y_k / (Σ p_k + Σ y_k)`` per class ``k``
 multilabel            ``accuracy`` mean ``|σ(z) − y|``, the expected share of wrong labels
-multilabel            ``f1``       ``1 −`` soft micro-F1, ``2·Σ σ(z)·y / (Σ σ(z) + Σ y)``
+multilabel            ``f1``       ``1 −`` soft micro-F1 smoothed by 1,
+                                   ``(2·Σ σ(z)·y + 1) / (Σ σ(z) + Σ y + 1)``
 ====================  ===========  =========================================================
 
 A task whose kind and metric have no entry (:func:`aligned` returns ``None``) keeps its
@@ -26,7 +27,8 @@ natural loss as its query loss, and the meta-step's record says so.
 >>> import torch
 >>> from lossrag import Task
 >>> objective = aligned(Task("digit", kind="classification", num_classes=3))
->>> float(objective(torch.tensor([[10.0, 0.0, 0.0], [0.0, 10.0, 0.0]]), torch.tensor([0, 2])))
+>>> logits = torch.tensor([[10.0, 0.0, 0.0], [0.0, 10.0, 0.0]])
+>>> round(float(objective(logits, torch.tensor([0, 2]))), 3)  # one of two labels right
 0.5
 """
 
@@ -37,6 +39,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from lossrag.losses._checks import residual
 from lossrag.tasks import Task
 
 __all__ = ["Objective", "aligned"]
@@ -46,11 +49,11 @@ Objective = Callable[[Tensor, Tensor], Tensor]
 
 
 def _mae(output: Tensor, target: Tensor) -> Tensor:
-    return (output - target.to(output.dtype)).abs().mean()
+    return residual("query objective (mae)", output.float(), target.float()).abs().mean()
 
 
 def _mse(output: Tensor, target: Tensor) -> Tensor:
-    return (output - target.to(output.dtype)).square().mean()
+    return residual("query objective (mse)", output.float(), target.float()).square().mean()
 
 
 def _error(output: Tensor, target: Tensor) -> Tensor:
@@ -72,7 +75,8 @@ def _label_error(output: Tensor, target: Tensor) -> Tensor:
 
 def _micro_f1(output: Tensor, target: Tensor) -> Tensor:
     p, y = output.float().sigmoid(), target.float()
-    return 1 - 2 * (p * y).sum() / (p.sum() + y.sum()).clamp_min(1e-8)
+    # smoothed by 1 (Dice): a batch without positives is best with no predicted positives
+    return 1 - (2 * (p * y).sum() + 1) / (p.sum() + y.sum() + 1)
 
 
 _ALIGNED: dict[tuple[str, str], Objective] = {

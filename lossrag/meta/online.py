@@ -171,6 +171,7 @@ class OnlineMeta:
         wanted = tasks if query_tasks is None else list(query_tasks)
         self.query_index = [i for i, n in enumerate(tasks) if n in wanted]
         self.query_names = [tasks[i] for i in self.query_index]
+        self.query_objective = query_objective
         self.objectives, self.note = self._objectives(query_objective)
 
     def _objectives(self, which: str) -> tuple[dict[str, Objective], str | None]:
@@ -304,11 +305,19 @@ class OnlineMeta:
         return out
 
     def state_dict(self) -> dict[str, Any]:
-        """The pending batch and parameters, and the query losses' running means."""
-        return {"pending": self.pending, "query_scale": dict(self.query_scale)}
+        """The pending batch and parameters, the query objective and the query losses' running
+        means."""
+        return {
+            "pending": self.pending,
+            "query_objective": self.query_objective,
+            "query_scale": dict(self.query_scale),
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore :meth:`state_dict`."""
+        """Restore :meth:`state_dict`. Running means of another query objective (a state from
+        before the metric objectives took the natural losses) are not in this one's units: they
+        start again."""
         pending = state["pending"]
         self.pending = None if pending is None else (pending[0], pending[1], pending[2])
-        self.query_scale = dict(state["query_scale"])
+        same = state.get("query_objective", "natural") == self.query_objective
+        self.query_scale = dict(state["query_scale"]) if same else {}

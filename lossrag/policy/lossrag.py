@@ -383,8 +383,8 @@ class LossRAG(Method):
         self.notes = {}
         utilities = self._utilities(keys)
         if self.query_tasks is not None:  # meta_update gates the auxiliary tasks' natural losses
-            aux = {TermKey(n, e) for n, e in self.natural.items() if n not in self.query_tasks}
-            utilities = [(k, u) for k, u in utilities if k not in aux]
+            auxiliary = self._auxiliary(self.query_tasks)
+            utilities = [(k, u) for k, u in utilities if k not in auxiliary]
         if gate:
             self._gate(utilities)
         else:
@@ -511,9 +511,13 @@ class LossRAG(Method):
 
         scored = self.learner.step(self._scored, u, active, weigh, per_task)
         self.scores.update(zip(keys, scored, strict=True))
-        auxiliary = {TermKey(n, e) for n, e in self.natural.items() if n not in keep}
+        auxiliary = self._auxiliary(keep)
         self._gate([(k, -v) for k, v in zip(keys, u.tolist(), strict=True) if k in auxiliary])
         self._reweigh()
+
+    def _auxiliary(self, keep: Collection[str]) -> set[TermKey]:
+        """The natural losses of the tasks outside ``keep`` (a query stream's auxiliary tasks)."""
+        return {TermKey(n, e) for n, e in self.natural.items() if n not in keep}
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:

@@ -102,6 +102,15 @@ class GeneratedProblem(Problem):
     #: ``mnist1d-imbalanced``).
     tail_in_test: bool = True
 
+    def model_post_init(self, _: object) -> None:
+        """At most one task is long-tailed: the samples kept follow one task's classes."""
+        tailed = [i for i, s in enumerate(self.specs) if s.imbalance > 1]
+        if len(tailed) > 1:
+            raise ValueError(
+                f"GeneratedProblem {self.name!r}: tasks {', '.join(f't{i}' for i in tailed)} are "
+                "long-tailed; at most one task may be (the samples kept follow its classes)."
+            )
+
     @property
     def in_dim(self) -> int:
         """The input dimension."""
