@@ -16,6 +16,22 @@ def _query(digits, n=3, start=100):
     return [digits.batch(start + i) for i in range(n)]
 
 
+def _online(digits, policy, queries=20, meta_every=2, **options):
+    """A model and its composer adapting online from ``queries`` query batches."""
+    model = digits.model(0)
+    composer = lossrag.wrap(
+        model,
+        digits.tasks,
+        policy,
+        shared=model.trunk,
+        query=_query(digits, queries),
+        meta_every=meta_every,
+        seed=0,
+        **options,
+    )
+    return model, composer
+
+
 def _meta_steps(composer):
     """The steps whose record carries a meta-step's utilities (filled while training)."""
     steps: list[int] = []
@@ -44,16 +60,8 @@ def _train(digits, composer, model, steps):
 
 @pytest.mark.parametrize("objective", ["sum", "common", "transfer"])
 def test_meta_steps_record_finite_utilities_for_every_candidate(digits, objective):
-    model = digits.model(0)
-    composer = lossrag.wrap(
-        model,
-        digits.tasks,
-        LossRAG(refresh_every=4),
-        shared=model.trunk,
-        query=_query(digits, 20),
-        meta_every=3,
-        seed=0,
-        meta_objective=objective,
+    model, composer = _online(
+        digits, LossRAG(refresh_every=4), meta_every=3, meta_objective=objective
     )
     before = [p.detach().clone() for p in model.parameters()]
     steps = _meta_steps(composer)
@@ -132,19 +140,8 @@ def test_query_tasks_choose_the_objective_and_keep_their_losses_on(digits, objec
     """With ``query_tasks=["digit"]`` only digit's query loss is differentiated: the utilities
     are ``−⟨∇L_c, P∇L_Q,digit⟩``, and never switch digit's own loss off; with ``transfer`` digit's
     candidates get no utility from their own task (0)."""
-    model = digits.model(0)
     policy = LossRAG(refresh_every=4)
-    composer = lossrag.wrap(
-        model,
-        digits.tasks,
-        policy,
-        shared=model.trunk,
-        query=_query(digits, 20),
-        meta_every=2,
-        seed=0,
-        meta_objective=objective,
-        query_tasks=["digit"],
-    )
+    model, composer = _online(digits, policy, meta_objective=objective, query_tasks=["digit"])
     assert composer.meta is not None and composer.meta.query_index == [0]
     gated: list[TermKey] = []  # by the meta-steps (the refreshes gate on the evidence)
     original, update = policy._gate, policy.meta_update
@@ -213,18 +210,8 @@ def test_query_objectives_follow_each_metric():
 
 @pytest.mark.parametrize("which", ["metric", "natural"])
 def test_the_query_loss_is_the_metric_objective_or_the_natural_loss(digits, which):
-    model = digits.model(0)
     policy = LossRAG(refresh_every=4)
-    composer = lossrag.wrap(
-        model,
-        digits.tasks,
-        policy,
-        shared=model.trunk,
-        query=_query(digits, 4),
-        meta_every=2,
-        seed=0,
-        query_objective=which,
-    )
+    model, composer = _online(digits, policy, queries=4, query_objective=which)
     _train(digits, composer, model, 3)  # a meta-step at step 1
     assert composer.meta is not None
     x, y = digits.batch(50)
@@ -256,16 +243,7 @@ def test_a_metric_without_an_aligned_objective_keeps_the_natural_loss_and_says_s
     from lossrag.meta import objectives
 
     monkeypatch.delitem(objectives._ALIGNED, ("regression", "mae"))
-    model = digits.model(0)
-    composer = lossrag.wrap(
-        model,
-        digits.tasks,
-        LossRAG(refresh_every=4),
-        shared=model.trunk,
-        query=_query(digits, 4),
-        meta_every=2,
-        seed=0,
-    )
+    model, composer = _online(digits, LossRAG(refresh_every=4), queries=4)
     steps = _meta_steps(composer)
     records = _train(digits, composer, model, 6)
     notes = [records[i].reason for i in steps]

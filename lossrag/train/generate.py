@@ -155,19 +155,19 @@ class GeneratedProblem(Problem):
         rng: np.random.Generator,
         corrupt: bool,
     ) -> Split:
-        """``n`` samples; for a long-tailed task, drawn in rounds of ``n`` until ``n`` are kept."""
-        x, y, keep = self._draw(a, readouts, n, rng, corrupt)
-        if keep is not None and (corrupt or self.tail_in_test):
-            parts = [(x[keep], {k: v[keep] for k, v in y.items()})]
-            while sum(len(p[0]) for p in parts) < n:
-                x, y, keep = self._draw(a, readouts, n, rng, corrupt)
-                assert keep is not None
-                parts.append((x[keep], {k: v[keep] for k, v in y.items()}))
-            x = np.concatenate([p[0] for p in parts])[:n]
-            y = {k: np.concatenate([p[1][k] for p in parts])[:n] for k in y}
+        """``n`` samples; with a long-tailed task, drawn in rounds of ``n`` until ``n`` are
+        kept."""
+        xs: list[np.ndarray] = []
+        ys: list[dict[str, np.ndarray]] = []
+        while sum(len(x) for x in xs) < n:
+            x, y, keep = self._draw(a, readouts, n, rng, corrupt)
+            if keep is None or not (corrupt or self.tail_in_test):
+                keep = np.ones(n, dtype=bool)
+            xs.append(x[keep])
+            ys.append({k: v[keep] for k, v in y.items()})
         return Split(
-            torch.from_numpy(x.astype(np.float32)),
-            {k: torch.from_numpy(v) for k, v in y.items()},
+            torch.from_numpy(np.concatenate(xs)[:n].astype(np.float32)),
+            {k: torch.from_numpy(np.concatenate([y[k] for y in ys])[:n]) for k in ys[0]},
         )
 
     def _draw(
