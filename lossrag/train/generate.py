@@ -11,7 +11,8 @@ Every problem shares one input distribution: ``x ~ N(0, I)``, a hidden teacher
 - *classification*: ``y = argmax(zW + τ·Gumbel)``, then a fraction of the training and
   validation labels flipped at random (the test split's stay clean); a task may be long-tailed
   (samples kept with a probability falling geometrically over the classes, in every split: the
-  imbalance is the data's) and scored by accuracy or macro-F1 (``f1``), which weighs the rare
+  imbalance is the data's; ``tail_in_test=False`` keeps the test split's classes as drawn) and
+  scored by accuracy or macro-F1 (``f1``), which weighs the rare
   classes as much as the frequent ones where a loss on samples does not;
 - *junk*: regression targets that are pure noise, or uniformly random labels; trained, never
   scored;
