@@ -282,6 +282,7 @@ def _start_bench(
     force: bool,
     toy_steps: int,
     oracle: Path | None,
+    meta_every: int | None = None,
 ) -> None:
     """Run a new benchmark in ``out`` (``bench run`` and ``bench quick``)."""
     from lossrag.bench.oracle import load_oracle
@@ -296,6 +297,7 @@ def _start_bench(
             seeds=list(range(seeds)),
             toy_steps=toy_steps,
             oracle=load_oracle(oracle).choices() if oracle else {},
+            meta_every=meta_every,
         )
         run_bench(config, out, jobs=jobs, force=force, console=console)
     except ValueError as err:
@@ -314,6 +316,10 @@ def bench_run(
     jobs: _Jobs = 2,
     toy_steps: _ToySteps = 50000,
     oracle: _Oracle = None,
+    meta_every: Annotated[
+        int | None,
+        typer.Option(help="steps between online meta-steps of the query methods (default: 5)"),
+    ] = None,
 ) -> None:
     """Run methods × problems × seeds with single-task baselines; write results.json, table.md
     and plots. Default: the protocol's 13 baselines on every problem, 3 seeds. With --oracle,
@@ -321,7 +327,7 @@ def bench_run(
     from lossrag.bench.problems import list_problems
 
     chosen = _split(problems) if problems else [*list_problems(), "toy2d"]
-    _start_bench(chosen, _split(methods), seeds, out, jobs, force, toy_steps, oracle)
+    _start_bench(chosen, _split(methods), seeds, out, jobs, force, toy_steps, oracle, meta_every)
 
 
 @bench_app.command("quick")

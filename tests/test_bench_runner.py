@@ -50,6 +50,31 @@ def test_plan_counts_and_protocol_exclusions():
     assert len({j.key for j in jobs}) == len(jobs)
 
 
+def test_meta_every_reaches_the_query_methods_runs(monkeypatch):
+    """``--meta-every`` goes to every training and cost run (``wrap(meta_every=...)``), not to
+    the single-task baselines; without it ``wrap`` keeps its default."""
+    import lossrag.bench.fit as fit_module
+
+    cfg = BenchConfig(problems=["digits-mtl"], methods=["lossrag-online"], seeds=[0], meta_every=10)
+    jobs = plan(cfg)
+    assert {j.meta_every for j in jobs if j.kind in ("train", "cost")} == {10}
+    assert {j.meta_every for j in jobs if j.kind == "stl"} == {None}
+    seen: list[dict] = []
+
+    def wrap(*args, **kwargs):
+        seen.append(kwargs)
+        raise RuntimeError("wrapped")
+
+    monkeypatch.setattr(fit_module, "wrap", wrap)
+    for every in (10, None):
+        with pytest.raises(RuntimeError, match="wrapped"):
+            fit_module.fit(get_problem("digits-mtl"), "lossrag-online", 0, meta_every=every)
+    assert seen[0]["meta_every"] == 10 and "meta_every" not in seen[1]
+    assert seen[0]["query"] is not None
+    with pytest.raises(ValueError, match="meta_every"):
+        BenchConfig(problems=["digits-mtl"], methods=["ew"], seeds=[0], meta_every=0)
+
+
 def test_unknown_names_suggest(tmp_path):
     with pytest.raises(ValueError, match="'digits-mtl'"):
         run_bench(_small(problems=["digits-mt"]), tmp_path / "o")

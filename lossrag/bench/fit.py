@@ -44,6 +44,7 @@ def fit(
     split: str = "test",
     only: str | None = None,
     normalize_targets: bool | Literal["auto"] | None = None,
+    meta_every: int | None = None,
 ) -> FitResult:
     """Train ``problem.build_model(seed)`` on ``problem.load(seed).train`` with ``policy`` through
     :func:`lossrag.wrap`, then evaluate on ``split``. A method that learns from held-out batches
@@ -54,7 +55,8 @@ def fit(
     problem's budget (epochs, batch size, Adam learning rate); ``epochs`` overrides the budget.
     ``only`` names one task to train alone (a single-task baseline: same model, data and budget;
     the other heads get no gradient and are not scored). ``normalize_targets`` goes to
-    :func:`lossrag.wrap` (``None``: the method's own choice).
+    :func:`lossrag.wrap` (``None``: the method's own choice); so does ``meta_every``, the steps
+    between online meta-steps (``None``: ``wrap``'s default).
     """
     torch.manual_seed(seed)
     splits = problem.load(seed)
@@ -83,6 +85,7 @@ def fit(
         optimizer=optimizer,
         query_tasks=[n for n in problem.scored if n in names] if needs_query else None,
         normalize_targets=normalize_targets,
+        **({} if meta_every is None else {"meta_every": meta_every}),
     )
     order = torch.Generator().manual_seed(seed)
     wall0, cpu0 = time.perf_counter(), time.process_time()

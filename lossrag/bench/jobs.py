@@ -41,6 +41,8 @@ class Job(BaseModel):
         seed: Seed of data, model and method.
         task: The task of an STL run.
         epochs: Budget override; ``None`` keeps the problem's budget.
+        meta_every: Steps between online meta-steps (methods that learn from ``query=``);
+            ``None``: ``wrap``'s default.
         steps: Steps of a cost measurement or of a ``toy2d`` run.
         start: The ``toy2d`` start point (0-4) of a ``toy`` job.
         losses: Task -> the loss it trains with instead of its natural one (oracle rows, sweeps).
@@ -54,6 +56,7 @@ class Job(BaseModel):
     seed: int
     task: str | None = None
     epochs: int | None = None
+    meta_every: int | None = None
     steps: int | None = None
     start: int | None = None
     losses: dict[str, LossChoice] | None = None
@@ -117,7 +120,14 @@ def _train(job: Job) -> dict[str, Any]:
             weights.append(record.task_weights())
         last[:] = [record]
 
-    r = fit(problem, base_method(job.method), job.seed, epochs=job.epochs, on_step=keep)
+    r = fit(
+        problem,
+        base_method(job.method),
+        job.seed,
+        epochs=job.epochs,
+        on_step=keep,
+        meta_every=job.meta_every,
+    )
     return {
         "metrics": r.metrics,
         "steps": r.steps,
@@ -181,6 +191,8 @@ def measure_cost(job: Job, device: str = "cpu", **wrap_options: Any) -> dict[str
 
     problem = get_problem(job.problem)
     splits = problem.load(job.seed)
+    if job.meta_every is not None:
+        wrap_options.setdefault("meta_every", job.meta_every)
     arms = [
         wrapped(problem, splits, m, job.seed, device, **wrap_options) for m in ("ew", job.method)
     ]

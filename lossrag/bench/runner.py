@@ -55,6 +55,8 @@ class BenchConfig(BaseModel):
         methods: Weighting method names.
         seeds: Seeds, shared by every method.
         epochs: Budget override for every problem; ``None`` keeps each budget.
+        meta_every: Steps between the online meta-steps of the methods that learn from
+            ``query=`` (training and cost runs); ``None``: ``wrap``'s default (5).
         cost_steps: Steps per arm of the interleaved cost measurement (at least
             :data:`COMPOSING_COST_STEPS` for the retrieval policies).
         toy_steps: Adam steps of a ``toy2d`` run, the same for every method (Nash-MTL and FAMO:
@@ -74,6 +76,7 @@ class BenchConfig(BaseModel):
     methods: list[str] = Field(min_length=1)
     seeds: list[int] = Field(min_length=1)
     epochs: int | None = None
+    meta_every: int | None = Field(default=None, ge=1)
     cost_steps: int = 60
     toy_steps: int = 50000
     version: str = lossrag.__version__
@@ -127,6 +130,7 @@ def plan(config: BenchConfig) -> list[Job]:
                     method=m,
                     seed=seed,
                     epochs=config.epochs,
+                    meta_every=config.meta_every,
                     losses=config.oracle[name] if m.endswith(ORACLE_SUFFIX) else None,
                 )
                 for m in methods
@@ -136,7 +140,14 @@ def plan(config: BenchConfig) -> list[Job]:
                 for t in get_problem(name).scored
             ]
         jobs += [
-            Job(kind="cost", problem=name, method=m, seed=0, steps=_cost_steps(config, m))
+            Job(
+                kind="cost",
+                problem=name,
+                method=m,
+                seed=0,
+                steps=_cost_steps(config, m),
+                meta_every=config.meta_every,
+            )
             for m in methods
             if m != "ew" and not m.endswith(ORACLE_SUFFIX)  # as costly as the method itself
         ]
