@@ -24,6 +24,8 @@ None of the benchmark suite's data is used (the protocol's held-out rule).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from typing import Literal
 
 import numpy as np
@@ -35,6 +37,10 @@ from lossrag.bench.problems.base import Budget, Problem, Split, Splits
 from lossrag.tasks import Task
 
 __all__ = ["Distribution", "GeneratedProblem", "TaskSpec", "sample_problem"]
+
+#: A round of samples: inputs, targets by task, and the samples a long tail keeps (``None``: no
+#: task is long-tailed).
+_Drawn = tuple[np.ndarray, dict[str, np.ndarray], np.ndarray | None]
 
 
 class TaskSpec(BaseModel):
@@ -143,27 +149,20 @@ class GeneratedProblem(Problem):
                 readouts[i] = readouts[s.source]
         rng = self.rng(seed)
         train, val, test = (
-            self._split(a, readouts, n, rng, corrupt)
+            self._split(partial(self._draw, a, readouts, n, rng, corrupt), n, corrupt)
             for n, corrupt in ((self.n_train, True), (self.n_val, True), (self.n_test, False))
         )
         return Splits(train, val, test)
 
-    def _split(
-        self,
-        a: np.ndarray,
-        readouts: list[np.ndarray],
-        n: int,
-        rng: np.random.Generator,
-        corrupt: bool,
-    ) -> Split:
-        """``n`` samples; with a long-tailed task, drawn in rounds of ``n`` until ``n`` are
-        kept."""
+    def _split(self, draw: Callable[[], _Drawn], n: int, corrupt: bool) -> Split:
+        """``n`` samples of ``draw`` (:meth:`_draw`); with a long-tailed task, drawn in rounds
+        until ``n`` are kept."""
         xs: list[np.ndarray] = []
         ys: list[dict[str, np.ndarray]] = []
         while sum(len(x) for x in xs) < n:
-            x, y, keep = self._draw(a, readouts, n, rng, corrupt)
+            x, y, keep = draw()
             if keep is None or not (corrupt or self.tail_in_test):
-                keep = np.ones(n, dtype=bool)
+                keep = np.ones(len(x), dtype=bool)
             xs.append(x[keep])
             ys.append({k: v[keep] for k, v in y.items()})
         return Split(
@@ -178,7 +177,7 @@ class GeneratedProblem(Problem):
         n: int,
         rng: np.random.Generator,
         corrupt: bool,
-    ) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray | None]:
+    ) -> _Drawn:
         """``n`` inputs, their targets and which samples the long tail keeps (``None``: no task
         is long-tailed)."""
         x = rng.standard_normal((n, self.in_features))
