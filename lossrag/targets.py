@@ -177,6 +177,7 @@ class _Flat:
     mu32: Tensor
     sigma32: Tensor
     loss32: dict[str, tuple[Tensor, Tensor]]
+    shaped_cache: dict[tuple[Any, ...], tuple[Tensor, Tensor]] = field(default_factory=dict)
 
     @classmethod
     def build(
@@ -242,6 +243,24 @@ class _Flat:
         valid = self.valid | (root > floor)
         return torch.where(valid, torch.maximum(root, floor), self.sigma[self.first]), valid
 
+    def shaped(self, task: str, target: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """``(μ, σ)`` of ``task`` in ``dtype`` on ``target``'s device, shaped to broadcast over
+        its batch. Views of the buffers (updated in place between steps) are kept per
+        ``(task, dtype, device, shape)``; a converted copy would go stale, so it is made anew."""
+        shape = target.shape[1:] if target.dim() > 1 else ()
+        key = (task, dtype, target.device, shape)
+        pair = self.shaped_cache.get(key)
+        if pair is not None:
+            return pair
+        stats = self.stats[task]
+        mu, sigma = self.loss32[task] if dtype == torch.float32 else (stats.mu, stats.sigma)
+        if mu.dtype != dtype or mu.device != target.device:
+            return mu.to(target.device, dtype).reshape(shape), sigma.to(
+                target.device, dtype
+            ).reshape(shape)
+        pair = self.shaped_cache[key] = (mu.reshape(shape), sigma.reshape(shape))
+        return pair
+
 
 @dataclass
 class _Head:
@@ -284,6 +303,24 @@ class _Seen:
 def _pad(x: Tensor, value: float) -> Tensor:
     """``x`` with one more value at the end (the columns of no task read it)."""
     return torch.cat([x, x.new_full((1,), value)])
+
+
+def _raw_view(output: Tensor, shown: Tensor, raw: Tensor) -> Tensor | None:
+    """The view of ``raw`` that ``output`` is of ``shown`` (a head's output in user units and
+    its raw output, same shape, both contiguous), or ``None`` when ``output`` is not ``shown``
+    or a view of it."""
+    if shown.shape != raw.shape:
+        return None
+    if output is shown:
+        return raw
+    if output._base is not shown:
+        return None
+    if not (shown.is_contiguous() and raw.is_contiguous()):
+        return None
+    offset = raw.storage_offset() + output.storage_offset() - shown.storage_offset()
+    if output.is_contiguous() and output.numel() == raw.numel() and offset == raw.storage_offset():
+        return raw.view(output.shape)  # the common ``head(x).squeeze(-1)``: a cheap backward
+    return raw.as_strided(output.shape, output.stride(), offset)
 
 
 def far_from_unit(mu: float, sigma: float) -> bool:
@@ -779,20 +816,14 @@ class TargetNormalizer:
         flat = self._flat
         if task not in self.names or flat is None or task not in flat.stats:
             return output, target
-        stats = flat.stats[task]
         dtype = torch.promote_types(output.dtype, torch.float32)
-        shape = target.shape[1:] if target.dim() > 1 else ()
-        mu, sigma = flat.loss32[task] if dtype == torch.float32 else (stats.mu, stats.sigma)
-        mu = mu.to(target.device, dtype).reshape(shape)  # apply() changes them between steps
-        sigma = sigma.to(target.device, dtype).reshape(shape)
+        mu, sigma = flat.shaped(task, target, dtype)
         target_n = (target.to(dtype) - mu) / sigma
         head = self.heads.get(task)
         if head is not None and not head.detached and head.last is not None:
-            shown, raw = head.last  # same shape, both contiguous: a view maps onto raw alike
-            same = shown.untyped_storage().data_ptr() == output.untyped_storage().data_ptr()
-            if same and shown.shape == raw.shape and shown.is_contiguous() and raw.is_contiguous():
-                offset = raw.storage_offset() + output.storage_offset() - shown.storage_offset()
-                return raw.as_strided(output.shape, output.stride(), offset), target_n
+            raw = _raw_view(output, *head.last)
+            if raw is not None:
+                return raw, target_n
         return (output.to(dtype) - mu) / sigma, target_n
 
     # ------------------------------------------------------------------ records and state
