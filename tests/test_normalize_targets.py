@@ -4,11 +4,13 @@ the composer (the normaliser itself is tested in ``tests/test_targets.py``)."""
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
 
 import lossrag
+from lossrag.meta.hypergrad import Functional
 from lossrag.models import MultiTaskMLP
 
 TASKS = [
@@ -105,6 +107,45 @@ def test_the_first_step_is_already_normalised():
     x, y = _data(64, 0)
     composer.backward(model(x), y)
     assert composer.last_record.losses["price"] < 10  # not ~1e6 in the user's units
+
+
+def test_online_adaptation_takes_the_candidates_losses_normalised():
+    """With ``query=``, the meta-step's look-ahead takes the candidates' losses as training does,
+    on standardised targets (in the user's units the price's L2 is about 1e4 times larger), the
+    training forward's heads stay mapped to their raw outputs, and both targets are learned."""
+    torch.manual_seed(0)
+    model = MultiTaskMLP(6, [32], TASKS)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    composer = lossrag.wrap(
+        model,
+        TASKS,
+        "lossrag-online",
+        shared=model.trunk,
+        seed=0,
+        normalize_targets=True,
+        query=[_data(64, 5000 + i) for i in range(400)],
+        meta_every=4,
+        optimizer=opt,
+    )
+    utilities = []
+    for i in range(300):
+        x, y = _data(64, i)
+        opt.zero_grad()
+        composer.backward(model(x), y)
+        opt.step()
+        record = composer.last_record
+        assert record is not None and not record.skipped
+        utilities += [t.utility for t in record.terms if t.utility is not None]
+    assert len(utilities) > 100 and all(math.isfinite(u) for u in utilities)
+    x, y = _data(64, 9999)
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    out = model(x)
+    with composer.rerunning():
+        losses = Functional(model, composer.meta._candidates)(params, (((x,), {}), y))
+    assert float(losses.abs().max()) < 10
+    assert composer.normalizer.normalized("price", out["price"], y["price"])[0] is not out["price"]
+    composer.close()
+    assert _mae(model, "price") < 65 and _mae(model, "tiny") < 3e-4
 
 
 def test_a_failed_wrap_leaves_the_model_alone():

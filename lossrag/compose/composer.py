@@ -183,6 +183,7 @@ class Composer:
                 objective=self.options.meta_objective,
                 query_tasks=sorted(query_tasks),
                 query_objective=self.options.query_objective,
+                normalize=self.normalize,
             )
         elif self.method.needs_query or self.meter is not None:
             self._query = stream
@@ -195,20 +196,13 @@ class Composer:
 
     def _target_normalizer(self) -> Any:
         """PopArt statistics and heads of the regression tasks, with ``normalize_targets`` (the
-        method's own choice, :attr:`Method.normalize_targets`, when it is not given; a retrieval
-        policy adapting online from ``query=`` then takes its losses in user units)."""
+        method's own choice, :attr:`Method.normalize_targets`, when it is not given)."""
         mode = self.options.normalize_targets
-        online = self.method.composes_terms and self.options.query is not None
         if mode is None:
-            mode = False if online else self.method.normalize_targets
+            mode = self.method.normalize_targets
         self.target_mode = mode
         if not mode:
             return None
-        if online:
-            raise ValueError(
-                "wrap: normalize_targets with a retrieval policy's online meta-adaptation "
-                "(query=) is not supported yet; its look-ahead takes losses in the user's units."
-            )
         from lossrag.targets import TargetNormalizer
 
         normalizer = TargetNormalizer(self.tasks, auto=mode == "auto")
@@ -608,10 +602,12 @@ class Composer:
 
     @contextlib.contextmanager
     def rerunning(self) -> Iterator[None]:
-        """Forwards inside are the composer's own, not training batches."""
+        """Forwards inside are the composer's own, not training batches (the located heads'
+        last outputs stay those of the training forward)."""
         self._replaying = True
         try:
-            yield
+            with contextlib.nullcontext() if self.normalizer is None else self.normalizer.aside():
+                yield
         finally:
             self._replaying = False
             self._features = None

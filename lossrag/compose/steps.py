@@ -238,7 +238,7 @@ class PolicyStep(Step):
                 timings["refresh"] = time.perf_counter() - t1
             c.window_weights = policy.coefficients(losses, terms)
             if c.meta is not None and c.meta.due(c.step) and c.inputs is not None:
-                c.meta.remember(c.kept_inputs(), targets)
+                c.meta.remember(c.kept_inputs(), raw_targets)
         coefficients = c.window_weights
         assert coefficients is not None
         if coefficients.numel() != losses.numel():  # a gate moved inside the window

@@ -139,6 +139,12 @@ class OnlineMeta:
         query_objective: ``metric``: each task's query loss is the objective aligned with its
             metric (:mod:`lossrag.meta.objectives`; its natural loss where there is none, said
             in the first meta-step's note); ``natural``: its natural loss.
+        normalize: Outputs and targets as the training losses see them (the composer's target
+            normalisation); the candidates' losses at the remembered batch go through it, the
+            query losses are taken in the user's units (each divided by its running mean).
+            With PopArt, a rescale of the heads between the remembered step and the meta-step
+            (every step for the first 64, one in 16 after) leaves the finite difference at θ_t
+            read through the new statistics.
     """
 
     def __init__(
@@ -154,6 +160,7 @@ class OnlineMeta:
         objective: str = "sum",
         query_tasks: Sequence[str] | None = None,
         query_objective: str = "metric",
+        normalize: Callable[[Mapping[str, Tensor], Mapping[str, Tensor]], Any] | None = None,
     ) -> None:
         if every < 1:
             raise ValueError(f"wrap: meta_every must be >= 1, got {every}.")
@@ -166,7 +173,7 @@ class OnlineMeta:
         self.optimizer, self.eps = optimizer, eps
         self.pending: tuple[dict[str, Tensor], Any, dict[str, Tensor]] | None = None
         self.query_scale: dict[str, float] = {}
-        self.take_features = features
+        self.take_features, self.normalize = features, normalize or (lambda o, t: (o, t))
         tasks = list(policy.tasks)
         wanted = tasks if query_tasks is None else list(query_tasks)
         self.query_index = [i for i, n in enumerate(tasks) if n in wanted]
@@ -196,7 +203,8 @@ class OnlineMeta:
         return step % self.every == 0
 
     def remember(self, inputs: Any, targets: Mapping[str, Tensor]) -> None:
-        """Keep θ_t and this step's batch (``inputs`` as the model received them)."""
+        """Keep θ_t and this step's batch (``inputs`` as the model received them, ``targets``
+        in the user's units)."""
         params = {
             n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad
         }
@@ -242,6 +250,7 @@ class OnlineMeta:
     def _candidates(self, call: Any, batch: Any) -> Tensor:
         inputs, targets = batch
         outputs, features = self._forward(call, inputs)
+        outputs, targets = self.normalize(outputs, targets)
         return self.policy.candidate_losses(outputs, targets, features)
 
     def _query_gradient(
