@@ -255,11 +255,10 @@ class _Flat:
             return pair
         stats = self.stats[task]
         mu, sigma = self.loss32[task] if dtype == torch.float32 else (stats.mu, stats.sigma)
-        if mu.dtype != dtype or mu.device != target.device:
-            return mu.to(target.device, dtype).reshape(shape), sigma.to(
-                target.device, dtype
-            ).reshape(shape)
-        pair = self.shaped_cache[key] = (mu.reshape(shape), sigma.reshape(shape))
+        to: dict[str, Any] = {"device": target.device, "dtype": dtype}
+        pair = (mu.to(**to).reshape(shape), sigma.to(**to).reshape(shape))
+        if mu.dtype == dtype and mu.device == target.device:
+            self.shaped_cache[key] = pair
         return pair
 
 
