@@ -52,10 +52,16 @@ def cheapest(table: str, each_problem: set[str]) -> dict[tuple[str, str, str], d
 
 def largest_difference(stored: Mapping[str, float], now: Mapping[str, float]) -> float:
     """The largest relative difference between two runs' metrics (``inf`` if they differ in
-    their tasks)."""
+    their tasks; a metric that is NaN in both counts as equal)."""
     if stored.keys() != now.keys():
         return math.inf
-    return max(abs(now[k] - v) / max(abs(v), 1e-12) for k, v in stored.items())
+    gaps = [
+        0.0
+        if now[k] == v or (math.isnan(v) and math.isnan(now[k]))
+        else abs(now[k] - v) / max(abs(v), 1e-12)
+        for k, v in stored.items()
+    ]
+    return max(gaps, default=0.0)
 
 
 def main() -> None:

@@ -140,13 +140,47 @@ def test_online_adaptation_takes_the_candidates_losses_normalised():
     x, y = _data(64, 9999)
     params = {n: p.detach() for n, p in model.named_parameters()}
     out = model(x)
-    with composer.rerunning():
+    with composer.rerunning(keep_heads=True):
         losses = Functional(model, composer.meta._candidates)(params, (((x,), {}), y))
     assert float(losses.abs().max()) < 10
     shown, _ = composer.normalizer.heads["price"].last
     assert out["price"]._base is shown  # the training forward's, not the look-ahead's
     composer.close()
     assert _mae(model, "price") < 65 and _mae(model, "tiny") < 3e-4
+
+
+def test_an_online_run_saved_without_normalisation_resumes_without_it():
+    """The shipped policy with ``query=`` normalised no targets before online adaptation took
+    normalised targets: a state it saved (none in it) resumes as it started, exactly."""
+    query = [_data(64, 5000 + i) for i in range(50)]
+
+    def make(**options):
+        torch.manual_seed(0)
+        model = MultiTaskMLP(6, [32], TASKS)
+        wrapped = lossrag.wrap(
+            model, TASKS, "default", shared=model.trunk, seed=0, query=query, **options
+        )
+        return model, wrapped
+
+    model, before = make(normalize_targets=False)
+    for i in range(12):
+        x, y = _data(64, i)
+        model.zero_grad(set_to_none=True)
+        before.backward(model(x), y)
+    state = copy.deepcopy(before.state_dict())
+    params = {k: v.clone() for k, v in model.state_dict().items()}
+    x, y = _data(64, 99)
+    model.zero_grad(set_to_none=True)
+    before.backward(model(x), y)
+    expected = [p.grad.clone() for p in model.parameters()]
+
+    again, resumed = make()
+    again.load_state_dict(params)
+    resumed.load_state_dict(state)
+    assert resumed.normalizer is None
+    resumed.backward(again(x), y)
+    for a, b in zip(expected, [p.grad for p in again.parameters()], strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 def test_a_failed_wrap_leaves_the_model_alone():

@@ -601,12 +601,15 @@ class Composer:
         return features
 
     @contextlib.contextmanager
-    def rerunning(self) -> Iterator[None]:
-        """Forwards inside are the composer's own, not training batches (the located heads'
-        last outputs stay those of the training forward)."""
+    def rerunning(self, keep_heads: bool = False) -> Iterator[None]:
+        """Forwards inside are the composer's own, not training batches. ``keep_heads``: the
+        located heads keep the training forward's last outputs, for a rerun after which this
+        step's outputs are still to be normalised (otherwise the last forward inside is the
+        one :meth:`normalize` maps, as the refresh's eager forward needs)."""
         self._replaying = True
+        keep = keep_heads and self.normalizer is not None
         try:
-            with contextlib.nullcontext() if self.normalizer is None else self.normalizer.aside():
+            with self.normalizer.aside() if keep else contextlib.nullcontext():
                 yield
         finally:
             self._replaying = False
@@ -695,6 +698,12 @@ class Composer:
             self.meta.load_state_dict(state["meta"])
         if self.meter is not None and state.get("meter") is not None:
             self.meter.load_state_dict(state["meter"])
+        implicit = self.options.normalize_targets is None
+        if self.normalizer is not None and state.get("targets") is None and implicit:
+            # a run the method started without normalisation (online adaptation before it took
+            # normalised targets) goes on as it started
+            self.normalizer.detach(self.module)
+            self.normalizer, self.target_mode = None, False
         if (self.normalizer is None) != (state.get("targets") is None):
             raise ValueError(
                 "Composer.load_state_dict: the state was saved with normalize_targets="

@@ -199,7 +199,7 @@ class PolicyStep(Step):
             c.undo_skipped_step()
         if starts and c.meta is not None:  # first: its new weights and gates apply to this step
             t_meta = time.perf_counter()
-            with c.rerunning():
+            with c.rerunning(keep_heads=True):  # this step's outputs are normalised after
                 utilities, note = c.meta.step()
             utilities, note = c.share_state((utilities, note))
             timings["meta"] = time.perf_counter() - t_meta
