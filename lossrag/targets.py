@@ -103,9 +103,8 @@ Details the caller should know:
 
 from __future__ import annotations
 
-import contextlib
 import itertools
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -825,17 +824,6 @@ class TargetNormalizer:
             if raw is not None:
                 return raw, target_n
         return (output.to(dtype) - mu) / sigma, target_n
-
-    @contextlib.contextmanager
-    def aside(self) -> Iterator[None]:
-        """Forwards inside (a look-ahead, a re-evaluation) leave the heads' last outputs, which
-        :meth:`normalized` maps the training forward's outputs by, as they were."""
-        kept = [(head, head.last) for head in self.heads.values()]
-        try:
-            yield
-        finally:
-            for head, last in kept:
-                head.last = last
 
     # ------------------------------------------------------------------ records and state
     def stats(self) -> dict[str, dict[str, float]]:

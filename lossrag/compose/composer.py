@@ -601,16 +601,11 @@ class Composer:
         return features
 
     @contextlib.contextmanager
-    def rerunning(self, keep_heads: bool = False) -> Iterator[None]:
-        """Forwards inside are the composer's own, not training batches. ``keep_heads``: the
-        located heads keep the training forward's last outputs, for a rerun after which this
-        step's outputs are still to be normalised (otherwise the last forward inside is the
-        one :meth:`normalize` maps, as the refresh's eager forward needs)."""
+    def rerunning(self) -> Iterator[None]:
+        """Forwards inside are the composer's own, not training batches."""
         self._replaying = True
-        keep = keep_heads and self.normalizer is not None
         try:
-            with self.normalizer.aside() if keep else contextlib.nullcontext():
-                yield
+            yield
         finally:
             self._replaying = False
             self._features = None

@@ -197,15 +197,16 @@ class PolicyStep(Step):
         starts, window = c.window_starts(), c.window
         if starts:
             c.undo_skipped_step()
+        raw_targets = targets
+        # before the meta-step's forwards: the located heads map this forward's outputs
+        outputs, targets = c.normalize(outputs, targets)
         if starts and c.meta is not None:  # first: its new weights and gates apply to this step
             t_meta = time.perf_counter()
-            with c.rerunning(keep_heads=True):  # this step's outputs are normalised after
+            with c.rerunning():
                 utilities, note = c.meta.step()
             utilities, note = c.share_state((utilities, note))
             timings["meta"] = time.perf_counter() - t_meta
         t0 = time.perf_counter()
-        raw_targets = targets
-        outputs, targets = c.normalize(outputs, targets)
         terms, parts, losses, values = self._term_losses(outputs, targets, features)
         bad = [k for k, v in zip(terms, values, strict=True) if not math.isfinite(v)]
         failed = [k for k in bad if k.loss != policy.natural[k.task]]
