@@ -246,6 +246,26 @@ def test_compiled_model_trains_with_every_family(digits, policy):
         )
 
 
+@pytest.mark.parametrize("policy", ["mgda", "default"])
+def test_compiled_outputs_of_an_uncompiled_wrap_are_refused(digits, policy):
+    """Wrapping the plain model and training on its compiled outputs failed deep in autograd
+    ("appears to not have been used in the graph", "donated buffers"); the error now says to
+    compile first, and nothing of the step is counted. A method that does not reach into the
+    graph (EW) trains as it did."""
+    torch._dynamo.reset()
+    model = digits.model(0)
+    composer = lossrag.wrap(model, digits.tasks, policy, shared=model.trunk, seed=0)
+    compiled = torch.compile(model, backend="aot_eager")
+    x, y = digits.batch(0)
+    with pytest.raises(ValueError, match=r"torch\.compile'd model.*Compile first, then wrap"):
+        composer.backward(compiled(x), y)
+    assert composer.step == 0
+    record = composer.backward(model(x), y)  # the eager model still trains
+    assert not record.skipped and composer.step == 1
+    plain = lossrag.wrap(model, digits.tasks, "ew", shared=model.trunk, seed=0)
+    assert not plain.backward(compiled(x), y).skipped
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("policy", ["ew", "famo", "gradnorm", "mgda", "default"])
 def test_inductor_compiled_model_trains(digits, policy):

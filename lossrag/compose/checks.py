@@ -9,7 +9,14 @@ from torch import Tensor, nn
 
 from lossrag.tasks import Task
 
-__all__ = ["check_batch", "check_shared", "check_tasks", "last_layer", "query_index"]
+__all__ = [
+    "check_batch",
+    "check_compiled",
+    "check_shared",
+    "check_tasks",
+    "last_layer",
+    "query_index",
+]
 
 
 def check_tasks(tasks: Sequence[Task]) -> list[Task]:
@@ -110,6 +117,21 @@ def check_batch(
                     f"Task {task.name!r}: its output does not require grad (computed under "
                     "torch.no_grad() or detached?); nothing could be trained."
                 )
+
+
+def check_compiled(outputs: Mapping[str, Tensor], policy: str) -> None:
+    """Refuse outputs of a ``torch.compile``'d model given to a composer that wraps the
+    uncompiled one, for a method that reaches into the model's graph (the shared features, or
+    several backward passes): it would fail in autograd with an error that names neither."""
+    for name, output in outputs.items():
+        if type(output.grad_fn).__name__ == "CompiledFunctionBackward":
+            raise ValueError(
+                f"Composer: the output of task {name!r} comes from a torch.compile'd model, but "
+                f"wrap() was given the uncompiled one; policy {policy!r} needs to know (it takes "
+                "the shared features or several backward passes through the model's graph). "
+                "Compile first, then wrap the compiled model: `model = torch.compile(model)`, "
+                "`lossrag.wrap(model, ...)`."
+            )
 
 
 def _same_keys(what: str, found: set[str], expected: set[str]) -> None:

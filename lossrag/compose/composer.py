@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from lossrag.compose.checks import (
     check_batch,
+    check_compiled,
     check_shared,
     check_tasks,
     last_layer,
@@ -85,6 +86,11 @@ class Composer:
         composes = self.method.composes_terms
         representation = any(t.kind == "representation" for t in self.tasks)
         self.compiled = is_compiled(model)
+        #: Whether the step reaches into the model's graph (features, several backwards),
+        #: where a compiled model is handled apart.
+        self._graph_bound = (
+            representation or composes or self.method.per_task_gradients or self.method.live_losses
+        )
         self._check_stack(representation)
         needs_shared = self.method.per_task_gradients or composes or representation
         self.shared = check_shared(model, shared, self.policy_name, needs_shared)
@@ -316,6 +322,8 @@ class Composer:
         self, outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor], values: bool = True
     ) -> Iterator[None]:
         check_batch(self.tasks, outputs, targets, values)
+        if self.step == 0 and not self.compiled and self._graph_bound:
+            check_compiled(outputs, self.policy_name)
         if not self.sync.checked:
             self.sync.check(
                 {
