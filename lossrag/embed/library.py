@@ -23,6 +23,7 @@ from lossrag.embed.probe import Probe, canonical_probe, probe_loss
 from lossrag.embed.stats import (
     PROBE_STATS,
     SIGNATURE,
+    Reference,
     output_gradients,
     probe_statistics,
     signature,
@@ -100,16 +101,16 @@ class Embedder:
 
     def __init__(self, losses: LossRegistry = registry) -> None:
         self.losses = losses
-        self._probes: dict[str, tuple[Probe, Tensor, Tensor, Tensor]] = {}
+        self._probes: dict[str, tuple[Probe, Reference]] = {}
         self._signatures: dict[str, list[float]] = {}
 
-    def _probe(self, kind: str) -> tuple[Probe, Tensor, Tensor, Tensor]:
+    def _probe(self, kind: str) -> tuple[Probe, Reference]:
         if kind not in self._probes:
             probe = canonical_probe(kind)
-            values, grad = output_gradients(
-                lambda z, y: probe_loss(kind, z, y), probe.outputs(), probe.targets
+            [(values, grad)] = output_gradients(
+                [lambda z, y: probe_loss(kind, z, y)], probe.outputs(), probe.targets
             )
-            self._probes[kind] = (probe, values, grad, self._to_head(probe, grad))
+            self._probes[kind] = (probe, Reference.of(values, grad, self._to_head(probe, grad)))
         return self._probes[kind]
 
     @staticmethod
@@ -135,11 +136,11 @@ class Embedder:
 
     def canonical(self, name: str, params: Mapping[str, float], kind: str) -> np.ndarray:
         """The raw embedding of one library entry on the canonical probe of ``kind``."""
-        probe, ref_values, ref_grad, ref_head = self._probe(kind)
-        values, grad = output_gradients(self._call(name, params), probe.outputs(), probe.targets)
-        stats = probe_statistics(
-            values, grad, self._to_head(probe, grad), ref_values, ref_grad, ref_head
+        probe, ref = self._probe(kind)
+        [(values, grad)] = output_gradients(
+            [self._call(name, params)], probe.outputs(), probe.targets
         )
+        stats = probe_statistics(values, grad, self._to_head(probe, grad), ref)
         return np.asarray(self._static(name, params, kind) + stats)
 
     def library(
@@ -179,7 +180,7 @@ class Embedder:
         """
         fns = [fn for _, _, fn in candidates]
         fns.append(lambda z, y: probe_loss(kind, z, y))
-        measured = [output_gradients(fn, outputs, targets) for fn in fns]
+        measured = output_gradients(fns, outputs, targets)
         grads = torch.stack([g.reshape(outputs.shape) for _, g in measured])
         if outputs is features:
             head = grads.flatten(2)
@@ -188,11 +189,9 @@ class Embedder:
                 outputs, features, grads, retain_graph=True, is_grads_batched=True
             )
             head = head.flatten(2)
-        ref = (measured[-1][0], measured[-1][1], head[-1])
+        ref = Reference.of(measured[-1][0], measured[-1][1], head[-1])
         return [
-            np.asarray(
-                self._static(name, params, kind) + probe_statistics(values, g, head[i], *ref)
-            )
+            np.asarray(self._static(name, params, kind) + probe_statistics(values, g, head[i], ref))
             for i, ((name, params, _), (values, g)) in enumerate(
                 zip(candidates, measured, strict=False)
             )

@@ -6,8 +6,11 @@ of one loss agree across models, problems and target scales.
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Callable
+import operator
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +21,7 @@ from lossrag.embed.probe import DIFFICULTY
 __all__ = [
     "PROBE_STATS",
     "SIGNATURE",
+    "Reference",
     "log_gsnr",
     "output_gradients",
     "probe_statistics",
@@ -107,54 +111,91 @@ def _log_ratio(a: Tensor, b: Tensor) -> float:
     return max(-_CLIP, min(_CLIP, value))
 
 
-def output_gradients(loss: LossCall, outputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-sample losses (or the batch loss) and per-sample gradients ``∂ℓ_b/∂z_b`` at detached
-    ``outputs`` (a per-batch loss's gradient is scaled by the batch size)."""
-    z = outputs.detach().requires_grad_(True)
+def output_gradients(
+    losses: Sequence[LossCall], outputs: Tensor, targets: Tensor
+) -> list[tuple[Tensor, Tensor]]:
+    """Per loss, its per-sample values (or its batch value) and per-sample gradients
+    ``∂ℓ_b/∂z_b`` at detached ``outputs`` (a per-batch loss's gradient is scaled by the batch
+    size). One backward for all: each loss sees its own copy of the outputs, and the sum passes
+    each an incoming gradient of exactly 1, so each gradient is the one it has alone."""
+    zs = [outputs.detach().requires_grad_(True) for _ in losses]
     with torch.enable_grad():
-        values = loss(z, targets)
-        (g,) = torch.autograd.grad(_per_sample_sum(values, len(z)), z)
-    return values.detach(), g.reshape(len(z), -1)
+        values = [loss(z, targets) for loss, z in zip(losses, zs, strict=True)]
+        total = functools.reduce(
+            operator.add, (_per_sample_sum(v, len(z)) for v, z in zip(values, zs, strict=True))
+        )
+        grads = torch.autograd.grad(total, zs)
+    return [(v.detach(), g.reshape(len(g), -1)) for v, g in zip(values, grads, strict=True)]
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The probe loss's side of :func:`probe_statistics` on one batch, computed once for all
+    the losses compared with it.
+
+    Attributes:
+        scale: ``mean ‖∂ℓ/∂z‖ / |mean ℓ|`` of the probe loss.
+        ranks: Its per-sample values' ranks, centred (for Spearman's ρ).
+        out_grad, head_grad: Its flattened gradients at the outputs and at the head's input.
+        out_norm, head_norm: Their norms.
+    """
+
+    scale: float
+    ranks: Tensor
+    ranks_norm: Tensor
+    out_grad: Tensor
+    out_norm: Tensor
+    head_grad: Tensor
+    head_norm: Tensor
+
+    @classmethod
+    def of(cls, values: Tensor, out_grad: Tensor, head_grad: Tensor) -> Reference:
+        """The reference of the probe loss's ``values``, output and head gradients (shapes as
+        in :func:`probe_statistics`)."""
+        norms = out_grad.norm(dim=1)
+        scale = norms.mean() / values.mean().abs().clamp_min(_TINY)
+        ranks = _centred_ranks(values).flatten()
+        out, head = out_grad.flatten(), head_grad.flatten()
+        return cls(float(scale), ranks, ranks.norm(), out, out.norm(), head, head.norm())
 
 
 def probe_statistics(
-    values: Tensor,
-    out_grad: Tensor,
-    head_grad: Tensor,
-    ref_values: Tensor,
-    ref_out_grad: Tensor,
-    ref_head_grad: Tensor,
+    values: Tensor, out_grad: Tensor, head_grad: Tensor, ref: Reference
 ) -> list[float]:
-    """The :data:`PROBE_STATS` of a loss against the probe loss on the same batch.
+    """The :data:`PROBE_STATS` of a loss against the probe loss (``ref``) on the same batch.
 
     Args:
         values: The loss's per-sample values ``(B,)`` or its batch value.
         out_grad: ``(B, out)`` per-sample gradients with respect to the outputs.
         head_grad: ``(B, d)`` per-sample gradients with respect to the head's input.
-        ref_values, ref_out_grad, ref_head_grad: The same for the probe loss.
+        ref: The same for the probe loss (:meth:`Reference.of`).
     """
     norms = out_grad.norm(dim=1)
-    ref_norms = ref_out_grad.norm(dim=1)
     scale = norms.mean() / values.mean().abs().clamp_min(_TINY)
-    ref_scale = ref_norms.mean() / ref_values.mean().abs().clamp_min(_TINY)
     ordered = norms.sort().values
     q50, q90 = (float(ordered[int(q * (len(ordered) - 1))]) for q in (0.5, 0.9))
     stats = [
-        math.log((float(scale) + _TINY) / (float(ref_scale) + _TINY)),
-        _spearman(norms, ref_values),
+        math.log((float(scale) + _TINY) / (ref.scale + _TINY)),
+        _cosine(_centred_ranks(norms).flatten(), ref.ranks, ref.ranks_norm),
         _gini(ordered),
         math.log((q90 + 1e-9) / (q50 + 1e-9)),
-        _cosine(out_grad, ref_out_grad),
-        _cosine(head_grad, ref_head_grad),
+        _cosine(out_grad.flatten(), ref.out_grad, ref.out_norm),
+        _cosine(head_grad.flatten(), ref.head_grad, ref.head_norm),
         log_gsnr(head_grad),
     ]
     return [max(-10.0, min(10.0, s)) if math.isfinite(s) else 0.0 for s in stats]
 
 
-def _cosine(a: Tensor, b: Tensor) -> float:
-    a, b = a.flatten(), b.flatten()
-    denom = float(a.norm() * b.norm())
+def _cosine(a: Tensor, b: Tensor, b_norm: Tensor) -> float:
+    """Cosine of flat ``a`` and ``b`` (``b_norm`` its norm)."""
+    denom = float(a.norm() * b_norm)
     return float(a @ b) / denom if denom > 0 else 0.0
+
+
+def _centred_ranks(values: Tensor) -> Tensor:
+    """Ranks of ``values`` minus their mean, in float64 (Spearman's ρ is their cosine)."""
+    ranks = values.argsort().argsort().to(torch.float64)
+    return ranks - ranks.mean()
 
 
 def _gini(ordered: Tensor) -> float:
@@ -165,12 +206,6 @@ def _gini(ordered: Tensor) -> float:
     n = len(ordered)
     ranks = torch.arange(1, n + 1, dtype=ordered.dtype, device=ordered.device)
     return float(((2 * ranks - n - 1) * ordered).sum()) / (n * total)
-
-
-def _spearman(a: Tensor, b: Tensor) -> float:
-    ra = a.argsort().argsort().to(torch.float64)
-    rb = b.argsort().argsort().to(torch.float64)
-    return _cosine(ra - ra.mean(), rb - rb.mean())
 
 
 def log_gsnr(rows: Tensor) -> float:

@@ -188,7 +188,7 @@ def measure(
     with torch.no_grad():  # each term's loss at this batch: its scale until it is tracked
         scales = [abs(float(terms.loss(task, e, outputs, targets, features))) for e, _, _ in found]
     shares = [0.0] * len(found)
-    if gross is not None:
+    if gross is not None and bool(gross.any()):
         measured = gross_shares(
             task, [e for e, _, _ in found], terms, outputs[task.name], targets[task.name], gross
         )
