@@ -36,7 +36,9 @@ mislead least) is not a candidate for a regression task (:func:`metric_aligned`)
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+import operator
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -49,12 +51,14 @@ __all__ = [
     "Corruption",
     "asymmetry",
     "corruption",
-    "gradient_share",
+    "gradient_shares",
     "gross_mask",
     "metric_aligned",
     "mislabel_mask",
     "relief",
 ]
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
 
 #: Robust standard deviations beyond which a residual counts as a gross error.
 GROSS_Z = 6.0
@@ -132,16 +136,29 @@ def corruption(kind: str, output: Tensor, target: Tensor) -> Corruption | None:
     return None
 
 
-def gradient_share(per_sample: Tensor, output: Tensor, mask: Tensor) -> float:
-    """The share of the per-sample gradient ``‖∂ℓ_i/∂y_i‖`` of ``per_sample`` (losses with their
-    graph to ``output``) that falls on the samples of ``mask``; 0 when none is masked or the
-    gradient vanishes."""
+def gradient_shares(
+    losses: Sequence[LossFn], output: Tensor, target: Tensor, mask: Tensor
+) -> list[float | None]:
+    """Per loss, the share of its per-sample gradient ``‖∂ℓ_i/∂y_i‖`` at ``output`` that falls on
+    the samples of ``mask``: 0 when none is masked or the gradient vanishes, ``None`` for a loss
+    without per-sample values. One backward for all (each loss sees its own copy of
+    ``output``)."""
     if not bool(mask.any()):
-        return 0.0
-    (grad,) = torch.autograd.grad(per_sample.sum(), output, retain_graph=True)
-    norms = grad.reshape(grad.shape[0], -1).float().norm(dim=1)
-    total = float(norms.sum())
-    return float(norms[mask].sum()) / total if total > 0 else 0.0
+        return [0.0] * len(losses)
+    ys = [output.detach().requires_grad_() for _ in losses]
+    with torch.enable_grad():
+        per = [loss(y, target) for loss, y in zip(losses, ys, strict=True)]
+        rows = [i for i, p in enumerate(per) if p.dim() > 0]
+        if not rows:
+            return [None] * len(losses)
+        total = functools.reduce(operator.add, (per[i].sum() for i in rows))
+        grads = torch.autograd.grad(total, [ys[i] for i in rows])
+    shares: list[float | None] = [None] * len(losses)
+    for i, grad in zip(rows, grads, strict=True):
+        norms = grad.reshape(grad.shape[0], -1).float().norm(dim=1)
+        whole = float(norms.sum())
+        shares[i] = float(norms[mask].sum()) / whole if whole > 0 else 0.0
+    return shares
 
 
 def relief(kind: str, natural: float, candidate: float) -> float:
@@ -155,7 +172,7 @@ def relief(kind: str, natural: float, candidate: float) -> float:
     return (natural - candidate) / natural if natural > 0 else 0.0
 
 
-def asymmetry(loss: Callable[[Tensor, Tensor], Tensor]) -> float:
+def asymmetry(loss: LossFn) -> float:
     """``| |g(+1)| − |g(−1)| | / (|g(+1)| + |g(−1)|)``, ``g(r)`` the gradient of ``loss`` with
     respect to the output at a residual of ``r`` standard units: 0 for a loss symmetric in the
     residual."""
@@ -166,7 +183,7 @@ def asymmetry(loss: Callable[[Tensor, Tensor], Tensor]) -> float:
     return abs(a - b) / (a + b) if a + b > 0 else 0.0
 
 
-def metric_aligned(kind: str, loss: Callable[[Tensor, Tensor], Tensor]) -> bool:
+def metric_aligned(kind: str, loss: LossFn) -> bool:
     """Whether a loss can serve a task of ``kind`` under its (symmetric, for regression)
     metric: for regression, whether it is symmetric in the residual (asymmetry below 0.1)."""
     return kind != "regression" or asymmetry(loss) < 0.1

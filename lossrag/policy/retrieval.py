@@ -21,7 +21,7 @@ from torch import Tensor
 from lossrag.embed import PROBE_STATS, SIGNATURE, Embedder
 from lossrag.index import LossIndex
 from lossrag.losses.spec import FAMILIES
-from lossrag.policy.evidence import gradient_share
+from lossrag.policy.evidence import gradient_shares
 from lossrag.policy.terms import TermLosses
 from lossrag.tasks import Task
 
@@ -119,14 +119,9 @@ def gross_shares(
     task's corrupted samples) draw, on this batch's outputs (a regression's in its target's
     standard units; no model backward); ``None`` for a loss without per-sample values."""
     s = terms.scale(task, target) if task.kind == "regression" else 1.0
-    y = (output.detach() / s).requires_grad_()
+    y = output.detach() / s
     t = target / s if task.kind == "regression" else target
-    shares: list[float | None] = []
-    with torch.enable_grad():
-        for e in entries:
-            per = terms.module(e)(y, t)
-            shares.append(gradient_share(per, y, mask) if per.dim() > 0 else None)
-    return shares
+    return gradient_shares([terms.module(e) for e in entries], y, t, mask)
 
 
 def least_misled(
