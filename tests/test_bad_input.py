@@ -133,6 +133,24 @@ def test_nan_loss_skips_without_touching_state(digits, policy):
     _ok_step(composer, model, digits)
 
 
+@pytest.mark.parametrize("policy", ["ew", "rlw", "uw"])
+def test_nan_target_through_loss_leaves_zero_gradients(digits, policy):
+    """``composer.loss()`` of a method that reads nothing back (EW, RLW) decides the skip on
+    the device: the zero loss must also give zero gradients (the loss's own backward made NaN
+    of them, and the next ``opt.step()`` a NaN model)."""
+    model = digits.model()
+    composer = lossrag.wrap(model, digits.tasks, policy, shared=model.trunk)
+    x, y = digits.batch(0)
+    bad = dict(y, ink=y["ink"].clone())
+    bad["ink"][3] = math.nan
+    composer.loss(model(x), bad).backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert all(bool((g == 0).all()) for g in grads)
+    assert composer.last_record.skipped
+    composer.loss(model(x), y).backward()  # the next step's gradients are not gated
+    assert any(bool((p.grad != 0).any()) for p in model.parameters() if p.grad is not None)
+
+
 def test_consecutive_skips_raise(digits):
     model = digits.model()
     composer = lossrag.wrap(model, digits.tasks, "ew", max_skips=2)

@@ -8,7 +8,7 @@ import copy
 import os
 import time
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -129,6 +129,8 @@ class Composer:
         self._features: Tensor | None = None
         self.inputs: tuple[tuple[Any, ...], dict[str, Any]] | None = None
         self._replaying = False
+        #: Whether the loss being made is returned to the user to backpropagate (:meth:`loss`).
+        self.user_backward = False
         self._scale_seen: float | None = None
         self._snapshot: tuple[dict[str, Any], Tensor] | None = None
         self._hooks: list[Any] = []
@@ -239,15 +241,20 @@ class Composer:
         :meth:`accumulate` the loss is already divided by the number of micro-batches.
 
         Nothing is read back from the device at a step of a method whose weights do not depend
-        on the losses (EW, RLW): a non-finite loss gives a zero loss on the device, target values
-        (class indices, 0/1 labels) are checked at the first step only (later, an index out of
-        range is the loss function's own error, re-raised naming the task) and records are read
-        every ``trace_every`` steps or when asked. Methods that read the losses (UW, FAMO, the
-        policies, ...) skip a non-finite step on the host and leave their state unchanged.
+        on the losses (EW, RLW): a non-finite loss gives a zero loss and zero gradients on the
+        device, target values (class indices, 0/1 labels) are checked at the first step only
+        (later, an index out of range is the loss function's own error, re-raised naming the
+        task) and records are read every ``trace_every`` steps or when asked. Methods that read
+        the losses (UW, FAMO, the policies, ...) skip a non-finite step on the host and leave
+        their state unchanged.
         Read what happened with :attr:`last_record`.
         """
         with self._micro_batch(outputs, targets, values=self.step == 0):
-            loss, pending = self.strategy.loss(outputs, targets)
+            self.user_backward = True
+            try:
+                loss, pending = self.strategy.loss(outputs, targets)
+            finally:
+                self.user_backward = False
             self._keep(pending)
         return loss
 
@@ -528,9 +535,16 @@ class Composer:
         if self.normalizer is not None:
             record.targets = self.normalizer.stats()
 
-    def term_losses(self, outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor]) -> Tensor:
-        """The ``(K,)`` mean losses of the tasks' natural terms, with their graph."""
+    def term_losses(
+        self,
+        outputs: Mapping[str, Tensor],
+        targets: Mapping[str, Tensor],
+        gate: Callable[[Tensor], Tensor] | None = None,
+    ) -> Tensor:
+        """The ``(K,)`` mean losses of the tasks' natural terms, with their graph (each loss's
+        input passed through ``gate`` first, when given)."""
         outputs, targets = self.normalize(outputs, targets)
+        through = gate or (lambda x: x)
         values = []
         for task, loss in self.terms:
             if task.kind == "representation":
@@ -539,10 +553,10 @@ class Composer:
                         f"Task {task.name!r} (representation): `shared` produced no output in "
                         "this forward; call model(x) before the composer."
                     )
-                value = loss(self._features.flatten(1), targets[task.positives or ""])
+                value = loss(through(self._features.flatten(1)), targets[task.positives or ""])
             else:
                 try:
-                    value = loss(outputs[task.name], targets[task.name])
+                    value = loss(through(outputs[task.name]), targets[task.name])
                 except (IndexError, RuntimeError) as err:  # e.g. a class index out of range
                     task.check(outputs[task.name], targets[task.name])
                     raise ValueError(f"Task {task.name!r}: its loss failed: {err}") from err

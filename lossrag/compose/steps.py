@@ -83,7 +83,14 @@ class LossStep(Step):
         c, method = self.c, self.method
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        losses = c.term_losses(outputs, targets)
+        # the user backpropagates the loss and nothing is read back: a non-finite step must
+        # give zero gradients on the device (a GradScaler wants to see them non-finite)
+        gate = (
+            InputGate()
+            if c.user_backward and not method.reads_losses and c.options.scaler is None
+            else None
+        )
+        losses = c.term_losses(outputs, targets, gate)
         stats = c.sync.mean(losses.detach()).float()
         timings["losses"] = time.perf_counter() - t0
         reason, step, window = None, c.step, c.window
@@ -119,11 +126,13 @@ class LossStep(Step):
         if window is not None and window.length > 1:
             window.stats = stats if window.stats is None else window.stats + stats
         held = None if method.unit_weights else c.window_weights
-        # A non-finite loss (on any rank) gives a zero loss whose gradient is zero: decided on
-        # the device, so nothing is read back here.
+        # A non-finite loss (on any rank) gives a zero loss whose gradient is zero (the gate):
+        # decided on the device, so nothing is read back here.
         total = losses.sum() if held is None else (held * losses).sum()
         finite = torch.isfinite(stats.sum() if c.sync.active else total)
         total = torch.where(finite, total, 0.0)
+        if gate is not None:
+            gate.finite = finite
         if c.window_length > 1:
             total = total / c.window_length
 
@@ -558,6 +567,24 @@ def _jacobian(losses: Tensor, shared: list[torch.nn.Parameter]) -> tuple[Tensor,
         )
         reached = [r or g is not None for r, g in zip(reached, grads, strict=True)]
     return torch.stack(rows).float(), reached
+
+
+class InputGate:
+    """Zeroes the gradient flowing into the losses' inputs when the step's loss is not finite,
+    on the device: a zero loss alone does not do it, since a loss's own backward turns the zero
+    into NaN where its value was (``0 · ∂ℓ/∂y`` with ``ℓ`` NaN at a NaN target)."""
+
+    def __init__(self) -> None:
+        #: Whether the step's loss is finite (a 0-dim bool tensor, set once it is known).
+        self.finite: Tensor | None = None
+
+    def __call__(self, x: Tensor) -> Tensor:
+        """``x``, its gradient gated (``x`` must require grad)."""
+        x.register_hook(self._gate)
+        return x
+
+    def _gate(self, grad: Tensor) -> Tensor:
+        return grad if self.finite is None else grad.masked_fill(~self.finite, 0.0)
 
 
 def skip_loss(losses: Tensor, scaled: bool) -> Tensor:
