@@ -14,8 +14,12 @@ the *normalised* head, and a forward hook maps its output to the user's units, `
 The loss is taken on ``raw`` against ``(t − μ)/σ``. At the first batch the user's randomly
 initialised head is *reinterpreted* as the normalised head, so the model's output starts near
 ``μ`` instead of near 0: the offset is learned at once, which is where PopArt's benefit on large
-offsets comes from. When the statistics move later, ``W`` and ``b`` are rescaled in place so that
-the outputs in user units are preserved exactly (PopArt's "ART"):
+offsets comes from. A head whose outputs already predict the targets at the first batch (a
+trained model wrapped again to fine-tune it: their mean squared error below a quarter of the
+targets' variance, far from what a freshly initialised head gives) is not reinterpreted but
+rescaled, as from ``μ = 0, σ = 1``, so that its outputs are kept. When the statistics move later,
+``W`` and ``b`` are rescaled in place so that the outputs in user units are preserved exactly
+(PopArt's "ART"):
 ``W' = σ W/σ'``, ``b' = (σ b + μ − μ')/σ'``. :meth:`~TargetNormalizer.detach` folds ``σ, μ`` back
 into ``W, b`` (``W = σW``, ``b = σb + μ``) and removes every hook: the model is plain again.
 
@@ -372,6 +376,8 @@ class TargetNormalizer:
         self._dims: list[int] = []  # per regression task, its target's dimensions (begin)
         # task -> the first batch's (n, Σt, Σt²) over every rank, until observe() uses them
         self._provisional: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
+        #: Tasks whose outputs predicted their targets at the first batch (:meth:`begin`).
+        self.user_units: set[str] = set()
         self.notes: dict[str, str] = {}
         self.heads: dict[str, _Head] = {}
         self._flat: _Flat | None = None  # the statistics, from the first observe()
@@ -444,7 +450,10 @@ class TargetNormalizer:
                 for name in columns:  # two tasks claim the same output column
                     self.notes[name] = f"loss-only: tasks share output columns of {module}"
                 continue
-            self._reparametrise(module, columns, (raw, raw))
+            # a head computing in user units is not reinterpreted: the loss of this forward
+            # takes its output through (y − μ)/σ, and its first apply() rescales it
+            user = all(name in self.user_units for name in columns)
+            self._reparametrise(module, columns, None if user else (raw, raw))
 
     def _match(
         self, output: Tensor | None, seen: _Seen
@@ -627,9 +636,13 @@ class TargetNormalizer:
         self._temporary = []
 
     # ------------------------------------------------------------------ choosing (auto)
-    def first_moments(self, targets: Mapping[str, Tensor]) -> Tensor:
+    def first_moments(
+        self, targets: Mapping[str, Tensor], outputs: Mapping[str, Tensor] | None = None
+    ) -> Tensor:
         """Per regression task, in order: the count and per dimension the sums of ``t`` and
-        ``t²`` of the first batch, as one float64 tensor to sum across ranks for :meth:`begin`."""
+        ``t²`` of the first batch, then the sum of squared errors ``Σ(y − t)²`` of its
+        ``outputs`` (NaN without them), as one float64 tensor to sum across ranks for
+        :meth:`begin`."""
         parts, self._dims = [], []
         for name in self.regression:
             if name not in targets:
@@ -637,27 +650,45 @@ class TargetNormalizer:
             t = targets[name].detach().to(torch.float64)
             rows = t.reshape(t.shape[0], -1) if t.dim() > 1 else t.reshape(-1, 1)
             count = torch.full((1,), rows.shape[0], dtype=torch.float64, device=rows.device)
+            y = None if outputs is None else outputs.get(name)
+            sse = (
+                torch.full_like(count, float("nan"))
+                if y is None or y.numel() != t.numel()
+                else (y.detach().to(torch.float64).reshape(t.shape) - t).pow(2).sum().reshape(1)
+            )
             self._dims.append(rows.shape[1])
-            parts.append(torch.cat([count, rows.sum(0), rows.pow(2).sum(0)]))
+            parts.append(torch.cat([count, rows.sum(0), rows.pow(2).sum(0), sse]))
         return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)
 
     def begin(self, moments: Tensor) -> None:
         """Start from the first batch's :meth:`first_moments`, summed over the ranks: with
         ``auto``, keep the targets far from standard units (:func:`far_from_unit`; read on the
         host, once); the provisional ``μ, σ`` of the first step then come from these global
-        moments, so that step is the same on any number of ranks. Before :meth:`locate`."""
+        moments, so that step is the same on any number of ranks. A task whose outputs already
+        predict its targets (their mean squared error below a quarter of the targets' variance:
+        a trained model wrapped again, not a fresh head) is *in user units*: :meth:`locate`
+        leaves its head as it computes, and its first :meth:`apply` rescales it (read on the
+        host, once). Before :meth:`locate`."""
         offset = 0
-        self._provisional = {}
+        self._provisional, errors = {}, {}
         for name, dim in zip(self.regression, self._dims, strict=True):
-            end = offset + 1 + 2 * dim
-            self._provisional[name] = (
+            end = offset + 2 + 2 * dim
+            n, s1, s2 = (
                 moments[offset : offset + 1],
                 moments[offset + 1 : offset + 1 + dim],
-                moments[offset + 1 + dim : end],
+                moments[offset + 1 + dim : end - 1],
             )
+            self._provisional[name] = (n, s1, s2)
+            errors[name] = (moments[end - 1 : end], n, s1, s2)
             offset = end
         if self.choosing:
             self._choose()
+        self.user_units = set()
+        for name in self.names:
+            sse, n, s1, s2 = errors[name]
+            _, var = self._moments(n, s1, s2)
+            if bool(sse / (n * var.numel()) < var.mean() / 4):
+                self.user_units.add(name)
 
     def _choose(self) -> None:
         keep = []
@@ -789,12 +820,19 @@ class TargetNormalizer:
         mean = flat.mean + w * d
         var = ((1 - w) * flat.var + w * q - w * w * d * d).clamp_min(0)
         sigma, valid = flat.sigma_of(var, mean)
-        old = flat.sigma[flat.first]
+        old, before = flat.sigma[flat.first], flat.mu
         ok = (n > 0) & flat.finite(mean, var) & torch.isfinite(sigma)
         # ART: preserve σ·raw + μ (from the second batch on; the first reinterprets the head)
         go = ok & (flat.count > 0)
+        if self.user_units:  # a head in user units is rescaled from μ = 0, σ = 1 at its first
+            user = (flat.count == 0) & torch.tensor(
+                [name in self.user_units for name in flat.names], device=n.device
+            )
+            go = go | (ok & user)
+            old = torch.where(user, torch.ones_like(old), old)
+            before = torch.where(user[seg], torch.zeros_like(before), before)
         scale = torch.where(go, old / sigma, torch.ones_like(sigma))[seg]
-        shift = torch.where(go[seg], (flat.mu - mean) / sigma[seg], torch.zeros_like(mean))
+        shift = torch.where(go[seg], (before - mean) / sigma[seg], torch.zeros_like(mean))
         self._rescale(scale, shift)
         each = ok[seg]
         flat.mean.copy_(torch.where(each, mean, flat.mean))
@@ -868,6 +906,7 @@ class TargetNormalizer:
             "heads": {n: list(p) for n, p in self._paths.items() if not self.heads[n].detached},
             "notes": dict(self.notes),
             "names": None if self.choosing else list(self.names),
+            "user_units": sorted(self.user_units),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -879,6 +918,7 @@ class TargetNormalizer:
         self.beta = float(state["beta"])
         # states from before the schedule observed every batch; they go on doing so
         self.every, self.warmup = int(state.get("every", 1)), int(state.get("warmup", 0))
+        self.user_units = set(state.get("user_units", []))
         for name in [*state["tasks"], *(state.get("names") or [])]:
             if name not in self.regression:
                 raise ValueError(

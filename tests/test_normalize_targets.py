@@ -82,6 +82,35 @@ def test_outputs_stay_in_user_units_and_close_leaves_a_plain_model():
         torch.testing.assert_close(model(x)["price"], wrapped, rtol=1e-5, atol=1e-3)
 
 
+@pytest.mark.parametrize("policy", ["ew", "default"])
+def test_a_trained_model_wrapped_again_keeps_its_outputs(policy):
+    """Fine-tuning: a model trained (and closed) wrapped again. Its heads already predict in
+    user units, so they are rescaled, not reinterpreted as normalised heads (which turned a
+    price MAE of ~3 into ~1000 at the first step, found by a user trial); a fresh head still is
+    (the first step's loss is already small)."""
+    model, composer = _train("ew", True, steps=300)
+    composer.close()
+    before = _mae(model, "price")
+    again = lossrag.wrap(model, TASKS, policy, shared=model.trunk, seed=1, normalize_targets=True)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    for i in range(3):
+        x, y = _data(64, 500 + i)
+        opt.zero_grad()
+        record = again.backward(model(x), y)
+        opt.step()
+        assert record.losses["price"] < 1.0  # the standardised loss of a trained head
+    assert again.normalizer.user_units == {"price", "tiny"}
+    assert again.normalizer.stats()["price"]["located"] == 1.0
+    assert _mae(model, "price") < 1.5 * before
+    again.close()
+    assert _mae(model, "price") < 1.5 * before
+    torch.manual_seed(0)
+    plain = MultiTaskMLP(6, [32], TASKS)
+    fresh = lossrag.wrap(plain, TASKS, policy, shared=plain.trunk, normalize_targets=True)
+    fresh.backward(plain(x), y)
+    assert fresh.normalizer.user_units == set()
+
+
 def test_resume_continues_exactly():
     model, composer = _train("famo", True, steps=20)
     state = copy.deepcopy(composer.state_dict())  # a snapshot, as torch.save would make

@@ -345,7 +345,8 @@ class Composer:
         observed = None
         if self.normalizer is not None:
             if self.step == 0:
-                self.normalizer.begin(self.sync.sum(self.normalizer.first_moments(targets)))
+                moments = self.normalizer.first_moments(targets, outputs)
+                self.normalizer.begin(self.sync.sum(moments))
                 self.normalizer.locate(outputs)
             if self.normalizer.due(self.step):  # before the loss: step 0 uses it
                 observed = self.normalizer.observe(targets)
