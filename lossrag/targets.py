@@ -946,6 +946,24 @@ class TargetNormalizer:
         self._sync()
         self._resolve()
 
+    def plain_state_dict(self, model: nn.Module) -> dict[str, Tensor]:
+        """``model.state_dict()`` with every located head in user units (``σW``, ``σb + μ``, as
+        :meth:`detach` would leave it), in new tensors: a checkpoint that a plain, unwrapped
+        model loads. ``model`` itself is not changed."""
+        state = model.state_dict()
+        prefixes = {id(m): name for name, m in model.named_modules()}
+        for head in {id(h): h for h in self.heads.values() if not h.detached}.values():
+            prefix = prefixes.get(id(head.module))
+            if prefix is None:
+                continue
+            key = f"{prefix}." if prefix else ""
+            weight, bias = state[key + "weight"], state[key + "bias"]
+            state[key + "weight"] = weight * head.sigma.to(weight.device, weight.dtype).unsqueeze(1)
+            state[key + "bias"] = bias * head.sigma.to(bias.device, bias.dtype) + head.mu.to(
+                bias.device, bias.dtype
+            )
+        return state
+
     def detach(self, model: nn.Module | None = None) -> None:
         """Fold ``σ, μ`` into the located heads (``W = σW``, ``b = σb + μ``) and remove every
         hook: the model computes in user units by itself again. The statistics stay (for

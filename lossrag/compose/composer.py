@@ -675,6 +675,17 @@ class Composer:
         """Tell the method an epoch ended (DWA rolls its epoch-average losses)."""
         self.method.epoch_end()
 
+    def plain_state_dict(self) -> dict[str, Tensor]:
+        """The model's ``state_dict()`` (of the module under DDP and ``torch.compile``) as a
+        plain model in the user's units holds it: with ``normalize_targets``, the located heads
+        hold the normalised head while wrapped, and here the target statistics are folded in
+        (as :meth:`close` does, without changing the model). Save this for a model to use on
+        its own (a best-so-far checkpoint); to resume training, save ``model.state_dict()``
+        with :meth:`state_dict`."""
+        if self.normalizer is None:
+            return self.module.state_dict()
+        return self.normalizer.plain_state_dict(self.module)
+
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume bit-for-bit (tensors, numbers, strings, lists, dicts):
         the step, the method's state, the composer's random stream and FAMO's pending batches."""
