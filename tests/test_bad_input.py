@@ -162,6 +162,20 @@ def test_consecutive_skips_raise(digits):
         composer.backward(model(x), y)
 
 
+def test_the_trace_holds_every_step_up_to_the_skip_error(digits, tmp_path):
+    """The records are written ``trace_every`` at a time; a run that dies of too many skips
+    has its trace written up to the error (it held nothing, found by a user trial)."""
+    model = digits.model()
+    trace = tmp_path / "run.jsonl"
+    composer = lossrag.wrap(model, digits.tasks, "famo", max_skips=2, trace=trace)
+    x, y = digits.batch(0)
+    bad = dict(y, ink=torch.full_like(y["ink"], math.nan))
+    with pytest.raises(NonFiniteLossError):
+        for i in range(10):
+            composer.loss(model(x), y if i < 4 else bad).backward()
+    assert len(trace.read_text().splitlines()) == 7  # 4 steps, then 3 skipped
+
+
 def test_shared_must_hold_model_parameters(digits):
     model = digits.model()
     with pytest.raises(ValueError, match="trainable parameters of `model`"):

@@ -386,6 +386,7 @@ class Composer:
         if window.skipped:
             self._skips += 1
             if self._skips > self.options.max_skips:
+                self.recorder.flush()  # the trace shows the run up to the error
                 raise NonFiniteLossError(
                     f"{self._skips} consecutive steps skipped; the limit is "
                     f"max_skips={self.options.max_skips}."
