@@ -112,6 +112,13 @@ class Task:
         """Whether a larger value of the task's metric is better (accuracy, f1)."""
         return self.metric in ("accuracy", "f1")
 
+    def loss_failed(self, output: Tensor, target: Tensor, error: Exception) -> ValueError:
+        """The error to raise when a loss of this task failed on ``output`` and ``target`` (an
+        index out of range, a shape the loss refuses): :meth:`check`'s, naming the bad values,
+        where it finds them, else ``error`` with the task's name."""
+        self.check(output, target)
+        return ValueError(f"Task {self.name!r}: its loss failed: {error}")
+
     def check(self, output: Tensor, target: Tensor, *, values: bool = True) -> None:
         """Validate one batch of this task's output and target; raise a ValueError naming the task.
 

@@ -113,6 +113,20 @@ def test_error_names_the_task(digits):
         composer.backward(model(x), y)
 
 
+@pytest.mark.parametrize("policy", ["famo", "default"])
+def test_loss_checks_target_values_after_the_first_step_for_methods_that_read_back(digits, policy):
+    """``composer.loss()`` of a method that reads its losses back checks the targets' values at
+    every step, as ``backward()`` does (an index out of range raised a bare ``IndexError``
+    under the default policy after step 0, found by a user trial)."""
+    model = digits.model()
+    composer = lossrag.wrap(model, digits.tasks, policy, shared=model.trunk)
+    x, y = digits.batch(0)
+    composer.loss(model(x), y).backward()
+    with pytest.raises(ValueError, match=r"Task 'digit'.*class indices must lie in \[0, 10\)"):
+        composer.loss(model(x), dict(y, digit=torch.full_like(y["digit"], 10)))
+    assert composer.step == 1
+
+
 @pytest.mark.parametrize("policy", ["uw", "famo", "mgda", "gradnorm", "nashmtl"])
 def test_nan_loss_skips_without_touching_state(digits, policy):
     model = digits.model()

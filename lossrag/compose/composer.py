@@ -244,12 +244,15 @@ class Composer:
         on the losses (EW, RLW): a non-finite loss gives a zero loss and zero gradients on the
         device, target values (class indices, 0/1 labels) are checked at the first step only
         (later, an index out of range is the loss function's own error, re-raised naming the
-        task) and records are read every ``trace_every`` steps or when asked. Methods that read
+        task) and records are read every ``trace_every`` steps or when asked. The other methods
+        check the target values at every step, as :meth:`backward` does. Methods that read
         the losses (UW, FAMO, the policies, ...) skip a non-finite step on the host and leave
         their state unchanged.
         Read what happened with :attr:`last_record`.
         """
-        with self._micro_batch(outputs, targets, values=self.step == 0):
+        # a method that reads its losses back syncs anyway: its targets' values are checked too
+        values = self.step == 0 or self.method.reads_losses
+        with self._micro_batch(outputs, targets, values=values):
             self.user_backward = True
             try:
                 loss, pending = self.strategy.loss(outputs, targets)
@@ -560,8 +563,7 @@ class Composer:
                 try:
                     value = loss(through(outputs[task.name]), targets[task.name])
                 except (IndexError, RuntimeError) as err:  # e.g. a class index out of range
-                    task.check(outputs[task.name], targets[task.name])
-                    raise ValueError(f"Task {task.name!r}: its loss failed: {err}") from err
+                    raise task.loss_failed(outputs[task.name], targets[task.name], err) from err
             values.append(value if value.dim() == 0 else value.mean())
         self._features = None
         return torch.stack(values)

@@ -80,5 +80,10 @@ class TermLosses:
             if task.kind == "regression" and family not in _HOMOGENEOUS:
                 s = self.scale(task, tgt)
                 out, tgt = out / s, tgt / s
-        value = self.module(entry_id)(out, tgt)
+        try:
+            value = self.module(entry_id)(out, tgt)
+        except (IndexError, RuntimeError) as err:  # e.g. a class index out of range
+            if task.kind == "representation":
+                raise
+            raise task.loss_failed(outputs[task.name], targets[task.name], err) from err
         return value if value.dim() == 0 else value.mean()
