@@ -219,6 +219,11 @@ def test_unknown_option_names_the_closest(digits):
         lossrag.wrap(model, digits.tasks, "ew", meta_evry=3)
     with pytest.raises(ValueError, match="max_skips must be greater than or equal to 0"):
         lossrag.wrap(model, digits.tasks, "ew", max_skips=-1)
+    for mode in ("yes", 1, "Auto"):  # pydantic's bool took "yes" and 1 for True
+        with pytest.raises(ValueError, match=f"normalize_targets must be .*got {mode!r}"):
+            lossrag.wrap(model, digits.tasks, "ew", normalize_targets=mode)
+    with pytest.raises(ValueError, match="meta_objective must be .*got 'mean'"):
+        lossrag.wrap(model, digits.tasks, "ew", meta_objective="mean")
 
 
 @pytest.mark.parametrize(

@@ -78,10 +78,16 @@ def parse_options(options: dict[str, Any]) -> Options:
     for key in options:
         if key not in known:
             raise unknown_name_error("wrap option", key, sorted(known))
+    mode = options.get("normalize_targets")
+    if not (mode is None or isinstance(mode, bool) or (isinstance(mode, str) and mode == "auto")):
+        # pydantic's bool would take "yes", 1 or "on" for True
+        raise ValueError(
+            f"wrap: normalize_targets must be True, False, 'auto' or None, got {mode!r}."
+        )
     try:
         return Options(**options)
     except ValidationError as err:
         first = err.errors()[0]
-        name = ".".join(str(p) for p in first["loc"])
+        name = str(first["loc"][0])
         expected = str(first["msg"]).replace("Input should be", "must be")
         raise ValueError(f"wrap: {name} {expected}, got {options.get(name)!r}.") from None
