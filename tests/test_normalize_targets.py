@@ -347,3 +347,29 @@ def test_statistics_take_in_every_batch_then_one_in_every_and_resume_exactly():
     after = more(again, resumed, torch.optim.SGD(again.parameters(), lr=1e-3))
     for key, value in straight.items():
         torch.testing.assert_close(after[key], value, rtol=0, atol=0)
+
+
+def test_a_compiled_graph_without_the_hooks_is_said_and_reset_fixes_it():
+    """``torch.compile`` reuses a graph compiled for the same model class before the
+    normaliser's hooks existed (it does not recompile for hooks): the heads go unseen. That is
+    said, with the remedy, instead of passing silently (found by a user trial)."""
+    torch._dynamo.reset()
+    x, y = _data(64, 0)
+    for normalize in (False, True):
+        torch.manual_seed(0)
+        model = MultiTaskMLP(6, [32], TASKS)
+        compiled = torch.compile(model, backend="aot_eager")
+        composer = lossrag.wrap(compiled, TASKS, "ew", normalize_targets=normalize)
+        if normalize:
+            with pytest.warns(UserWarning, match=r"torch\._dynamo\.reset\(\)"):
+                composer.backward(compiled(x), y)
+            assert not composer.normalizer.heads
+        else:
+            composer.backward(compiled(x), y)
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = MultiTaskMLP(6, [32], TASKS)
+    compiled = torch.compile(model, backend="aot_eager")
+    composer = lossrag.wrap(compiled, TASKS, "ew", normalize_targets=True)
+    composer.backward(compiled(x), y)
+    assert set(composer.normalizer.heads) == {"price", "tiny"}

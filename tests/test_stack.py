@@ -222,7 +222,7 @@ def test_unknown_option_names_the_closest(digits):
     for mode in ("yes", 1, "Auto"):  # pydantic's bool took "yes" and 1 for True
         with pytest.raises(ValueError, match=f"normalize_targets must be .*got {mode!r}"):
             lossrag.wrap(model, digits.tasks, "ew", normalize_targets=mode)
-    with pytest.raises(ValueError, match="meta_objective must be .*got 'mean'"):
+    with pytest.raises(ValueError, match=r"meta_objective must be .*got .mean."):
         lossrag.wrap(model, digits.tasks, "ew", meta_objective="mean")
 
 

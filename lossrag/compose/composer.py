@@ -351,6 +351,8 @@ class Composer:
                 moments = self.normalizer.first_moments(targets, outputs)
                 self.normalizer.begin(self.sync.sum(moments))
                 self.normalizer.locate(outputs)
+                if self.compiled:
+                    self._warn_unseen_heads()
             if self.normalizer.due(self.step):  # before the loss: step 0 uses it
                 observed = self.normalizer.observe(targets)
         own = self._window is None
@@ -378,6 +380,22 @@ class Composer:
             self.inputs = None
             if own:
                 self._close_window()
+
+    def _warn_unseen_heads(self) -> None:
+        """On a compiled model, say why no head was seen and what to do: the graph had been
+        compiled without the normaliser's hooks (the same model class, earlier in the process;
+        ``torch.compile`` did not recompile for hooks added later)."""
+        assert self.normalizer is not None
+        unseen = [n for n, why in self.normalizer.notes.items() if "no forward was seen" in why]
+        if unseen:
+            warnings.warn(
+                f"normalize_targets: the compiled model ran a graph compiled before the target "
+                f"normaliser's hooks were added, so the heads of {', '.join(map(repr, unseen))} "
+                "were not found and their losses only are normalised (their outputs stay as the "
+                "head computes them). Call torch._dynamo.reset() before torch.compile(model) "
+                "to re-parametrise the heads.",
+                stacklevel=5,
+            )
 
     def _close_window(self) -> None:
         window, self._window = self._window, None
