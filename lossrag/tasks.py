@@ -119,6 +119,20 @@ class Task:
         self.check(output, target)
         return ValueError(f"Task {self.name!r}: its loss failed: {error}")
 
+    def check_target(self, target: Tensor, where: str = "") -> None:
+        """Validate a target without its output (a query batch's, before any forward): a
+        tensor of the kind's dtype, class indices in range, 0/1 labels; ``where`` is added to
+        the task in the error."""
+        name = f"Task {self.name!r} ({self.kind}){where}"
+        if not isinstance(target, Tensor):
+            raise TypeError(f"{name}: the target must be a tensor, got {type(target).__name__}.")
+        if self.kind == "regression" and not target.is_floating_point():
+            raise ValueError(f"{name}: expected a float target, found dtype {target.dtype}.")
+        if self.kind == "classification":
+            _check_indices(name, target, self.num_classes or 0, True)
+        elif self.kind == "multilabel":
+            _check_labels(name, target, True)
+
     def check(self, output: Tensor, target: Tensor, *, values: bool = True) -> None:
         """Validate one batch of this task's output and target; raise a ValueError naming the task.
 
@@ -163,6 +177,10 @@ def _check_classification(
             f"{where}: expected target ({output.shape[0]},) of class indices, "
             f"found {tuple(target.shape)}."
         )
+    _check_indices(where, target, classes, values)
+
+
+def _check_indices(where: str, target: Tensor, classes: int, values: bool) -> None:
     if target.is_floating_point() or target.dtype == torch.bool or target.is_complex():
         raise ValueError(f"{where}: expected integer class indices, found dtype {target.dtype}.")
     if values and target.numel():
@@ -184,5 +202,9 @@ def _check_multilabel(
             f"{where}: expected target {tuple(output.shape)} of 0/1 labels, "
             f"found {tuple(target.shape)}."
         )
+    _check_labels(where, target, values)
+
+
+def _check_labels(where: str, target: Tensor, values: bool) -> None:
     if values and target.numel() and not bool(((target == 0) | (target == 1)).all()):
         raise ValueError(f"{where}: multilabel targets must be 0 or 1.")

@@ -117,6 +117,11 @@ def test_bad_query_input_is_refused(digits):
         run([(x, {"digit": y["digit"], "parity": y["parity"]})])
     with pytest.raises(ValueError, match=r"inputs of shape \(32, 10\)"):
         run([(x[:, :10], y)])
+    # a class index out of range failed deep in the objective, naming neither task nor query
+    with pytest.raises(ValueError, match=r"Task 'digit' .* in a `query` batch: class indices"):
+        run([(x, dict(y, digit=torch.full_like(y["digit"], 11)))])
+    with pytest.raises(ValueError, match=r"Task 'digit' .* expected integer class indices"):
+        run([(x, dict(y, digit=y["digit"].float()))])
 
 
 def test_a_non_finite_query_loss_skips_the_meta_step(digits):

@@ -177,7 +177,7 @@ class Composer:
             return
         from lossrag.meta.online import OnlineMeta, QueryStream
 
-        stream = QueryStream(query, {t.name for t in self.tasks if t.kind != "representation"})
+        stream = QueryStream(query, [t for t in self.tasks if t.kind != "representation"])
         if composes:
             query_tasks = frozenset(self.tasks[i].name for i in self._query_index)
             self.method.query_tasks = query_tasks  # type: ignore[attr-defined]

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from lossrag.keys import TermKey
 from lossrag.meta.hypergrad import Functional, directional
 from lossrag.meta.objectives import Objective, aligned
+from lossrag.tasks import Task
 
 if TYPE_CHECKING:
     from lossrag.policy import LossRAG
@@ -64,12 +65,13 @@ class QueryStream:
     Args:
         query: Batches shaped like training batches (``x`` for ``model(x)``, ``y`` a dict of
             targets); an iterable that runs out is started again, with a warning, if it can be.
-        tasks: Names of the tasks every ``y`` must hold.
+        tasks: The tasks every ``y`` must hold (their targets are checked as a training
+            batch's: dtypes, class indices in range, 0/1 labels).
     """
 
-    def __init__(self, query: Iterable[Any], tasks: set[str]) -> None:
+    def __init__(self, query: Iterable[Any], tasks: Sequence[Task]) -> None:
         self.query = query
-        self.tasks = tasks
+        self.tasks = {t.name: t for t in tasks}
         self._it: Iterator[Any] = iter(query)
         self._cycled = False
 
@@ -110,11 +112,13 @@ class QueryStream:
                 f"wrap: a query batch has inputs of shape {tuple(x.shape)}; training batches "
                 f"have {tuple(first.shape)} (the sizes after the batch must agree)."
             )
-        if not isinstance(y, Mapping) or set(y) != self.tasks:
+        if not isinstance(y, Mapping) or set(y) != set(self.tasks):
             found = sorted(y) if isinstance(y, Mapping) else type(y).__name__
             raise ValueError(
                 f"wrap: a query batch has targets for {found}; the tasks are {sorted(self.tasks)}."
             )
+        for name, task in self.tasks.items():
+            task.check_target(y[name], " in a `query` batch")
         return x, dict(y)
 
 
