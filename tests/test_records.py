@@ -305,3 +305,27 @@ def test_append_continues_a_resumed_run_after_a_torn_line(tmp_path):
     writer.close()
     assert [r.step for r in lossrag.read_trace(path)] == [0, 1, 2]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["resumed.jsonl"]
+
+
+def test_wrap_trace_append_continues_the_run_of_a_resumed_composer(digits, tmp_path):
+    """Resuming from a checkpoint with the same trace path moved the first part to
+    ``.jsonl.1`` (one run in two files); ``trace_append=True`` continues the file (found by a
+    user trial)."""
+    path = tmp_path / "run.jsonl"
+    model = digits.model(0)
+    composer = lossrag.wrap(model, digits.tasks, "uw", trace=path, trace_every=4)
+    for i in range(5):
+        x, y = digits.batch(i)
+        composer.backward(model(x), y)
+    state = composer.state_dict()
+    composer.close()
+    resumed = lossrag.wrap(model, digits.tasks, "uw", trace=path, trace_append=True)
+    resumed.load_state_dict(state)
+    for i in range(5, 8):
+        x, y = digits.batch(i)
+        resumed.backward(model(x), y)
+    resumed.close()
+    assert [r.step for r in lossrag.read_trace(path)] == list(range(8))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.jsonl"]
+    with pytest.raises(ValueError, match="trace_append must be a valid boolean, got 'yes'"):
+        lossrag.wrap(model, digits.tasks, "uw", trace=path, trace_append="yes")

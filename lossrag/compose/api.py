@@ -44,7 +44,8 @@ def wrap(
         **options: The keyword options of :class:`lossrag.compose.Options` (``seed``,
             ``max_skips``, ``query``, ``meta_every``, ``meta_objective``, ``optimizer``,
             ``query_tasks``, ``query_objective``, ``scaler``, ``trace_every``,
-            ``normalize_targets``); an unknown one is an error naming the closest.
+            ``trace_append``, ``normalize_targets``); an unknown one is an error naming the
+            closest.
 
     Loss-based methods: ``loss = composer.loss(model(x), y)`` is a scalar to call ``backward()``
     on (under DDP, AMP's ``GradScaler`` or Lightning as usual). Every method:

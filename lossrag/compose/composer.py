@@ -141,7 +141,9 @@ class Composer:
         # last: what touches the model or the disk comes after every check that can fail
         self.normalizer = self._target_normalizer()
         self._target_stats: Tensor | None = None
-        self.recorder = Recorder(trace, options.trace_every, self._annotate)
+        self.recorder = Recorder(
+            trace, options.trace_every, self._annotate, append=options.trace_append
+        )
         self._setup_hooks(composes or representation)
 
     # ------------------------------------------------------------------ set-up

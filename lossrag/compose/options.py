@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
 from lossrag._util import unknown_name_error
 
@@ -46,6 +46,9 @@ class Options(BaseModel):
             data, not a step). Loss-based methods only.
         trace_every: With ``trace=``, records are written in groups of this many steps, so
             that the loss path reads no value from the device at every step.
+        trace_append: With ``trace=``, continue the run the file already holds (a run resumed
+            from a checkpoint) instead of moving it to ``<name>.1`` and starting a new file
+            (:class:`lossrag.TraceWriter`).
         normalize_targets: PopArt target normalisation of the regression tasks
             (:class:`lossrag.targets.TargetNormalizer`): their losses are taken on targets
             standardised by running statistics, and a head that is a final ``nn.Linear`` is
@@ -69,6 +72,7 @@ class Options(BaseModel):
     query_objective: Literal["metric", "natural"] = "metric"
     scaler: torch.amp.GradScaler | None = None
     trace_every: int = Field(32, ge=1)
+    trace_append: StrictBool = False
     normalize_targets: bool | Literal["auto"] | None = None
 
 

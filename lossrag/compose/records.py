@@ -133,8 +133,9 @@ class Recorder:
         trace: str | os.PathLike[str] | None,
         every: int,
         annotate: Callable[[StepRecord], None] | None = None,
+        append: bool = False,
     ) -> None:
-        self.writer = TraceWriter(trace) if trace is not None else None
+        self.writer = TraceWriter(trace, append=append) if trace is not None else None
         self.every = every
         #: Adds what the record is read with (e.g. the target statistics) when it is read.
         self.annotate = annotate
