@@ -267,16 +267,18 @@ def render_step(records: Sequence[StepRecord], step: int, task: str | None = Non
     status = f"skipped: {r.reason}" if r.skipped else "ok"
     table = Table(title=f"step {r.step} ({run_title(r)}, {status})")
     evidence = any(t.utility is not None for t in r.terms)
-    columns = ["task", "loss", "loss value", "weight", "multiplier", "active", "score"]
+    # the record holds one loss per task (its terms' combined loss), shown on its first row
+    columns = ["task", "loss", "task loss", "weight", "multiplier", "active", "score"]
     columns += ["utility", "seen", "mean utility"] if evidence else []
     for col in [*columns, "note"]:
         table.add_column(col)
+    shown: set[str] = set()
     for term in r.terms:
         if term.task in names:
             cells = [
                 term.task,
                 term.loss,
-                _fmt(r.losses.get(term.task)),
+                "" if term.task in shown else _fmt(r.losses.get(term.task)),
                 _fmt(term.weight),
                 _fmt(term.multiplier),
                 "on" if term.active else "off",
@@ -286,6 +288,7 @@ def render_step(records: Sequence[StepRecord], step: int, task: str | None = Non
                 seen = "" if term.seen is None else str(term.seen)
                 cells += [_fmt(term.utility), seen, _fmt(term.mean_utility)]
             table.add_row(*cells, term.note or "")
+            shown.add(term.task)
     parts: list[Table] = [table]
     if r.context:
         parts.append(render_context([r], task))

@@ -329,3 +329,25 @@ def test_wrap_trace_append_continues_the_run_of_a_resumed_composer(digits, tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run.jsonl"]
     with pytest.raises(ValueError, match="trace_append must be a valid boolean, got 'yes'"):
         lossrag.wrap(model, digits.tasks, "uw", trace=path, trace_append="yes")
+
+
+def test_a_step_shows_each_task_loss_once():
+    """The record holds one loss per task; ``--step`` showed it on every candidate row of the
+    task as if it were that candidate's (found by a user trial)."""
+    from rich.console import Console
+
+    from lossrag.inspect import render_step
+
+    record = StepRecord(
+        step=0,
+        method="default",
+        losses={"a": 0.123456},
+        terms=[
+            Term(task="a", loss="l2", weight=1.0),
+            Term(task="a", loss="huber(delta=1)", weight=0.0, active=False),
+        ],
+    )
+    console = Console(width=200, record=True)
+    console.print(render_step([record], 0))
+    out = console.export_text()
+    assert "task loss" in out and out.count("0.1235") == 1
