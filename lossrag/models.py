@@ -67,6 +67,7 @@ class MultiTaskMLP(nn.Module):
                 if t.kind != "representation"
             }
         )
+        self._scalar = {t.name for t in tasks if t.kind == "regression"}
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         """Return ``{task name: output}``."""
@@ -74,5 +75,5 @@ class MultiTaskMLP(nn.Module):
         out = {}
         for name, head in self.heads.items():
             y = head(z)
-            out[name] = y.squeeze(-1) if y.shape[-1] == 1 else y
+            out[name] = y.squeeze(-1) if name in self._scalar and y.shape[-1] == 1 else y
         return out

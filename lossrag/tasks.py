@@ -63,8 +63,8 @@ class Task:
     positives: str | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name:
-            raise ValueError(f"Task name must be a non-empty string, got {self.name!r}.")
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise ValueError(f"Task name must be a non-blank string, got {self.name!r}.")
         if self.kind not in KINDS:
             raise ValueError(
                 f"Task {self.name!r}: unknown kind {self.kind!r}; "
@@ -99,10 +99,13 @@ class Task:
 
     def _check_classes(self) -> None:
         needs = self.kind in ("classification", "multilabel")
-        if needs and (not isinstance(self.num_classes, int) or self.num_classes < 2):
+        # a multilabel task of one label is a binary task with one logit
+        least = 2 if self.kind == "classification" else 1
+        if needs and (not isinstance(self.num_classes, int) or self.num_classes < least):
+            what = "one logit per label" if least == 1 else "use multilabel for one logit"
             raise ValueError(
-                f"Task {self.name!r} ({self.kind}): num_classes must be an int >= 2, "
-                f"got {self.num_classes!r}."
+                f"Task {self.name!r} ({self.kind}): num_classes must be an int >= {least} "
+                f"({what}), got {self.num_classes!r}."
             )
         if not needs and self.num_classes is not None:
             raise ValueError(f"Task {self.name!r} ({self.kind}): num_classes is not used; omit it.")

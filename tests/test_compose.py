@@ -10,6 +10,7 @@ from torchjd.aggregation import UPGrad
 from torchjd.autojac import jac_to_grad, mtl_backward
 
 import lossrag
+from lossrag.models import MultiTaskMLP
 from lossrag.weighting import available, method_class
 
 # methods that need a query stream are exercised in test_online.py
@@ -338,3 +339,31 @@ def test_task_names_with_colons_work_with_the_retrieval_policy():
         record = composer.backward(model(x), y)
         assert not record.skipped
     assert {t.task for t in record.terms} == {"a:x", "b:y:z"}
+
+
+def test_a_binary_task_with_one_logit_is_a_one_label_multilabel_task():
+    """``num_classes=1`` was refused for every kind; a binary task with one logit is a
+    multilabel task of one label (``MultiTaskMLP`` keeps its ``(B, 1)`` output), and the
+    default policy learns it beside a raw-unit regression (found by a user trial)."""
+    tasks = [
+        lossrag.Task("pos", kind="multilabel", num_classes=1),
+        lossrag.Task("v", kind="regression"),
+    ]
+    with pytest.raises(ValueError, match=r"num_classes must be an int >= 2 \(use multilabel"):
+        lossrag.Task("pos", kind="classification", num_classes=1)
+    with pytest.raises(ValueError, match="non-blank"):
+        lossrag.Task("  ", kind="regression")
+    torch.manual_seed(0)
+    model = MultiTaskMLP(4, [16], tasks)
+    composer = lossrag.wrap(model, tasks, "default", shared=model.trunk, seed=0)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(150):
+        x = torch.randn(64, 4)
+        opt.zero_grad()
+        composer.backward(model(x), {"pos": (x[:, :1] > 0).float(), "v": 50 + 5 * x[:, 1]})
+        opt.step()
+    x = torch.randn(500, 4)
+    with torch.no_grad():
+        out = model(x)
+    assert out["pos"].shape == (500, 1)
+    assert float(((out["pos"] > 0) == (x[:, :1] > 0)).float().mean()) > 0.9
