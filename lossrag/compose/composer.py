@@ -246,8 +246,9 @@ class Composer:
         on the losses (EW, RLW): a non-finite loss gives a zero loss and zero gradients on the
         device, target values (class indices, 0/1 labels) are checked at the first step only
         (later, an index out of range is the loss function's own error, re-raised naming the
-        task) and records are read every ``trace_every`` steps or when asked. The other methods
-        check the target values at every step, as :meth:`backward` does. Methods that read
+        task), records are read every ``trace_every`` steps or when asked, and their skipped
+        steps do not count towards ``max_skips``. The other methods check the target values at
+        every step, as :meth:`backward` does. Methods that read
         the losses (UW, FAMO, the policies, ...) skip a non-finite step on the host and leave
         their state unchanged.
         Read what happened with :attr:`last_record`.
