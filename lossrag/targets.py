@@ -378,6 +378,7 @@ class TargetNormalizer:
         self._provisional: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
         #: Tasks whose outputs predicted their targets at the first batch (:meth:`begin`).
         self.user_units: set[str] = set()
+        self._saved_biases: dict[str, list[float]] = {}
         self.notes: dict[str, str] = {}
         self.heads: dict[str, _Head] = {}
         self._flat: _Flat | None = None  # the statistics, from the first observe()
@@ -907,6 +908,12 @@ class TargetNormalizer:
             "notes": dict(self.notes),
             "names": None if self.choosing else list(self.names),
             "user_units": sorted(self.user_units),
+            # the located heads' biases as saved, to tell a model saved after close() on resume
+            "biases": {
+                self._path(h.module): h.module.bias.detach().double().cpu().tolist()
+                for h in {id(h): h for h in self.heads.values() if not h.detached}.values()
+                if h.module.bias is not None
+            },
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -943,8 +950,38 @@ class TargetNormalizer:
         self.notes.update(state.get("notes", {}))
         for name, (path, first, width) in state.get("heads", {}).items():
             self._paths[name] = (str(path), int(first), int(width))
+        self._saved_biases = dict(state.get("biases", {}))
         self._sync()
         self._resolve()
+
+    def check_resumed_heads(self) -> None:
+        """Once, at the first forward after :meth:`load_state_dict` (the model's and this state
+        both loaded, in either order): raise if a located head holds its bias in user units
+        (``σb + μ`` of the bias saved with the state), i.e. the model was saved after
+        :meth:`detach` (``composer.close()``) or as a plain state, while the run resumes with
+        its heads normalised; its outputs would be off by ``σ`` and ``μ``."""
+        if not self._saved_biases:
+            return
+        saved, self._saved_biases = self._saved_biases, {}
+        for head in {id(h): h for h in self.heads.values() if not h.detached}.values():
+            path, bias = self._path(head.module), head.module.bias
+            if path not in saved or bias is None:
+                continue
+            kept = torch.tensor(saved[path], dtype=torch.float64)
+            now = bias.detach().double().cpu()
+            folded = kept * head.sigma.double().cpu() + head.mu.double().cpu()
+            in_user_units = (
+                kept.shape == now.shape
+                and not torch.equal(now, kept)
+                and torch.allclose(now, folded, rtol=1e-5, atol=1e-8)
+            )
+            if in_user_units:
+                raise ValueError(
+                    f"normalize_targets: the head {path!r} holds its weights in user units (the "
+                    "model was saved after composer.close(), or from plain_state_dict()), but "
+                    "the run resumes with its heads normalised; load the model as it was saved "
+                    "while wrapped (model.state_dict() before close())."
+                )
 
     def plain_state_dict(self, model: nn.Module) -> dict[str, Tensor]:
         """``model.state_dict()`` with every located head in user units (``σW``, ``σb + μ``, as

@@ -153,6 +153,36 @@ def test_resume_continues_exactly():
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("model_first", [True, False])
+def test_resuming_with_a_model_saved_after_close_is_refused(model_first):
+    """A model saved after ``close()`` holds its heads in user units; resumed with the run's
+    state, whose heads are normalised, its outputs were off by ``σ`` and ``μ`` without a word
+    (price MAE ~100 times worse, found by a user trial). The first forward after the resume
+    says so, whichever was loaded first; a model saved while wrapped resumes as before."""
+    model, composer = _train("famo", True, steps=20)
+    state = copy.deepcopy(composer.state_dict())
+    wrapped = {k: v.clone() for k, v in model.state_dict().items()}
+    composer.close()
+    closed = {k: v.clone() for k, v in model.state_dict().items()}
+    x, y = _data(64, 20)
+    for params, refused in ((closed, True), (wrapped, False)):
+        again = MultiTaskMLP(6, [32], TASKS)
+        resumed = lossrag.wrap(
+            again, TASKS, "famo", shared=again.trunk, seed=0, normalize_targets=True
+        )
+        if model_first:
+            again.load_state_dict(params)
+            resumed.load_state_dict(state)
+        else:
+            resumed.load_state_dict(state)
+            again.load_state_dict(params)
+        if refused:
+            with pytest.raises(ValueError, match=r"head 'heads.price' holds its weights in user"):
+                again(x)
+        else:
+            assert not resumed.backward(again(x), y).skipped
+
+
 def test_the_first_step_is_already_normalised():
     torch.manual_seed(0)
     model = MultiTaskMLP(6, [32], TASKS)

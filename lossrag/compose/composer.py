@@ -552,6 +552,8 @@ class Composer:
         """Before a training forward: fold the last step's target statistics in (PopArt's
         rescaling of the heads happens between steps, never inside one)."""
         between = self._window is None or self._window.count == 0
+        if self.normalizer is not None and not self._replaying:
+            self.normalizer.check_resumed_heads()  # once after a resume: before any rescale
         if self.normalizer is None or self._target_stats is None or self._replaying or not between:
             return
         stats, self._target_stats = self._target_stats, None
