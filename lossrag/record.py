@@ -128,6 +128,22 @@ class TraceWriter:
                 stacklevel=3,
             )
 
+    def keep_before(self, step: int) -> None:
+        """Drop the records of ``step`` and later (a run resumed from a checkpoint of ``step``
+        after it had gone further before it stopped), rewriting the file atomically."""
+        if self._handle is None:
+            raise ValueError(f"Trace {str(self.path)!r} is closed.")
+        self._handle.seek(0)
+        lines = self._handle.read().splitlines(keepends=True)
+        kept = [line for line in lines if json.loads(line)["step"] < step]
+        if len(kept) == len(lines):
+            return
+        temporary = self.path.with_name(self.path.name + ".tmp")
+        temporary.write_text("".join(kept), encoding="utf-8")
+        self._handle.close()
+        os.replace(temporary, self.path)
+        self._handle = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115
+
     def write(self, record: StepRecord) -> None:
         """Append ``record`` as one line and flush it to disk."""
         if self._handle is None:

@@ -16,8 +16,10 @@ initialised head is *reinterpreted* as the normalised head, so the model's outpu
 ``μ`` instead of near 0: the offset is learned at once, which is where PopArt's benefit on large
 offsets comes from. A head whose outputs already predict the targets at the first batch (a
 trained model wrapped again to fine-tune it: their mean squared error below a quarter of the
-targets' variance, far from what a freshly initialised head gives) is not reinterpreted but
-rescaled, as from ``μ = 0, σ = 1``, so that its outputs are kept. When the statistics move later,
+targets' variance, far from what a freshly initialised head gives) is not reinterpreted: it is
+left as it is for the first step (its loss takes ``(y − μ)/σ``) and rescaled into the normalised
+head, ``W/σ``, ``(b − μ)/σ``, by the first :meth:`~TargetNormalizer.apply`, so that its outputs
+are kept (a fused head shared with a fresh task too). When the statistics move later,
 ``W`` and ``b`` are rescaled in place so that the outputs in user units are preserved exactly
 (PopArt's "ART"):
 ``W' = σ W/σ'``, ``b' = (σ b + μ − μ')/σ'``. :meth:`~TargetNormalizer.detach` folds ``σ, μ`` back
@@ -378,6 +380,8 @@ class TargetNormalizer:
         self._provisional: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
         #: Tasks whose outputs predicted their targets at the first batch (:meth:`begin`).
         self.user_units: set[str] = set()
+        #: Heads in user units, located at the first batch, re-parametrised at the first apply.
+        self._deferred: list[tuple[nn.Linear, dict[str, tuple[int, int]]]] = []
         self._saved_biases: dict[str, list[float]] = {}
         self.notes: dict[str, str] = {}
         self.heads: dict[str, _Head] = {}
@@ -451,10 +455,14 @@ class TargetNormalizer:
                 for name in columns:  # two tasks claim the same output column
                     self.notes[name] = f"loss-only: tasks share output columns of {module}"
                 continue
-            # a head computing in user units is not reinterpreted: the loss of this forward
-            # takes its output through (y − μ)/σ, and its first apply() rescales it
-            user = all(name in self.user_units for name in columns)
-            self._reparametrise(module, columns, None if user else (raw, raw))
+            if any(name in self.user_units for name in columns):
+                # a head computing in user units (a fused one: for one of its tasks) is left as
+                # it is until the first apply() rescales and re-parametrises it; until then its
+                # losses take (y − μ)/σ
+                self.user_units |= set(columns)
+                self._deferred.append((module, columns))
+                continue
+            self._reparametrise(module, columns, (raw, raw))
 
     def _match(
         self, output: Tensor | None, seen: _Seen
@@ -810,6 +818,22 @@ class TargetNormalizer:
         stats = stats.to(flat.mean.device, flat.mean.dtype)
         with torch.no_grad():
             self._fold(flat, *stats.split([tasks, dims, dims]))
+            deferred, self._deferred = self._deferred, []
+            for module, columns in deferred:
+                self._rescale_into(module, columns)
+                self._reparametrise(module, columns, None)
+
+    def _rescale_into(self, module: nn.Linear, columns: dict[str, tuple[int, int]]) -> None:
+        """Turn a head computing in user units into the normalised head, ``W ← W/σ``,
+        ``b ← (b − μ)/σ`` per output column, from the statistics just folded in."""
+        stats, weight, bias = self._stats, module.weight, module.bias
+        assert bias is not None  # checked by _match
+        for name, (first, width) in columns.items():
+            rows = slice(first, first + width)
+            mu = stats[name].mu.to(bias.device, bias.dtype)
+            sigma = stats[name].sigma.to(weight.device, weight.dtype)
+            weight[rows].div_(sigma.unsqueeze(1))
+            bias[rows].sub_(mu).div_(sigma)
 
     def _fold(self, flat: _Flat, n: Tensor, s1: Tensor, s2: Tensor) -> None:
         """One step of the running statistics of every task at once (see the module)."""
@@ -821,19 +845,12 @@ class TargetNormalizer:
         mean = flat.mean + w * d
         var = ((1 - w) * flat.var + w * q - w * w * d * d).clamp_min(0)
         sigma, valid = flat.sigma_of(var, mean)
-        old, before = flat.sigma[flat.first], flat.mu
+        old = flat.sigma[flat.first]
         ok = (n > 0) & flat.finite(mean, var) & torch.isfinite(sigma)
         # ART: preserve σ·raw + μ (from the second batch on; the first reinterprets the head)
         go = ok & (flat.count > 0)
-        if self.user_units:  # a head in user units is rescaled from μ = 0, σ = 1 at its first
-            user = (flat.count == 0) & torch.tensor(
-                [name in self.user_units for name in flat.names], device=n.device
-            )
-            go = go | (ok & user)
-            old = torch.where(user, torch.ones_like(old), old)
-            before = torch.where(user[seg], torch.zeros_like(before), before)
         scale = torch.where(go, old / sigma, torch.ones_like(sigma))[seg]
-        shift = torch.where(go[seg], (before - mean) / sigma[seg], torch.zeros_like(mean))
+        shift = torch.where(go[seg], (flat.mu - mean) / sigma[seg], torch.zeros_like(mean))
         self._rescale(scale, shift)
         each = ok[seg]
         flat.mean.copy_(torch.where(each, mean, flat.mean))
@@ -907,7 +924,6 @@ class TargetNormalizer:
             "heads": {n: list(p) for n, p in self._paths.items() if not self.heads[n].detached},
             "notes": dict(self.notes),
             "names": None if self.choosing else list(self.names),
-            "user_units": sorted(self.user_units),
             # the located heads' biases as saved, to tell a model saved after close() on resume
             "biases": {
                 self._path(h.module): h.module.bias.detach().double().cpu().tolist()
@@ -925,7 +941,6 @@ class TargetNormalizer:
         self.beta = float(state["beta"])
         # states from before the schedule observed every batch; they go on doing so
         self.every, self.warmup = int(state.get("every", 1)), int(state.get("warmup", 0))
-        self.user_units = set(state.get("user_units", []))
         for name in [*state["tasks"], *(state.get("names") or [])]:
             if name not in self.regression:
                 raise ValueError(
@@ -970,10 +985,11 @@ class TargetNormalizer:
             kept = torch.tensor(saved[path], dtype=torch.float64)
             now = bias.detach().double().cpu()
             folded = kept * head.sigma.double().cpu() + head.mu.double().cpu()
+            eps = torch.finfo(bias.dtype).eps  # the bias was rounded to its own dtype
             in_user_units = (
                 kept.shape == now.shape
                 and not torch.equal(now, kept)
-                and torch.allclose(now, folded, rtol=1e-5, atol=1e-8)
+                and torch.allclose(now, folded, rtol=4 * eps, atol=1e-8)
             )
             if in_user_units:
                 raise ValueError(

@@ -82,6 +82,28 @@ def test_outputs_stay_in_user_units_and_close_leaves_a_plain_model():
         torch.testing.assert_close(model(x)["price"], wrapped, rtol=1e-5, atol=1e-3)
 
 
+@pytest.mark.parametrize("micro", [1, 2])
+def test_a_trained_model_wrapped_again_is_kept_through_accumulation_and_an_early_close(micro):
+    """The re-wrapped head stays in user units until the first statistics are folded in: a
+    second micro-batch of the first step does not read it as a fresh head (it did: price MAE
+    18 -> 73 385), and closing (or a plain state) right after the first step keeps its outputs
+    (it folded mu, sigma into the user-unit weights). Both found by a review of the diff."""
+    model, composer = _train("ew", True, steps=300)
+    composer.close()
+    before = _mae(model, "price")
+    again = lossrag.wrap(model, TASKS, "ew", seed=1, normalize_targets=True)
+    x, y = _data(64, 700)
+    with again.accumulate(micro):
+        for part in torch.arange(64).chunk(micro):
+            again.loss(model(x[part]), {k: v[part] for k, v in y.items()}).backward()
+    assert again.normalizer.user_units == {"price", "tiny"}
+    plain = MultiTaskMLP(6, [32], TASKS)
+    plain.load_state_dict(again.plain_state_dict())
+    assert _mae(plain, "price") == pytest.approx(before, rel=1e-4)
+    again.close()
+    assert _mae(model, "price") == pytest.approx(before, rel=1e-4)
+
+
 def test_plain_state_dict_is_the_closed_model_without_closing():
     """A best-so-far checkpoint mid-run: ``composer.plain_state_dict()`` loads into a plain
     model that computes what the wrapped one does (``model.state_dict()`` holds the normalised

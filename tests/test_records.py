@@ -310,7 +310,7 @@ def test_append_continues_a_resumed_run_after_a_torn_line(tmp_path):
 def test_wrap_trace_append_continues_the_run_of_a_resumed_composer(digits, tmp_path):
     """Resuming from a checkpoint with the same trace path moved the first part to
     ``.jsonl.1`` (one run in two files); ``trace_append=True`` continues the file (found by a
-    user trial)."""
+    user trial), without the steps the run made after the checkpoint (found by a review)."""
     path = tmp_path / "run.jsonl"
     model = digits.model(0)
     composer = lossrag.wrap(model, digits.tasks, "uw", trace=path, trace_every=4)
@@ -318,6 +318,9 @@ def test_wrap_trace_append_continues_the_run_of_a_resumed_composer(digits, tmp_p
         x, y = digits.batch(i)
         composer.backward(model(x), y)
     state = composer.state_dict()
+    for i in range(5, 7):  # steps past the checkpoint, before the run stopped
+        x, y = digits.batch(i)
+        composer.backward(model(x), y)
     composer.close()
     resumed = lossrag.wrap(model, digits.tasks, "uw", trace=path, trace_append=True)
     resumed.load_state_dict(state)

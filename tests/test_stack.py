@@ -269,6 +269,11 @@ def test_compiled_outputs_of_an_uncompiled_wrap_are_refused(digits, policy):
     assert not record.skipped and composer.step == 1
     plain = lossrag.wrap(model, digits.tasks, "ew", shared=model.trunk, seed=0)
     assert not plain.backward(compiled(x), y).skipped
+    in_place = digits.model(0)
+    in_place.compile(backend="aot_eager")  # compiled, but not as a wrapper the composer sees
+    with pytest.raises(ValueError, match=r"compiled in place .*torch\.compile\(model\)"):
+        lossrag.wrap(in_place, digits.tasks, policy, shared=in_place.trunk)
+    assert not lossrag.wrap(in_place, digits.tasks, "ew").backward(in_place(x), y).skipped
 
 
 @pytest.mark.slow

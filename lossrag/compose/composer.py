@@ -23,7 +23,7 @@ from lossrag.compose.checks import (
     last_layer,
     query_index,
 )
-from lossrag.compose.dist import Sync, is_compiled, unwrap
+from lossrag.compose.dist import Sync, compiled_in_place, is_compiled, unwrap
 from lossrag.compose.lookahead import Batch, copy_tree, meta_context, rerun, side_state
 from lossrag.compose.options import Options
 from lossrag.compose.performance import PerformanceMeter
@@ -156,6 +156,12 @@ class Composer:
                 "(it aggregates per-task gradients, which a GradScaler's single scale does not "
                 "cover). Train it in bf16 autocast, which needs no scaler."
             )
+        if self._graph_bound and compiled_in_place(self.model):
+            raise ValueError(
+                f"wrap: policy {name!r} reaches into the model's graph, which a model compiled "
+                "in place (model.compile()) keeps inside its compiled call; compile it as a "
+                "wrapper instead, compiled = torch.compile(model), and wrap that."
+            )
         if self.compiled and representation:
             raise ValueError(
                 "wrap: representation tasks need the output of `shared` inside the autograd "
@@ -243,14 +249,15 @@ class Composer:
         :meth:`accumulate` the loss is already divided by the number of micro-batches.
 
         Nothing is read back from the device at a step of a method whose weights do not depend
-        on the losses (EW, RLW): a non-finite loss gives a zero loss and zero gradients on the
-        device, target values (class indices, 0/1 labels) are checked at the first step only
-        (later, an index out of range is the loss function's own error, re-raised naming the
-        task), records are read every ``trace_every`` steps or when asked, and their skipped
-        steps do not count towards ``max_skips``. The other methods check the target values at
-        every step, as :meth:`backward` does. Methods that read
-        the losses (UW, FAMO, the policies, ...) skip a non-finite step on the host and leave
-        their state unchanged.
+        on the losses (EW, RLW): a non-finite loss gives a zero loss and no gradient into the
+        model's outputs, decided on the device (so zero gradients, unless the model's own
+        activations are non-finite, e.g. a NaN input: :meth:`backward` checks the gradients);
+        target values (class indices, 0/1 labels) are checked at the first step only (later, an
+        index out of range is the loss function's own error, re-raised naming the task);
+        records are read every ``trace_every`` steps or when asked; and these skipped steps do
+        not count towards ``max_skips``. The other methods check the target values at every
+        step, as :meth:`backward` does, and skip a non-finite step on the host, leaving their
+        state unchanged.
         Read what happened with :attr:`last_record`.
         """
         # a method that reads its losses back syncs anyway: its targets' values are checked too
@@ -350,7 +357,7 @@ class Composer:
             self._rng = self.sync.share(self._rng)  # one random stream on every rank
         observed = None
         if self.normalizer is not None:
-            if self.step == 0:
+            if self.step == 0 and (self._window is None or self._window.count == 0):
                 moments = self.normalizer.first_moments(targets, outputs)
                 self.normalizer.begin(self.sync.sum(moments))
                 self.normalizer.locate(outputs)
@@ -771,6 +778,7 @@ class Composer:
             self.normalizer.attach(self.module)
             self._target_stats = state.get("target_stats")
         self._scale_seen, self._snapshot = state.get("scaler") or (None, None)
+        self.recorder.resume(self.step)  # last: a state refused above leaves the trace as it was
 
     def close(self) -> None:
         """Write the remaining records, remove the hooks from the model and close the trace;

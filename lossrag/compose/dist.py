@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["Sync", "is_compiled", "unwrap"]
+__all__ = ["Sync", "compiled_in_place", "is_compiled", "unwrap"]
 
 
 class Sync:
@@ -98,6 +98,11 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The plain module under DDP and ``torch.compile`` wrappers."""
     *_, plain = _layers(model)
     return plain
+
+
+def compiled_in_place(model: torch.nn.Module) -> bool:
+    """Whether ``model`` (or a wrapper in it) was compiled in place, by ``model.compile()``."""
+    return any(getattr(m, "_compiled_call_impl", None) is not None for m in _layers(model))
 
 
 def is_compiled(model: torch.nn.Module) -> bool:

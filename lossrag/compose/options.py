@@ -48,7 +48,8 @@ class Options(BaseModel):
             that the loss path reads no value from the device at every step.
         trace_append: With ``trace=``, continue the run the file already holds (a run resumed
             from a checkpoint) instead of moving it to ``<name>.1`` and starting a new file
-            (:class:`lossrag.TraceWriter`).
+            (:class:`lossrag.TraceWriter`); :meth:`Composer.load_state_dict` drops the records
+            the file holds from the checkpoint's step on (written after it, before the stop).
         normalize_targets: PopArt target normalisation of the regression tasks
             (:class:`lossrag.targets.TargetNormalizer`): their losses are taken on targets
             standardised by running statistics, and a head that is a final ``nn.Linear`` is

@@ -136,6 +136,7 @@ class Recorder:
         append: bool = False,
     ) -> None:
         self.writer = TraceWriter(trace, append=append) if trace is not None else None
+        self.append = append
         self.every = every
         #: Adds what the record is read with (e.g. the target statistics) when it is read.
         self.annotate = annotate
@@ -163,6 +164,11 @@ class Recorder:
             for kept in self._unwritten:
                 self.writer.write(kept.record())
         self._unwritten.clear()
+
+    def resume(self, step: int) -> None:
+        """A run resumed at ``step``: an appended trace drops what it holds from ``step`` on."""
+        if self.writer is not None and self.append:
+            self.writer.keep_before(step)
 
     def close(self) -> None:
         """Flush and close the trace."""

@@ -572,7 +572,9 @@ def _jacobian(losses: Tensor, shared: list[torch.nn.Parameter]) -> tuple[Tensor,
 class InputGate:
     """Zeroes the gradient flowing into the losses' inputs when the step's loss is not finite,
     on the device: a zero loss alone does not do it, since a loss's own backward turns the zero
-    into NaN where its value was (``0 · ∂ℓ/∂y`` with ``ℓ`` NaN at a NaN target)."""
+    into NaN where its value was (``0 · ∂ℓ/∂y`` with ``ℓ`` NaN at a NaN target). The model's
+    backward from there gives zero gradients if its own activations are finite (not for a NaN
+    input)."""
 
     def __init__(self) -> None:
         #: Whether the step's loss is finite (a 0-dim bool tensor, set once it is known).
