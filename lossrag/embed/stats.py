@@ -135,7 +135,8 @@ class Reference:
 
     Attributes:
         scale: ``mean ‖∂ℓ/∂z‖ / |mean ℓ|`` of the probe loss.
-        ranks: Its per-sample values' ranks, centred (for Spearman's ρ).
+        ranks, ranks_norm: Its per-sample values' ranks, centred (for Spearman's ρ), and
+            their norm.
         out_grad, head_grad: Its flattened gradients at the outputs and at the head's input.
         out_norm, head_norm: Their norms.
     """
