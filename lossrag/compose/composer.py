@@ -249,15 +249,16 @@ class Composer:
         :meth:`accumulate` the loss is already divided by the number of micro-batches.
 
         Nothing is read back from the device at a step of a method whose weights do not depend
-        on the losses (EW, RLW): a non-finite loss gives a zero loss and no gradient into the
-        model's outputs, decided on the device (so zero gradients, unless the model's own
-        activations are non-finite, e.g. a NaN input: :meth:`backward` checks the gradients);
-        target values (class indices, 0/1 labels) are checked at the first step only (later, an
-        index out of range is the loss function's own error, re-raised naming the task);
-        records are read every ``trace_every`` steps or when asked; and these skipped steps do
-        not count towards ``max_skips``. The other methods check the target values at every
-        step, as :meth:`backward` does, and skip a non-finite step on the host, leaving their
-        state unchanged.
+        on the losses (EW, RLW) on an accelerator: a non-finite loss gives a zero loss and no
+        gradient into the model's outputs, decided on the device (so zero gradients, unless the
+        model's own activations are non-finite, e.g. a NaN input: :meth:`backward` checks the
+        gradients), and such skipped steps do not count towards ``max_skips``; on the CPU,
+        where a read costs nothing, the step is skipped on the host (no gradient at all, and
+        counted). Their target values (class indices, 0/1 labels) are checked at the first step
+        only (later, an index out of range is the loss function's own error, re-raised naming
+        the task), and records are read every ``trace_every`` steps or when asked. The other
+        methods check the target values at every step, as :meth:`backward` does, and skip a
+        non-finite step on the host, leaving their state unchanged.
         Read what happened with :attr:`last_record`.
         """
         # a method that reads its losses back syncs anyway: its targets' values are checked too

@@ -84,12 +84,12 @@ class LossStep(Step):
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         # the user backpropagates the loss and nothing is read back: a non-finite step must
-        # give zero gradients on the device (a GradScaler wants to see them non-finite)
-        gate = (
-            InputGate()
-            if c.user_backward and not method.reads_losses and c.options.scaler is None
-            else None
-        )
+        # give no gradient (a GradScaler wants to see it non-finite). On the CPU a read costs
+        # nothing and the step is skipped on the host; on an accelerator the gate decides on
+        # the device
+        guard = c.user_backward and not method.reads_losses and c.options.scaler is None
+        on_cpu = next(iter(outputs.values()), torch.empty(0)).device.type == "cpu"
+        gate = InputGate() if guard and not on_cpu else None
         losses = c.term_losses(outputs, targets, gate)
         stats = c.sync.mean(losses.detach()).float()
         timings["losses"] = time.perf_counter() - t0
@@ -126,10 +126,13 @@ class LossStep(Step):
         if window is not None and window.length > 1:
             window.stats = stats if window.stats is None else window.stats + stats
         held = None if method.unit_weights else c.window_weights
-        # A non-finite loss (on any rank) gives a zero loss whose gradient is zero (the gate):
-        # decided on the device, so nothing is read back here.
+        # A non-finite loss (on any rank) gives a zero loss whose gradient is zero (on the CPU
+        # the step is skipped here; elsewhere the gate decides on the device, nothing read back)
         total = losses.sum() if held is None else (held * losses).sum()
         finite = torch.isfinite(stats.sum() if c.sync.active else total)
+        if guard and gate is None and not bool(finite):
+            values = stats.tolist()
+            return self._skipped(losses, names, values, _non_finite(names, values), timings)
         total = torch.where(finite, total, 0.0)
         if gate is not None:
             gate.finite = finite
