@@ -88,7 +88,8 @@ class LossStep(Step):
         # nothing and the step is skipped on the host; on an accelerator the gate decides on
         # the device
         guard = c.user_backward and not method.reads_losses and c.options.scaler is None
-        on_cpu = next(iter(outputs.values()), torch.empty(0)).device.type == "cpu"
+        first = next(iter(outputs.values()), None)
+        on_cpu = first is None or first.device.type == "cpu"
         gate = InputGate() if guard and not on_cpu else None
         losses = c.term_losses(outputs, targets, gate)
         stats = c.sync.mean(losses.detach()).float()
