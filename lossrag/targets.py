@@ -328,6 +328,14 @@ def _raw_view(output: Tensor, shown: Tensor, raw: Tensor) -> Tensor | None:
     return raw.as_strided(output.shape, output.stride(), offset)
 
 
+def _in_user_units(head: _Head, weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
+    """A located head's ``W, b`` in user units, ``σW`` and ``σb + μ`` (new tensors)."""
+    sigma = head.sigma.to(weight.device, weight.dtype).unsqueeze(1)
+    return weight * sigma, bias * head.sigma.to(bias.device, bias.dtype) + head.mu.to(
+        bias.device, bias.dtype
+    )
+
+
 def far_from_unit(mu: float, sigma: float) -> bool:
     """Whether a target with mean ``mu`` (the root mean square of its dimensions' means) and
     standard deviation ``sigma`` is far from standard units (:data:`FAR_SCALE`,
@@ -1010,10 +1018,8 @@ class TargetNormalizer:
             if prefix is None:
                 continue
             key = f"{prefix}." if prefix else ""
-            weight, bias = state[key + "weight"], state[key + "bias"]
-            state[key + "weight"] = weight * head.sigma.to(weight.device, weight.dtype).unsqueeze(1)
-            state[key + "bias"] = bias * head.sigma.to(bias.device, bias.dtype) + head.mu.to(
-                bias.device, bias.dtype
+            state[key + "weight"], state[key + "bias"] = _in_user_units(
+                head, state[key + "weight"], state[key + "bias"]
             )
         return state
 
@@ -1034,7 +1040,6 @@ class TargetNormalizer:
                 self._groups = self._report = None
                 weight, bias = head.module.weight, head.module.bias
                 assert bias is not None
-                weight.mul_(head.sigma.to(weight.device, weight.dtype).unsqueeze(1))
-                bias.mul_(head.sigma.to(bias.device, bias.dtype)).add_(
-                    head.mu.to(bias.device, bias.dtype)
-                )
+                folded_weight, folded_bias = _in_user_units(head, weight, bias)
+                weight.copy_(folded_weight)
+                bias.copy_(folded_bias)

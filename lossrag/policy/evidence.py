@@ -36,13 +36,13 @@ mislead least) is not a candidate for a regression task (:func:`metric_aligned`)
 
 from __future__ import annotations
 
-import functools
-import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from lossrag.embed.stats import output_gradients
 
 __all__ = [
     "CONFIDENT",
@@ -141,23 +141,15 @@ def gradient_shares(
 ) -> list[float | None]:
     """Per loss, the share of its per-sample gradient ``‖∂ℓ_i/∂y_i‖`` at ``output`` that falls on
     the samples of ``mask``: 0 when none is masked or the gradient vanishes, ``None`` for a loss
-    without per-sample values. One backward for all (each loss sees its own copy of
-    ``output``)."""
+    without per-sample values (the gradients: :func:`lossrag.embed.stats.output_gradients`)."""
     if not bool(mask.any()):
         return [0.0] * len(losses)
-    ys = [output.detach().requires_grad_() for _ in losses]
-    with torch.enable_grad():
-        per = [loss(y, target) for loss, y in zip(losses, ys, strict=True)]
-        rows = [i for i, p in enumerate(per) if p.dim() > 0]
-        if not rows:
-            return [None] * len(losses)
-        total = functools.reduce(operator.add, (per[i].sum() for i in rows))
-        grads = torch.autograd.grad(total, [ys[i] for i in rows])
-    shares: list[float | None] = [None] * len(losses)
-    for i, grad in zip(rows, grads, strict=True):
-        norms = grad.reshape(grad.shape[0], -1).float().norm(dim=1)
+    shares: list[float | None] = []
+    for values, grad in output_gradients(losses, output, target):
+        norms = grad.float().norm(dim=1)
         whole = float(norms.sum())
-        shares[i] = float(norms[mask].sum()) / whole if whole > 0 else 0.0
+        share = float(norms[mask].sum()) / whole if whole > 0 else 0.0
+        shares.append(share if values.dim() > 0 else None)
     return shares
 
 
