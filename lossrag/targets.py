@@ -16,7 +16,8 @@ initialised head is *reinterpreted* as the normalised head, so the model's outpu
 ``μ`` instead of near 0: the offset is learned at once, which is where PopArt's benefit on large
 offsets comes from. A head whose outputs already predict the targets at the first batch (a
 trained model wrapped again to fine-tune it: their mean squared error below a quarter of the
-targets' variance, far from what a freshly initialised head gives) is not reinterpreted: it is
+targets' mean square, four times closer than the outputs near zero of a freshly initialised
+head) is not reinterpreted: it is
 left as it is for the first step (its loss takes ``(y − μ)/σ``) and rescaled into the normalised
 head, ``W/σ``, ``(b − μ)/σ``, by the first :meth:`~TargetNormalizer.apply`, so that its outputs
 are kept (a fused head shared with a fresh task too). When the statistics move later,
@@ -682,8 +683,8 @@ class TargetNormalizer:
         ``auto``, keep the targets far from standard units (:func:`far_from_unit`; read on the
         host, once); the provisional ``μ, σ`` of the first step then come from these global
         moments, so that step is the same on any number of ranks. A task whose outputs already
-        predict its targets (their mean squared error below a quarter of the targets' variance:
-        a trained model wrapped again, not a fresh head) is *in user units*: :meth:`locate`
+        predict its targets (their mean squared error below a quarter of the targets' mean
+        square: a trained model wrapped again, not a fresh head) is *in user units*: :meth:`locate`
         leaves its head as it computes, and its first :meth:`apply` rescales it (read on the
         host, once). Before :meth:`locate`."""
         offset = 0
@@ -702,9 +703,9 @@ class TargetNormalizer:
             self._choose()
         self.user_units = set()
         for name in self.names:
-            sse, n, s1, s2 = errors[name]
-            _, var = self._moments(n, s1, s2)
-            if bool(sse / (n * var.numel()) < var.mean() / 4):
+            sse, n, _, s2 = errors[name]
+            # four times closer to the targets than outputs of zero (a fresh head's)
+            if bool(sse < s2.sum() / 4):
                 self.user_units.add(name)
 
     def _choose(self) -> None:

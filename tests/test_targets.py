@@ -366,3 +366,20 @@ def test_bad_use_is_refused():
         norm.apply(torch.zeros(9))
     with pytest.raises(ValueError, match="set up for 2"):
         norm.observe({"price": torch.zeros(3), "pos": torch.zeros(3, 3)})
+
+
+def test_a_head_in_user_units_is_told_from_a_fresh_one():
+    """A partly trained head (outputs within 0.7 σ of targets around 1000: R² ≈ 0.5) is in user
+    units and must not be reinterpreted as the normalised head; the first version asked for
+    R² > 0.75 and, in one seed of three of a user-style fine-tuning check, reinterpreted such a
+    head (ink MAE 14.8 -> 9440). Outputs near zero (a fresh head) are not in user units."""
+    g = torch.Generator().manual_seed(0)
+    target = 1000 + 72 * torch.randn(256, generator=g)
+    task = [Task("price", kind="regression")]
+    for output, expected in (
+        (target + 50 * torch.randn(256, generator=g), {"price"}),
+        (0.3 * torch.randn(256, generator=g), set()),
+    ):
+        normalizer = TargetNormalizer(task)
+        normalizer.begin(normalizer.first_moments({"price": target}, {"price": output}))
+        assert normalizer.user_units == expected
