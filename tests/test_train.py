@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +14,14 @@ from typer.testing import CliRunner
 
 import lossrag
 from lossrag.cli import app
-from lossrag.policy.store import load_policy, read_card, record_benchmarks, save_policy
+from lossrag.policy import LossRAG
+from lossrag.policy.store import (
+    load_policy,
+    policy_folder,
+    read_card,
+    record_benchmarks,
+    save_policy,
+)
 from lossrag.train import (
     PARAMS,
     Distribution,
@@ -282,7 +290,7 @@ def test_train_writes_a_loadable_policy_and_resumes_exactly(tmp_path, monkeypatc
 def test_corrupt_checkpoint_falls_back_to_the_previous_one(tmp_path):
     work = tmp_path / "work"
     work.mkdir()
-    checkpoint = es_module._Checkpoint(work, "abc")
+    checkpoint = es_module._Checkpoint(work, "abc", "code1")
     state = {
         "generation": 1,
         "theta": [0.0],
@@ -300,7 +308,56 @@ def test_corrupt_checkpoint_falls_back_to_the_previous_one(tmp_path):
     assert loaded is not None and loaded["generation"] == 1
     assert "corrupt" in console.export_text()
     with pytest.raises(ValueError, match="another recipe"):
-        es_module._Checkpoint(work, "other").load(console)
+        es_module._Checkpoint(work, "other", "code1").load(console)
+    # a resume across a code change is said; one with other trained parameters is refused
+    es_module._Checkpoint(work, "abc", "code2").load(console)
+    assert "code change (code1 -> code2)" in console.export_text()
+    saved = json.loads((work / "checkpoint.prev.json").read_text())
+    saved["params"] = saved["params"][:-1]
+    (work / "checkpoint.json").write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match=r"holds the parameters learn, .*Start over"):
+        checkpoint.load(console)
+
+
+def test_policy_settings_round_trip_and_target_normalisation(tmp_path, digits):
+    """A saved policy keeps every gate setting and the target normalisation it was trained
+    with; the shipped default trains the same loaded by name or by folder (a Path too)."""
+    policy = LossRAG(patience_on=3, spread=2.0, normalize_targets="auto")
+    save_policy(policy, tmp_path / "p")
+    loaded = load_policy(tmp_path / "p")
+    assert (loaded.gates.patience_on, loaded.gates.spread) == (3, 2.0)
+    assert loaded.normalize_targets == "auto"
+    assert policy_from(initial_parameters()).normalize_targets == "auto"  # as `lossrag train`
+    model = digits.model(0)
+    shipped = policy_folder("default")
+    for source in ("default", str(shipped), Path(shipped)):
+        composer = lossrag.wrap(model, digits.tasks, source, shared=model.trunk)
+        assert composer.method.normalize_targets == "auto", source
+    with pytest.raises(ValueError, match="normalize_targets must be True, False or 'auto'"):
+        LossRAG(normalize_targets="yes")  # type: ignore[arg-type]
+
+
+def test_save_policy_never_replaces_what_is_not_a_policy(tmp_path):
+    """A folder of other contents or a file is refused, before any training; an empty folder
+    or a policy folder is written."""
+    victim = tmp_path / "victim"
+    (victim / "src").mkdir(parents=True)
+    (victim / "data.csv").write_text("1,2\n")
+    with pytest.raises(FileExistsError, match="is not a policy folder"):
+        save_policy(LossRAG(), victim)
+    assert (victim / "data.csv").read_text() == "1,2\n" and (victim / "src").is_dir()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(FileExistsError, match="a file of that name exists"):
+        save_policy(LossRAG(), tmp_path / "file")
+    with pytest.raises(FileExistsError, match="is not a policy folder"):
+        train(
+            load_recipe(_recipe(tmp_path)), victim, tmp_path / "work", console=Console(quiet=True)
+        )
+    assert not (tmp_path / "work").exists()
+    (tmp_path / "empty").mkdir()
+    save_policy(LossRAG(), tmp_path / "empty")
+    save_policy(LossRAG(temperature=2.0), tmp_path / "empty")  # a policy folder: replaced
+    assert load_policy(tmp_path / "empty").temperature == 2.0
 
 
 def test_cli_train_and_policies_list(tmp_path):

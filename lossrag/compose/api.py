@@ -19,7 +19,7 @@ __all__ = ["wrap"]
 def wrap(
     model: nn.Module,
     tasks: Sequence[Task],
-    policy: str | Method = "ew",
+    policy: str | os.PathLike[str] | Method = "ew",
     shared: nn.Module | None = None,
     trace: str | os.PathLike[str] | None = None,
     **options: Any,
@@ -31,7 +31,9 @@ def wrap(
             wrapped in ``DistributedDataParallel`` or ``torch.compile`` (compile first, then
             wrap the compiled model).
         tasks: The tasks, with unique names.
-        policy: ``"default"`` (the shipped meta-trained policy) or the path of a policy folder;
+        policy: ``"default"`` (the shipped meta-trained policy) or the path of a policy folder
+            (a string or ``os.PathLike``; it trains with the target normalisation it was
+            trained with, ``normalize_targets="auto"`` for ``lossrag train``'s);
             ``"lossrag"`` (the retrieval policy with its untrained prior); a weighting method
             name (``lossrag.weighting.available()``: ``ew``, ``uw``, ``dwa``, ``famo``, ``rlw``,
             ``gradnorm``, ``mgda``, ``pcgrad``, ``cagrad``, ``nashmtl``, ``imtlg``, ``upgrad``,

@@ -73,7 +73,7 @@ class Composer:
         self,
         model: nn.Module,
         tasks: Sequence[Task],
-        policy: str | Method,
+        policy: str | os.PathLike[str] | Method,
         shared: nn.Module | None,
         trace: str | os.PathLike[str] | None,
         options: Options,
@@ -812,12 +812,17 @@ def _concat(items: list[Any]) -> Any:
     return first
 
 
-def _make_policy(policy: str | Method) -> tuple[Method, str, str | None]:
+def _make_policy(policy: str | os.PathLike[str] | Method) -> tuple[Method, str, str | None]:
     """The method, the name runs record it under, and its policy card's code version."""
     if isinstance(policy, Method):
         return policy, policy.name or type(policy).__name__, None
+    if isinstance(policy, os.PathLike):
+        policy = os.fspath(policy)
     if not isinstance(policy, str):
-        raise TypeError(f"wrap: `policy` must be a name or a Method, got {type(policy).__name__}.")
+        raise TypeError(
+            f"wrap: `policy` must be a name, a policy folder or a Method, got "
+            f"{type(policy).__name__}."
+        )
     if policy not in available() and (
         policy == "default" or os.sep in policy or os.path.isdir(policy)
     ):

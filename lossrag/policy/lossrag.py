@@ -102,6 +102,8 @@ class LossRAG(Method):
             ``1 / EMA L``.
         scale_floor: Smallest relative loss level a term is divided by (its multiplier, relative
             to its first loss, is at most ``1 / scale_floor``); 0 for none.
+        normalize_targets: The target normalisation it trains with when ``wrap`` is not told
+            (a saved policy's is the one it was trained with, :func:`~.store.load_policy`).
 
     Attributes:
         multipliers: ``{term: w / scale}`` of the last step whose coefficients were computed:
@@ -139,6 +141,7 @@ class LossRAG(Method):
         correction: Correction | None = None,
         max_ratio: float = MAX_RATIO,
         scale_floor: float = SCALE_FLOOR,
+        normalize_targets: bool | Literal["auto"] = False,
     ) -> None:
         for name, value, low in (
             ("k", k, 1),
@@ -159,6 +162,12 @@ class LossRAG(Method):
                 "LossRAG: need max_ratio >= 1 and 0 <= scale_floor <= 1; got "
                 f"max_ratio={max_ratio}, scale_floor={scale_floor}."
             )
+        if normalize_targets not in (True, False, "auto"):
+            raise ValueError(
+                f"LossRAG: normalize_targets must be True, False or 'auto', got "
+                f"{normalize_targets!r}."
+            )
+        self.normalize_targets = normalize_targets
         self.max_ratio, self.scale_floor = max_ratio, scale_floor
         self.k, self.explore, self.refresh_every = k, explore, refresh_every
         self.retrieve_every, self.retrieve_backoff = retrieve_every, retrieve_backoff

@@ -23,7 +23,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -50,6 +50,7 @@ __all__ = [
     "record_benchmarks",
     "save_policy",
     "shipped_policies",
+    "writable_folder",
 ]
 
 #: Version of the folder layout and of the meaning of the correction's input features.
@@ -108,9 +109,27 @@ def _settings(policy: LossRAG) -> dict[str, Any]:
         "rank_weight": policy.rank_weight,
         "max_ratio": policy.max_ratio,
         "scale_floor": policy.scale_floor,
+        "patience_on": policy.gates.patience_on,
+        "spread": policy.gates.spread,
+        "normalize_targets": policy.normalize_targets,
         "prior": policy.prior.model_dump(),
         "correction": {"hidden": policy.correction.hidden, "bound": policy.correction.bound},
     }
+
+
+def writable_folder(folder: str | os.PathLike[str]) -> Path:
+    """``folder`` as an absolute path that :func:`save_policy` may write: absent, empty, or a
+    policy folder (holding a ``card.json``), which it replaces. Raises ``FileExistsError`` for
+    a file or a folder of other contents, which would be lost."""
+    target = Path(os.path.abspath(folder))
+    if target.exists() and not target.is_dir():
+        raise FileExistsError(f"Policy folder {folder}: a file of that name exists.")
+    if target.is_dir() and any(target.iterdir()) and not (target / "card.json").is_file():
+        raise FileExistsError(
+            f"Policy folder {folder} exists and is not a policy folder (no card.json); its "
+            "contents would be replaced. Choose a new or empty folder."
+        )
+    return target
 
 
 def save_policy(
@@ -127,8 +146,9 @@ def save_policy(
 ) -> PolicyCard:
     """Write ``policy`` (settings, correction weights, card) to ``folder``, atomically;
     ``extra`` files (a training plot, say) go beside them, checksummed too. The card is named
-    ``name`` (default: the folder's name)."""
-    target = Path(folder)
+    ``name`` (default: the folder's name). ``folder`` is absent, empty, or a policy folder
+    (:func:`writable_folder`)."""
+    target = writable_folder(folder)
     recipe = recipe or {}
     files = {"policy.json": json.dumps(_settings(policy), indent=2, sort_keys=True).encode()}
     files["correction.npz"] = correction_bytes(policy.correction)
@@ -227,7 +247,9 @@ def read_card(folder: str | os.PathLike[str]) -> PolicyCard:
 
 
 def _arguments(source: str | os.PathLike[str]) -> dict[str, Any]:
-    """The :class:`LossRAG` arguments (settings and trained correction) of a saved policy."""
+    """The :class:`LossRAG` arguments (settings and trained correction) of a saved policy; its
+    target normalisation, the one it was trained with, under ``"normalize_targets"`` (``False``
+    for a folder written before it was saved)."""
     folder = policy_folder(source)
     read_card(folder)
     settings = json.loads((folder / "policy.json").read_text())
@@ -276,7 +298,7 @@ class DefaultPolicy(LossRAG):
     name = "lossrag-default"
     #: Targets far from standard units are normalised (PopArt), the others left as they are:
     #: measured in ``benchmarks/targets``.
-    normalize_targets: ClassVar[bool | Literal["auto"]] = "auto"
+    normalize_targets: bool | Literal["auto"] = "auto"  # also in its policy.json
 
     def __init__(self, **overrides: Any) -> None:
         super().__init__(**{**_arguments("default"), **overrides})

@@ -32,7 +32,7 @@ import warnings
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from rich.console import Console
@@ -95,8 +95,12 @@ def policy_from(
     named = dict(zip(PARAMS, values, strict=True))
     prior = Prior(**{k: named[k] for k in Prior.model_fields})
     cls = LossRAGOnline if online else LossRAG
-    policy = cls(
-        prior=prior, temperature=named["temperature"], floor=named["floor"], meta_lr=meta_lr
+    policy = cls(  # as the shipped policy (DefaultPolicy): targets far from unit scale normalised
+        prior=prior,
+        temperature=named["temperature"],
+        floor=named["floor"],
+        meta_lr=meta_lr,
+        normalize_targets="auto",
     )
     if correction is not None:
         policy.correction.load_state_dict(_tensors(correction))
@@ -124,19 +128,16 @@ def _run(
     dist, seed, theta, correction = job
     problem = sample_problem(dist, seed)
     if theta is None:
-        return _quiet_fit(problem, "ew", seed, None)
-    # as the shipped policy trains (DefaultPolicy): targets far from unit scale normalised
-    return _quiet_fit(problem, policy_from(theta, correction), seed, "auto")
+        return _quiet_fit(problem, "ew", seed)
+    return _quiet_fit(problem, policy_from(theta, correction), seed)
 
 
-def _quiet_fit(
-    problem: Any, policy: Any, seed: int, normalize: bool | Literal["auto"] | None
-) -> dict[str, float]:
+def _quiet_fit(problem: Any, policy: Any, seed: int) -> dict[str, float]:
     from lossrag.bench.fit import fit
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return fit(problem, policy, seed, split="val", normalize_targets=normalize).metrics
+        return fit(problem, policy, seed, split="val").metrics
 
 
 def _adapt(job: tuple[Distribution, int, list[float], Weights, float]) -> Weights:
@@ -170,19 +171,19 @@ def _log_ratio(
 class _Checkpoint:
     """The trainer's state, saved atomically after every generation (the last good one kept)."""
 
-    def __init__(self, work: Path, digest: str) -> None:
-        self.path, self.previous, self.digest = (
+    def __init__(self, work: Path, digest: str, code: str) -> None:
+        self.path, self.previous, self.digest, self.code = (
             work / "checkpoint.json",
             work / "checkpoint.prev.json",
             digest,
+            code,
         )
 
     def save(self, state: dict[str, Any]) -> None:
         if self.path.exists():
             os.replace(self.path, self.previous)
-        atomic_write_text(
-            self.path, json.dumps({"format": _FORMAT, "recipe": self.digest, **state})
-        )
+        fields = {"format": _FORMAT, "recipe": self.digest, "params": PARAMS, "code": self.code}
+        atomic_write_text(self.path, json.dumps({**fields, **state}))
 
     def load(self, console: Console) -> dict[str, Any] | None:
         for path in (self.path, self.previous):
@@ -201,6 +202,17 @@ class _Checkpoint:
                     f"train: {path} was written for another recipe; use another --work folder "
                     "or start over without --resume."
                 )
+            saved = state.get("params") or [f"{len(state['theta']) - 1} values"]
+            if list(saved) != list(PARAMS):
+                raise ValueError(
+                    f"train: {path} holds the parameters {', '.join(saved)}; this LossRAG trains "
+                    f"{', '.join(PARAMS)}. Start over without --resume (or with another --work)."
+                )
+            if state.get("code", self.code) != self.code:
+                console.print(
+                    f"[yellow]resuming across a code change ({state['code']} -> {self.code}); the "
+                    "card records the code that finishes the training[/]"
+                )
             return state
         return None
 
@@ -217,11 +229,12 @@ def train(
     meta-objective to ``work``. Returns the training summary written into the policy's card.
     """
     from lossrag.bench.runner import code_fingerprint, one_thread_per_worker, progress_columns
-    from lossrag.policy.store import correction_bytes, save_policy
+    from lossrag.policy.store import correction_bytes, save_policy, writable_folder
 
     console = console or Console()
+    writable_folder(out)  # before any work: a folder that is not a policy is never replaced
     work.mkdir(parents=True, exist_ok=True)
-    checkpoint = _Checkpoint(work, recipe.es_digest)
+    checkpoint = _Checkpoint(work, recipe.es_digest, code_fingerprint())
     es, dist = recipe.es, recipe.problems
     state = checkpoint.load(console) if resume else None
     if resume and state is None:

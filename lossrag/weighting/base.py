@@ -67,8 +67,9 @@ class Method(ABC):
     #: with respect to the last shared layer); the others get the detached, all-reduced losses.
     live_losses: ClassVar[bool] = False
     #: The target normalisation the method trains with when ``wrap`` is not told
-    #: (``normalize_targets=None``): ``False``, ``True`` or ``"auto"``.
-    normalize_targets: ClassVar[bool | Literal["auto"]] = False
+    #: (``normalize_targets=None``): ``False``, ``True`` or ``"auto"`` (a saved policy's own, the
+    #: one it was trained with, on the instance).
+    normalize_targets: bool | Literal["auto"] = False
 
     def setup(self, num_terms: int, last_shared: Sequence[nn.Parameter]) -> None:
         """Prepare state for ``num_terms`` terms. ``last_shared`` are the parameters of the last
