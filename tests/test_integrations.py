@@ -222,6 +222,41 @@ def test_lightning_checkpoint_restores_the_method_state(digits: Any, tmp_path: P
     assert not torch.equal(saved["method"]["logits"], torch.zeros_like(saved["method"]["logits"]))
 
 
+def test_lightning_checkpoints_predict_in_user_units_and_resume_exactly(
+    digits: Any, tmp_path: Path
+) -> None:
+    """With target normalisation, a checkpoint written while fitting holds the heads in the
+    targets' units (a plain model loaded from it predicts like the trained one), and a fit
+    resumed from it ends with the parameters of the uninterrupted fit."""
+    raw = {**digits.y, "ink": digits.y["ink"] * 300 + 1000}  # far from standard units
+    loader = DataLoader(Rows(digits.x, raw, n=128), batch_size=32)  # 4 steps an epoch
+
+    def fit(steps: int, ckpt: Path | None = None) -> LossRAGModule:
+        model = digits.model()
+        module = LossRAGModule(
+            model, digits.tasks, "ew", shared=model.trunk, lr=1e-2, seed=0, normalize_targets=True
+        )
+        every = lightning.pytorch.callbacks.ModelCheckpoint(
+            dirpath=tmp_path / f"ckpt{steps}", every_n_train_steps=4, save_top_k=-1
+        )
+        run = trainer(max_steps=steps, enable_checkpointing=True, callbacks=[every])
+        run.fit(module, loader, ckpt_path=ckpt)
+        return module
+
+    whole = fit(8)  # closed at the end: heads in user units
+    last = torch.load(tmp_path / "ckpt8" / "epoch=1-step=8.ckpt", weights_only=False)
+    plain = digits.model()
+    plain.load_state_dict({k.removeprefix("model."): v for k, v in last["state_dict"].items()})
+    with torch.no_grad():
+        expected, got = whole.model(digits.x[:64]), plain(digits.x[:64])
+    assert float((got["ink"] - raw["ink"][:64]).abs().mean()) < 300  # not ~1000 off
+    for name in ("digit", "ink"):
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-6, atol=1e-4)
+    resumed = fit(8, tmp_path / "ckpt8" / "epoch=0-step=4.ckpt")
+    for a, b in zip(resumed.parameters(), whole.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize(("init_scale", "skipped"), [(2.0**40, True), (2.0**10, False)])
 def test_lightning_fp16_scaler_skips_leave_the_method_state(
     digits: Any, init_scale: float, skipped: bool

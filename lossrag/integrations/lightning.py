@@ -69,6 +69,8 @@ __all__ = ["LossRAGModule", "method_kind", "record_metrics"]
 
 #: Key of the composer's state in a Lightning checkpoint.
 CHECKPOINT_KEY = "lossrag_composer"
+#: Key, in the composer's state of a checkpoint, of the normalised heads (``normalize_targets``).
+_HEADS_KEY = "normalised_heads"
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 
@@ -201,7 +203,7 @@ class LossRAGModule(lightning.LightningModule):
         self._closed = False
         self._restored = None
         if state is not None:
-            self._composer.load_state_dict(state)
+            self._restore(state)
 
     def on_fit_end(self) -> None:
         """Close any open window and the composer (flushes the trace)."""
@@ -284,18 +286,42 @@ class LossRAGModule(lightning.LightningModule):
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep the composer's state (method state, random stream, step) in the checkpoint."""
-        if self._composer is not None:
-            checkpoint[CHECKPOINT_KEY] = self._composer.state_dict()
+        """Keep the composer's state (method state, random stream, step) in the checkpoint.
+        While fitting with ``normalize_targets``, the checkpoint's ``state_dict`` holds the
+        heads in the user's units (:meth:`~lossrag.Composer.plain_state_dict`), so that testing,
+        predicting or loading it into the plain model gives outputs in the targets' units; the
+        normalised heads go beside it, for a resumed fit to continue exactly."""
+        if self._composer is None:
+            return
+        state = self._composer.state_dict()
+        if not self._closed:
+            own = self._composer.module.state_dict()
+            weights = checkpoint["state_dict"]
+            for key, value in self._composer.plain_state_dict().items():
+                full = f"model.{key}"
+                if full in weights and not torch.equal(value, own[key]):
+                    state.setdefault(_HEADS_KEY, {})[full] = weights[full]
+                    weights[full] = value
+        checkpoint[CHECKPOINT_KEY] = state
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restore the composer's state when fitting starts."""
+        """Restore the composer's state (and the normalised heads) when fitting starts."""
         state = checkpoint.get(CHECKPOINT_KEY)
         if state is not None:
             self._restored = state
             if self._composer is not None and not self._closed:
-                self._composer.load_state_dict(state)
+                self._restore(state)
                 self._restored = None
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        """Load a checkpoint's composer state into the open composer and put back the heads as
+        the composer trains them (normalised), exactly as they were."""
+        state = dict(state)
+        heads = state.pop(_HEADS_KEY, {})
+        self.composer.load_state_dict(state)
+        with torch.no_grad():
+            for key, value in heads.items():
+                self.get_parameter(key).copy_(value)
 
     # ------------------------------------------------------------------ helpers
     def _window_length(self) -> int:
