@@ -185,7 +185,7 @@ def train(
     folder = work or Path("lossrag-train") / out.name
     try:
         summary = run_training(parsed, out, folder, resume=resume, console=console)
-    except ValueError as err:
+    except (OSError, ValueError) as err:
         _fail(str(err))
     curve = summary["objective"]
     console.print(
@@ -213,7 +213,7 @@ def inspect(
         bool, typer.Option(help="every candidate at every retrieval: utility, evidence, gate")
     ] = False,
     plot: Annotated[
-        Path | None, typer.Option(help="where to write the PNG (default: beside)")
+        Path | None, typer.Option(help="where to write the PNG, a .png file (default: beside)")
     ] = None,
 ) -> None:
     """Per-step table of losses and weights (with each task's mean weight, and the terms a
@@ -231,6 +231,8 @@ def inspect(
     from lossrag.plots import plot_weights
     from lossrag.record import read_trace
 
+    if plot is not None and plot.suffix.lower() != ".png":
+        _fail(f"--plot writes a PNG: give a path ending in .png, got {str(plot)!r}.")
     try:
         records = read_trace(trace)
     except (OSError, ValueError) as err:
@@ -260,7 +262,7 @@ def inspect(
 PROTOCOL_METHODS = "ew,uw,dwa,famo,rlw,gradnorm,mgda,pcgrad,cagrad,nashmtl,imtlg,upgrad,alignedmtl"
 
 _Out = Annotated[Path, typer.Option(help="output folder")]
-_Jobs = Annotated[int, typer.Option(help="parallel processes (one thread each)")]
+_Jobs = Annotated[int, typer.Option(min=1, help="parallel processes (one thread each)")]
 _Force = Annotated[bool, typer.Option(help="discard what --out holds")]
 _ToySteps = Annotated[int, typer.Option(help="toy2d Adam steps, every method")]
 _Oracle = Annotated[
@@ -318,7 +320,9 @@ def bench_run(
     oracle: _Oracle = None,
     meta_every: Annotated[
         int | None,
-        typer.Option(help="steps between online meta-steps of the query methods (default: 5)"),
+        typer.Option(
+            min=1, help="steps between online meta-steps of the query methods (default: 5)"
+        ),
     ] = None,
 ) -> None:
     """Run methods × problems × seeds with single-task baselines; write results.json, table.md
@@ -356,7 +360,7 @@ def bench_oracle(
     seeds: Annotated[int, typer.Option(help="number of seeds (0, 1, ...)")] = 1,
     out: _Out = Path("lossrag-oracle"),
     epochs: Annotated[
-        int | None, typer.Option(help="budget override (default: each problem's)")
+        int | None, typer.Option(min=1, help="budget override (default: each problem's)")
     ] = None,
     force: Annotated[bool, typer.Option(help="rerun the sweeps --out holds")] = False,
     jobs: _Jobs = 2,
@@ -435,7 +439,7 @@ def bench_index(out: _Out = Path("lossrag-bench"), jobs: _Jobs = 2) -> None:
 
 @app.command()
 def demo(
-    epochs: Annotated[int, typer.Option(help="training epochs per method")] = 30,
+    epochs: Annotated[int, typer.Option(min=1, help="training epochs per method")] = 30,
     methods: Annotated[
         str, typer.Option(help="comma-separated methods")
     ] = "lossrag-default,lossrag,ew,uw,dwa,famo,gradnorm,mgda,pcgrad,upgrad",

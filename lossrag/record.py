@@ -242,13 +242,23 @@ def iter_trace(path: str | os.PathLike[str]) -> Iterator[StepRecord]:
         yield record
 
 
+def _lines(path: Path, handle: Iterator[str]) -> Iterator[str]:
+    """The lines of an open trace; a file that is not UTF-8 text is an error naming it."""
+    try:
+        yield from handle
+    except UnicodeDecodeError as err:
+        raise ValueError(f"Trace {str(path)!r} is not a text (JSONL) file: {err}.") from err
+
+
 def _numbered(path: str | os.PathLike[str]) -> Iterator[tuple[int, StepRecord]]:
     """Yield (line number, record) for each record line of a trace."""
     p = Path(path)
+    if p.is_dir():
+        raise IsADirectoryError(f"Trace {str(p)!r} is a folder, not a JSONL trace file.")
     if not p.is_file():
         raise FileNotFoundError(f"Trace {str(p)!r} does not exist.")
     with open(p, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
+        for number, line in enumerate(_lines(p, handle), start=1):
             if not line.endswith("\n"):
                 if line.strip():
                     warnings.warn(

@@ -69,11 +69,39 @@ def test_resume_refuses_a_corrupt_configuration(tmp_path):
         (["run", "--seeds", "0"], "--seeds must be at least 1, got 0"),
         (["quick", "--methods", "famoo"], "Unknown method 'famoo'. Did you mean 'famo'"),
         (["run", "--problems", "digits-mt"], "Did you mean 'digits-mtl'"),
+        (["run", "--jobs", "0"], "'--jobs': Input should be greater than or equal to 1"),
+        (
+            ["run", "--meta-every", "0"],
+            "'--meta-every': Input should be greater than or equal to 1",
+        ),
     ],
 )
 def test_bench_errors_name_the_parameter(tmp_path, args, message):
     result = CliRunner().invoke(app, ["bench", *args, "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and message in _text(result.output), result.output
+    assert not (tmp_path / "o" / "config.json").exists()  # refused before anything is written
+
+
+def test_demo_and_inspect_errors_name_the_parameter(tmp_path):
+    """No demo of untrained models; inspect names a folder, a binary file and a plot path
+    that is not a PNG, and writes nothing."""
+    runner = CliRunner()
+    result = runner.invoke(app, ["demo", "--epochs", "0", "--out", str(tmp_path / "d")])
+    assert (
+        result.exit_code == 2
+        and "'--epochs': Input should be greater than or equal to 1" in _text(result.output)
+    )
+    result = runner.invoke(app, ["inspect", str(tmp_path)])
+    assert result.exit_code == 2 and "is a folder, not a JSONL trace file" in _text(result.output)
+    binary = tmp_path / "weights.png"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
+    result = runner.invoke(app, ["inspect", str(binary)])
+    assert result.exit_code == 2 and "weights.png' is not a text (JSONL) file" in _text(
+        result.output
+    )
+    result = runner.invoke(app, ["inspect", str(binary), "--plot", str(tmp_path / "x.pdf")])
+    assert result.exit_code == 2 and "--plot writes a PNG" in _text(result.output)
+    assert not (tmp_path / "x.pdf").exists()
 
 
 def test_library_list_reads_at_80_columns():
