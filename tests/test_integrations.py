@@ -372,6 +372,66 @@ def test_huggingface_trainer_example(tmp_path: Path, accumulation: int) -> None:
     assert result.steps == 30
 
 
+def test_huggingface_checkpoints_predict_in_user_units_and_resume_exactly(tmp_path: Path) -> None:
+    """With target normalisation, a checkpoint the Trainer writes while training holds the
+    model with its heads in the targets' units, and a run resumed from one (the composer's
+    state and the normalised heads restored) ends with the parameters of the uninterrupted
+    run."""
+    import safetensors.torch
+    from transformers import TrainingArguments
+
+    from lossrag.integrations.huggingface import STATE_FILE, LossRAGTrainer
+
+    example = _example()
+
+    class Raw(example.Rows):  # type: ignore[name-defined,misc]
+        def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+            row = super().__getitem__(i)
+            return {**row, "size": row["size"] * 300 + 1000}  # far from standard units
+
+    def run(out: Path, resume: Path | None = None) -> Any:
+        torch.manual_seed(0)
+        model = example.TwoTaskNet()
+        args = TrainingArguments(
+            output_dir=str(out),
+            max_steps=10,
+            per_device_train_batch_size=32,
+            learning_rate=1e-2,
+            use_cpu=True,
+            report_to=[],
+            save_strategy="steps",
+            save_steps=5,
+            disable_tqdm=True,
+            dataloader_num_workers=0,
+            seed=0,
+        )
+        trainer = LossRAGTrainer(
+            model=model,
+            args=args,
+            train_dataset=Raw(),
+            tasks=example.TASKS,
+            policy="famo",
+            shared=model.trunk,
+            wrap_options={"seed": 0, "normalize_targets": True},
+        )
+        trainer.train(resume_from_checkpoint=None if resume is None else str(resume))
+        return model
+
+    whole = run(tmp_path / "whole")  # closed at the end: heads in user units
+    saved = tmp_path / "whole" / "checkpoint-10"
+    assert (saved / STATE_FILE).is_file()
+    plain = example.TwoTaskNet()
+    plain.load_state_dict(safetensors.torch.load_file(saved / "model.safetensors"))
+    x = Raw().x[:64]
+    with torch.no_grad():
+        expected, got = whole(x), plain(x)
+    for name in ("kind", "size"):
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-6, atol=1e-3)
+    resumed = run(tmp_path / "resumed", tmp_path / "whole" / "checkpoint-5")
+    for a, b in zip(resumed.parameters(), whole.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
 def test_huggingface_trainer_refuses_gradient_methods(tmp_path: Path) -> None:
     example = _example()
     from transformers import TrainingArguments

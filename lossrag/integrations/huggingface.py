@@ -8,7 +8,10 @@ named after it, with the targets. ``compute_loss`` takes those columns out, runs
 the rest and returns ``composer.loss(outputs, targets)``. The ``gradient_accumulation_steps``
 micro-batches of one optimizer step form one composer window (the method's weights update once
 per optimizer step; the Trainer divides each micro-batch's loss itself). Evaluation batches
-give the unweighted sum of the task losses and never update the method.
+give the unweighted sum of the task losses and never update the method. A checkpoint written
+while training holds the model with its heads in the targets' units (``normalize_targets``) and,
+in :data:`STATE_FILE`, the composer's state and the normalised heads, which
+``train(resume_from_checkpoint=...)`` restores.
 
 Only loss-based methods (EW, UW, DWA, FAMO, ..., the retrieval policies) are supported:
 gradient-based ones (MGDA, PCGrad, ...) need one backward per task, which ``compute_loss``
@@ -53,7 +56,10 @@ except ImportError as err:  # pragma: no cover - depends on the environment
         f"{__name__} needs transformers: pip install 'lossrag[huggingface]' ({err})"
     ) from err
 
-__all__ = ["LossRAGTrainer"]
+__all__ = ["STATE_FILE", "LossRAGTrainer"]
+
+#: File of a checkpoint folder that holds the composer's state and the normalised heads.
+STATE_FILE = "lossrag_composer.pt"
 
 
 class LossRAGTrainer(transformers.Trainer):
@@ -114,6 +120,7 @@ class LossRAGTrainer(transformers.Trainer):
                 "composer.backward()."
             )
         self._window: Any = None  # the open composer.accumulate(...) context, if any
+        self._training = False  # inside train(): the composer is open
 
     def compute_loss(
         self,
@@ -150,11 +157,43 @@ class LossRAGTrainer(transformers.Trainer):
 
     def train(self, *args: Any, **kwargs: Any) -> Any:
         """``transformers.Trainer.train``, then close the composer (flushes the trace)."""
+        self._training = True
         try:
             return super().train(*args, **kwargs)
         finally:
+            self._training = False
             self._close_window()
             self.composer.close()
+
+    def _save(
+        self, output_dir: str | None = None, state_dict: dict[str, Any] | None = None
+    ) -> None:
+        """Save the model as the Trainer does, with the heads in the targets' units
+        (``composer.plain_state_dict()``); while training (a checkpoint), also the composer's
+        state and the normalised heads in :data:`STATE_FILE`, for a resumed run to continue."""
+        heads: dict[str, Tensor] = {}
+        if state_dict is None and self._training:
+            own = self.composer.module.state_dict()
+            state_dict = self.composer.plain_state_dict()
+            heads = {k: own[k] for k, v in state_dict.items() if not torch.equal(v, own[k])}
+        super()._save(output_dir, state_dict)
+        if self._training and self.args.should_save:
+            folder = str(output_dir if output_dir is not None else self.args.output_dir)
+            state = {"composer": self.composer.state_dict(), "heads": heads}
+            torch.save(state, os.path.join(folder, STATE_FILE))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+        """Load a checkpoint's model as the Trainer does, then the composer's state and the
+        normalised heads it saved (:meth:`_save`)."""
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        path = os.path.join(resume_from_checkpoint, STATE_FILE)
+        if not os.path.isfile(path):
+            return
+        state = torch.load(path, map_location="cpu")
+        self.composer.load_state_dict(state["composer"])
+        with torch.no_grad():
+            for key, value in state["heads"].items():
+                self.composer.module.get_parameter(key).copy_(value)
 
     def _close_window(self) -> None:
         window, self._window = self._window, None
