@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from rich import box
 from rich.console import Group
 from rich.table import Table
+from rich.text import Text
 
 from lossrag.record import StepRecord, Term
 
@@ -25,8 +27,57 @@ __all__ = [
 ]
 
 
-def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4g}"
+#: Longest note kept in a table's cell; longer ones become numbered notes under the table.
+_SHORT_NOTE = 12
+#: Feature columns per context table (more go in the next one): it reads at 80 columns.
+_FEATURES_PER_TABLE = 3
+#: Widest a text column is kept before it folds (a loss name with its parameters).
+_TEXT_WIDTH = 18
+
+
+def _fmt(value: float | None, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}g}"
+
+
+def _evidence(term: Term) -> list[str]:
+    """A candidate's utility at this retrieval and its gate's evidence, ``mean/n`` (3 digits)."""
+    mean = "-" if term.mean_utility is None else f"{term.mean_utility:.3g}/{term.seen}"
+    return [_fmt(term.utility, 3), mean]
+
+
+def _table(
+    title: str, columns: Sequence[str], rows: Sequence[Sequence[str]], left: Sequence[str] = ()
+) -> Table:
+    """A table that reads at 80 columns: light rules, numbers (right-aligned) never wrapped or
+    cut, text columns (``left``) kept up to :data:`_TEXT_WIDTH` wide and folded beyond."""
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
+    for i, col in enumerate(columns):
+        if col in left:
+            longest = max((len(row[i]) for row in rows), default=0)
+            table.add_column(col, overflow="fold", min_width=min(longest, _TEXT_WIDTH))
+        else:
+            table.add_column(col, justify="right", no_wrap=True)
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+class _Notes:
+    """Notes too long for a cell, numbered (one number per distinct note) and listed under the
+    table."""
+
+    def __init__(self) -> None:
+        self.numbers: dict[str, int] = {}
+
+    def cell(self, note: str | None) -> str:
+        """The note itself when short, else its number (the note goes to :meth:`listed`)."""
+        if not note or len(note) <= _SHORT_NOTE:
+            return note or ""
+        return f"[{self.numbers.setdefault(note, len(self.numbers) + 1)}]"
+
+    def listed(self, table: Table) -> Group:
+        """The table followed by its numbered notes."""
+        return Group(table, *(Text(f"[{n}] {note}") for note, n in self.numbers.items()))
 
 
 def run_title(record: StepRecord) -> str:
@@ -94,8 +145,8 @@ def render_steps(records: Sequence[StepRecord], task: str | None = None, rows: i
 
 def render_summary(records: Sequence[StepRecord], task: str | None = None) -> Group:
     """One row per task: its loss at the first and last step, its mean, lowest, highest and last
-    weight over the steps that were not skipped, its last effective multiplier (when recorded)
-    and its active terms at the end; followed by the target normaliser's statistics
+    weight over the steps that were not skipped and its last effective multiplier (when
+    recorded); under it, its active terms at the end; followed by the target normaliser's statistics
     (:func:`render_targets`) and the context features at refresh steps (:func:`render_context`)
     when the trace holds them."""
     names = _tasks(records, task)
@@ -103,27 +154,42 @@ def render_summary(records: Sequence[StepRecord], task: str | None = None) -> Gr
     means = mean_weights(kept)
     multipliers = task_multipliers(kept[-1])
     with_mult = any(t.multiplier is not None for r in kept for t in r.terms)
-    table = Table(title=f"per task over {len(records)} steps ({run_title(records[0])})")
+    title = f"per task over {len(records)} steps ({run_title(records[0])})"
     columns = ["task", "first loss", "last loss", "mean w", "min w", "max w", "last w"]
-    columns += ["last multiplier"] if with_mult else []
-    for col in [*columns, "active terms"]:
-        table.add_column(col, justify="left" if col == "task" else "right")
-    table.columns[-1].justify = "left"
+    columns += ["last mult"] if with_mult else []
+    rows, said = [], []
     for name in names:
         weights = [w for r in kept if (w := r.task_weights().get(name)) is not None]
-        active = [t.loss for t in kept[-1].terms if t.task == name and t.active]
+        first, active = (
+            [t.loss for t in r.terms if t.task == name and t.active] for r in (kept[0], kept[-1])
+        )
+        last = _fmt(kept[-1].losses.get(name))
+        if first != active:  # the recorded loss is the active terms' combined loss
+            last += "*"
+            said.append(
+                f"* {name}: its active losses changed ({', '.join(first)} -> "
+                f"{', '.join(active)}): its first and last loss are of different losses."
+            )
         cells = [
             name,
             _fmt(kept[0].losses.get(name)),
-            _fmt(kept[-1].losses.get(name)),
+            last,
             _fmt(means.get(name)),
             _fmt(min(weights) if weights else None),
             _fmt(max(weights) if weights else None),
             _fmt(weights[-1] if weights else None),
         ]
         cells += [_fmt(multipliers.get(name))] if with_mult else []
-        table.add_row(*cells, ", ".join(active))
-    parts: list[Table] = [table]
+        rows.append(cells)
+        said.insert(len(rows) - 1, f"{name}: {', '.join(active) or '-'} active at the end")
+    table = _table(title, columns, rows, left=["task"])
+    normalised = [n for n in names if any(n in r.targets for r in records)]
+    if normalised:
+        said.append(
+            f"The losses of {', '.join(normalised)} are in their targets' standard units "
+            "(normalize_targets; the target normaliser's statistics below)."
+        )
+    parts: list[Group | Table | Text] = [table, *(Text(line) for line in said)]
     if any(r.targets for r in records):
         parts.append(render_targets(records, task))
     if any(r.context for r in records):
@@ -133,53 +199,47 @@ def render_summary(records: Sequence[StepRecord], task: str | None = None) -> Gr
 
 def render_targets(records: Sequence[StepRecord], task: str | None = None) -> Table:
     """The target normaliser's statistics per regression task (``mu``, ``sigma``, ...) at the
-    first and the last step that recorded them."""
+    first and the last step that recorded them, one row each."""
     names = _tasks(records, task)
     with_targets = [r for r in records if r.targets]
-    table = Table(title="target normaliser")
     if not with_targets:
-        return table
+        return Table(title="target normaliser")
     ends = with_targets[:1] if len(with_targets) == 1 else [with_targets[0], with_targets[-1]]
     stats = list(dict.fromkeys(k for r in ends for v in r.targets.values() for k in v))
-    table.add_column("task")
-    for stat in stats:
-        for r in ends:
-            table.add_column(f"{stat} (step {r.step})", justify="right")
-    for name in names:
-        if all(name not in r.targets for r in ends):
-            continue
-        cells = [name]
-        for stat in stats:
-            cells += [_fmt(r.targets.get(name, {}).get(stat)) for r in ends]
-        table.add_row(*cells)
-    return table
+    rows = [
+        [name, str(r.step), *(_fmt(r.targets[name].get(stat)) for stat in stats)]
+        for name in names
+        for r in ends
+        if name in r.targets
+    ]
+    return _table("target normaliser", ["task", "step", *stats], rows, left=["task"])
 
 
-def render_context(records: Sequence[StepRecord], task: str | None = None, rows: int = 8) -> Table:
+def render_context(records: Sequence[StepRecord], task: str | None = None, rows: int = 8) -> Group:
     """At a retrieval policy's refresh steps (evenly thinned to about ``rows`` steps, the last
-    always shown): each task's context features and the weight it got at that step."""
+    always shown): each task's context features and the weight it got at that step (a few
+    features per table)."""
     names = _tasks(records, task)
     refresh = [r for r in records if r.context]
-    table = Table(title=f"context at refresh steps ({len(refresh)} refreshes)")
+    title = f"context at refresh steps ({len(refresh)} refreshes)"
     if not refresh:
-        return table
+        return Group(Table(title=title))
     stride = max(1, len(refresh) // max(rows, 1))
     chosen = [r for i, r in enumerate(refresh) if i % stride == 0 or i == len(refresh) - 1]
     features = list(dict.fromkeys(k for r in chosen for v in r.context.values() for k in v))
-    for col in ("step", "task", "weight", *features):
-        table.add_column(col, justify="left" if col == "task" else "right")
-    for r in chosen:
-        weights = r.task_weights()
-        for name in names:
-            if name in r.context:
-                feats = r.context[name]
-                table.add_row(
-                    str(r.step),
-                    name,
-                    _fmt(weights.get(name)),
-                    *(_fmt(feats.get(f)) for f in features),
-                )
-    return table
+    tables = []
+    for first in range(0, len(features), _FEATURES_PER_TABLE):
+        part = features[first : first + _FEATURES_PER_TABLE]
+        cells = [
+            [str(r.step), name, _fmt(r.task_weights().get(name))]
+            + [_fmt(r.context[name].get(f)) for f in part]
+            for r in chosen
+            for name in names
+            if name in r.context
+        ]
+        columns = ["step", "task", "weight", *part]
+        tables.append(_table(title if first == 0 else "", columns, cells, left=["task"]))
+    return Group(*tables)
 
 
 def mean_weights(records: Sequence[StepRecord]) -> dict[str, float | None]:
@@ -230,28 +290,28 @@ def retrievals(records: Sequence[StepRecord]) -> list[StepRecord]:
     return [r for r in records if any(t.utility is not None for t in r.terms)]
 
 
-def render_retrievals(records: Sequence[StepRecord], task: str | None = None) -> Table:
+def render_retrievals(records: Sequence[StepRecord], task: str | None = None) -> Group:
     """Every candidate at every retrieval: its gate after the retrieval, this retrieval's
     utility, the gate's evidence so far (utilities since its last switch and their mean) and
-    why the gate moved, if it did."""
+    why the gate moved, if it did (long notes numbered under the table)."""
     names = _tasks(records, task)
-    table = Table(title="candidates at each retrieval")
-    for col in ("step", "task", "loss", "gate", "utility", "seen", "mean utility", "note"):
-        table.add_column(col, justify="right" if col in ("step", "utility", "seen") else "left")
-    for r in retrievals(records):
-        for t in r.terms:
-            if t.task in names and t.utility is not None:
-                table.add_row(
-                    str(r.step),
-                    t.task,
-                    t.loss,
-                    "on" if t.active else "off",
-                    _fmt(t.utility),
-                    "" if t.seen is None else str(t.seen),
-                    _fmt(t.mean_utility),
-                    t.note or "",
-                )
-    return table
+    columns = ["step", "task", "loss", "gate", "utility", "mean/n", "note"]
+    notes = _Notes()
+    rows = [
+        [
+            str(r.step),
+            t.task,
+            t.loss,
+            "on" if t.active else "off",
+            *_evidence(t),
+            notes.cell(t.note),
+        ]
+        for r in retrievals(records)
+        for t in r.terms
+        if t.task in names and t.utility is not None
+    ]
+    table = _table("candidates at each retrieval", columns, rows, left=["task", "loss", "note"])
+    return notes.listed(table)
 
 
 def render_step(records: Sequence[StepRecord], step: int, task: str | None = None) -> Group:
@@ -265,31 +325,24 @@ def render_step(records: Sequence[StepRecord], step: int, task: str | None = Non
         )
     r = found[0]
     status = f"skipped: {r.reason}" if r.skipped else "ok"
-    table = Table(title=f"step {r.step} ({run_title(r)}, {status})")
     evidence = any(t.utility is not None for t in r.terms)
-    # the record holds one loss per task (its terms' combined loss), shown on its first row
-    columns = ["task", "loss", "task loss", "weight", "multiplier", "active", "score"]
-    columns += ["utility", "seen", "mean utility"] if evidence else []
-    for col in [*columns, "note"]:
-        table.add_column(col)
-    shown: set[str] = set()
+    with_mult = any(t.multiplier is not None for t in r.terms)
+    # at a retrieval, a candidate's utility (its score relative to the natural loss's) for its score
+    columns = ["task", "loss", "weight", *(["mult"] if with_mult else []), "gate"]
+    columns += ["utility", "mean/n"] if evidence else ["score"]
+    notes, rows = _Notes(), []
     for term in r.terms:
         if term.task in names:
-            cells = [
-                term.task,
-                term.loss,
-                "" if term.task in shown else _fmt(r.losses.get(term.task)),
-                _fmt(term.weight),
-                _fmt(term.multiplier),
-                "on" if term.active else "off",
-                _fmt(term.score),
-            ]
-            if evidence:
-                seen = "" if term.seen is None else str(term.seen)
-                cells += [_fmt(term.utility), seen, _fmt(term.mean_utility)]
-            table.add_row(*cells, term.note or "")
-            shown.add(term.task)
-    parts: list[Table] = [table]
+            cells = [term.task, term.loss, _fmt(term.weight, 3)]
+            cells += [_fmt(term.multiplier, 3)] if with_mult else []
+            cells.append("on" if term.active else "off")
+            cells += _evidence(term) if evidence else [_fmt(term.score, 3)]
+            rows.append([*cells, notes.cell(term.note)])
+    title = f"step {r.step} ({run_title(r)}, {status})"
+    table = _table(title, [*columns, "note"], rows, left=["task", "loss", "note"])
+    # the record holds one loss per task (its active terms' combined loss)
+    losses = ", ".join(f"{n} {_fmt(r.losses.get(n))}" for n in names)
+    parts: list[Group | Table | Text] = [notes.listed(table), Text(f"task losses: {losses}")]
     if r.context:
         parts.append(render_context([r], task))
     if r.targets:

@@ -202,7 +202,7 @@ def test_inspect_shows_mean_weights_and_gates(digits, tmp_path):
         app, ["inspect", str(trace), "--plot", str(tmp_path / "w.png")], env={"COLUMNS": "160"}
     )
     assert result.exit_code == 0, result.output
-    assert "mean w" in result.output and "active terms" in result.output
+    assert "mean w" in result.output and "active at the end" in result.output
     assert (tmp_path / "w.png").stat().st_size > 10_000
     step = CliRunner().invoke(app, ["inspect", str(trace), "--step", "0"], env={"COLUMNS": "160"})
     assert "not counted" in step.output and "explore" in step.output

@@ -136,7 +136,7 @@ def test_inspect_table_and_plot(digits, tmp_path):
     assert result.exit_code == 0, result.output
     assert "step 5" in result.output and "ink" in result.output and "digit" not in result.output
     weight = records[5].terms[2].weight
-    assert f"{weight:.4g}" in result.output
+    assert f"{weight:.3g}" in result.output
     assert (tmp_path / "w.png").is_file()
 
 
@@ -234,7 +234,7 @@ def test_summary_min_le_mean_le_max(rows):
     console = Console(width=200, record=True)
     console.print(render_summary(records))
     text = console.export_text()
-    assert "min w" in text and "max w" in text and "last multiplier" in text
+    assert "min w" in text and "max w" in text and "last mult" in text
 
 
 def test_inspect_shows_multipliers_targets_context_and_the_card_version(tmp_path):
@@ -258,11 +258,55 @@ def test_inspect_shows_multipliers_targets_context_and_the_card_version(tmp_path
     assert result.exit_code == 0, result.output
     out = result.output
     assert "default (policy card 1.3)" in out
-    assert "last multiplier" in out and "0.5" in out  # 2.0 / 4
-    assert "target normaliser" in out and "1001" in out and "sigma (step 1)" in out
+    assert "last mult" in out and "0.5" in out  # 2.0 / 4
+    assert "target normaliser" in out and "1001" in out and "sigma" in out
     assert "context at refresh steps" in out and "log_loss_ratio" in out and "-0.5" in out
     step = runner.invoke(app, ["inspect", str(path), "--step", "0"], env={"COLUMNS": "200"})
-    assert step.exit_code == 0 and "multiplier" in step.output and "0.125" in step.output
+    assert step.exit_code == 0 and "mult" in step.output and "0.125" in step.output
+
+
+def test_inspect_reads_at_80_columns(tmp_path):
+    """Loss names, utilities and the reasons of gate moves are not cut at 80 columns: long
+    notes are numbered under the table, the summary says when a task's loss changed meaning."""
+    note = "on: mean utility 2.68 over 1 updates, lower bound > 0"
+    terms = [
+        Term(task="y", loss="l2", weight=0.0, active=False, utility=-2.273, note="off: gone"),
+        Term(
+            task="y",
+            loss="welsch(scale=0.05)",
+            weight=0.5,
+            utility=2.681,
+            seen=1,
+            mean_utility=2.681,
+            note=note,
+        ),
+        Term(
+            task="y",
+            loss="tukey(c=0.5)",
+            weight=0.5,
+            utility=2.273,
+            seen=3,
+            mean_utility=2.641,
+            note="active",
+        ),
+    ]
+    first = StepRecord(
+        step=0, method="default", losses={"y": 16.37}, terms=[Term(task="y", loss="l2", weight=1.0)]
+    )
+    last = StepRecord(step=600, method="default", losses={"y": 0.0135}, terms=terms)
+    path = tmp_path / "t.jsonl"
+    path.write_text("".join(r.model_dump_json() + "\n" for r in (first, last)))
+    env = {"COLUMNS": "80"}
+    plot = ["--plot", str(tmp_path / "w.png")]
+    step = runner.invoke(app, ["inspect", str(path), "--step", "600", *plot], env=env)
+    assert step.exit_code == 0, step.output
+    assert "…" not in step.output and "welsch(scale=0.05)" in step.output
+    assert "2.68/1" in step.output and f"[1] {note}" in step.output
+    summary = runner.invoke(app, ["inspect", str(path), *plot], env=env)
+    assert "…" not in summary.output
+    assert "its active losses changed (l2 -> welsch(scale=0.05), tukey(c=0.5))" in " ".join(
+        summary.output.split()
+    )
 
 
 def test_run_title_reads_the_version_field():

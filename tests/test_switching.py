@@ -246,7 +246,7 @@ def test_inspect_shows_every_candidate_its_evidence_and_why_its_gate_moved(tmp_p
     )
     assert result.exit_code == 0, result.output
     assert "candidates at each retrieval" in result.output and switched[0].loss in result.output
-    assert "mean utility" in result.output
+    assert "mean/n" in result.output and "mean utility" in result.output  # numbered notes
 
 
 def test_a_task_whose_only_term_goes_non_finite_gets_its_natural_loss_back():
