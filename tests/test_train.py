@@ -259,7 +259,7 @@ def test_train_writes_a_loadable_policy_and_resumes_exactly(tmp_path, monkeypatc
 
     # interrupted in the ES and in the online phase, resumed each time: the same policy
     original = es_module._Checkpoint.save
-    cuts = iter([(1, 0), (2, 1)])  # (generation, online round) after which to stop
+    cuts = iter([(1, 0), (2, 0), (2, 1)])  # (generation, online round) after which to stop
     cut = next(cuts)
 
     def save_then_stop(self, state):
@@ -276,8 +276,16 @@ def test_train_writes_a_loadable_policy_and_resumes_exactly(tmp_path, monkeypatc
         train(recipe, tmp_path / "cut", tmp_path / "work-cut", console=quiet)
     with pytest.raises(KeyboardInterrupt):
         train(recipe, tmp_path / "cut", tmp_path / "work-cut", resume=True, console=quiet)
+    # generation 2 logged and saved; a corrupt checkpoint falls back to the previous one
+    # (generation 1): generation 2 is done again, and logged once
+    work = tmp_path / "work-cut"
+    (work / "checkpoint.json").write_text("{")
+    with pytest.raises(KeyboardInterrupt):
+        train(recipe, tmp_path / "cut", tmp_path / "work-cut", resume=True, console=quiet)
     resumed = train(recipe, tmp_path / "cut", tmp_path / "work-cut", resume=True, console=quiet)
     assert cut is None
+    log = (work / "log.jsonl").read_text()
+    assert log == (tmp_path / "work-full" / "log.jsonl").read_text() and log.count("\n") == 3
     assert resumed["parameters"] == full["parameters"]
     assert resumed["objective"] == full["objective"]
     timeless = [{k: v for k, v in r["online"].items() if k != "elapsed_s"} for r in (resumed, full)]

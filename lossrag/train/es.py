@@ -315,8 +315,9 @@ def train(
             if t % es.eval_every == 0 or t == es.generations:
                 entry["objective"] = objective(theta)
             state["history"].append(entry)
-            with (work / "log.jsonl").open("a") as log:
-                log.write(json.dumps(entry) + "\n")
+            # the whole history each time: a generation redone after a resume is logged once
+            log = "".join(json.dumps(e) + "\n" for e in state["history"])
+            atomic_write_text(work / "log.jsonl", log)
             state.update(
                 generation=t,
                 theta=theta.tolist(),
