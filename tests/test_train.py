@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -343,6 +344,28 @@ def test_policy_settings_round_trip_and_target_normalisation(tmp_path, digits):
         assert composer.method.normalize_targets == "auto", source
     with pytest.raises(ValueError, match="normalize_targets must be True, False or 'auto'"):
         LossRAG(normalize_targets="yes")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "message"),
+    [
+        ("policy.json", b"{", r"policy\.json does not hold a policy's settings"),
+        ("policy.json", b"[1]", r"policy\.json does not hold a policy's settings"),
+        ("policy.json", b'{"correction": {"hidden": 8, "bound": 1}}', "'prior'"),
+        ("correction.npz", b"\x00" * 5, r"correction\.npz is not a correction's weights"),
+    ],
+)
+def test_a_policy_file_that_is_not_what_it_should_be_is_named(tmp_path, name, data, message):
+    """Files that match their card's checksum (rewritten with it) but hold something else:
+    an error naming the file and what was expected, not a bare parser error."""
+    folder = tmp_path / "p"
+    save_policy(LossRAG(), folder)
+    (folder / name).write_bytes(data)
+    card = json.loads((folder / "card.json").read_text())
+    card["checksums"][name] = hashlib.sha256(data).hexdigest()
+    (folder / "card.json").write_text(json.dumps(card))
+    with pytest.raises(ValueError, match=message):
+        load_policy(folder)
 
 
 def test_save_policy_never_replaces_what_is_not_a_policy(tmp_path):

@@ -17,11 +17,13 @@ previous policy or the new one.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import io
 import json
 import os
 import shutil
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any, Literal
 
@@ -252,10 +254,20 @@ def _arguments(source: str | os.PathLike[str]) -> dict[str, Any]:
     for a folder written before it was saved)."""
     folder = policy_folder(source)
     read_card(folder)
-    settings = json.loads((folder / "policy.json").read_text())
-    shape = settings.pop("correction")
-    settings["prior"] = Prior(**settings["prior"])
-    correction = Correction(FEATURES, hidden=int(shape["hidden"]), bound=float(shape["bound"]))
+    try:
+        settings = json.loads((folder / "policy.json").read_text())
+        shape = settings.pop("correction")
+        settings["prior"] = Prior(**settings["prior"])
+        hidden, bound = int(shape["hidden"]), float(shape["bound"])
+        unknown = sorted(set(settings) - set(inspect.signature(LossRAG).parameters))
+        if unknown:
+            raise ValueError(f"unknown settings {unknown}")
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise ValueError(
+            f"Policy folder {folder}: policy.json does not hold a policy's settings (a JSON "
+            f"object of LossRAG arguments with 'prior' and 'correction'): {err}"
+        ) from err
+    correction = Correction(FEATURES, hidden=hidden, bound=bound)
     read_correction(folder / "correction.npz", correction)
     return {**settings, "correction": correction}
 
@@ -272,8 +284,13 @@ def correction_bytes(correction: Correction) -> bytes:
 def read_correction(path: str | os.PathLike[str], correction: Correction) -> Correction:
     """Load the weights of an ``.npz`` file (:func:`correction_bytes`) into ``correction``, without
     unpickling; a file that does not fit its network is a ValueError."""
-    with np.load(path, allow_pickle=False) as arrays:
-        state = {k: torch.from_numpy(arrays[k].copy()) for k in arrays.files}
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            state = {k: torch.from_numpy(arrays[k].copy()) for k in arrays.files}
+    except (ValueError, OSError, zipfile.BadZipFile) as err:
+        raise ValueError(
+            f"Policy file {path} is not a correction's weights (an .npz of plain arrays): {err}"
+        ) from err
     try:
         correction.load_state_dict(state)
     except RuntimeError as err:
