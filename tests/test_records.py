@@ -269,25 +269,15 @@ def test_inspect_reads_at_80_columns(tmp_path):
     """Loss names, utilities and the reasons of gate moves are not cut at 80 columns: long
     notes are numbered under the table, the summary says when a task's loss changed meaning."""
     note = "on: mean utility 2.68 over 1 updates, lower bound > 0"
+    on = [
+        ("welsch(scale=0.05)", 2.681, 1, 2.681, note),
+        ("tukey(c=0.5)", 2.273, 3, 2.641, "active"),
+    ]
     terms = [
         Term(task="y", loss="l2", weight=0.0, active=False, utility=-2.273, note="off: gone"),
-        Term(
-            task="y",
-            loss="welsch(scale=0.05)",
-            weight=0.5,
-            utility=2.681,
-            seen=1,
-            mean_utility=2.681,
-            note=note,
-        ),
-        Term(
-            task="y",
-            loss="tukey(c=0.5)",
-            weight=0.5,
-            utility=2.273,
-            seen=3,
-            mean_utility=2.641,
-            note="active",
+        *(
+            Term(task="y", loss=loss, weight=0.5, utility=u, seen=n, mean_utility=m, note=why)
+            for loss, u, n, m, why in on
         ),
     ]
     first = StepRecord(
