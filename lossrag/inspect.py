@@ -157,7 +157,7 @@ def render_summary(records: Sequence[StepRecord], task: str | None = None) -> Gr
     title = f"per task over {len(records)} steps ({run_title(records[0])})"
     columns = ["task", "first loss", "last loss", "mean w", "min w", "max w", "last w"]
     columns += ["last mult"] if with_mult else []
-    rows, said = [], []
+    rows, ends, said = [], [], []
     for name in names:
         weights = [w for r in kept if (w := r.task_weights().get(name)) is not None]
         first, active = (
@@ -181,7 +181,7 @@ def render_summary(records: Sequence[StepRecord], task: str | None = None) -> Gr
         ]
         cells += [_fmt(multipliers.get(name))] if with_mult else []
         rows.append(cells)
-        said.insert(len(rows) - 1, f"{name}: {', '.join(active) or '-'} active at the end")
+        ends.append(f"{name}: {', '.join(active) or '-'} active at the end")
     table = _table(title, columns, rows, left=["task"])
     normalised = [n for n in names if any(n in r.targets for r in records)]
     if normalised:
@@ -189,7 +189,7 @@ def render_summary(records: Sequence[StepRecord], task: str | None = None) -> Gr
             f"The losses of {', '.join(normalised)} are in their targets' standard units "
             "(normalize_targets; the target normaliser's statistics below)."
         )
-    parts: list[Group | Table | Text] = [table, *(Text(line) for line in said)]
+    parts: list[Group | Table | Text] = [table, *(Text(line) for line in [*ends, *said])]
     if any(r.targets for r in records):
         parts.append(render_targets(records, task))
     if any(r.context for r in records):

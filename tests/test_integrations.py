@@ -222,19 +222,23 @@ def test_lightning_checkpoint_restores_the_method_state(digits: Any, tmp_path: P
     assert not torch.equal(saved["method"]["logits"], torch.zeros_like(saved["method"]["logits"]))
 
 
+@pytest.mark.parametrize("compiled", [False, True])
 def test_lightning_checkpoints_predict_in_user_units_and_resume_exactly(
-    digits: Any, tmp_path: Path
+    digits: Any, tmp_path: Path, compiled: bool
 ) -> None:
     """With target normalisation, a checkpoint written while fitting holds the heads in the
     targets' units (a plain model loaded from it predicts like the trained one), and a fit
-    resumed from it ends with the parameters of the uninterrupted fit."""
+    resumed from it ends with the parameters of the uninterrupted fit; a compiled model's too
+    (its keys are ``model._orig_mod.*``)."""
     raw = {**digits.y, "ink": digits.y["ink"] * 300 + 1000}  # far from standard units
     loader = DataLoader(Rows(digits.x, raw, n=128), batch_size=32)  # 4 steps an epoch
+    prefix = "model._orig_mod." if compiled else "model."
 
     def fit(steps: int, ckpt: Path | None = None) -> LossRAGModule:
-        model = digits.model()
+        plain = digits.model()
+        model = torch.compile(plain, backend="eager") if compiled else plain
         module = LossRAGModule(
-            model, digits.tasks, "ew", shared=model.trunk, lr=1e-2, seed=0, normalize_targets=True
+            model, digits.tasks, "ew", shared=plain.trunk, lr=1e-2, seed=0, normalize_targets=True
         )
         every = lightning.pytorch.callbacks.ModelCheckpoint(
             dirpath=tmp_path / f"ckpt{steps}", every_n_train_steps=4, save_top_k=-1
@@ -246,7 +250,7 @@ def test_lightning_checkpoints_predict_in_user_units_and_resume_exactly(
     whole = fit(8)  # closed at the end: heads in user units
     last = torch.load(tmp_path / "ckpt8" / "epoch=1-step=8.ckpt", weights_only=False)
     plain = digits.model()
-    plain.load_state_dict({k.removeprefix("model."): v for k, v in last["state_dict"].items()})
+    plain.load_state_dict({k.removeprefix(prefix): v for k, v in last["state_dict"].items()})
     with torch.no_grad():
         expected, got = whole.model(digits.x[:64]), plain(digits.x[:64])
     assert float((got["ink"] - raw["ink"][:64]).abs().mean()) < 300  # not ~1000 off
@@ -389,7 +393,7 @@ def test_huggingface_checkpoints_predict_in_user_units_and_resume_exactly(tmp_pa
             row = super().__getitem__(i)
             return {**row, "size": row["size"] * 300 + 1000}  # far from standard units
 
-    def run(out: Path, resume: Path | None = None) -> Any:
+    def run(out: Path, resume: Path | None = None, best: bool = False) -> Any:
         torch.manual_seed(0)
         model = example.TwoTaskNet()
         args = TrainingArguments(
@@ -404,11 +408,15 @@ def test_huggingface_checkpoints_predict_in_user_units_and_resume_exactly(tmp_pa
             disable_tqdm=True,
             dataloader_num_workers=0,
             seed=0,
+            load_best_model_at_end=best,
+            eval_strategy="steps" if best else "no",
+            eval_steps=5,
         )
         trainer = LossRAGTrainer(
             model=model,
             args=args,
             train_dataset=Raw(),
+            eval_dataset=Raw(64, seed=1),
             tasks=example.TASKS,
             policy="famo",
             shared=model.trunk,
@@ -430,6 +438,13 @@ def test_huggingface_checkpoints_predict_in_user_units_and_resume_exactly(tmp_pa
     resumed = run(tmp_path / "resumed", tmp_path / "whole" / "checkpoint-5")
     for a, b in zip(resumed.parameters(), whole.parameters(), strict=True):
         assert torch.equal(a, b)
+    # load_best_model_at_end: the model after train() is the best checkpoint's, in user units
+    best = run(tmp_path / "best", best=True)
+    chosen = [tmp_path / "best" / f"checkpoint-{n}" / "model.safetensors" for n in (5, 10)]
+    states = [safetensors.torch.load_file(path) for path in chosen]
+    assert any(
+        all(torch.equal(v, best.state_dict()[k]) for k, v in state.items()) for state in states
+    )
 
 
 def test_huggingface_trainer_refuses_gradient_methods(tmp_path: Path) -> None:

@@ -302,9 +302,9 @@ def test_corrupt_checkpoint_falls_back_to_the_previous_one(tmp_path):
     checkpoint = es_module._Checkpoint(work, "abc", "code1")
     state = {
         "generation": 1,
-        "theta": [0.0],
-        "m": [0],
-        "v": [0],
+        "theta": [0.0] * len(PARAMS),
+        "m": [0.0] * len(PARAMS),
+        "v": [0.0] * len(PARAMS),
         "history": [],
         "baseline": {},
         "elapsed_s": 1.0,
@@ -326,9 +326,24 @@ def test_corrupt_checkpoint_falls_back_to_the_previous_one(tmp_path):
     (work / "checkpoint.json").write_text(json.dumps(saved))
     with pytest.raises(ValueError, match=r"holds the parameters learn, .*Start over"):
         checkpoint.load(console)
+    del saved["params"], saved["code"]  # written before the names were: judged by its size
+    (work / "checkpoint.json").write_text(json.dumps(saved))
+    assert checkpoint.load(console) is not None
+    saved.update(theta=saved["theta"][:-1], m=saved["m"][:-1], v=saved["v"][:-1])
+    (work / "checkpoint.json").write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match=rf"holds the parameters {len(PARAMS) - 1} values"):
+        checkpoint.load(console)
 
 
-def test_policy_settings_round_trip_and_target_normalisation(tmp_path, digits):
+def _rewrite(folder: Path, name: str, data: bytes) -> None:
+    """Replace a policy folder's file, its card's checksum with it (it passes the check)."""
+    (folder / name).write_bytes(data)
+    card = json.loads((folder / "card.json").read_text())
+    card["checksums"][name] = hashlib.sha256(data).hexdigest()
+    (folder / "card.json").write_text(json.dumps(card))
+
+
+def test_policy_settings_round_trip_and_target_normalisation(tmp_path, digits, monkeypatch):
     """A saved policy keeps every gate setting and the target normalisation it was trained
     with; the shipped default trains the same loaded by name or by folder (a Path too)."""
     policy = LossRAG(patience_on=3, spread=2.0, normalize_targets="auto")
@@ -344,6 +359,17 @@ def test_policy_settings_round_trip_and_target_normalisation(tmp_path, digits):
         assert composer.method.normalize_targets == "auto", source
     with pytest.raises(ValueError, match="normalize_targets must be True, False or 'auto'"):
         LossRAG(normalize_targets="yes")  # type: ignore[arg-type]
+    monkeypatch.chdir(tmp_path)  # a Path is a folder, even one named like a method
+    save_policy(LossRAG(), "famo")
+    composer = lossrag.wrap(model, digits.tasks, Path("famo"), shared=model.trunk)
+    assert type(composer.method) is LossRAG and composer.policy_name == "famo"
+    # a folder from before the key: "auto" if `lossrag train` wrote it (a recipe), else False
+    for recipe, expected in (({"name": "old"}, "auto"), ({}, False)):
+        save_policy(LossRAG(), tmp_path / "old", recipe=recipe)
+        settings = json.loads((tmp_path / "old" / "policy.json").read_text())
+        del settings["normalize_targets"]
+        _rewrite(tmp_path / "old", "policy.json", json.dumps(settings).encode())
+        assert load_policy(tmp_path / "old").normalize_targets == expected
 
 
 @pytest.mark.parametrize(
@@ -353,6 +379,7 @@ def test_policy_settings_round_trip_and_target_normalisation(tmp_path, digits):
         ("policy.json", b"[1]", r"policy\.json does not hold a policy's settings"),
         ("policy.json", b'{"correction": {"hidden": 8, "bound": 1}}', "'prior'"),
         ("correction.npz", b"\x00" * 5, r"correction\.npz is not a correction's weights"),
+        ("policy.json", "hot", r"policy\.json do not make a LossRAG policy"),
     ],
 )
 def test_a_policy_file_that_is_not_what_it_should_be_is_named(tmp_path, name, data, message):
@@ -360,10 +387,10 @@ def test_a_policy_file_that_is_not_what_it_should_be_is_named(tmp_path, name, da
     an error naming the file and what was expected, not a bare parser error."""
     folder = tmp_path / "p"
     save_policy(LossRAG(), folder)
-    (folder / name).write_bytes(data)
-    card = json.loads((folder / "card.json").read_text())
-    card["checksums"][name] = hashlib.sha256(data).hexdigest()
-    (folder / "card.json").write_text(json.dumps(card))
+    if data == "hot":  # a setting of the wrong type
+        settings = json.loads((folder / name).read_text())
+        data = json.dumps({**settings, "temperature": "hot"}).encode()
+    _rewrite(folder, name, data)
     with pytest.raises(ValueError, match=message):
         load_policy(folder)
 
@@ -385,6 +412,9 @@ def test_save_policy_never_replaces_what_is_not_a_policy(tmp_path):
             load_recipe(_recipe(tmp_path)), victim, tmp_path / "work", console=Console(quiet=True)
         )
     assert not (tmp_path / "work").exists()
+    with pytest.raises(ValueError, match="is inside --out"):
+        recipe = load_recipe(_recipe(tmp_path))
+        train(recipe, tmp_path / "pw", tmp_path / "pw" / "work", console=Console(quiet=True))
     (tmp_path / "empty").mkdir()
     save_policy(LossRAG(), tmp_path / "empty")
     save_policy(LossRAG(temperature=2.0), tmp_path / "empty")  # a policy folder: replaced

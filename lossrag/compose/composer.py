@@ -720,6 +720,21 @@ class Composer:
             return self.module.state_dict()
         return self.normalizer.plain_state_dict(self.module)
 
+    def normalised_heads(self) -> dict[str, Tensor]:
+        """The entries of the model's ``state_dict()`` that :meth:`plain_state_dict` gives in
+        the user's units (the located heads' weights and biases), as they train: normalised. A
+        checkpoint that holds the plain state and these resumes exactly
+        (:meth:`load_normalised_heads`); the framework integrations save them so."""
+        own, plain = self.module.state_dict(), self.plain_state_dict()
+        return {k: v for k, v in own.items() if not torch.equal(v, plain[k])}
+
+    def load_normalised_heads(self, heads: Mapping[str, Tensor]) -> None:
+        """Put :meth:`normalised_heads` back into the model (after its plain state was loaded
+        and this composer's :meth:`load_state_dict`)."""
+        with torch.no_grad():
+            for key, value in heads.items():
+                self.module.get_parameter(key).copy_(value)
+
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume bit-for-bit (tensors, numbers, strings, lists, dicts):
         the step, the method's state, the composer's random stream and FAMO's pending batches."""
@@ -816,15 +831,17 @@ def _make_policy(policy: str | os.PathLike[str] | Method) -> tuple[Method, str, 
     """The method, the name runs record it under, and its policy card's code version."""
     if isinstance(policy, Method):
         return policy, policy.name or type(policy).__name__, None
-    if isinstance(policy, os.PathLike):
+    folder = isinstance(policy, os.PathLike)  # a path is a policy folder, never a name
+    if folder:
         policy = os.fspath(policy)
     if not isinstance(policy, str):
         raise TypeError(
             f"wrap: `policy` must be a name, a policy folder or a Method, got "
             f"{type(policy).__name__}."
         )
-    if policy not in available() and (
-        policy == "default" or os.sep in policy or os.path.isdir(policy)
+    if folder or (
+        policy not in available()
+        and (policy == "default" or os.sep in policy or os.path.isdir(policy))
     ):
         from lossrag.policy.store import load_policy, policy_folder, read_card
 

@@ -173,9 +173,7 @@ class LossRAGTrainer(transformers.Trainer):
         state and the normalised heads in :data:`STATE_FILE`, for a resumed run to continue."""
         heads: dict[str, Tensor] = {}
         if state_dict is None and self._training:
-            own = self.composer.module.state_dict()
-            state_dict = self.composer.plain_state_dict()
-            heads = {k: own[k] for k, v in state_dict.items() if not torch.equal(v, own[k])}
+            heads, state_dict = self.composer.normalised_heads(), self.composer.plain_state_dict()
         super()._save(output_dir, state_dict)
         if self._training and self.args.should_save:
             folder = str(output_dir if output_dir is not None else self.args.output_dir)
@@ -189,11 +187,18 @@ class LossRAGTrainer(transformers.Trainer):
         path = os.path.join(resume_from_checkpoint, STATE_FILE)
         if not os.path.isfile(path):
             return
-        state = torch.load(path, map_location="cpu")
+        device = next(self.composer.module.parameters()).device
+        state = torch.load(path, map_location=device)
         self.composer.load_state_dict(state["composer"])
-        with torch.no_grad():
-            for key, value in state["heads"].items():
-                self.composer.module.get_parameter(key).copy_(value)
+        self.composer.load_normalised_heads(state["heads"])
+
+    def _load_best_model(self) -> None:
+        """``load_best_model_at_end``: the best checkpoint holds the plain model, so close the
+        composer (its heads back in the targets' units) before the Trainer loads it."""
+        self._training = False
+        self._close_window()
+        self.composer.close()
+        super()._load_best_model()
 
     def _close_window(self) -> None:
         window, self._window = self._window, None

@@ -295,14 +295,21 @@ class LossRAGModule(lightning.LightningModule):
             return
         state = self._composer.state_dict()
         if not self._closed:
-            own = self._composer.module.state_dict()
-            weights = checkpoint["state_dict"]
-            for key, value in self._composer.plain_state_dict().items():
-                full = f"model.{key}"
-                if full in weights and not torch.equal(value, own[key]):
-                    state.setdefault(_HEADS_KEY, {})[full] = weights[full]
-                    weights[full] = value
+            heads = self._composer.normalised_heads()
+            if heads:
+                plain, weights = self._composer.plain_state_dict(), checkpoint["state_dict"]
+                prefix = self._model_prefix()
+                for key in heads:
+                    weights[prefix + key] = plain[key]
+                state[_HEADS_KEY] = heads
         checkpoint[CHECKPOINT_KEY] = state
+
+    def _model_prefix(self) -> str:
+        """Where the composer's model sits in this module's ``state_dict()`` (``"model."``, or
+        ``"model._orig_mod."`` for a compiled one)."""
+        assert self._composer is not None
+        names = {id(m): name for name, m in self.named_modules()}
+        return names[id(self._composer.module)] + "."
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Restore the composer's state (and the normalised heads) when fitting starts."""
@@ -319,9 +326,7 @@ class LossRAGModule(lightning.LightningModule):
         state = dict(state)
         heads = state.pop(_HEADS_KEY, {})
         self.composer.load_state_dict(state)
-        with torch.no_grad():
-            for key, value in heads.items():
-                self.get_parameter(key).copy_(value)
+        self.composer.load_normalised_heads(heads)
 
     # ------------------------------------------------------------------ helpers
     def _window_length(self) -> int:

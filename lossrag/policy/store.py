@@ -17,7 +17,6 @@ previous policy or the new one.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import io
 import json
 import os
@@ -25,7 +24,7 @@ import shutil
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -250,8 +249,9 @@ def read_card(folder: str | os.PathLike[str]) -> PolicyCard:
 
 def _arguments(source: str | os.PathLike[str]) -> dict[str, Any]:
     """The :class:`LossRAG` arguments (settings and trained correction) of a saved policy; its
-    target normalisation, the one it was trained with, under ``"normalize_targets"`` (``False``
-    for a folder written before it was saved)."""
+    target normalisation, the one it was trained with, under ``"normalize_targets"`` (for a
+    folder written before it was saved: ``"auto"`` if ``lossrag train`` wrote it, as it trains
+    so, else ``False``)."""
     folder = policy_folder(source)
     read_card(folder)
     try:
@@ -259,9 +259,8 @@ def _arguments(source: str | os.PathLike[str]) -> dict[str, Any]:
         shape = settings.pop("correction")
         settings["prior"] = Prior(**settings["prior"])
         hidden, bound = int(shape["hidden"]), float(shape["bound"])
-        unknown = sorted(set(settings) - set(inspect.signature(LossRAG).parameters))
-        if unknown:
-            raise ValueError(f"unknown settings {unknown}")
+        if "normalize_targets" not in settings:  # written before it was saved
+            settings["normalize_targets"] = "auto" if read_card(folder).recipe else False
     except (ValueError, KeyError, TypeError, AttributeError) as err:
         raise ValueError(
             f"Policy folder {folder}: policy.json does not hold a policy's settings (a JSON "
@@ -304,7 +303,15 @@ def load_policy(source: str | os.PathLike[str] = "default", **overrides: Any) ->
     (which also chooses its target normalisation)."""
     if str(source) == "default":
         return DefaultPolicy(**overrides)
-    return LossRAG(**{**_arguments(source), **overrides})
+    arguments = _arguments(source)
+    try:
+        return LossRAG(**{**arguments, **overrides})
+    except (TypeError, ValueError) as err:
+        given = f" with the overrides {overrides}" if overrides else ""
+        raise ValueError(
+            f"Policy {str(source)!r}: the settings of its policy.json{given} do not make a "
+            f"LossRAG policy: {err}"
+        ) from err
 
 
 @register_method
@@ -315,7 +322,6 @@ class DefaultPolicy(LossRAG):
     name = "lossrag-default"
     #: Targets far from standard units are normalised (PopArt), the others left as they are:
     #: measured in ``benchmarks/targets``.
-    normalize_targets: bool | Literal["auto"] = "auto"  # also in its policy.json
 
     def __init__(self, **overrides: Any) -> None:
         super().__init__(**{**_arguments("default"), **overrides})

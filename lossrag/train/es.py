@@ -202,8 +202,12 @@ class _Checkpoint:
                     f"train: {path} was written for another recipe; use another --work folder "
                     "or start over without --resume."
                 )
-            saved = state.get("params") or [f"{len(state['theta']) - 1} values"]
-            if list(saved) != list(PARAMS):
+            sizes = {len(state[k]) for k in ("theta", "m", "v")}
+            saved = state.get("params")
+            if saved is None:  # written before the names were saved: judged by its size
+                fits = sizes == {len(PARAMS)}
+                saved = list(PARAMS) if fits else [f"{len(state['theta'])} values"]
+            if list(saved) != list(PARAMS) or sizes != {len(PARAMS)}:
                 raise ValueError(
                     f"train: {path} holds the parameters {', '.join(saved)}; this LossRAG trains "
                     f"{', '.join(PARAMS)}. Start over without --resume (or with another --work)."
@@ -232,7 +236,12 @@ def train(
     from lossrag.policy.store import correction_bytes, save_policy, writable_folder
 
     console = console or Console()
-    writable_folder(out)  # before any work: a folder that is not a policy is never replaced
+    target = writable_folder(out)  # before any work: a folder that is not a policy is kept
+    if target == work.absolute() or target in work.absolute().parents:
+        raise ValueError(f"train: --work {work} is inside --out {out}; keep them apart.")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if not os.access(target.parent, os.W_OK):
+        raise PermissionError(f"train: cannot write the policy folder {out} (its parent).")
     work.mkdir(parents=True, exist_ok=True)
     checkpoint = _Checkpoint(work, recipe.es_digest, code_fingerprint())
     es, dist = recipe.es, recipe.problems
