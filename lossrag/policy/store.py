@@ -317,11 +317,11 @@ def load_policy(source: str | os.PathLike[str] = "default", **overrides: Any) ->
 @register_method
 class DefaultPolicy(LossRAG):
     """The shipped policy ``policies/default``, frozen (``policy="lossrag-default"``; the same
-    as ``policy="default"``, under the name the benchmark runs it)."""
+    as ``policy="default"``, under the name the benchmark runs it). Its ``policy.json`` sets
+    ``normalize_targets="auto"``: targets far from standard units are normalised (PopArt), the
+    others left as they are (measured in ``benchmarks/targets``)."""
 
     name = "lossrag-default"
-    #: Targets far from standard units are normalised (PopArt), the others left as they are:
-    #: measured in ``benchmarks/targets``.
 
     def __init__(self, **overrides: Any) -> None:
         super().__init__(**{**_arguments("default"), **overrides})
