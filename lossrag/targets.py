@@ -1013,16 +1013,26 @@ class TargetNormalizer:
         :meth:`detach` would leave it), in new tensors: a checkpoint that a plain, unwrapped
         model loads. ``model`` itself is not changed."""
         state = model.state_dict()
-        prefixes = {id(m): name for name, m in model.named_modules()}
-        for head in {id(h): h for h in self.heads.values() if not h.detached}.values():
-            prefix = prefixes.get(id(head.module))
-            if prefix is None:
-                continue
-            key = f"{prefix}." if prefix else ""
+        for head, key in self._located_in(model):
             state[key + "weight"], state[key + "bias"] = _in_user_units(
                 head, state[key + "weight"], state[key + "bias"]
             )
         return state
+
+    def head_keys(self, model: nn.Module) -> list[str]:
+        """The keys of ``model.state_dict()`` that :meth:`plain_state_dict` rewrites: the located
+        heads' ``weight`` and ``bias`` (none once detached)."""
+        return [key + name for _, key in self._located_in(model) for name in ("weight", "bias")]
+
+    def _located_in(self, model: nn.Module) -> list[tuple[_Head, str]]:
+        """Each located head (not detached) in ``model``, with its ``state_dict`` key prefix."""
+        prefixes = {id(m): name for name, m in model.named_modules()}
+        heads = {id(h): h for h in self.heads.values() if not h.detached}.values()
+        return [
+            (h, f"{prefixes[id(h.module)]}." if prefixes[id(h.module)] else "")
+            for h in heads
+            if id(h.module) in prefixes
+        ]
 
     def detach(self, model: nn.Module | None = None) -> None:
         """Fold ``σ, μ`` into the located heads (``W = σW``, ``b = σb + μ``) and remove every

@@ -127,6 +127,26 @@ def test_plain_state_dict_is_the_closed_model_without_closing():
         assert torch.equal(v, plain[k]), k
 
 
+def test_normalised_heads_are_the_located_heads_only():
+    """``composer.normalised_heads()`` lists the located heads' weights and biases and nothing
+    else (not a buffer that holds NaN, whose equality to itself fails), none without
+    normalisation or once closed; ``load_normalised_heads`` puts them back."""
+    model, composer = _train("ew", True, steps=5)
+    model.register_buffer("missing", torch.full((2,), float("nan")))
+    heads = composer.normalised_heads()
+    assert heads and all(k.endswith((".weight", ".bias")) for k in heads)
+    assert {k.rsplit(".", 1)[0] for k in heads} <= {n for n, _ in model.named_modules()}
+    saved = {k: v.clone() for k, v in heads.items()}
+    with torch.no_grad():
+        for key in heads:
+            model.get_parameter(key).zero_()
+    composer.load_normalised_heads(saved)
+    assert all(torch.equal(model.get_parameter(k), v) for k, v in saved.items())
+    composer.close()
+    assert composer.normalised_heads() == {}
+    assert _train("ew", False, steps=1)[1].normalised_heads() == {}
+
+
 @pytest.mark.parametrize("policy", ["ew", "default"])
 def test_a_trained_model_wrapped_again_keeps_its_outputs(policy):
     """Fine-tuning: a model trained (and closed) wrapped again. Its heads already predict in

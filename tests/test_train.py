@@ -363,6 +363,14 @@ def test_policy_settings_round_trip_and_target_normalisation(tmp_path, digits, m
     save_policy(LossRAG(), "famo")
     composer = lossrag.wrap(model, digits.tasks, Path("famo"), shared=model.trunk)
     assert type(composer.method) is LossRAG and composer.policy_name == "famo"
+    with pytest.raises(FileNotFoundError, match="policy folder 'default' does not exist"):
+        lossrag.wrap(model, digits.tasks, Path("default"), shared=model.trunk)
+    save_policy(LossRAG(temperature=99.0), "default")  # the name still means the shipped one
+    assert load_policy("default").temperature != 99.0
+    assert load_policy(Path("default")).temperature == 99.0
+    with pytest.raises(ValueError, match="LossRAG: need 0 <= floor < 1") as caught:
+        load_policy(Path("default"), floor=2.0)  # the override is wrong, not the file
+    assert "policy.json" not in str(caught.value)
     # a folder from before the key: "auto" if `lossrag train` wrote it (a recipe), else False
     for recipe, expected in (({"name": "old"}, "auto"), ({}, False)):
         save_policy(LossRAG(), tmp_path / "old", recipe=recipe)
@@ -412,9 +420,12 @@ def test_save_policy_never_replaces_what_is_not_a_policy(tmp_path):
             load_recipe(_recipe(tmp_path)), victim, tmp_path / "work", console=Console(quiet=True)
         )
     assert not (tmp_path / "work").exists()
-    with pytest.raises(ValueError, match="is inside --out"):
-        recipe = load_recipe(_recipe(tmp_path))
-        train(recipe, tmp_path / "pw", tmp_path / "pw" / "work", console=Console(quiet=True))
+    recipe = load_recipe(_recipe(tmp_path))
+    (tmp_path / "pw").mkdir()
+    (tmp_path / "alias").symlink_to(tmp_path / "pw")
+    for work in (tmp_path / "pw" / "work", tmp_path / "alias" / "work"):
+        with pytest.raises(ValueError, match="is inside --out"):
+            train(recipe, tmp_path / "pw", work, console=Console(quiet=True))
     (tmp_path / "empty").mkdir()
     save_policy(LossRAG(), tmp_path / "empty")
     save_policy(LossRAG(temperature=2.0), tmp_path / "empty")  # a policy folder: replaced

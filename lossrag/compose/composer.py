@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import pathlib
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -725,8 +726,10 @@ class Composer:
         the user's units (the located heads' weights and biases), as they train: normalised. A
         checkpoint that holds the plain state and these resumes exactly
         (:meth:`load_normalised_heads`); the framework integrations save them so."""
-        own, plain = self.module.state_dict(), self.plain_state_dict()
-        return {k: v for k, v in own.items() if not torch.equal(v, plain[k])}
+        if self.normalizer is None:
+            return {}
+        own = self.module.state_dict()
+        return {k: own[k] for k in self.normalizer.head_keys(self.module)}
 
     def load_normalised_heads(self, heads: Mapping[str, Tensor]) -> None:
         """Put :meth:`normalised_heads` back into the model (after its plain state was loaded
@@ -770,7 +773,7 @@ class Composer:
         self.method.load_state_dict(dict(state["method"]))
         self.step = int(state["step"])
         self._skips = int(state["skips"])
-        self._rng = state["rng"].clone()
+        self._rng = state["rng"].to("cpu", torch.uint8).clone()  # loaded onto a device or not
         self._rerun_batches = list(state["pending"])
         if self.meta is not None and state.get("meta") is not None:
             self.meta.load_state_dict(state["meta"])
@@ -834,6 +837,8 @@ def _make_policy(policy: str | os.PathLike[str] | Method) -> tuple[Method, str, 
     folder = isinstance(policy, os.PathLike)  # a path is a policy folder, never a name
     if folder:
         policy = os.fspath(policy)
+        if not os.path.isdir(policy):
+            raise FileNotFoundError(f"wrap: the policy folder {policy!r} does not exist.")
     if not isinstance(policy, str):
         raise TypeError(
             f"wrap: `policy` must be a name, a policy folder or a Method, got "
@@ -845,6 +850,7 @@ def _make_policy(policy: str | os.PathLike[str] | Method) -> tuple[Method, str, 
     ):
         from lossrag.policy.store import load_policy, policy_folder, read_card
 
-        card = read_card(policy_folder(policy))
-        return load_policy(policy), card.name, card.code
+        source = pathlib.Path(policy) if folder else policy
+        card = read_card(policy_folder(source))
+        return load_policy(source), card.name, card.code
     return make_method(policy), policy, None

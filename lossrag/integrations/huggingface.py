@@ -172,12 +172,18 @@ class LossRAGTrainer(transformers.Trainer):
         (``composer.plain_state_dict()``); while training (a checkpoint), also the composer's
         state and the normalised heads in :data:`STATE_FILE`, for a resumed run to continue."""
         heads: dict[str, Tensor] = {}
-        if state_dict is None and self._training:
-            heads, state_dict = self.composer.normalised_heads(), self.composer.plain_state_dict()
+        plain = state_dict is None and self._training
+        if plain:
+            heads = self.composer.normalised_heads()
+            assert self.model is not None
+            names = {id(m): n for n, m in self.model.named_modules()}  # a compiled model's too
+            name = names[id(self.composer.module)]
+            prefix = f"{name}." if name else ""
+            state_dict = {prefix + k: v for k, v in self.composer.plain_state_dict().items()}
         super()._save(output_dir, state_dict)
         if self._training and self.args.should_save:
             folder = str(output_dir if output_dir is not None else self.args.output_dir)
-            state = {"composer": self.composer.state_dict(), "heads": heads}
+            state = {"composer": self.composer.state_dict(), "heads": heads, "plain": plain}
             torch.save(state, os.path.join(folder, STATE_FILE))
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
@@ -193,11 +199,16 @@ class LossRAGTrainer(transformers.Trainer):
         self.composer.load_normalised_heads(state["heads"])
 
     def _load_best_model(self) -> None:
-        """``load_best_model_at_end``: the best checkpoint holds the plain model, so close the
-        composer (its heads back in the targets' units) before the Trainer loads it."""
-        self._training = False
-        self._close_window()
-        self.composer.close()
+        """``load_best_model_at_end``: a best checkpoint that :meth:`_save` wrote holds the
+        plain model, so the composer closes (its heads back in the targets' units) before the
+        Trainer loads it; one the Trainer's engine wrote itself (DeepSpeed, FSDP) holds the
+        normalised heads, which the composer folds when it closes after training."""
+        best = self.state.best_model_checkpoint
+        path = os.path.join(best, STATE_FILE) if best else ""
+        if os.path.isfile(path) and torch.load(path, map_location="cpu").get("plain", False):
+            self._training = False
+            self._close_window()
+            self.composer.close()
         super()._load_best_model()
 
     def _close_window(self) -> None:

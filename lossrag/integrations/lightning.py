@@ -298,18 +298,19 @@ class LossRAGModule(lightning.LightningModule):
             heads = self._composer.normalised_heads()
             if heads:
                 plain, weights = self._composer.plain_state_dict(), checkpoint["state_dict"]
-                prefix = self._model_prefix()
-                for key in heads:
-                    weights[prefix + key] = plain[key]
+                for prefix in self._model_prefixes():
+                    for key in heads:
+                        if prefix + key in weights:
+                            weights[prefix + key] = plain[key]
                 state[_HEADS_KEY] = heads
         checkpoint[CHECKPOINT_KEY] = state
 
-    def _model_prefix(self) -> str:
+    def _model_prefixes(self) -> list[str]:
         """Where the composer's model sits in this module's ``state_dict()`` (``"model."``, or
-        ``"model._orig_mod."`` for a compiled one)."""
+        ``"model._orig_mod."`` for a compiled one; every name, if it is registered twice)."""
         assert self._composer is not None
-        names = {id(m): name for name, m in self.named_modules()}
-        return names[id(self._composer.module)] + "."
+        module = self._composer.module
+        return [f"{n}." for n, m in self.named_modules(remove_duplicate=False) if m is module]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Restore the composer's state (and the normalised heads) when fitting starts."""

@@ -202,13 +202,15 @@ def shipped_policies() -> list[Path]:
 
 
 def policy_folder(source: str | os.PathLike[str]) -> Path:
-    """The folder of ``source``: a shipped policy's name (``"default"``) or a path."""
+    """The folder of ``source``: a shipped policy's name (``"default"``, a string; it wins over
+    a folder of that name in the working directory, which ``"./default"`` or a ``Path`` names)
+    or a path."""
+    shipped = {p.name: p for p in shipped_policies()}
+    if isinstance(source, str) and source in shipped:
+        return shipped[source]
     path = Path(source)
     if path.is_dir():
         return path
-    shipped = {p.name: p for p in shipped_policies()}
-    if str(source) in shipped:
-        return shipped[str(source)]
     known = ", ".join(shipped) or "none"
     raise FileNotFoundError(
         f"Policy {str(source)!r} is neither a folder nor a shipped policy (shipped: {known})."
@@ -301,16 +303,22 @@ def load_policy(source: str | os.PathLike[str] = "default", **overrides: Any) ->
     """A :class:`LossRAG` with a saved policy's settings and correction; ``overrides`` replace
     settings (e.g. ``total_steps``). The shipped ``"default"`` is a :class:`DefaultPolicy`
     (which also chooses its target normalisation)."""
-    if str(source) == "default":
+    if isinstance(source, str) and source == "default":
         return DefaultPolicy(**overrides)
     arguments = _arguments(source)
     try:
         return LossRAG(**{**arguments, **overrides})
     except (TypeError, ValueError) as err:
-        given = f" with the overrides {overrides}" if overrides else ""
+        if overrides:  # blame the file only if it fails on its own
+            try:
+                LossRAG(**arguments)
+            except (TypeError, ValueError):
+                pass
+            else:
+                raise
         raise ValueError(
-            f"Policy {str(source)!r}: the settings of its policy.json{given} do not make a "
-            f"LossRAG policy: {err}"
+            f"Policy {str(source)!r}: the settings of its policy.json do not make a LossRAG "
+            f"policy: {err}"
         ) from err
 
 

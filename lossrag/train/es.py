@@ -237,7 +237,7 @@ def train(
 
     console = console or Console()
     target = writable_folder(out)  # before any work: a folder that is not a policy is kept
-    if target == work.absolute() or target in work.absolute().parents:
+    if target.resolve() == work.resolve() or target.resolve() in work.resolve().parents:
         raise ValueError(f"train: --work {work} is inside --out {out}; keep them apart.")
     target.parent.mkdir(parents=True, exist_ok=True)
     if not os.access(target.parent, os.W_OK):
