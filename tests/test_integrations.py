@@ -376,11 +376,14 @@ def test_huggingface_trainer_example(tmp_path: Path, accumulation: int) -> None:
     assert result.steps == 30
 
 
-def test_huggingface_checkpoints_predict_in_user_units_and_resume_exactly(tmp_path: Path) -> None:
+@pytest.mark.parametrize("compiled", [False, True])
+def test_huggingface_checkpoints_predict_in_user_units_and_resume_exactly(
+    tmp_path: Path, compiled: bool
+) -> None:
     """With target normalisation, a checkpoint the Trainer writes while training holds the
     model with its heads in the targets' units, and a run resumed from one (the composer's
     state and the normalised heads restored) ends with the parameters of the uninterrupted
-    run."""
+    run; a compiled model's too (its keys are ``_orig_mod.*``)."""
     import safetensors.torch
     from transformers import TrainingArguments
 
@@ -395,7 +398,8 @@ def test_huggingface_checkpoints_predict_in_user_units_and_resume_exactly(tmp_pa
 
     def run(out: Path, resume: Path | None = None, best: bool = False) -> Any:
         torch.manual_seed(0)
-        model = example.TwoTaskNet()
+        net = example.TwoTaskNet()
+        model = torch.compile(net, backend="eager") if compiled else net
         args = TrainingArguments(
             output_dir=str(out),
             max_steps=10,
@@ -411,6 +415,7 @@ def test_huggingface_checkpoints_predict_in_user_units_and_resume_exactly(tmp_pa
             load_best_model_at_end=best,
             eval_strategy="steps" if best else "no",
             eval_steps=5,
+            remove_unused_columns=not compiled,  # a compiled forward hides its arguments
         )
         trainer = LossRAGTrainer(
             model=model,
@@ -419,7 +424,7 @@ def test_huggingface_checkpoints_predict_in_user_units_and_resume_exactly(tmp_pa
             eval_dataset=Raw(64, seed=1),
             tasks=example.TASKS,
             policy="famo",
-            shared=model.trunk,
+            shared=net.trunk,
             wrap_options={"seed": 0, "normalize_targets": True},
         )
         trainer.train(resume_from_checkpoint=None if resume is None else str(resume))
@@ -429,7 +434,10 @@ def test_huggingface_checkpoints_predict_in_user_units_and_resume_exactly(tmp_pa
     saved = tmp_path / "whole" / "checkpoint-10"
     assert (saved / STATE_FILE).is_file()
     plain = example.TwoTaskNet()
-    plain.load_state_dict(safetensors.torch.load_file(saved / "model.safetensors"))
+    stored = safetensors.torch.load_file(saved / "model.safetensors")
+    prefix = "_orig_mod." if compiled else ""
+    assert all(k.startswith(prefix) for k in stored)
+    plain.load_state_dict({k.removeprefix(prefix): v for k, v in stored.items()})
     x = Raw().x[:64]
     with torch.no_grad():
         expected, got = whole(x), plain(x)
