@@ -3,15 +3,16 @@
 (``pip install "lossrag[huggingface]"``).
 
 The model is any ``torch.nn.Module`` whose ``forward`` takes the batch's input columns as
-keyword arguments and returns ``{task name: output}``; each batch also holds one column per task,
-named after it, with the targets. ``compute_loss`` takes those columns out, runs the model on
-the rest and returns ``composer.loss(outputs, targets)``. The ``gradient_accumulation_steps``
-micro-batches of one optimizer step form one composer window (the method's weights update once
-per optimizer step; the Trainer divides each micro-batch's loss itself). Evaluation batches
-give the unweighted sum of the task losses and never update the method. A checkpoint written
-while training holds the model with its heads in the targets' units (``normalize_targets``) and,
-in :data:`STATE_FILE`, the composer's state and the normalised heads, which
-``train(resume_from_checkpoint=...)`` restores.
+keyword arguments and returns ``{task name: output}`` (a ``torch.compile``d one hides those
+arguments from the Trainer: pass ``TrainingArguments(remove_unused_columns=False)``); each batch
+also holds one column per task, named after it, with the targets. ``compute_loss`` takes those
+columns out, runs the model on the rest and returns ``composer.loss(outputs, targets)``. The
+``gradient_accumulation_steps`` micro-batches of one optimizer step form one composer window
+(the method's weights update once per optimizer step; the Trainer divides each micro-batch's
+loss itself). Evaluation batches give the unweighted sum of the task losses and never update the
+method. A checkpoint written while training holds the model with its heads in the targets' units
+(``normalize_targets``) and, in :data:`STATE_FILE`, the composer's state and the normalised
+heads, which ``train(resume_from_checkpoint=...)`` restores.
 
 Only loss-based methods (EW, UW, DWA, FAMO, ..., the retrieval policies) are supported:
 gradient-based ones (MGDA, PCGrad, ...) need one backward per task, which ``compute_loss``
