@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -35,8 +37,17 @@ __all__ = ["app", "main"]
 
 
 def main() -> None:
-    """Entry point of the ``lossrag`` console script."""
+    """Entry point of the ``lossrag`` console script. SIGTERM (``kill``) stops a command as
+    Ctrl-C does, its worker processes included: they are not signalled when only this process
+    is, and would otherwise wait for work forever."""
+    signal.signal(signal.SIGTERM, _stop)
     app()
+
+
+def _stop(_signum: int, _frame: object) -> None:
+    for child in multiprocessing.active_children():
+        child.terminate()
+    raise KeyboardInterrupt
 
 
 def _fail(message: str) -> None:

@@ -5,6 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -439,3 +443,40 @@ def test_cli_train_and_policies_list(tmp_path):
     assert result.exit_code == 2 and "colour" in result.output
     result = runner.invoke(app, ["policies", "list"])
     assert result.exit_code == 0
+
+
+def _children(pid: int) -> set[int]:
+    """The processes whose parent is ``pid`` (Linux ``/proc``)."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.add(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads Linux /proc")
+def test_kill_stops_lossrag_train_and_its_workers(tmp_path):
+    """``kill`` (SIGTERM to the command only) stops ``lossrag train`` as Ctrl-C does: its pool
+    workers go too, instead of waiting for work forever."""
+    recipe = _recipe(tmp_path, TINY.replace("generations = 2", "generations = 500"))
+    script = Path(sys.executable).parent / "lossrag"
+    command = [str(script), "train", str(recipe), "--out", str(tmp_path / "p")]
+    process = subprocess.Popen([*command, "--work", str(tmp_path / "w")], cwd=tmp_path)
+    deadline = time.monotonic() + 60
+    workers: set[int] = set()
+    while not workers and time.monotonic() < deadline:
+        time.sleep(0.2)
+        workers = _children(process.pid)
+    assert workers, "no worker started"
+    time.sleep(1.0)
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=30)
+    deadline = time.monotonic() + 15
+    while any(Path(f"/proc/{w}").exists() for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    alive = [w for w in workers if Path(f"/proc/{w}").exists()]
+    assert not alive, f"workers {alive} outlived lossrag train"
