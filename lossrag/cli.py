@@ -258,7 +258,7 @@ def inspect(
                 _fail("This trace lists no retrieved candidates (not a retrieval policy's).")
             console.print(render_retrievals(records, task))
         else:
-            console.print(render_steps(records, task, rows))
+            console.print(render_steps(records, task, rows, console.width))
             console.print(render_summary(records, task))
             if gate_changes(records):
                 console.print(render_changes(records, task))

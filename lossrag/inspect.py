@@ -109,9 +109,12 @@ def _tasks(records: Sequence[StepRecord], task: str | None) -> list[str]:
     return [task] if task is not None else names
 
 
-def render_steps(records: Sequence[StepRecord], task: str | None = None, rows: int = 25) -> Table:
+def render_steps(
+    records: Sequence[StepRecord], task: str | None = None, rows: int = 25, width: int = 80
+) -> Group:
     """One row per step (evenly thinned to about ``rows``; skipped steps and steps where a term
-    was switched on or off always shown): each task's loss (up to four tasks) and weight."""
+    was switched on or off always shown): each task's weight, and its loss where a terminal of
+    ``width`` columns has room for both (long notes numbered under the table)."""
     names = _tasks(records, task)
     changes: dict[int, list[str]] = {}
     for step, term in gate_changes(records):
@@ -123,24 +126,22 @@ def render_steps(records: Sequence[StepRecord], task: str | None = None, rows: i
         for i, r in enumerate(records)
         if i % stride == 0 or r.skipped or i == len(records) - 1 or r.step in changes
     ]
-    with_loss = len(names) <= 4  # wider tables do not fit a terminal: weights only
-    table = Table(title=f"{run_title(records[0])}: {len(records)} steps (every {stride})")
-    table.add_column("step", justify="right")
+    with_loss = 20 + 20 * len(names) <= width  # a loss and a weight: about 20 columns a task
+    columns = ["step"]
     for name in names:
-        if with_loss:
-            table.add_column(f"{name} loss", justify="right")
-        table.add_column(f"{name} w", justify="right")
-    table.add_column("note")
+        columns += [f"{name} loss", f"{name} w"] if with_loss else [f"{name} w"]
+    notes, cells = _Notes(), []
     for r in chosen:
         weights = r.task_weights()
-        cells = [str(r.step)]
+        row = [str(r.step)]
         for name in names:
-            cells += [_fmt(r.losses.get(name))] if with_loss else []
-            cells.append(_fmt(weights.get(name)))
-        note = f"[red]skipped: {r.reason}[/red]" if r.skipped else (r.reason or "")
-        cells.append("; ".join(n for n in [note, *changes.get(r.step, [])] if n))
-        table.add_row(*cells)
-    return table
+            row += [_fmt(r.losses.get(name))] if with_loss else []
+            row.append(_fmt(weights.get(name)))
+        note = f"skipped: {r.reason}" if r.skipped else (r.reason or "")
+        row.append(notes.cell("; ".join(n for n in [note, *changes.get(r.step, [])] if n)))
+        cells.append(row)
+    title = f"{run_title(records[0])}: {len(records)} steps (every {stride})"
+    return notes.listed(_table(title, [*columns, "note"], cells, left=["note"]))
 
 
 def render_summary(records: Sequence[StepRecord], task: str | None = None) -> Group:

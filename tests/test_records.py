@@ -294,6 +294,19 @@ def test_inspect_reads_at_80_columns(tmp_path):
     assert "2.68/1" in step.output and f"[1] {note}" in step.output
     summary = runner.invoke(app, ["inspect", str(path), *plot], env=env)
     assert "…" not in summary.output
+    names = ["digit", "parity", "has_loop", "denoise"]  # the demo's four tasks: weights only
+    many = [
+        StepRecord(
+            step=i,
+            method="uw",
+            losses=dict.fromkeys(names, 0.693147),
+            terms=[Term(task=n, loss="ce", weight=0.844444) for n in names],
+        )
+        for i in range(3)
+    ]
+    path.write_text("".join(r.model_dump_json() + "\n" for r in many))
+    steps = runner.invoke(app, ["inspect", str(path), *plot], env=env)
+    assert steps.exit_code == 0 and "…" not in steps.output and "has_loop w" in steps.output
     assert "its active losses changed (l2 -> welsch(scale=0.05), tukey(c=0.5))" in " ".join(
         summary.output.split()
     )
