@@ -234,7 +234,7 @@ def test_policy_folder_round_trip_and_integrity(tmp_path, digits):
     card_data.update(format=0, lossrag_version="0.0.1")
     (old / "card.json").write_text(json.dumps(card_data))
     with pytest.raises(
-        ValueError, match=r"LossRAG 0\.0\.1 as policy format 0.*reads policy format 1"
+        ValueError, match=r"LossRAG 0\.0\.1 as policy format 0.*reads policy format 1 or 2"
     ):
         load_policy(old)
     with pytest.raises(FileNotFoundError, match="neither a folder nor a shipped policy"):
@@ -375,13 +375,18 @@ def test_policy_settings_round_trip_and_target_normalisation(tmp_path, digits, m
     with pytest.raises(ValueError, match="LossRAG: need 0 <= floor < 1") as caught:
         load_policy(Path("default"), floor=2.0)  # the override is wrong, not the file
     assert "policy.json" not in str(caught.value)
-    # a folder from before the key: "auto" if `lossrag train` wrote it (a recipe), else False
+    # a format-1 folder, from before the key: "auto" if `lossrag train` wrote it (a recipe),
+    # else False; its other missing settings take LossRAG's defaults
     for recipe, expected in (({"name": "old"}, "auto"), ({}, False)):
-        save_policy(LossRAG(), tmp_path / "old", recipe=recipe)
+        save_policy(LossRAG(patience_on=3), tmp_path / "old", recipe=recipe)
         settings = json.loads((tmp_path / "old" / "policy.json").read_text())
-        del settings["normalize_targets"]
+        for key in ("normalize_targets", "patience_on", "spread"):
+            del settings[key]
         _rewrite(tmp_path / "old", "policy.json", json.dumps(settings).encode())
-        assert load_policy(tmp_path / "old").normalize_targets == expected
+        card = json.loads((tmp_path / "old" / "card.json").read_text())
+        (tmp_path / "old" / "card.json").write_text(json.dumps({**card, "format": 1}))
+        old = load_policy(tmp_path / "old")
+        assert old.normalize_targets == expected and old.gates.patience_on == 1
 
 
 @pytest.mark.parametrize(
@@ -391,7 +396,13 @@ def test_policy_settings_round_trip_and_target_normalisation(tmp_path, digits, m
         ("policy.json", b"[1]", r"policy\.json does not hold a policy's settings"),
         ("policy.json", b'{"correction": {"hidden": 8, "bound": 1}}', "'prior'"),
         ("correction.npz", b"\x00" * 5, r"correction\.npz is not a correction's weights"),
-        ("policy.json", "hot", r"policy\.json do not make a LossRAG policy"),
+        ("policy.json", {"temperature": "hot"}, r"temperature: .*valid number \(got 'hot'\)"),
+        ("policy.json", {"k": 4.5}, r"k: Input should be a valid integer \(got 4\.5\)"),
+        ("policy.json", {"k": None}, r"k: Input should be a valid integer \(got None\)"),
+        ("policy.json", {"temprature": 2.0}, r"temprature: Extra inputs are not permitted"),
+        ("policy.json", {"prior": {"learn": "x"}}, r"prior\.learn: .*valid number"),
+        ("policy.json", {"normalize_targets": "yes"}, r"normalize_targets\.bool: "),
+        ("policy.json", {"k": 0}, r"policy\.json do not make a LossRAG policy.*k must be >= 1"),
     ],
 )
 def test_a_policy_file_that_is_not_what_it_should_be_is_named(tmp_path, name, data, message):
@@ -399,9 +410,9 @@ def test_a_policy_file_that_is_not_what_it_should_be_is_named(tmp_path, name, da
     an error naming the file and what was expected, not a bare parser error."""
     folder = tmp_path / "p"
     save_policy(LossRAG(), folder)
-    if data == "hot":  # a setting of the wrong type
+    if isinstance(data, dict):  # settings of the wrong type or value
         settings = json.loads((folder / name).read_text())
-        data = json.dumps({**settings, "temperature": "hot"}).encode()
+        data = json.dumps({**settings, **data}).encode()
     _rewrite(folder, name, data)
     with pytest.raises(ValueError, match=message):
         load_policy(folder)

@@ -24,11 +24,12 @@ import shutil
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Required
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, with_config
+from typing_extensions import TypedDict  # pydantic needs this one before Python 3.12
 
 import lossrag
 from lossrag._util import atomic_write_text, data_dir
@@ -54,8 +55,11 @@ __all__ = [
     "writable_folder",
 ]
 
-#: Version of the folder layout and of the meaning of the correction's input features.
-POLICY_FORMAT = 1
+#: Version of the folder layout and of the meaning of the correction's input features. Format 2
+#: added ``normalize_targets``, ``patience_on`` and ``spread`` to ``policy.json``; a format-1
+#: folder, without them, still loads (:func:`_arguments`).
+POLICY_FORMAT = 2
+_READABLE = (1, 2)
 _FILES = ("policy.json", "correction.npz")
 
 
@@ -91,6 +95,45 @@ class PolicyCard(BaseModel):
     training: dict[str, Any] = {}
     benchmarks: dict[str, Any] = {}
     checksums: dict[str, str]
+
+
+class _Shape(BaseModel):
+    """The correction network's shape in ``policy.json``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    hidden: int
+    bound: float
+
+
+@with_config(ConfigDict(extra="forbid"))
+class _Settings(TypedDict, total=False):
+    """What ``policy.json`` may hold, each setting of its :class:`LossRAG` argument's type,
+    validated strictly (``"k": 4.5`` or ``"temperature": "hot"`` is an error naming the key, not
+    a policy that runs with it); a setting left out takes the :class:`LossRAG` default."""
+
+    k: int
+    explore: int
+    refresh_every: int
+    retrieve_every: int
+    retrieve_backoff: int
+    patience: int
+    patience_on: int
+    spread: float
+    floor: float
+    temperature: float
+    max_terms: int
+    smoothing: float
+    meta_lr: float
+    rank_weight: float
+    max_ratio: float
+    scale_floor: float
+    normalize_targets: bool | Literal["auto"]
+    prior: Required[Prior]
+    correction: Required[_Shape]
+
+
+_SETTINGS = TypeAdapter(_Settings)
 
 
 def _settings(policy: LossRAG) -> dict[str, Any]:
@@ -228,11 +271,15 @@ def read_card(folder: str | os.PathLike[str]) -> PolicyCard:
         raise FileNotFoundError(f"Policy folder {folder} has no card.json.") from err
     except ValidationError as err:
         raise ValueError(f"Policy folder {folder}: card.json is not a valid card: {err}") from err
-    if (card.format, card.embed_version, card.features) != (POLICY_FORMAT, EMBED_VERSION, FEATURES):
+    if card.format not in _READABLE or (card.embed_version, card.features) != (
+        EMBED_VERSION,
+        FEATURES,
+    ):
         raise ValueError(
             f"Policy {card.name!r} ({folder}) was written by LossRAG {card.lossrag_version} as "
             f"policy format {card.format}, embedding version {card.embed_version}, {card.features} "
-            f"features; this LossRAG {lossrag.__version__} reads policy format {POLICY_FORMAT}, "
+            f"features; this LossRAG {lossrag.__version__} reads policy format "
+            f"{' or '.join(map(str, _READABLE))}, "
             f"embedding version {EMBED_VERSION}, {FEATURES} features. Retrain it with "
             "`lossrag train`."
         )
@@ -252,25 +299,35 @@ def read_card(folder: str | os.PathLike[str]) -> PolicyCard:
 def _arguments(source: str | os.PathLike[str]) -> dict[str, Any]:
     """The :class:`LossRAG` arguments (settings and trained correction) of a saved policy; its
     target normalisation, the one it was trained with, under ``"normalize_targets"`` (for a
-    folder written before it was saved: ``"auto"`` if ``lossrag train`` wrote it, as it trains
-    so, else ``False``)."""
+    format-1 folder, written before it was saved: ``"auto"`` if ``lossrag train`` wrote it, as
+    it trains so, else ``False``)."""
     folder = policy_folder(source)
-    read_card(folder)
+    card = read_card(folder)
+    path = folder / "policy.json"
     try:
-        settings = json.loads((folder / "policy.json").read_text())
-        shape = settings.pop("correction")
-        settings["prior"] = Prior(**settings["prior"])
-        hidden, bound = int(shape["hidden"]), float(shape["bound"])
-        if "normalize_targets" not in settings:  # written before it was saved
-            settings["normalize_targets"] = "auto" if read_card(folder).recipe else False
-    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        settings: dict[str, Any] = dict(_SETTINGS.validate_json(path.read_bytes(), strict=True))
+    except ValidationError as err:
+        problems = "; ".join(_problem(e) for e in err.errors())
         raise ValueError(
             f"Policy folder {folder}: policy.json does not hold a policy's settings (a JSON "
-            f"object of LossRAG arguments with 'prior' and 'correction'): {err}"
-        ) from err
-    correction = Correction(FEATURES, hidden=hidden, bound=bound)
+            f"object of LossRAG arguments with 'prior' and 'correction'): {problems}"
+        ) from None
+    shape: _Shape = settings.pop("correction")
+    if "normalize_targets" not in settings and card.format == 1:  # written before it was saved
+        settings["normalize_targets"] = "auto" if card.recipe else False
+    correction = Correction(FEATURES, hidden=shape.hidden, bound=shape.bound)
     read_correction(folder / "correction.npz", correction)
     return {**settings, "correction": correction}
+
+
+def _problem(error: Any) -> str:
+    """One validation error of ``policy.json`` as ``key: what was expected (got value)``."""
+    where = ".".join(str(part) for part in error["loc"])
+    if not where:  # the file as a whole (not JSON, not an object)
+        return str(error["msg"])
+    if error["type"] == "missing":
+        return f"{where}: missing"
+    return f"{where}: {error['msg']} (got {error['input']!r})"
 
 
 def correction_bytes(correction: Correction) -> bytes:
