@@ -53,6 +53,7 @@ def _run(job: tuple[str, str, int]) -> dict[str, object]:
 
     from lossrag.bench.fit import fit
     from lossrag.bench.problems import get_problem
+    from lossrag.bench.runner import code_fingerprint
     from lossrag.policy import load_policy
     from lossrag.policy.store import policy_folder, read_correction
     from lossrag.train.es import ONLINE_CORRECTION
@@ -63,7 +64,13 @@ def _run(job: tuple[str, str, int]) -> dict[str, object]:
     if variant == "online-correction":
         read_correction(policy_folder("default") / ONLINE_CORRECTION, policy.correction)
     r = fit(get_problem(problem), policy, seed)
-    return {"variant": variant, "problem": problem, "seed": seed, "metrics": r.metrics}
+    return {
+        "variant": variant,
+        "problem": problem,
+        "seed": seed,
+        "code": code_fingerprint(),
+        "metrics": r.metrics,
+    }
 
 
 def delta_ms(
@@ -119,6 +126,10 @@ def main() -> None:
             means.append(statistics.fmean(values))
             cells.append(f"{means[-1]:+.1f} ± {statistics.stdev(values):.1f}")
         lines.append(f"| {variant} | " + " | ".join(cells) + f" | {statistics.fmean(means):+.2f} |")
+    codes = sorted({str(r.get("code", "not recorded")) for r in runs})
+    lines.append(
+        f"\nCode fingerprint{'s' if len(codes) > 1 else ''} of the runs: {', '.join(codes)}."
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out / "runs.json", json.dumps(runs, indent=1))
     atomic_write_text(args.out / "table.md", "\n".join(lines) + "\n")
