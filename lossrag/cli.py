@@ -37,10 +37,11 @@ __all__ = ["app", "main"]
 
 
 def main() -> None:
-    """Entry point of the ``lossrag`` console script. SIGTERM (``kill``) stops a command as
-    Ctrl-C does, its worker processes included: they are not signalled when only this process
-    is, and would otherwise wait for work forever."""
+    """Entry point of the ``lossrag`` console script. SIGINT and SIGTERM stop a command, its
+    worker processes included: sent to this process alone (``kill``, ``kill -INT``, a
+    supervisor's stop) they do not reach the workers, which would wait for work forever."""
     signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
     app()
 
 

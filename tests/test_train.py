@@ -470,9 +470,11 @@ def _children(pid: int) -> set[int]:
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads Linux /proc")
-def test_kill_stops_lossrag_train_and_its_workers(tmp_path):
-    """``kill`` (SIGTERM to the command only) stops ``lossrag train`` as Ctrl-C does: its pool
-    workers go too, instead of waiting for work forever."""
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_kill_stops_lossrag_train_and_its_workers(tmp_path, signum):
+    """``kill`` or ``kill -INT`` (a signal to the command only, not to its process group as
+    Ctrl-C in a terminal sends) stops ``lossrag train``: its pool workers go too, instead of
+    waiting for work forever."""
     recipe = _recipe(tmp_path, TINY.replace("generations = 2", "generations = 500"))
     script = Path(sys.executable).parent / "lossrag"
     command = [str(script), "train", str(recipe), "--out", str(tmp_path / "p")]
@@ -484,7 +486,7 @@ def test_kill_stops_lossrag_train_and_its_workers(tmp_path):
         workers = _children(process.pid)
     assert workers, "no worker started"
     time.sleep(1.0)
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(signum)
     process.wait(timeout=30)
     deadline = time.monotonic() + 15
     while any(Path(f"/proc/{w}").exists() for w in workers) and time.monotonic() < deadline:
