@@ -157,6 +157,30 @@ def test_bf16_autocast_trains_every_method(digits, policy):
     assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_outputs_take_their_losses_in_float32(dtype):
+    """Under fp16/bf16 autocast a regression head's output is low precision: its loss against
+    targets in the hundreds is computed in float32, as ``F.mse_loss`` under autocast is (in
+    fp16 the squared residual overflowed and every step was skipped; in bf16 the targets were
+    rounded)."""
+    torch.manual_seed(0)
+    tasks = [
+        lossrag.Task("mass", kind="regression"),
+        lossrag.Task("shape", kind="classification", num_classes=4),
+    ]
+    model = torch.nn.Linear(3, 1)
+    composer = lossrag.wrap(model, tasks, "ew")
+    raw = {"mass": 300 * torch.randn(64), "shape": torch.randn(64, 4)}
+    out = {k: v.to(dtype).requires_grad_() for k, v in raw.items()}
+    y = {"mass": 500 + 0.5 + torch.arange(64.0), "shape": torch.randint(0, 4, (64,))}
+    record = composer.backward(out, y)
+    assert not record.skipped, record.reason
+    expected = torch.nn.functional.mse_loss(out["mass"].float(), y["mass"])
+    torch.testing.assert_close(torch.tensor(record.losses["mass"]), expected)
+    ce = torch.nn.functional.cross_entropy(out["shape"].float(), y["shape"])
+    torch.testing.assert_close(torch.tensor(record.losses["shape"]), ce)
+
+
 @pytest.mark.parametrize("policy", ["uw", "famo", "default"])
 def test_a_step_the_scaler_skips_leaves_the_method_state_unchanged(digits, policy):
     """With fp16-style loss scaling, an overflowing step is skipped by the GradScaler; at the

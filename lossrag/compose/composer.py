@@ -419,10 +419,12 @@ class Composer:
         if window.skipped:
             self._skips += 1
             if self._skips > self.options.max_skips:
+                last = self.recorder.last()
                 self.recorder.flush()  # the trace shows the run up to the error
+                why = f" The last: {last.reason}." if last is not None and last.reason else ""
                 raise NonFiniteLossError(
                     f"{self._skips} consecutive steps skipped; the limit is "
-                    f"max_skips={self.options.max_skips}."
+                    f"max_skips={self.options.max_skips}.{why}"
                 )
         else:
             self._skips = 0

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
+import torch
 from torch import Tensor, nn
 
 from lossrag.losses.spec import LossSpec
 
 __all__ = ["Loss"]
+
+#: Output dtypes a loss upcasts to float32 before computing (autocast's fp16 and bf16).
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
 class Loss(nn.Module):
@@ -37,7 +41,12 @@ class Loss(nn.Module):
         return self.spec.name
 
     def forward(self, output: Tensor, target: Tensor) -> Tensor:
-        """Per-sample losses ``(B,)`` (or a 0-dim tensor for a per-batch loss)."""
+        """Per-sample losses ``(B,)`` (or a 0-dim tensor for a per-batch loss), computed in at
+        least float32: an fp16 or bf16 output (under autocast) is upcast first, as autocast
+        runs torch's own losses in float32; a residual of targets in the hundreds would
+        overflow fp16, and bf16 would round the targets themselves."""
+        if output.dtype in _LOW_PRECISION:
+            output = output.float()
         return self.fn(output, target, **self.params)
 
     def extra_repr(self) -> str:
