@@ -111,7 +111,7 @@ Details the caller should know:
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -396,7 +396,8 @@ class TargetNormalizer:
         self.heads: dict[str, _Head] = {}
         self._flat: _Flat | None = None  # the statistics, from the first observe()
         self._groups: list[_Group] | None = None  # the located heads, batched (rebuilt lazily)
-        self._report: dict[str, dict[str, float]] | None = None  # stats(), until they change
+        #: :meth:`frozen`'s reader of the statistics as they are, until they change
+        self._frozen: Callable[[], dict[str, dict[str, float]]] | None = None
         self._observed: set[str] = set()  # tasks whose first batch set the provisional μ, σ
         self._seen: _Seen | None = None
         self._temporary: list[RemovableHandle] = []
@@ -616,7 +617,7 @@ class TargetNormalizer:
 
     def _sync(self) -> None:
         """Copy the tasks' ``μ, σ`` into their heads' columns (in place, no synchronisation)."""
-        flat, self._report = self._flat, None
+        flat, self._frozen = self._flat, None
         if flat is None:
             return
         with torch.no_grad():
@@ -720,7 +721,7 @@ class TargetNormalizer:
                     f"user units: the first batch (mean {mu:.3g}, std {sigma:.3g}) is near "
                     "standard units (normalize_targets='auto')"
                 )
-        self.names, self.choosing, self._report = keep, False, None
+        self.names, self.choosing, self._frozen = keep, False, None
 
     # ------------------------------------------------------------------ statistics
     def due(self, step: int) -> bool:
@@ -895,27 +896,54 @@ class TargetNormalizer:
         """``{task: {"mu", "sigma", "fallback", "located", "skipped"}}`` (per dimension
         ``mu[i]``, ``sigma[i]`` when a target has several values; flags as 0/1). Reads the
         device after the statistics changed (once in ``every`` steps)."""
-        if self._report is None:
-            self._report = self._read()
-        return {name: dict(row) for name, row in self._report.items()}
+        return self.frozen()()
 
-    def _read(self) -> dict[str, dict[str, float]]:
+    def frozen(self) -> Callable[[], dict[str, dict[str, float]]]:
+        """:meth:`stats` as they are now, to be read later: a record read steps after its own
+        shows its own step's statistics. The statistics are copied on the device (no
+        synchronisation) once after each change and read from the copy at most once."""
+        if self._frozen is None:
+            flat = self._flat
+            copies = None if flat is None else [x.clone() for x in (flat.mu, flat.sigma)]
+            counts = (
+                None if flat is None else torch.stack([flat.valid.to(flat.skipped), flat.skipped])
+            )
+            located = {n: float(n in self.heads and not self.heads[n].detached) for n in self.names}
+            read: list[dict[str, dict[str, float]]] = []
+
+            def reader() -> dict[str, dict[str, float]]:
+                if not read:
+                    read.append(self._read(copies, counts, located))
+                return {name: dict(row) for name, row in read[0].items()}
+
+            self._frozen = reader
+        return self._frozen
+
+    def _read(
+        self, copies: list[Tensor] | None, counts: Tensor | None, located: dict[str, float]
+    ) -> dict[str, dict[str, float]]:
+        """:meth:`stats` from copies of the flat ``μ, σ`` and of ``valid, skipped``."""
+        flat = self._flat
+        if flat is None or copies is None or counts is None:
+            return {n: {"located": located[n], "fallback": 1.0, "skipped": 0.0} for n in located}
+        mu_all, sigma_all = (x.tolist() for x in copies)
+        valid, skipped = counts.tolist()
+        index = {name: k for k, name in enumerate(flat.names)}
+        starts = flat.first.tolist()
         out: dict[str, dict[str, float]] = {}
-        for name in self.names:
-            s = self._stats.get(name)
-            head = self.heads.get(name)
-            row = {
-                "located": float(head is not None and not head.detached),
-                "fallback": 1.0 if s is None else float(not bool(s.valid)),
-                "skipped": 0.0 if s is None else float(s.skipped),
-            }
-            if s is not None:
-                mu, sigma = s.mu.tolist(), s.sigma.tolist()
-                if s.dim == 1:
-                    row.update(mu=mu[0], sigma=sigma[0])
-                else:
-                    row.update({f"mu[{i}]": v for i, v in enumerate(mu)})
-                    row.update({f"sigma[{i}]": v for i, v in enumerate(sigma)})
+        for name in located:
+            k = index.get(name)
+            if k is None:
+                out[name] = {"located": located[name], "fallback": 1.0, "skipped": 0.0}
+                continue
+            span = slice(starts[k], starts[k] + flat.dims[k])
+            row = {"located": located[name], "fallback": float(not valid[k]), "skipped": skipped[k]}
+            mu, sigma = mu_all[span], sigma_all[span]
+            if flat.dims[k] == 1:
+                row.update(mu=mu[0], sigma=sigma[0])
+            else:
+                row.update({f"mu[{i}]": v for i, v in enumerate(mu)})
+                row.update({f"sigma[{i}]": v for i, v in enumerate(sigma)})
             out[name] = row
         return out
 
@@ -1048,7 +1076,7 @@ class TargetNormalizer:
                 if head.hook is not None:
                     head.hook.remove()
                 head.detached, head.last = True, None
-                self._groups = self._report = None
+                self._groups, self._frozen = None, None
                 weight, bias = head.module.weight, head.module.bias
                 assert bias is not None
                 folded_weight, folded_bias = _in_user_units(head, weight, bias)

@@ -402,3 +402,28 @@ def test_policy_records_read_later_show_their_own_step(digits, tmp_path):
     composer.close()
     written = [[t.multiplier for t in r.terms] for r in lossrag.read_trace(trace)]
     assert written == seen and len({tuple(m) for m in seen}) > 1
+
+
+def test_records_read_later_show_their_own_steps_target_statistics(digits, tmp_path):
+    """The target statistics of a record written to the trace steps after its own are those
+    its step trained with, whether or not ``last_record`` was read in between (they were those
+    of the step the trace was written at, found by a user trial)."""
+    model = digits.model(0)
+    trace = tmp_path / "run.jsonl"
+    composer = lossrag.wrap(
+        model, digits.tasks, "ew", seed=0, normalize_targets=True, trace=trace, trace_every=16
+    )
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    live = []
+    for i in range(12):
+        x, y = digits.batch(i)
+        opt.zero_grad()
+        composer.loss(model(x), y).backward()
+        opt.step()
+        state = composer.normalizer.state_dict()["tasks"]["ink"]
+        live.append((float(state["mu"]), float(state["sigma"])))
+    composer.close()
+    written = [
+        (r.targets["ink"]["mu"], r.targets["ink"]["sigma"]) for r in lossrag.read_trace(trace)
+    ]
+    assert written == live and len(set(live)) > 1

@@ -570,9 +570,16 @@ class Composer:
         stats, self._target_stats = self._target_stats, None
         self.normalizer.apply(stats)
 
-    def _annotate(self, record: StepRecord) -> None:
-        if self.normalizer is not None:
-            record.targets = self.normalizer.stats()
+    def _annotate(self) -> Callable[[StepRecord], None] | None:
+        """What adds the target statistics of this step to its record, when it is read."""
+        if self.normalizer is None:
+            return None
+        stats = self.normalizer.frozen()
+
+        def annotate(record: StepRecord) -> None:
+            record.targets = stats()
+
+        return annotate
 
     def term_losses(
         self,

@@ -132,13 +132,14 @@ class Recorder:
         self,
         trace: str | os.PathLike[str] | None,
         every: int,
-        annotate: Callable[[StepRecord], None] | None = None,
+        annotate: Callable[[], Callable[[StepRecord], None] | None] | None = None,
         append: bool = False,
     ) -> None:
         self.writer = TraceWriter(trace, append=append) if trace is not None else None
         self.append = append
         self.every = every
-        #: Adds what the record is read with (e.g. the target statistics) when it is read.
+        #: Called when a record is kept: what adds that step's extras (e.g. the target
+        #: statistics as they were then) to the record when it is read.
         self.annotate = annotate
         #: Said in the reason of the next record kept (e.g. a step the GradScaler skipped).
         self.notice: str | None = None
@@ -147,7 +148,7 @@ class Recorder:
 
     def keep(self, item: Pending | StepRecord) -> None:
         """Keep ``item`` as the last record and queue it for the trace."""
-        self._last = _Kept(item, self.notice, self.annotate)
+        self._last = _Kept(item, self.notice, None if self.annotate is None else self.annotate())
         self.notice = None
         if self.writer is not None:
             self._unwritten.append(self._last)
