@@ -36,6 +36,29 @@ _LAZY: dict[str, str] = {
     "Task": "lossrag.tasks",
 }
 
+#: Subpackages and modules reachable as attributes (``lossrag.weighting.UW``), imported on first
+#: access as the public names are.
+_MODULES = frozenset(
+    {
+        "bench",
+        "compose",
+        "context",
+        "embed",
+        "index",
+        "integrations",
+        "losses",
+        "meta",
+        "metrics",
+        "models",
+        "policy",
+        "record",
+        "targets",
+        "tasks",
+        "train",
+        "weighting",
+    }
+)
+
 __all__ = [
     "Composer",
     "Loss",
@@ -52,7 +75,10 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    """Import the module defining the public name ``name`` on first access (PEP 562)."""
+    """Import the module defining the public name ``name`` (or the submodule ``name``) on first
+    access (PEP 562)."""
+    if name in _MODULES:
+        return importlib.import_module(f"{__name__}.{name}")
     if name not in _LAZY:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     value = getattr(importlib.import_module(_LAZY[name]), name)
@@ -61,5 +87,5 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    """The names defined so far and every public name, imported or not."""
-    return sorted({*globals(), *__all__})
+    """The names defined so far and every public name and submodule, imported or not."""
+    return sorted({*globals(), *__all__, *_MODULES})

@@ -114,6 +114,20 @@ def test_user_methods_register_and_builtin_names_are_reserved(monkeypatch):
         base.method_class("famoo")
 
 
+def test_subpackages_are_attributes_after_a_plain_import():
+    """``lossrag.weighting.UW(...)`` and ``lossrag.policy.LossRAG(...)``, as the README writes
+    them, work after ``import lossrag`` alone (an AttributeError before, found by a user
+    trial); the asserts run in a fresh interpreter."""
+    code = """
+import lossrag
+assert lossrag.weighting.UW(lr=1e-2).lr == 1e-2
+assert lossrag.policy.LossRAG(refresh_every=20).refresh_every == 20
+assert lossrag.models.MultiTaskMLP and lossrag.index.LossIndex and lossrag.meta.objectives
+assert {"weighting", "policy", "train"} <= set(dir(lossrag))
+"""
+    assert "torch" in _imported_after(code)  # the interpreter's asserts passed
+
+
 def test_public_names_resolve_lazily():
     from lossrag.weighting import EW, UW, gradnorm_weight_grad
 
