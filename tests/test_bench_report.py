@@ -105,3 +105,15 @@ def test_reports_show_the_columns_and_flag_mixed_code(tmp_path: Path) -> None:
     first = (mixed / "table.md").read_text().splitlines()[0]
     assert "Warning" in first and "2 different code versions" in first and "deadbeef" in first
     assert {r["code"] for r in payload["runs"]} == {"c0ffee", "deadbeef"}
+
+
+def test_single_task_metrics_follow_the_problems_task_order() -> None:
+    """Results read from disk come in file-name order (alphabetical tasks); the report keeps
+    the problem's task order, as the run that wrote them did (found by a user trial)."""
+    shuffled = sorted(_results(), key=lambda r: str(r["job"]["task"]))
+    assert list(summarise(shuffled)["stl"]["digits-mtl"]) == [
+        "digit",
+        "parity",
+        "has_loop",
+        "denoise",
+    ]

@@ -57,7 +57,11 @@ def summarise(results: Sequence[Result]) -> dict[str, Any]:
         if "error" not in r:
             for task, value in r["metrics"].items():
                 stl[r["job"]["problem"]][task].append(value)
-    stl_mean = {p: {t: statistics.fmean(v) for t, v in tasks.items()} for p, tasks in stl.items()}
+    stl_mean = {}
+    for p, tasks in stl.items():  # in the problem's task order, however the results were read
+        names = [t.name for t in get_problem(p).tasks]
+        ordered = sorted(tasks, key=lambda t: names.index(t) if t in names else len(names))
+        stl_mean[p] = {t: statistics.fmean(tasks[t]) for t in ordered}
     cost = {(r["job"]["problem"], r["job"]["method"]): r.get("cost_ratio") for r in by_kind["cost"]}
     cost_mean = {
         f"{r['job']['problem']}|{r['job']['method']}": r.get("cost_ratio_mean")
