@@ -278,12 +278,21 @@ def test_famo_reruns_previous_batch_with_buffers_restored(digits):
     assert not torch.equal(logits.detach(), torch.zeros(3))
 
 
-def test_gradnorm_grad_needs_shared(digits):
+def test_what_needs_shared_is_named(digits):
+    """The error says what needs ``shared=``: the method, or a representation task beside a
+    method that does not (it blamed EW, found by a user trial)."""
     model = digits.model(0)
-    with pytest.raises(ValueError, match="shared="):
+    with pytest.raises(ValueError, match=r"shared=.*'gradnorm' takes per-task gradients there"):
         lossrag.wrap(model, digits.tasks, "gradnorm")
-    with pytest.raises(ValueError, match="shared="):
+    with pytest.raises(ValueError, match=r"shared=.*'mgda' takes per-task gradients there"):
         lossrag.wrap(model, digits.tasks, "mgda")
+    view = lossrag.Task("view", kind="representation", loss="supcon", positives="digit")
+    tasks = [*digits.tasks, view]
+    with pytest.raises(
+        ValueError, match=r"shared=.*is needed: the representation task 'view'"
+    ) as e:
+        lossrag.wrap(model, tasks, "ew")
+    assert "'ew'" not in str(e.value)
 
 
 def test_representation_task_trains_shared_features(digits):

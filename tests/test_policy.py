@@ -186,7 +186,7 @@ def test_bad_input_is_refused(digits, only_regression):
     model = digits.model(0)
     with pytest.raises(ValueError, match="Task 'digit': the loss library has no loss"):
         lossrag.wrap(model, digits.tasks, LossRAG(index=only_regression), shared=model.trunk)
-    with pytest.raises(ValueError, match="needs `shared=`"):
+    with pytest.raises(ValueError, match="'lossrag' reads its retrieval context from its output"):
         lossrag.wrap(model, digits.tasks, "lossrag")
     with pytest.raises(ValueError, match="refresh_every must be >= 1"):
         LossRAG(refresh_every=0)

@@ -57,15 +57,15 @@ def query_index(tasks: Sequence[Task], query_tasks: Sequence[str] | None) -> lis
 
 
 def check_shared(
-    model: nn.Module, shared: nn.Module | None, policy: str, needed: bool
+    model: nn.Module, shared: nn.Module | None, needed_by: str | None
 ) -> nn.Module | None:
-    """``shared`` if it is a submodule holding trainable parameters of ``model``."""
+    """``shared`` if it is a submodule holding trainable parameters of ``model``; ``needed_by``
+    says what needs it (``None``: nothing does, and it may be left out)."""
     if shared is None:
-        if needed:
+        if needed_by is not None:
             raise ValueError(
-                f"wrap: policy {policy!r} or a representation task needs `shared=` (the shared "
-                "trunk, e.g. shared=model.trunk): per-task gradients, GradNorm's last layer and "
-                "representation losses are taken there."
+                "wrap: `shared=` (the shared trunk, e.g. shared=model.trunk) is needed: "
+                f"{needed_by}."
             )
         return None
     if not isinstance(shared, nn.Module):

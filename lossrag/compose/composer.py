@@ -93,8 +93,7 @@ class Composer:
             representation or composes or self.method.per_task_gradients or self.method.live_losses
         )
         self._check_stack(representation)
-        needs_shared = self.method.per_task_gradients or composes or representation
-        self.shared = check_shared(model, shared, self.policy_name, needs_shared)
+        self.shared = check_shared(model, shared, self._needs_shared())
         self.shared_ids = (
             {id(p) for p in self.shared.parameters()} if self.shared is not None else set()
         )
@@ -239,6 +238,22 @@ class Composer:
             self._hooks.append(
                 self.model.register_forward_pre_hook(self._keep_inputs, with_kwargs=True)
             )
+
+    def _needs_shared(self) -> str | None:
+        """What needs ``shared=`` (``None``: nothing)."""
+        name, method = self.policy_name, self.method
+        reasons = [
+            f"policy {name!r} takes per-task gradients there" if method.per_task_gradients else "",
+            f"policy {name!r} reads its retrieval context from its output"
+            if method.composes_terms
+            else "",
+            *(
+                f"the representation task {t.name!r} takes its loss on its output"
+                for t in self.tasks
+                if t.kind == "representation"
+            ),
+        ]
+        return "; ".join(r for r in reasons if r) or None
 
     # ------------------------------------------------------------------ the training step
     def loss(self, outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor]) -> Tensor:
