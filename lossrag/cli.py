@@ -68,6 +68,14 @@ def library_list(
         names = registry.list(pattern, kind=kind)
     except ValueError as err:
         _fail(str(err))
+    if not names:
+        from lossrag.tasks import KINDS
+
+        hint = f"; for a task kind: --kind {pattern}" if pattern in KINDS else ""
+        console.print(
+            f"No loss name matches {pattern!r} (a pattern of names, e.g. 'focal*'{hint})."
+        )
+        return
     table = Table(title=f"loss library ({len(names)} losses)", box=box.SIMPLE_HEAD)
     table.add_column("name", no_wrap=True, style="bold")
     table.add_column("family · kinds · per · hyper-parameters; description")

@@ -174,6 +174,8 @@ def test_library_cli():
     assert result.exit_code == 2 and "huber" in result.output
     result = runner.invoke(app, ["library", "list", "--kind", "multilabel"])
     assert "bce" in result.output and "huber" not in result.output
+    result = runner.invoke(app, ["library", "list", "regression"])  # a kind, not a name
+    assert result.exit_code == 0 and "--kind regression" in result.output
 
 
 def test_policies_cli():
