@@ -36,12 +36,13 @@ _TEXT_WIDTH = 18
 
 
 def _fmt(value: float | None, digits: int = 4) -> str:
-    return "-" if value is None else f"{value:.{digits}g}"
+    """``value`` to ``digits`` significant digits (``-`` for none; ``0``, not ``-0``)."""
+    return "-" if value is None else f"{value + 0.0:.{digits}g}"
 
 
 def _evidence(term: Term) -> list[str]:
     """A candidate's utility at this retrieval and its gate's evidence, ``mean/n`` (3 digits)."""
-    mean = "-" if term.mean_utility is None else f"{term.mean_utility:.3g}/{term.seen}"
+    mean = "-" if term.mean_utility is None else f"{_fmt(term.mean_utility, 3)}/{term.seen}"
     return [_fmt(term.utility, 3), mean]
 
 

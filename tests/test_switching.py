@@ -4,6 +4,8 @@ without a hand-forced prior; clean targets keep the natural loss."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -247,6 +249,7 @@ def test_inspect_shows_every_candidate_its_evidence_and_why_its_gate_moved(tmp_p
     assert result.exit_code == 0, result.output
     assert "candidates at each retrieval" in result.output and switched[0].loss in result.output
     assert "mean/n" in result.output and "mean utility" in result.output  # numbered notes
+    assert not re.search(r"(?<![\d.e])-0(?![.\de])", result.output)  # a zero reads 0, not -0
 
 
 def test_a_task_whose_only_term_goes_non_finite_gets_its_natural_loss_back():
