@@ -6,9 +6,10 @@ import math
 from pathlib import Path
 
 import torch
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
-from rich.table import Table
+from rich.table import Column, Table
 
 from lossrag.plots import plot_metrics, plot_weights
 from lossrag.policy import LossRAG
@@ -41,12 +42,13 @@ def run_demo(methods: list[str], epochs: int, seed: int, out: Path, console: Con
     n_train = problem.load(seed).train.x.shape[0]
     steps = epochs * math.ceil(n_train / problem.budget.batch_size)
     results = {}
-    with Progress(
-        TextColumn("{task.fields[method]:>8}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[weights]}"),
+    width = max(map(len, methods))
+    with Progress(  # at 80 columns the live weights fold; the names and times are never cut
+        TextColumn(f"{{task.fields[method]:>{width}}}", table_column=Column(no_wrap=True)),
+        BarColumn(bar_width=10),
+        TextColumn("{task.completed}/{task.total}", table_column=Column(no_wrap=True)),
+        TimeRemainingColumn(table_column=Column(no_wrap=True, min_width=7)),
+        TextColumn("{task.fields[weights]}", markup=False, table_column=Column(overflow="fold")),
         console=console,
     ) as progress:
         for method in methods:
@@ -63,8 +65,8 @@ def run_demo(methods: list[str], epochs: int, seed: int, out: Path, console: Con
                 problem, policies[method], seed, epochs=epochs, trace=trace, on_step=show
             )
             plot_weights(read_trace(trace), out / f"{method}.png", f"digits-mtl: {method} weights")
-    table = Table(title=f"digits-mtl test metrics (seed {seed})")
-    table.add_column("method")
+    table = Table(title=f"digits-mtl test metrics (seed {seed})", box=box.SIMPLE_HEAD)
+    table.add_column("method", no_wrap=True)
     for t in problem.tasks:
         arrow = "↑" if t.higher_is_better else "↓"
         table.add_column(f"{t.name} {t.metric} {arrow}", justify="right")

@@ -117,3 +117,19 @@ def test_single_task_metrics_follow_the_problems_task_order() -> None:
         "has_loop",
         "denoise",
     ]
+
+
+def test_the_printed_table_keeps_whole_rows_at_80_columns(tmp_path: Path) -> None:
+    """The table printed after a run is the markdown table, one line per row however narrow
+    the terminal (it was hard-wrapped mid-row at 80 columns, found by a user trial)."""
+    import io
+
+    from rich.console import Console
+
+    config = BenchConfig(problems=["digits-mtl"], methods=list(RUNS), seeds=[0, 1])
+    stream = io.StringIO()
+    write_reports(config, _results(), tmp_path, Console(file=stream, width=80))
+    printed = stream.getvalue().splitlines()
+    table = (tmp_path / "table.md").read_text().splitlines()
+    header = next(line for line in table if line.startswith("| method | digits-mtl |"))
+    assert header in printed and len(header) > 80

@@ -561,7 +561,8 @@ def write_reports(
     if console is not None:
         if warning:
             console.print(f"[yellow]{warning}[/yellow]")
-        console.print(markdown_table(cfg, summary))
+        # whole rows, however narrow the terminal: a copied table stays a table
+        console.print(markdown_table(cfg, summary), soft_wrap=True, markup=False, highlight=False)
         for r in errors:
             console.print(f"[red]crashed[/red] {r['key']}: {r['error']}")
         console.print(f"results: {out / 'results.json'}, table: {out / 'table.md'}, plots: {out}")
