@@ -385,7 +385,8 @@ def test_a_step_the_composer_skips_leaves_the_scaler_usable(digits):
 
 def test_policy_records_read_later_show_their_own_step(digits, tmp_path):
     """Records kept pending (the trace is written every ``trace_every`` steps) carry the
-    weights and multipliers of their own step, not of the step when they are read."""
+    weights and multipliers of their own step, not of the step when they are read; every
+    active term has one, at a retrieval step too (it was missing there)."""
     model = digits.model(0)
     trace = tmp_path / "run.jsonl"
     composer = lossrag.wrap(
@@ -400,8 +401,10 @@ def test_policy_records_read_later_show_their_own_step(digits, tmp_path):
         opt.step()
         seen.append([t.multiplier for t in composer.last_record.terms])
     composer.close()
-    written = [[t.multiplier for t in r.terms] for r in lossrag.read_trace(trace)]
+    records = lossrag.read_trace(trace)
+    written = [[t.multiplier for t in r.terms] for r in records]
     assert written == seen and len({tuple(m) for m in seen}) > 1
+    assert all(t.multiplier is not None for r in records for t in r.terms if t.active)
 
 
 def test_records_read_later_show_their_own_steps_target_statistics(digits, tmp_path):

@@ -361,12 +361,18 @@ class PolicyStep(Step):
             for key in terms
             if key not in listed
         ]
+        listed_terms = [  # an active candidate carries its multiplier as the others do
+            t.model_copy(update={"multiplier": multipliers.get(TermKey(t.task, t.loss))})
+            if t.active and t.multiplier is None
+            else t
+            for t in candidates
+        ]
         record = make_record(
             step,
             self.c.policy_name,
             terms,
             values,
-            [*active, *candidates],
+            [*active, *listed_terms],
             timings=timings,
             context=context,
         )
