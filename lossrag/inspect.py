@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from rich import box
 from rich.console import Group
@@ -200,21 +200,50 @@ def render_summary(records: Sequence[StepRecord], task: str | None = None) -> Gr
 
 
 def render_targets(records: Sequence[StepRecord], task: str | None = None) -> Table:
-    """The target normaliser's statistics per regression task (``mu``, ``sigma``, ...) at the
-    first and the last step that recorded them, one row each."""
+    """The target normaliser's statistics per regression task at the first and the last step
+    that recorded them, one row each: ``μ`` and ``σ`` (per dimension up to three, else their
+    range and count) and how the task is normalised."""
     names = _tasks(records, task)
     with_targets = [r for r in records if r.targets]
     if not with_targets:
         return Table(title="target normaliser")
     ends = with_targets[:1] if len(with_targets) == 1 else [with_targets[0], with_targets[-1]]
-    stats = list(dict.fromkeys(k for r in ends for v in r.targets.values() for k in v))
     rows = [
-        [name, str(r.step), *(_fmt(r.targets[name].get(stat)) for stat in stats)]
+        [name, str(r.step), *_moments(r.targets[name]), _how(r.targets[name])]
         for name in names
         for r in ends
         if name in r.targets
     ]
-    return _table("target normaliser", ["task", "step", *stats], rows, left=["task"])
+    columns = ["task", "step", "mu", "sigma", "normalised"]
+    return _table("target normaliser", columns, rows, left=["task", "mu", "sigma", "normalised"])
+
+
+def _moments(stats: Mapping[str, float]) -> list[str]:
+    """``μ`` and ``σ`` of one task's statistics: the value, up to three per-dimension values,
+    or for more ``low…high (n)`` (``value (all n)`` when they are equal)."""
+    out = []
+    for name in ("mu", "sigma"):
+        values = [v for k, v in stats.items() if k == name or k.startswith(f"{name}[")]
+        if not values:
+            out.append("-")
+        elif len(values) <= 3:
+            out.append(", ".join(_fmt(v) for v in values))
+        elif min(values) == max(values):
+            out.append(f"{_fmt(values[0])} (all {len(values)})")
+        else:
+            out.append(f"{_fmt(min(values), 3)}…{_fmt(max(values), 3)} ({len(values)})")
+    return out
+
+
+def _how(stats: Mapping[str, float]) -> str:
+    """How a task is normalised: at its head or in its loss only, and the fallbacks."""
+    parts = ["head" if stats.get("located") else "loss only"]
+    sigmas = [v for k, v in stats.items() if k == "sigma" or k.startswith("sigma[")]
+    if stats.get("fallback") and all(v == 1.0 for v in sigmas):
+        parts.append("σ = 1: no variance yet")
+    if stats.get("skipped"):
+        parts.append(f"{int(stats['skipped'])} non-finite batches skipped")
+    return "; ".join(parts)
 
 
 def render_context(records: Sequence[StepRecord], task: str | None = None, rows: int = 8) -> Group:

@@ -314,6 +314,27 @@ def test_inspect_reads_at_80_columns(tmp_path):
     )
 
 
+def test_inspect_target_statistics_read_at_80_columns(tmp_path):
+    """The target normaliser's table at 80 columns: a scalar target, a 2-D one and a 40-D one
+    in a few columns, nothing cut (eleven columns of flags and per-dimension values were cut
+    to ``36…``, found by a user trial)."""
+    wide = {f"mu[{i}]": 0.5 + i for i in range(40)} | {f"sigma[{i}]": 0.12 for i in range(40)}
+    targets = {
+        "mass": {"located": 1.0, "fallback": 0.0, "skipped": 0.0, "mu": 365.589, "sigma": 100.56},
+        "pos": {"located": 1.0, "fallback": 0.0, "skipped": 2.0}
+        | {"mu[0]": 7.49, "mu[1]": 8.113, "sigma[0]": 2.353, "sigma[1]": 2.353},
+        "denoise": {"located": 0.0, "fallback": 1.0, "skipped": 0.0} | wide,
+    }
+    records = [_rec(i, {"mass": 1.0, "pos": 1.0, "denoise": 1.0}, targets=targets) for i in (0, 9)]
+    path = tmp_path / "t.jsonl"
+    path.write_text("".join(r.model_dump_json() + "\n" for r in records))
+    out = runner.invoke(app, ["inspect", str(path)], env={"COLUMNS": "80"}).output
+    assert "…" not in out.split("target normaliser")[-1].replace("0.5…39.5", "")
+    assert "365.6" in out and "7.49, 8.113" in out and "0.5…39.5 (40)" in out
+    assert "0.12 (all 40)" in out
+    assert "2 non-finite batches skipped" in " ".join(out.split()) and "loss only" in out
+
+
 def test_run_title_reads_the_version_field():
     from lossrag.inspect import run_title
 
