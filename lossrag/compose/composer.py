@@ -366,7 +366,7 @@ class Composer:
                 {
                     "policy": self.policy_name,
                     "tasks": [(t.name, t.kind) for t in self.tasks],
-                    "window": None if self._window is None else self._window.length,
+                    "accumulate(n)": None if self._window is None else self._window.length,
                     "seed": self.options.seed,
                     "normalize_targets": self.target_mode,
                 }

@@ -60,7 +60,7 @@ class Sync:
                 raise ValueError(
                     f"Composer: rank {self.rank} and rank {rank} are configured differently "
                     f"({', '.join(f'{k}: {signature[k]!r} vs {theirs.get(k)!r}' for k in diff)}"
-                    "); every rank must wrap the same tasks with the same policy."
+                    "); every rank must wrap the same tasks with the same policy and options."
                 )
 
     def gather(self, value: Any) -> list[Any]:
