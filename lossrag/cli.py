@@ -39,9 +39,12 @@ __all__ = ["app", "main"]
 def main() -> None:
     """Entry point of the ``lossrag`` console script. SIGINT and SIGTERM stop a command, its
     worker processes included: sent to this process alone (``kill``, ``kill -INT``, a
-    supervisor's stop) they do not reach the workers, which would wait for work forever."""
+    supervisor's stop) they do not reach the workers, which would work through every queued job
+    or wait for work forever. A SIGINT the shell set to be ignored (a command started with ``&``
+    from a script) stays ignored."""
     signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, _stop)
     app()
 
 

@@ -337,6 +337,33 @@ def _in_user_units(head: _Head, weight: Tensor, bias: Tensor) -> tuple[Tensor, T
     )
 
 
+def _report(
+    values: list[float], names: list[str], dims: list[int], located: Mapping[str, float]
+) -> dict[str, dict[str, float]]:
+    """:meth:`TargetNormalizer.stats` from one copy of the flat statistics (``μ`` and ``σ``
+    per dimension, then ``valid`` and ``skipped`` per task, of the tasks ``names`` with ``dims``
+    dimensions each) for the tasks ``located`` (whether each task's head is located)."""
+    total, count = sum(dims), len(dims)
+    mu, sigma = values[:total], values[total : 2 * total]
+    valid, skipped = values[2 * total : 2 * total + count], values[2 * total + count :]
+    firsts = [0, *itertools.accumulate(dims)][:count]
+    where = {name: (k, first) for k, (name, first) in enumerate(zip(names, firsts, strict=True))}
+    out: dict[str, dict[str, float]] = {}
+    for name, on in located.items():
+        row = {"located": on, "fallback": 1.0, "skipped": 0.0}
+        if name in where:
+            k, first = where[name]
+            span = slice(first, first + dims[k])
+            row.update(fallback=float(not valid[k]), skipped=skipped[k])
+            if dims[k] == 1:
+                row.update(mu=mu[first], sigma=sigma[first])
+            else:
+                row.update({f"mu[{i}]": v for i, v in enumerate(mu[span])})
+                row.update({f"sigma[{i}]": v for i, v in enumerate(sigma[span])})
+        out[name] = row
+    return out
+
+
 def far_from_unit(mu: float, sigma: float) -> bool:
     """Whether a target with mean ``mu`` (the root mean square of its dimensions' means) and
     standard deviation ``sigma`` is far from standard units (:data:`FAR_SCALE`,
@@ -900,52 +927,28 @@ class TargetNormalizer:
 
     def frozen(self) -> Callable[[], dict[str, dict[str, float]]]:
         """:meth:`stats` as they are now, to be read later: a record read steps after its own
-        shows its own step's statistics. The statistics are copied on the device (no
-        synchronisation) once after each change and read from the copy at most once."""
+        shows its own step's statistics. After each change the statistics are copied on the
+        device once (no synchronisation), with their layout, and read from the copy at most
+        once (one device read)."""
         if self._frozen is None:
             flat = self._flat
-            copies = None if flat is None else [x.clone() for x in (flat.mu, flat.sigma)]
-            counts = (
-                None if flat is None else torch.stack([flat.valid.to(flat.skipped), flat.skipped])
-            )
             located = {n: float(n in self.heads and not self.heads[n].detached) for n in self.names}
-            read: list[dict[str, dict[str, float]]] = []
-
-            def reader() -> dict[str, dict[str, float]]:
-                if not read:
-                    read.append(self._read(copies, counts, located))
-                return {name: dict(row) for name, row in read[0].items()}
-
-            self._frozen = reader
-        return self._frozen
-
-    def _read(
-        self, copies: list[Tensor] | None, counts: Tensor | None, located: dict[str, float]
-    ) -> dict[str, dict[str, float]]:
-        """:meth:`stats` from copies of the flat ``μ, σ`` and of ``valid, skipped``."""
-        flat = self._flat
-        if flat is None or copies is None or counts is None:
-            return {n: {"located": located[n], "fallback": 1.0, "skipped": 0.0} for n in located}
-        mu_all, sigma_all = (x.tolist() for x in copies)
-        valid, skipped = counts.tolist()
-        index = {name: k for k, name in enumerate(flat.names)}
-        starts = flat.first.tolist()
-        out: dict[str, dict[str, float]] = {}
-        for name in located:
-            k = index.get(name)
-            if k is None:
-                out[name] = {"located": located[name], "fallback": 1.0, "skipped": 0.0}
-                continue
-            span = slice(starts[k], starts[k] + flat.dims[k])
-            row = {"located": located[name], "fallback": float(not valid[k]), "skipped": skipped[k]}
-            mu, sigma = mu_all[span], sigma_all[span]
-            if flat.dims[k] == 1:
-                row.update(mu=mu[0], sigma=sigma[0])
+            if flat is None:
+                report = _report([], [], [], located)
+                self._frozen = lambda: {name: dict(row) for name, row in report.items()}
             else:
-                row.update({f"mu[{i}]": v for i, v in enumerate(mu)})
-                row.update({f"sigma[{i}]": v for i, v in enumerate(sigma)})
-            out[name] = row
-        return out
+                like = flat.mu
+                copy = torch.cat([flat.mu, flat.sigma, flat.valid.to(like), flat.skipped.to(like)])
+                layout = (list(flat.names), list(flat.dims))
+                read: list[dict[str, dict[str, float]]] = []
+
+                def reader() -> dict[str, dict[str, float]]:
+                    if not read:
+                        read.append(_report(copy.tolist(), *layout, located))
+                    return {name: dict(row) for name, row in read[0].items()}
+
+                self._frozen = reader
+        return self._frozen
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume exactly: ``beta`` and each task's statistics (tensors).

@@ -121,3 +121,26 @@ def test_library_list_reads_at_80_columns():
     # one loss, all of its card: family, kinds, per, hyper-parameters, description
     text = _text(done.stdout)
     assert "huber robust · regression · per sample · delta=1 Quadratic for |r|" in text
+
+
+def test_an_ignored_sigint_stays_ignored():
+    """A command started with ``&`` from a script inherits an ignored SIGINT; ``main`` leaves it
+    ignored (a Ctrl-C meant for the script's foreground job must not stop it), and otherwise
+    installs the handler that stops the workers too."""
+    code = """
+import signal, sys
+from lossrag.cli import main
+if sys.argv[1] == "ignored":
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+sys.argv = ["lossrag", "--help"]
+try:
+    main()
+except SystemExit:
+    pass
+print(signal.getsignal(signal.SIGINT) is signal.SIG_IGN)
+"""
+    for start, ignored in (("ignored", "True"), ("default", "False")):
+        done = subprocess.run(
+            [sys.executable, "-c", code, start], capture_output=True, text=True, timeout=60
+        )
+        assert done.stdout.strip().splitlines()[-1] == ignored, done.stderr

@@ -159,17 +159,15 @@ def test_bf16_autocast_trains_every_method(digits, policy):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_low_precision_outputs_take_their_losses_in_float32(dtype):
-    """Under fp16/bf16 autocast a regression head's output is low precision: its loss against
-    targets in the hundreds is computed in float32, as ``F.mse_loss`` under autocast is (in
-    fp16 the squared residual overflowed and every step was skipped; in bf16 the targets were
-    rounded)."""
+    """Outputs in fp16/bf16 (as a head's output under autocast is) take their losses in
+    float32, as ``F.mse_loss`` under autocast does: against targets in the hundreds the fp16
+    squared residual overflowed and every step was skipped; bf16 rounded the targets."""
     torch.manual_seed(0)
     tasks = [
         lossrag.Task("mass", kind="regression"),
         lossrag.Task("shape", kind="classification", num_classes=4),
     ]
-    model = torch.nn.Linear(3, 1)
-    composer = lossrag.wrap(model, tasks, "ew")
+    composer = lossrag.wrap(torch.nn.Linear(3, 1), tasks, "ew")
     raw = {"mass": 300 * torch.randn(64), "shape": torch.randn(64, 4)}
     out = {k: v.to(dtype).requires_grad_() for k, v in raw.items()}
     y = {"mass": 500 + 0.5 + torch.arange(64.0), "shape": torch.randint(0, 4, (64,))}
@@ -411,22 +409,27 @@ def test_records_read_later_show_their_own_steps_target_statistics(digits, tmp_p
     """The target statistics of a record written to the trace steps after its own are those
     its step trained with, whether or not ``last_record`` was read in between (they were those
     of the step the trace was written at, found by a user trial)."""
-    model = digits.model(0)
-    trace = tmp_path / "run.jsonl"
-    composer = lossrag.wrap(
-        model, digits.tasks, "ew", seed=0, normalize_targets=True, trace=trace, trace_every=16
-    )
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    live = []
-    for i in range(12):
-        x, y = digits.batch(i)
-        opt.zero_grad()
-        composer.loss(model(x), y).backward()
-        opt.step()
-        state = composer.normalizer.state_dict()["tasks"]["ink"]
-        live.append((float(state["mu"]), float(state["sigma"])))
-    composer.close()
-    written = [
-        (r.targets["ink"]["mu"], r.targets["ink"]["sigma"]) for r in lossrag.read_trace(trace)
-    ]
-    assert written == live and len(set(live)) > 1
+    traces = []
+    for read in (False, True):
+        model = digits.model(0)
+        trace = tmp_path / f"run{read}.jsonl"
+        composer = lossrag.wrap(
+            model, digits.tasks, "ew", seed=0, normalize_targets=True, trace=trace, trace_every=16
+        )
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        live = []
+        for i in range(12):
+            x, y = digits.batch(i)
+            opt.zero_grad()
+            composer.loss(model(x), y).backward()
+            opt.step()
+            if read:  # materialises the record now
+                assert composer.last_record.targets
+            state = composer.normalizer.state_dict()["tasks"]["ink"]
+            live.append((float(state["mu"]), float(state["sigma"])))
+        composer.close()
+        traces.append(
+            [(r.targets["ink"]["mu"], r.targets["ink"]["sigma"]) for r in lossrag.read_trace(trace)]
+        )
+        assert traces[-1] == live and len(set(live)) > 1
+    assert traces[0] == traces[1]

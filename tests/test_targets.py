@@ -383,3 +383,25 @@ def test_a_head_in_user_units_is_told_from_a_fresh_one():
         normalizer = TargetNormalizer(task)
         normalizer.begin(normalizer.first_moments({"price": target}, {"price": output}))
         assert normalizer.user_units == expected
+
+
+def test_frozen_statistics_keep_their_own_layout():
+    """A record's statistics taken before the normaliser's layout changes (a state with
+    another choice of tasks loaded) read as they were, not through the new layout (a review
+    found task a's μ read as task b's)."""
+    tasks = [Task("a", kind="regression"), Task("b", kind="regression")]
+    torch.manual_seed(0)
+    batch = {"a": torch.randn(64), "b": 1000 + 50 * torch.randn(64, 2)}
+    norm = TargetNormalizer(tasks)  # normalises a (one dimension) and b (two)
+    norm.begin(norm.first_moments(batch))
+    norm.apply(norm.observe(batch))
+    kept = norm.frozen()  # a record kept, not yet read
+    twin = TargetNormalizer(tasks)
+    twin.load_state_dict(norm.state_dict())
+    expected = twin.stats()
+    other = TargetNormalizer(tasks, auto=True)  # its first batch keeps b only
+    other.begin(other.first_moments(batch))
+    other.apply(other.observe(batch))
+    assert other.names == ["b"]
+    norm.load_state_dict(other.state_dict())
+    assert kept() == expected and set(expected) == {"a", "b"} and "mu[1]" in expected["b"]

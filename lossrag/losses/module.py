@@ -41,10 +41,11 @@ class Loss(nn.Module):
         return self.spec.name
 
     def forward(self, output: Tensor, target: Tensor) -> Tensor:
-        """Per-sample losses ``(B,)`` (or a 0-dim tensor for a per-batch loss), computed in at
-        least float32: an fp16 or bf16 output (under autocast) is upcast first, as autocast
-        runs torch's own losses in float32; a residual of targets in the hundreds would
-        overflow fp16, and bf16 would round the targets themselves."""
+        """Per-sample losses ``(B,)`` (or a 0-dim tensor for a per-batch loss). An fp16 or bf16
+        output (under autocast) is upcast to float32 first, as autocast does for torch's own
+        losses, so the losses come out in float32: a residual of targets in the hundreds would
+        overflow fp16, and bf16 would round the targets themselves. (Under autocast a matrix
+        product inside a loss, as in the representation losses, still runs in its precision.)"""
         if output.dtype in _LOW_PRECISION:
             output = output.float()
         return self.fn(output, target, **self.params)

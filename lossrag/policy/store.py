@@ -56,8 +56,9 @@ __all__ = [
 ]
 
 #: Version of the folder layout and of the meaning of the correction's input features. Format 2
-#: added ``normalize_targets``, ``patience_on`` and ``spread`` to ``policy.json``; a format-1
-#: folder, without them, still loads (:func:`_arguments`).
+#: writes every setting, ``normalize_targets``, ``patience_on`` and ``spread`` included, checked
+#: by type; a format-1 folder may lack those three (a missing ``normalize_targets`` then means
+#: ``"auto"`` for a policy ``lossrag train`` wrote) and still loads (:func:`_arguments`).
 POLICY_FORMAT = 2
 _READABLE = (1, 2)
 _FILES = ("policy.json", "correction.npz")
@@ -161,6 +162,25 @@ def _settings(policy: LossRAG) -> dict[str, Any]:
     }
 
 
+def _settings_bytes(policy: LossRAG) -> bytes:
+    """``policy.json`` of ``policy``, checked as :func:`load_policy` will read it, so that a
+    policy that would not load again is refused when saved (``LossRAG(k=4.0)`` runs, but
+    ``k`` is an int), naming the argument."""
+    try:
+        data = json.dumps(_settings(policy), indent=2, sort_keys=True).encode()
+        _SETTINGS.validate_json(data, strict=True)
+    except ValidationError as err:
+        problems = _problems(err)
+        raise ValueError(
+            f"save_policy: the policy's arguments would not load again: {problems}"
+        ) from None
+    except TypeError as err:  # e.g. a numpy integer
+        raise ValueError(
+            f"save_policy: the policy's arguments are not plain numbers: {err}"
+        ) from None
+    return data
+
+
 def writable_folder(folder: str | os.PathLike[str]) -> Path:
     """``folder`` as an absolute path that :func:`save_policy` may write: absent, empty, or a
     policy folder (holding a ``card.json``), which it replaces. Raises ``FileExistsError`` for
@@ -194,7 +214,7 @@ def save_policy(
     (:func:`writable_folder`)."""
     target = writable_folder(folder)
     recipe = recipe or {}
-    files = {"policy.json": json.dumps(_settings(policy), indent=2, sort_keys=True).encode()}
+    files = {"policy.json": _settings_bytes(policy)}
     files["correction.npz"] = correction_bytes(policy.correction)
     files.update(extra or {})
     card = PolicyCard(
@@ -307,7 +327,7 @@ def _arguments(source: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         settings: dict[str, Any] = dict(_SETTINGS.validate_json(path.read_bytes(), strict=True))
     except ValidationError as err:
-        problems = "; ".join(_problem(e) for e in err.errors())
+        problems = _problems(err)
         raise ValueError(
             f"Policy folder {folder}: policy.json does not hold a policy's settings (a JSON "
             f"object of LossRAG arguments with 'prior' and 'correction'): {problems}"
@@ -320,6 +340,11 @@ def _arguments(source: str | os.PathLike[str]) -> dict[str, Any]:
     return {**settings, "correction": correction}
 
 
+def _problems(err: ValidationError) -> str:
+    """The validation errors of ``policy.json``, one clause each."""
+    return "; ".join(dict.fromkeys(_problem(e) for e in err.errors()))
+
+
 def _problem(error: Any) -> str:
     """One validation error of ``policy.json`` as ``key: what was expected (got value)``."""
     where = ".".join(str(part) for part in error["loc"])
@@ -327,6 +352,8 @@ def _problem(error: Any) -> str:
         return str(error["msg"])
     if error["type"] == "missing":
         return f"{where}: missing"
+    if error["loc"][0] == "normalize_targets":  # one line for the union's two branches
+        return f"normalize_targets: true, false or 'auto' (got {error['input']!r})"
     return f"{where}: {error['msg']} (got {error['input']!r})"
 
 
