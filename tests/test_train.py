@@ -483,57 +483,49 @@ def _children(pid: int) -> set[int]:
     return found
 
 
-@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads Linux /proc")
-def test_kill_int_stops_a_benchmark_before_its_queued_jobs(tmp_path):
-    """``kill -INT`` (SIGINT to the command only, not to its process group as Ctrl-C in a
-    terminal sends) stops ``lossrag bench run`` and its workers at once: without the handler
-    the pool ran every queued job first (about a minute here; found by a user trial, where a
-    bigger run seemed to hang)."""
-    script = Path(sys.executable).parent / "lossrag"
-    methods = "ew,uw,dwa,famo,rlw,mgda"
-    command = [str(script), "bench", "run", "--problems", "digits-mtl", "--methods", methods]
-    command += ["--seeds", "5", "--jobs", "2", "--out", str(tmp_path / "b")]
-    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL)
+def _stops_with_its_workers(command: list[str], cwd: Path, signum: int, wait: float) -> None:
+    """Start ``command``, wait for its pool workers, send ``signum`` to it alone (not to its
+    process group, as Ctrl-C in a terminal would): it and its workers must be gone within
+    ``wait`` seconds. Nothing is left behind either way."""
+    process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL)
+    workers: set[int] = set()
     try:
         deadline = time.monotonic() + 60
-        workers: set[int] = set()
         while not workers and time.monotonic() < deadline:
             time.sleep(0.2)
             workers = _children(process.pid)
         assert workers, "no worker started"
         time.sleep(2.0)
-        process.send_signal(signal.SIGINT)
-        process.wait(timeout=20)
+        process.send_signal(signum)
+        process.wait(timeout=wait)
         deadline = time.monotonic() + 10
         while any(Path(f"/proc/{w}").exists() for w in workers) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert not [w for w in workers if Path(f"/proc/{w}").exists()]
-    finally:  # a failed run leaves nothing behind
+        alive = [w for w in workers if Path(f"/proc/{w}").exists()]
+        assert not alive, f"workers {alive} outlived {command[1:3]}"
+    finally:
         for pid in [process.pid, *workers]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads Linux /proc")
+def test_kill_int_stops_a_benchmark_before_its_queued_jobs(tmp_path):
+    """``kill -INT`` stops ``lossrag bench run`` and its workers at once: without the handler
+    the pool ran every queued job first (about a minute here; found by a user trial, where a
+    bigger run seemed to hang)."""
+    script = Path(sys.executable).parent / "lossrag"
+    command = [str(script), "bench", "run", "--problems", "digits-mtl"]
+    command += ["--methods", "ew,uw,dwa,famo,rlw,mgda", "--seeds", "5", "--jobs", "2"]
+    _stops_with_its_workers([*command, "--out", str(tmp_path / "b")], tmp_path, signal.SIGINT, 20)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads Linux /proc")
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_kill_stops_lossrag_train_and_its_workers(tmp_path, signum):
-    """``kill`` or ``kill -INT`` (a signal to the command only) stops ``lossrag train``: its
-    pool workers go too, instead of waiting for work forever."""
+    """``kill`` or ``kill -INT`` stops ``lossrag train``: its pool workers go too, instead of
+    waiting for work forever."""
     recipe = _recipe(tmp_path, TINY.replace("generations = 2", "generations = 500"))
     script = Path(sys.executable).parent / "lossrag"
     command = [str(script), "train", str(recipe), "--out", str(tmp_path / "p")]
-    process = subprocess.Popen([*command, "--work", str(tmp_path / "w")], cwd=tmp_path)
-    deadline = time.monotonic() + 60
-    workers: set[int] = set()
-    while not workers and time.monotonic() < deadline:
-        time.sleep(0.2)
-        workers = _children(process.pid)
-    assert workers, "no worker started"
-    time.sleep(1.0)
-    process.send_signal(signum)
-    process.wait(timeout=30)
-    deadline = time.monotonic() + 15
-    while any(Path(f"/proc/{w}").exists() for w in workers) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    alive = [w for w in workers if Path(f"/proc/{w}").exists()]
-    assert not alive, f"workers {alive} outlived lossrag train"
+    _stops_with_its_workers([*command, "--work", str(tmp_path / "w")], tmp_path, signum, 30)
