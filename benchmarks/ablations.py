@@ -1,6 +1,7 @@
 """Ablations of the shipped policy on the protocol suite (issue: zero-shot default policy).
 
     python benchmarks/ablations.py --out benchmarks/ablations [--jobs 2]
+    python benchmarks/ablations.py --out benchmarks/ablations --report   # the table only
 
 Variants of ``policies/default``, each trained with ``lossrag.bench.fit`` exactly as ``lossrag
 bench`` trains a method (same budget, seeds 0-2), scored as Δm % against the single-task runs in
@@ -81,6 +82,9 @@ def delta_ms(
     from lossrag.bench.problems import get_problem
 
     out: dict[str, dict[str, list[float]]] = {}
+    missing = sorted({r["problem"] for r in runs} - set(stl))
+    if missing:
+        raise SystemExit(f"ablations: no single-task runs of {', '.join(missing)} in --stl")
     for r in runs:
         higher = get_problem(r["problem"]).higher_is_better
         value = delta_m(r["metrics"], stl[r["problem"]], higher)
@@ -98,15 +102,19 @@ def main() -> None:
     parser.add_argument("--stl", type=Path, default=Path("benchmarks/protocol/runs"))
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--problems", default=",".join(PROBLEMS))
+    parser.add_argument("--report", action="store_true", help="only rebuild the table")
     args = parser.parse_args()
     variants, problems = args.variants.split(","), args.problems.split(",")
     one_thread_per_worker()
     previous = args.out / "runs.json"
     runs = json.loads(previous.read_text()) if previous.exists() else []
-    runs = [r for r in runs if r["variant"] not in variants]
-    jobs = [(v, p, s) for v in variants for p in problems for s in range(3)]
-    with ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn")) as pool:
-        runs += list(pool.map(_run, jobs))
+    if not args.report:
+        runs = [r for r in runs if r["variant"] not in variants]
+        jobs = [(v, p, s) for v in variants for p in problems for s in range(3)]
+        with ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn")) as pool:
+            runs += list(pool.map(_run, jobs))
+        args.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(args.out / "runs.json", json.dumps(runs, indent=1))  # before the table
     stl: dict[str, dict[str, list[float]]] = {}
     for path in args.stl.glob("stl__*.json"):
         run = json.loads(path.read_text())
@@ -130,8 +138,6 @@ def main() -> None:
     lines.append(
         f"\nCode fingerprint{'s' if len(codes) > 1 else ''} of the runs: {', '.join(codes)}."
     )
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out / "runs.json", json.dumps(runs, indent=1))
     atomic_write_text(args.out / "table.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
