@@ -35,7 +35,8 @@ def suite_record(folder: Path) -> dict[str, object]:
     results = json.loads((folder / "results.json").read_text())
     methods = results["config"]["methods"]
     record: dict[str, object] = {
-        "source": f"{folder} (3 seeds, Δm % vs single-task learning, lower is better)",
+        "source": f"{folder} ({len(results['config']['seeds'])} seeds, Δm % vs single-task "
+        "learning, lower is better)",
         "code": sorted(results.get("fingerprints", {})),
     }
     for method in (m for m in METHODS if m in methods):
