@@ -359,6 +359,8 @@ def test_a_non_finite_micro_batch_skips_its_whole_optimizer_step(digits, policy)
     assert all(bool(torch.isfinite(g).all()) for g in grads)
     assert composer.last_record is not None
     assert composer.last_record.skipped
+    reason = composer.last_record.reason or ""  # and why: the later micro-batch's own cause
+    assert "later micro-batch" in reason and "non-finite loss in" in reason and "ink" in reason
     if policy == "uw":  # the update taken at the first micro-batch is undone
         assert _same(before, composer.method.state_dict())
 

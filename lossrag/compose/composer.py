@@ -302,7 +302,7 @@ class Composer:
         with self._micro_batch(outputs, targets):
             record = self.strategy.backward(outputs, targets)
             if record.skipped:
-                self.mark_skipped()
+                self.mark_skipped(record.reason)
             self._keep(record)
         self.recorder.last()  # adds a pending notice to the record just kept
         return record
@@ -471,9 +471,9 @@ class Composer:
         self.method.load_state_dict(copy.deepcopy(state))
         self._rng = rng.clone()
 
-    def mark_skipped(self) -> None:
-        """This optimizer step is skipped: no re-evaluation after it, counted toward max_skips;
-        the step's record (kept from its first micro-batch) says so."""
+    def mark_skipped(self, why: str | None = None) -> None:
+        """This optimizer step is skipped (``why``): no re-evaluation after it, counted toward
+        max_skips; the step's record (kept from its first micro-batch) says so, and why."""
         window = self._window
         if window is None:
             return
@@ -481,7 +481,9 @@ class Composer:
             record = self.recorder.last()
             if record is not None:
                 record.skipped = True
-                record.reason = "a later micro-batch of this optimizer step was skipped"
+                record.reason = "a later micro-batch of this optimizer step was skipped" + (
+                    f" ({why})" if why else ""
+                )
         window.skipped = True
 
     def undo_skipped_step(self) -> None:

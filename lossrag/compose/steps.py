@@ -191,7 +191,7 @@ class LossStep(Step):
             reason=why,
             timings=timings,
         )
-        c.mark_skipped()
+        c.mark_skipped(why)
         return skip_loss(losses, c.options.scaler is not None), Pending(
             losses.detach(), None, lambda *_: record
         )
@@ -321,7 +321,7 @@ class PolicyStep(Step):
     ) -> tuple[Tensor, Pending]:
         record = self._record(self.c.step, terms, values, [], timings, {}, self._state())
         record.skipped, record.reason = True, why
-        self.c.mark_skipped()
+        self.c.mark_skipped(why)
         return skip_loss(losses, self.c.options.scaler is not None), Pending(
             losses.detach(), None, lambda *_: record
         )
@@ -409,7 +409,7 @@ class GradStep(Step):
 
         def record(weights: list[float] | None, reason: str | None = None) -> StepRecord:
             if reason is not None:
-                c.mark_skipped()
+                c.mark_skipped(reason)
             return make_record(
                 step,
                 c.policy_name,
