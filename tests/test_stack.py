@@ -383,25 +383,34 @@ def test_a_step_the_composer_skips_leaves_the_scaler_usable(digits):
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
 
 
-def test_policy_records_read_later_show_their_own_step(digits, tmp_path):
-    """Records kept pending (the trace is written every ``trace_every`` steps) carry the
-    weights and multipliers of their own step, not of the step when they are read; every
-    active term has one, at a retrieval step too (it was missing there)."""
+def _traced(digits, policy, steps, after, trace, **options):
+    """Train ``steps`` steps with ``composer.loss(...).backward()`` and a trace written every
+    ``trace_every`` steps, calling ``after(composer)`` after each; the trace's records."""
     model = digits.model(0)
-    trace = tmp_path / "run.jsonl"
     composer = lossrag.wrap(
-        model, digits.tasks, "default", shared=model.trunk, seed=0, trace=trace, trace_every=8
+        model, digits.tasks, policy, shared=model.trunk, seed=0, trace=trace, **options
     )
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    seen = []
-    for i in range(8):
+    for i in range(steps):
         x, y = digits.batch(i)
         opt.zero_grad()
         composer.loss(model(x), y).backward()
         opt.step()
-        seen.append([t.multiplier for t in composer.last_record.terms])
+        after(composer)
     composer.close()
-    records = lossrag.read_trace(trace)
+    return lossrag.read_trace(trace)
+
+
+def test_policy_records_read_later_show_their_own_step(digits, tmp_path):
+    """Records kept pending (the trace is written every ``trace_every`` steps) carry the
+    weights and multipliers of their own step, not of the step when they are read; every
+    active term has one, at a retrieval step too (it was missing there)."""
+    seen = []
+
+    def read(composer):
+        seen.append([t.multiplier for t in composer.last_record.terms])
+
+    records = _traced(digits, "default", 8, read, tmp_path / "run.jsonl", trace_every=8)
     written = [[t.multiplier for t in r.terms] for r in records]
     assert written == seen and len({tuple(m) for m in seen}) > 1
     assert all(t.multiplier is not None for r in records for t in r.terms if t.active)
@@ -413,25 +422,16 @@ def test_records_read_later_show_their_own_steps_target_statistics(digits, tmp_p
     of the step the trace was written at, found by a user trial)."""
     traces = []
     for read in (False, True):
-        model = digits.model(0)
-        trace = tmp_path / f"run{read}.jsonl"
-        composer = lossrag.wrap(
-            model, digits.tasks, "ew", seed=0, normalize_targets=True, trace=trace, trace_every=16
-        )
-        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
         live = []
-        for i in range(12):
-            x, y = digits.batch(i)
-            opt.zero_grad()
-            composer.loss(model(x), y).backward()
-            opt.step()
+
+        def after(composer, read=read, live=live):
             if read:  # materialises the record now
                 assert composer.last_record.targets
             state = composer.normalizer.state_dict()["tasks"]["ink"]
             live.append((float(state["mu"]), float(state["sigma"])))
-        composer.close()
-        traces.append(
-            [(r.targets["ink"]["mu"], r.targets["ink"]["sigma"]) for r in lossrag.read_trace(trace)]
-        )
+
+        trace = tmp_path / f"run{read}.jsonl"
+        records = _traced(digits, "ew", 12, after, trace, normalize_targets=True, trace_every=16)
+        traces.append([(r.targets["ink"]["mu"], r.targets["ink"]["sigma"]) for r in records])
         assert traces[-1] == live and len(set(live)) > 1
     assert traces[0] == traces[1]
