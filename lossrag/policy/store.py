@@ -170,9 +170,8 @@ def _settings_bytes(policy: LossRAG) -> bytes:
         data = json.dumps(_settings(policy), indent=2, sort_keys=True).encode()
         _SETTINGS.validate_json(data, strict=True)
     except ValidationError as err:
-        problems = _problems(err)
         raise ValueError(
-            f"save_policy: the policy's arguments would not load again: {problems}"
+            f"save_policy: the policy's arguments would not load again: {_problems(err)}"
         ) from None
     except TypeError as err:  # e.g. a numpy integer
         raise ValueError(
@@ -327,10 +326,9 @@ def _arguments(source: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         settings: dict[str, Any] = dict(_SETTINGS.validate_json(path.read_bytes(), strict=True))
     except ValidationError as err:
-        problems = _problems(err)
         raise ValueError(
             f"Policy folder {folder}: policy.json does not hold a policy's settings (a JSON "
-            f"object of LossRAG arguments with 'prior' and 'correction'): {problems}"
+            f"object of LossRAG arguments with 'prior' and 'correction'): {_problems(err)}"
         ) from None
     shape: _Shape = settings.pop("correction")
     if "normalize_targets" not in settings and card.format == 1:  # written before it was saved
