@@ -109,6 +109,41 @@ class LossTracker:
             if key not in self.reference and abs(v) > _TINY:
                 self.reference[key] = abs(v) / max(self.joining.pop(key, 1.0), _TINY)
 
+    def amend(
+        self,
+        step: int,
+        taken: dict[TermKey, float],
+        mean: dict[TermKey, float],
+        before: tuple[set[TermKey], set[TermKey]],
+    ) -> None:
+        """Turn this step's :meth:`update` with ``taken`` (an accumulation window's first
+        micro-batch) into one with ``mean`` (the window's mean losses), leaving what happened
+        in between (a trend mark, a join) in place. ``before``: :meth:`untracked` just before
+        that update."""
+        fresh, unreferenced = before
+        b = self.beta
+        for key, v in taken.items():
+            m = mean[key]
+            if key not in self.ema or not math.isfinite(m):
+                continue
+            log_m = math.log(abs(m) + _TINY)
+            if key in fresh:
+                self.first[key], self.ema[key], self.log_ema[key] = m, m, log_m
+            else:
+                self.ema[key] += (1 - b) * (m - v)
+                self.log_ema[key] += (1 - b) * (log_m - math.log(abs(v) + _TINY))
+            if self.log_mark[key][0] == step:
+                self.log_mark[key] = (step, self.log_ema[key])
+            if key in unreferenced:  # its reference was (to be) taken here
+                joined = abs(v) / self.reference[key] if key in self.reference else 1.0
+                self.reference.pop(key, None)
+                if abs(m) > _TINY:
+                    self.reference[key] = abs(m) / max(self.joining.pop(key, joined), _TINY)
+
+    def untracked(self, keys: Collection[TermKey]) -> tuple[set[TermKey], set[TermKey]]:
+        """Of ``keys``: those not tracked yet, and those without a reference yet."""
+        return {k for k in keys if k not in self.ema}, {k for k in keys if k not in self.reference}
+
     def scale(self, key: TermKey) -> float:
         """The term's loss level ``|EMA L|`` (at least 1e-8; 1 before it is tracked): what the
         context features are normalised by."""

@@ -238,9 +238,8 @@ def _moments(stats: Mapping[str, float]) -> list[str]:
 def _how(stats: Mapping[str, float]) -> str:
     """How a task is normalised: at its head or in its loss only, and the fallbacks."""
     parts = ["head" if stats.get("located") else "loss only"]
-    sigmas = [v for k, v in stats.items() if k == "sigma" or k.startswith("sigma[")]
-    if stats.get("fallback") and all(v == 1.0 for v in sigmas):
-        parts.append("σ = 1: no variance yet")
+    if stats.get("fallback"):
+        parts.append("no variance yet: σ = max(1, |μ|)")
     if stats.get("skipped"):
         parts.append(f"{int(stats['skipped'])} non-finite batches skipped")
     return "; ".join(parts)

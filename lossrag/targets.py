@@ -45,11 +45,13 @@ a fraction of a percent. A target with several dimensions gets a mean per dimens
 ``σ``, the root of the dimensions' mean variance: the loss ``|(y − μ)/σ − (t − μ)/σ|`` is then
 the user's loss over ``σ`` (for L2, over ``σ²``), the relative weight of the dimensions inside the
 task unchanged; a ``σ`` per dimension would silently re-weight them (on ``mnist1d``'s
-40-dimensional ``denoise`` target it cost the task's MAE). ``σ`` is 1 (the target's own units)
-until some batch shows a variance (a first batch of identical targets is a *fallback*, recorded),
-and at least ``1e-6·|μ| + 1e-12`` after. A batch whose statistics are not finite leaves them
-unchanged and is counted in ``skipped`` (a non-finite *first* batch leaves ``μ = 0, σ = 1`` until
-a finite batch is applied).
+40-dimensional ``denoise`` target it cost the task's MAE). Until some batch shows a variance (a
+first batch of identical targets, or of one sample: the first micro-batch of ``accumulate(n)``)
+``σ`` is the larger of 1 (the target's own units) and the targets' magnitude ``|μ|``, so that the
+rest of an accumulated first step does not train on residuals in the hundreds (a *fallback*,
+recorded); after, it is at least ``1e-6·|μ| + 1e-12``. A batch whose statistics are not finite
+leaves them unchanged and is counted in ``skipped`` (a non-finite *first* batch leaves ``μ = 0,
+σ = 1`` until a finite batch is applied).
 
 Order of calls in a training step (nothing here synchronises host and device)::
 
@@ -243,12 +245,14 @@ class _Flat:
 
     def sigma_of(self, var: Tensor, mean: Tensor) -> tuple[Tensor, Tensor]:
         """``(σ, valid)`` per task: one σ for all a target's dimensions, the root of their mean
-        variance ``var``, floored relative to ``mean``; the σ in force while no batch has shown
-        a variance (1 at first)."""
-        floor = _REL_FLOOR * self.per_task(mean.abs()) + _ABS_FLOOR
+        variance ``var``, floored relative to ``mean``; while no batch has shown a variance, the
+        σ in force (1 at first) or the targets' magnitude ``|mean|`` if larger."""
+        magnitude = self.per_task(mean.abs())
+        floor = _REL_FLOOR * magnitude + _ABS_FLOOR
         root = self.per_task(var).sqrt()
         valid = self.valid | (root > floor)
-        return torch.where(valid, torch.maximum(root, floor), self.sigma[self.first]), valid
+        fallback = torch.maximum(self.sigma[self.first], magnitude)
+        return torch.where(valid, torch.maximum(root, floor), fallback), valid
 
     def shaped(self, task: str, target: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         """``(μ, σ)`` of ``task`` in ``dtype`` on ``target``'s device, shaped to broadcast over
@@ -416,6 +420,9 @@ class TargetNormalizer:
         self._provisional: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
         #: Tasks whose outputs predicted their targets at the first batch (:meth:`begin`).
         self.user_units: set[str] = set()
+        #: Tasks whose first batch, over every rank, showed no variance (:meth:`begin`): one
+        #: sample (the first micro-batch of ``accumulate(n)``) or equal targets.
+        self.spreadless: set[str] = set()
         #: Heads in user units, located at the first batch, re-parametrised at the first apply.
         self._deferred: list[tuple[nn.Linear, dict[str, tuple[int, int]]]] = []
         self._saved_biases: dict[str, list[float]] = {}
@@ -729,12 +736,15 @@ class TargetNormalizer:
             offset = end
         if self.choosing:
             self._choose()
-        self.user_units = set()
+        self.user_units, self.spreadless = set(), set()
         for name in self.names:
-            sse, n, _, s2 = errors[name]
+            sse, n, s1, s2 = errors[name]
             # four times closer to the targets than outputs of zero (a fresh head's)
             if bool(sse < s2.sum() / 4):
                 self.user_units.add(name)
+            mean, var = self._moments(n, s1, s2)  # as sigma_of tells a variance
+            if not bool(var.mean().sqrt() > _REL_FLOOR * mean.abs().mean() + _ABS_FLOOR):
+                self.spreadless.add(name)
 
     def _choose(self) -> None:
         keep = []

@@ -258,3 +258,21 @@ def test_retrieval_backs_off_while_the_gates_are_quiet(digits):
     # while they do (quiet gates would give 0, 2, 6, 14)
     moving = LossRAG(refresh_every=1, retrieve_every=2, retrieve_backoff=4, prior=_Eager())
     assert retrievals(moving)[0][:5] == [0, 2, 4, 6, 8]
+
+
+def test_a_robust_regression_loss_takes_its_units_from_a_batch_with_a_spread():
+    """Huber and the other non-homogeneous losses see targets in their standard deviation's
+    units; a first batch of one sample (or of equal targets) has none, so it is not taken
+    (a NaN std switched the loss off as non-finite before), and the next batch's is."""
+    from lossrag.index import default_index
+    from lossrag.policy.terms import TermLosses
+
+    entry = next(e for e in default_index().entries if e.name == "huber")
+    terms = TermLosses()
+    terms.entries[entry.id] = entry
+    task = lossrag.Task("y", kind="regression")
+    for target in (torch.tensor([3.0]), torch.tensor([2.0, 2.0])):
+        value = terms.loss(task, entry.id, {"y": target + 1}, {"y": target}, None)
+        assert math.isfinite(float(value)) and task.name not in terms.target_scale
+    terms.loss(task, entry.id, {"y": torch.zeros(3)}, {"y": torch.tensor([1.0, 2.0, 3.0])}, None)
+    assert terms.target_scale == {"y": pytest.approx(1.0)}

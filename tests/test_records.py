@@ -332,7 +332,9 @@ def test_inspect_target_statistics_read_at_80_columns(tmp_path):
     assert "…" not in out.split("target normaliser")[-1].replace("0.5…39.5", "")
     assert "365.6" in out and "7.49, 8.113" in out and "0.5…39.5 (40)" in out
     assert "0.12 (all 40)" in out
-    assert "2 non-finite batches skipped" in " ".join(out.split()) and "loss only" in out
+    words = " ".join(out.split())
+    assert "2 non-finite batches skipped" in words and "loss only" in out
+    assert "no variance yet: σ = max(1, |μ|)" in words
 
 
 def test_run_title_reads_the_version_field():

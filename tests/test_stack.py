@@ -340,6 +340,52 @@ def test_gradient_methods_aggregate_once_per_accumulated_step(digits, policy):
     assert policy == "dbmtl" or all(t.weight is not None for t in record.terms)
 
 
+def _micro_batches(size: int):
+    """A step of ``accumulate(32 // size)`` over micro-batches of ``size`` samples."""
+
+    def step(c, m, x, y):
+        with c.accumulate(32 // size):
+            for k in range(0, 32, size):
+                part = slice(k, k + size)
+                c.loss(m(x[part]), {n: v[part] for n, v in y.items()}).backward()
+
+    return step
+
+
+def test_policy_trackers_take_the_windows_mean_losses(digits):
+    """A retrieval policy's loss trackers (each term's reference ``L0`` and level) fold in the
+    mean losses of an accumulated step's micro-batches, as one big batch would, not the first
+    micro-batch's."""
+    plain = {"steps": 1, "normalize_targets": False}
+    _, big = _run(digits, "default", lambda c, m, x, y: c.loss(m(x), y).backward(), **plain)
+    _, small = _run(digits, "default", _micro_batches(8), **plain)
+    want, got = big.method.tracker.state_dict(), small.method.tracker.state_dict()
+    for name in ("first", "ema", "log_ema", "reference"):
+        for task, losses in want[name].items():
+            for loss, value in losses.items():
+                assert got[name][task][loss] == pytest.approx(value, rel=1e-5), (name, task)
+
+
+def test_one_sample_micro_batches_keep_sane_multipliers(digits):
+    """Micro-batches of one sample and a regression target in the hundreds (normalised): the
+    first micro-batch's ``σ`` is 1 and its loss no scale, so the normalised task is not
+    divided by a loss scale until a window's mean is known (a multiplier of 50-120 at the first
+    step before, which swamped Adam's second moments for hundreds of steps)."""
+    raw = dict(digits.y, ink=digits.y["ink"] * 100 + 300)
+    digits = type(digits)(digits.x, raw, digits.tasks)
+    records = []
+
+    def step(c, m, x, y):
+        _micro_batches(1)(c, m, x, y)
+        records.append(c.last_record)
+
+    _, composer = _run(digits, "default", step, steps=3)
+    multipliers = [t.multiplier for r in records for t in r.terms if t.active]
+    assert multipliers and max(multipliers) < 5, multipliers
+    reference = composer.method.tracker.state_dict()["reference"]
+    assert set(reference) == {"digit", "parity", "ink"}
+
+
 @pytest.mark.parametrize("policy", ["uw", "lossrag"])
 def test_a_non_finite_micro_batch_skips_its_whole_optimizer_step(digits, policy):
     model = digits.model(0)
@@ -435,3 +481,22 @@ def test_records_read_later_show_their_own_steps_target_statistics(digits, tmp_p
         traces.append([(r.targets["ink"]["mu"], r.targets["ink"]["sigma"]) for r in records])
         assert traces[-1] == live and len(set(live)) > 1
     assert traces[0] == traces[1]
+
+
+def test_a_micro_batch_beyond_the_window_is_refused(digits):
+    """``accumulate(2)`` fed a third micro-batch: an error naming the window, before anything
+    of that micro-batch is counted; the two before it make the optimizer step."""
+    model = digits.model(0)
+    composer = lossrag.wrap(model, digits.tasks, "uw", shared=model.trunk)
+    x, y = digits.batch(0)
+    refused = pytest.raises(ValueError, match=r"accumulate\(2\): a micro-batch beyond the 2")
+    with refused, composer.accumulate(2):
+        for k in range(3):
+            part = slice(8 * k, 8 * (k + 1))
+            composer.loss(model(x[part]), {n: v[part] for n, v in y.items()}).backward()
+    assert composer.step == 1
+    with composer.accumulate(2, divide=False):  # a trainer that divides itself: its business
+        for k in range(3):
+            part = slice(8 * k, 8 * (k + 1))
+            composer.loss(model(x[part]), {n: v[part] for n, v in y.items()}).backward()
+    assert composer.step == 2

@@ -232,19 +232,27 @@ def test_tasks_claiming_the_same_columns_fall_back():
     assert norm.heads == {} and all("share output columns" in norm.notes[k] for k in "ab")
 
 
-def test_a_zero_variance_first_batch_falls_back_to_unit_sigma():
+@pytest.mark.parametrize("value", [0.25, 7.0])
+def test_a_zero_variance_first_batch_falls_back_to_its_magnitude(value):
+    """No variance yet: σ is the larger of 1 and |μ| (the first micro-batch of one sample of
+    ``accumulate(n)`` is such a batch: with σ = 1 the rest of the step trained on residuals in
+    the target's units)."""
     torch.manual_seed(0)
     net = Net().double()
     norm = TargetNormalizer(TASKS)
     norm.attach(net)
     x, y = _batch(0)
-    y["price"] = torch.full_like(y["price"], 7.0)
+    y["price"] = torch.full_like(y["price"], value)
     norm.locate(net(x))
     norm.apply(norm.observe(y))
     s = norm.stats()["price"]
-    assert (s["mu"], s["sigma"], s["fallback"]) == (pytest.approx(7.0), 1.0, 1.0)
+    assert (s["mu"], s["sigma"], s["fallback"]) == (
+        pytest.approx(value),
+        pytest.approx(max(value, 1.0)),
+        1.0,
+    )
     before = net(x)["price"]
-    _, y2 = _batch(1, offset=7.0, scale=2.0)
+    _, y2 = _batch(1, offset=value, scale=2.0)
     norm.apply(norm.observe(y2))
     s = norm.stats()["price"]
     assert s["fallback"] == 0.0 and 0.5 < s["sigma"] < 2.0  # half the targets are constant

@@ -317,14 +317,17 @@ class Composer:
         (the update is redone when the window closes): weights that do not depend on the current
         losses (EW, UW, DWA, RLW) make the ``n`` micro-batches give the gradient of one batch
         ``n`` times larger; weights that do (FAMO, GLS, the retrieval policies' loss scales)
-        take the first micro-batch's losses. FAMO's re-evaluation after the step covers all
-        ``n``. Gradient-based methods sum the micro-batches' per-task gradients and aggregate
-        once, when the block ends: the direction of the big batch. A micro-batch whose loss is
-        not finite skips the whole optimizer step (the method's update is undone, the later
-        micro-batches give no gradient). One record is kept per optimizer step.
-        ``divide=False`` leaves the losses undivided, for trainers that divide by the number of
-        micro-batches themselves (Lightning's ``accumulate_grad_batches``, Hugging Face's
-        ``gradient_accumulation_steps``).
+        take the first micro-batch's losses (a retrieval policy's loss trackers then take the
+        mean of all ``n``, see :meth:`PolicyStep.end_window
+        <lossrag.compose.steps.PolicyStep.end_window>`). FAMO's re-evaluation after the step
+        covers all ``n``. Gradient-based methods sum the micro-batches' per-task gradients and
+        aggregate once, when the block ends: the direction of the big batch. A micro-batch
+        whose loss is not finite skips the whole optimizer step (the method's update is undone,
+        the later micro-batches give no gradient). One record is kept per optimizer step. A
+        micro-batch beyond the ``n``-th raises ``ValueError`` (nothing of it is counted); fewer
+        than ``n`` warn when the block ends. ``divide=False`` leaves the losses undivided, for
+        trainers that divide by the number of micro-batches themselves (Lightning's
+        ``accumulate_grad_batches``, Hugging Face's ``gradient_accumulation_steps``).
 
         >>> # with composer.accumulate(4):
         >>> #     for x, y in micro_batches:
@@ -340,7 +343,7 @@ class Composer:
             yield
         finally:
             window = self._window
-            if window.count not in (0, n) and divide:
+            if 0 < window.count < n and divide:
                 warnings.warn(
                     f"Composer.accumulate({n}) saw {window.count} micro-batches; each loss was "
                     f"divided by {n}.",
@@ -358,6 +361,14 @@ class Composer:
     def _micro_batch(
         self, outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor], values: bool = True
     ) -> Iterator[None]:
+        window = self._window
+        if window is not None and window.divide and window.count >= window.length:
+            raise ValueError(
+                f"Composer.accumulate({window.length}): a micro-batch beyond the "
+                f"{window.length} of this optimizer step (each loss is divided by "
+                f"{window.length}); open the next window for it, or use accumulate(n, "
+                "divide=False) if your trainer divides the losses itself."
+            )
         check_batch(self.tasks, outputs, targets, values)
         if self.step == 0 and not self.compiled and self._graph_bound:
             check_compiled(outputs, self.policy_name)

@@ -22,7 +22,7 @@ import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -239,9 +239,10 @@ class PolicyStep(Step):
                 else "an earlier micro-batch of this optimizer step was skipped"
             )
             return self._skipped(losses, terms, values, timings, why)
+        windowed = window is not None and window.length > 1
         if starts:
             c.begin_update(timings)
-            policy.observe(c.step, values)
+            self._observe(window if windowed else None, terms, values)
             if utilities is not None:
                 candidates = policy.candidate_terms(utilities)
             if policy.due(c.step):
@@ -253,6 +254,9 @@ class PolicyStep(Step):
             c.window_weights = policy.coefficients(losses, terms)
             if c.meta is not None and c.meta.due(c.step) and c.inputs is not None:
                 c.meta.remember(c.kept_inputs(), raw_targets)
+        if windowed:
+            assert window is not None
+            _gather(window.extra, terms, values)
         coefficients = c.window_weights
         assert coefficients is not None
         if coefficients.numel() != losses.numel():  # a gate moved inside the window
@@ -270,6 +274,54 @@ class PolicyStep(Step):
     @property
     def policy(self) -> LossRAG:
         return self.c.method  # type: ignore[return-value]
+
+    def _observe(self, window: _Window | None, terms: list[TermKey], values: list[float]) -> None:
+        """Fold an optimizer step's first term losses into the loss trackers. In an
+        accumulation ``window``, :meth:`end_window` then redoes this with the window's mean
+        losses, except at step 0 for normalised regression tasks: their targets' ``μ, σ`` came
+        from the first micro-batch alone, so its loss, in its own standard units, is the one
+        like a whole batch's at the start (the window's mean, in those provisional units, is
+        larger). A normalised task whose first micro-batch had no spread (one sample) has no
+        such loss: its terms are tracked from the end of a later window, and until then not
+        divided by a loss scale (its losses are in standard units; a one-sample loss as the
+        scale gave a multiplier of 50 that swamped Adam's second moments for hundreds of
+        steps)."""
+        policy = self.policy
+        if window is None:
+            policy.observe(self.c.step, values)
+            return
+        normaliser, tracker, step = self.c.normalizer, policy.tracker, self.c.step
+        spreadless = normaliser.spreadless if normaliser is not None else set()
+        provisional = normaliser.names if normaliser is not None and step == 0 else []
+        fresh, unreferenced = tracker.untracked(terms)
+        held = [
+            k for k in terms if k in fresh and k.task in spreadless and k not in tracker.joining
+        ]
+        policy.observe(step, values, held=held)
+        window.extra.update(
+            terms=terms,
+            taken={
+                k: v
+                for k, v in zip(terms, values, strict=True)
+                if k not in held and k.task not in provisional
+            },
+            before=(fresh, unreferenced),
+            held=held,
+            sums=[0.0] * len(values),
+        )
+
+    def end_window(self, window: _Window) -> None:
+        """Fold the window's mean losses into the loss trackers (see :meth:`_observe`), not its
+        first micro-batch's (a one-sample micro-batch made a term's ``L0`` and level noise)."""
+        extra, c = window.extra, self.c
+        sums = extra.get("sums")
+        if window.skipped or sums is None or window.count < 2:
+            return
+        tracker = self.policy.tracker
+        mean = {key: total / window.count for key, total in zip(extra["terms"], sums, strict=True)}
+        tracker.amend(c.step, extra["taken"], mean, extra["before"])
+        if c.step > 0:
+            tracker.update(c.step, {key: mean[key] for key in extra["held"]})
 
     def _term_losses(
         self, outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor], features: Tensor | None
@@ -618,6 +670,16 @@ def all_finite(grads: Sequence[Tensor | None]) -> bool:
     counts as non-finite)."""
     present = [g for g in grads if g is not None]
     return not present or bool(torch.stack(torch._foreach_norm(present)).isfinite().all())
+
+
+def _gather(extra: dict[str, Any], terms: list[TermKey], values: list[float]) -> None:
+    """Add a micro-batch's term losses to its window's sums (none once the terms change: a
+    switched-on loss failed inside the window)."""
+    sums = extra.get("sums")
+    if sums is not None and extra["terms"] == terms:
+        extra["sums"] = [a + v for a, v in zip(sums, values, strict=True)]
+    else:
+        extra["sums"] = None
 
 
 def accumulate(params: Sequence[Tensor], grads: Sequence[Tensor | None]) -> None:

@@ -237,9 +237,11 @@ class LossRAG(Method):
     ) -> Tensor:
         return self.library.loss(self.tasks[key.task], key.loss, outputs, targets, features)
 
-    def observe(self, step: int, values: list[float]) -> None:
-        """Fold this step's term losses (in :meth:`terms` order) into the trackers."""
-        self.tracker.update(step, dict(zip(self.terms(), values, strict=True)))
+    def observe(self, step: int, values: list[float], held: Collection[TermKey] = ()) -> None:
+        """Fold this step's term losses (in :meth:`terms` order) into the trackers, but those of
+        the terms ``held``."""
+        losses = zip(self.terms(), values, strict=True)
+        self.tracker.update(step, {key: v for key, v in losses if key not in held})
 
     def coefficients(self, like: Tensor, terms: list[TermKey]) -> Tensor:
         """``w_i / scale_i`` for ``terms`` (the active terms when this step's losses were

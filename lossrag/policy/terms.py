@@ -2,12 +2,13 @@
 
 A representation loss acts on the output of ``shared``; a regression loss that is not
 homogeneous in the residual (Huber, Cauchy, ...) sees outputs and targets divided by the target's
-standard deviation (from the first batch), so its hyper-parameters mean the same on every
-problem.
+standard deviation (from the first batch that has one), so its hyper-parameters mean the same
+on every problem.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 from torch import Tensor
@@ -28,7 +29,8 @@ class TermLosses:
 
     Attributes:
         entries: Entry id -> library entry (every term and candidate met so far).
-        target_scale: Task name -> its target's standard deviation, from the first batch seen.
+        target_scale: Task name -> its target's standard deviation, from the first batch that
+            has one.
     """
 
     def __init__(self) -> None:
@@ -52,9 +54,14 @@ class TermLosses:
         return self._aligned[entry_id]
 
     def scale(self, task: Task, target: Tensor) -> float:
-        """The target's standard deviation, from the first batch seen."""
+        """The target's standard deviation, from the first batch that has one (at least two
+        samples, not all equal; 1 until then)."""
         if task.name not in self.target_scale:
-            self.target_scale[task.name] = max(float(target.detach().float().std()), 1e-8)
+            values = target.detach().float()
+            std = float(values.std()) if len(values) > 1 else math.nan
+            if not math.isfinite(std) or std <= 1e-8:
+                return 1.0
+            self.target_scale[task.name] = std
         return self.target_scale[task.name]
 
     def loss(
