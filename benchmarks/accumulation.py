@@ -126,6 +126,9 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=list(OPTIONS), choices=list(OPTIONS))
     parser.add_argument("--steps", type=int, default=300)
     args = parser.parse_args()
+    bad = [m for m in args.micro if not (1 <= m <= 32 and 32 % m == 0)]
+    if bad:
+        parser.error(f"--micro: each size must divide the batch of 32, got {bad}")
     torch.set_num_threads(1)
     print(f"code {code_fingerprint()}, {args.steps} steps, seeds {args.seeds}")
     print(f"{'method':<8} {'micro':>5}  " + "  ".join(f"{t.name:>13}" for t in TASKS))

@@ -216,6 +216,14 @@ def train(
         f"meta-objective {curve[0]['log_ratio_vs_ew']:+.4f} -> {curve[-1]['log_ratio_vs_ew']:+.4f} "
         f"(log-ratio against EW on held-out problems; log and plot in {folder})"
     )
+    start, end = curve[0]["log_ratio_vs_ew"], curve[-1]["log_ratio_vs_ew"]
+    if end < start:
+        console.print(
+            f"[bold yellow]warning:[/] the held-out meta-objective fell ({start:+.4f} at the "
+            f"start, {end:+.4f} now): the written policy scores below the one training started "
+            "from on its own held-out problems. Train with more generations or a larger "
+            "population (ES is noisy at small ones), or keep the policy you started from."
+        )
     online = summary["online"]
     if online["rounds"]:
         console.print(

@@ -135,10 +135,13 @@ class LossTracker:
             if self.log_mark[key][0] == step:
                 self.log_mark[key] = (step, self.log_ema[key])
             if key in unreferenced:  # its reference was (to be) taken here
-                joined = abs(v) / self.reference[key] if key in self.reference else 1.0
+                joined = abs(v) / self.reference[key] if key in self.reference else None
                 self.reference.pop(key, None)
+                factor = self.joining.pop(key, joined)
                 if abs(m) > _TINY:
-                    self.reference[key] = abs(m) / max(self.joining.pop(key, joined), _TINY)
+                    self.reference[key] = abs(m) / max(1.0 if factor is None else factor, _TINY)
+                elif factor is not None:  # no reference yet: it still joins at that level
+                    self.joining[key] = factor
 
     def untracked(self, keys: Collection[TermKey]) -> tuple[set[TermKey], set[TermKey]]:
         """Of ``keys``: those not tracked yet, and those without a reference yet."""

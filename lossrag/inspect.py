@@ -82,11 +82,11 @@ class _Notes:
 
 
 def run_title(record: StepRecord) -> str:
-    """How a run is named in titles: its method, and the version of the policy card behind it
-    (``default@1.2`` or ``version="1.2"`` -> ``default (policy card 1.2)``)."""
+    """How a run is named in titles: its method, and the version of the trained policy behind
+    it (``default@1.2`` or ``version="1.2"`` -> ``default (policy 1.2)``)."""
     name, _, from_method = record.method.partition("@")
     version = record.version or from_method
-    return f"{name} (policy card {version})" if version else name
+    return f"{name} (policy {version})" if version else name
 
 
 def task_multipliers(record: StepRecord) -> dict[str, float | None]:

@@ -61,8 +61,8 @@ class StepRecord(BaseModel):
             (:data:`lossrag.context.TERM_FEATURES`); empty otherwise.
         targets: Regression task name -> the target normaliser's statistics (``mu``, ``sigma``,
             ...); empty when target normalisation is off.
-        version: Version of the policy card behind ``method`` when the method is a retrieval
-            policy (``method`` then reads ``default@<version>``); ``None`` otherwise.
+        version: Version of the trained policy behind ``method`` (the first 12 hex digits of
+            its ``policy.json``'s SHA-256) when the method is one; ``None`` otherwise.
     """
 
     model_config = ConfigDict(extra="forbid", ser_json_inf_nan="constants")

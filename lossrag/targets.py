@@ -128,6 +128,9 @@ __all__ = ["FAR_OFFSET", "FAR_SCALE", "TargetNormalizer", "far_from_unit"]
 #: ``auto`` normalises a target only when its first batch is far from standard units: ``σ``
 #: outside ``[1/FAR_SCALE, FAR_SCALE]`` or its mean further than ``FAR_OFFSET·σ`` from 0.
 FAR_SCALE, FAR_OFFSET = 10.0, 3.0
+#: Samples after which the σ of a task whose first batch had no spread counts as known
+#: (:meth:`TargetNormalizer.unsettled`).
+SETTLED = 16
 #: Relative and absolute floor of σ: below it a target counts as constant.
 _REL_FLOOR, _ABS_FLOOR = 1e-6, 1e-12
 #: Name parts that wrappers add in front of a model's modules (DDP, torch.compile).
@@ -421,8 +424,10 @@ class TargetNormalizer:
         #: Tasks whose outputs predicted their targets at the first batch (:meth:`begin`).
         self.user_units: set[str] = set()
         #: Tasks whose first batch, over every rank, showed no variance (:meth:`begin`): one
-        #: sample (the first micro-batch of ``accumulate(n)``) or equal targets.
+        #: sample (say, the first micro-batch of ``accumulate(n)``) or equal targets; σ is then
+        #: the larger of 1 and their magnitude (the mean of the dimensions' ``|μ|``).
         self.spreadless: set[str] = set()
+        self._settled: set[str] = set()  # of those, the ones a batch with a variance has reached
         #: Heads in user units, located at the first batch, re-parametrised at the first apply.
         self._deferred: list[tuple[nn.Linear, dict[str, tuple[int, int]]]] = []
         self._saved_biases: dict[str, list[float]] = {}
@@ -746,6 +751,18 @@ class TargetNormalizer:
             if not bool(var.mean().sqrt() > _REL_FLOOR * mean.abs().mean() + _ABS_FLOOR):
                 self.spreadless.add(name)
 
+    def unsettled(self) -> set[str]:
+        """Of the :attr:`spreadless` tasks, those whose σ is not known yet: still the fallback,
+        or from fewer than :data:`SETTLED` samples (batches of one sample: σ from two or three
+        samples made the loss 250 times too large); reads the device while there are some."""
+        if self._settled >= self.spreadless:
+            return set()
+        flat = self._flat
+        if flat is not None:
+            known = (flat.valid & (flat.count >= SETTLED)).tolist()
+            self._settled |= {n for n, ok in zip(flat.names, known, strict=True) if ok}
+        return self.spreadless - self._settled
+
     def _choose(self) -> None:
         keep = []
         for name, (n, s1, s2) in self._provisional.items():
@@ -830,11 +847,12 @@ class TargetNormalizer:
         n, s1, s2 = (torch.cat([m[i].to(flat.mean) for m in moments]) for i in range(3))
         d, var = self._moments(n[flat.seg], s1, s2)
         mu = flat.mean + d
-        sigma, _ = flat.sigma_of(var, mu)
+        sigma, valid = flat.sigma_of(var, mu)
         new = torch.tensor(fresh, device=n.device) & ~flat.ready & flat.finite(mu, sigma[flat.seg])
         flat.mu.copy_(torch.where(new[flat.seg], mu, flat.mu))
         flat.sigma.copy_(torch.where(new[flat.seg], sigma[flat.seg], flat.sigma))
         flat.ready.copy_(flat.ready | new)
+        flat.valid.copy_(flat.valid | (new & valid))  # a record of this step: no fallback
 
     @staticmethod
     def _moments(n: Tensor, s1: Tensor, s2: Tensor) -> tuple[Tensor, Tensor]:
@@ -974,6 +992,7 @@ class TargetNormalizer:
             "heads": {n: list(p) for n, p in self._paths.items() if not self.heads[n].detached},
             "notes": dict(self.notes),
             "names": None if self.choosing else list(self.names),
+            "spreadless": sorted(self.spreadless),
             # the located heads' biases as saved, to tell a model saved after close() on resume
             "biases": {
                 self._path(h.module): h.module.bias.detach().double().cpu().tolist()
@@ -999,6 +1018,7 @@ class TargetNormalizer:
                 )
         if state.get("names") is not None:  # the tasks chosen (all of them before ``auto``)
             self.names, self.choosing = list(state["names"]), False
+        self.spreadless = set(state.get("spreadless", ()))
         saved = state["tasks"]
         if saved:
             names = sorted(saved, key=lambda n: self.names.index(n) if n in self.names else 1e9)

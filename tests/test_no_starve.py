@@ -152,3 +152,24 @@ def test_a_task_whose_natural_loss_is_switched_off_still_bounds_the_others():
     policy.weights = {robust: 1.0, B: 1.0}
     after = policy.coefficients(like, [robust, B]).tolist()
     assert after[1] == pytest.approx(before[1])
+
+
+def test_amend_redoes_an_update_with_the_windows_mean():
+    """``LossTracker.amend`` turns an update with a first micro-batch's losses into the update
+    with the window's mean, leaving a join in place: a joining term keeps its factor even when
+    the mean gives it no reference yet (a signed loss whose mean is 0)."""
+    old, fresh, joined = TermKey("a", "l2"), TermKey("b", "l2"), TermKey("b", "huber")
+    want, got = LossTracker(), LossTracker()
+    for tracker in (want, got):
+        tracker.update(0, {old: 2.0})
+        tracker.join(joined, old)
+    keys = [old, fresh, joined]
+    before = got.untracked(keys)
+    got.update(1, {old: 4.0, fresh: 0.5, joined: 0.3})
+    got.amend(1, {old: 4.0, fresh: 0.5, joined: 0.3}, {old: 3.0, fresh: 1.5, joined: 0.0}, before)
+    want.update(1, {old: 3.0, fresh: 1.5, joined: 0.0})
+    for name, table in want.state_dict().items():
+        for task, losses in table.items():
+            for loss, value in losses.items():
+                assert got.state_dict()[name][task][loss] == pytest.approx(value), name
+    assert got.joining == want.joining and joined in got.joining

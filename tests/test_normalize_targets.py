@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 
 import pytest
 import torch
@@ -445,3 +446,28 @@ def test_a_compiled_graph_without_the_hooks_is_said_and_reset_fixes_it():
     composer = lossrag.wrap(compiled, TASKS, "ew", normalize_targets=True)
     composer.backward(compiled(x), y)
     assert set(composer.normalizer.heads) == {"price", "tiny"}
+
+
+def test_targets_far_from_unit_scale_left_raw_are_warned_of_once():
+    """A policy that leaves regression targets as they are, ``normalize_targets`` not given:
+    one warning per task far from standard units, naming it and the way out; none when the
+    user chose (``False``) or the policy normalises (``default``), none for a target near
+    unit scale."""
+    x, y = _data(64, 0)
+    y["near"] = torch.randn(64)
+    tasks = [*TASKS, lossrag.Task("near", kind="regression")]
+
+    def first_steps(policy: str, **options) -> list[str]:
+        model = MultiTaskMLP(6, [8], tasks)
+        composer = lossrag.wrap(model, tasks, policy, shared=model.trunk, **options)
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            for _ in range(2):
+                composer.loss(model(x), y).backward()
+        return [str(w.message) for w in seen if "standard units" in str(w.message)]
+
+    said = first_steps("ew")
+    assert len(said) == 2 and "Task 'price'" in said[0] and "(first batch: mean 1009" in said[0]
+    assert "Task 'tiny'" in said[1] and "normalize_targets=True" in said[1]
+    assert first_steps("ew", normalize_targets=False) == []
+    assert first_steps("default") == []

@@ -276,3 +276,25 @@ def test_a_robust_regression_loss_takes_its_units_from_a_batch_with_a_spread():
         assert math.isfinite(float(value)) and task.name not in terms.target_scale
     terms.loss(task, entry.id, {"y": torch.zeros(3)}, {"y": torch.tensor([1.0, 2.0, 3.0])}, None)
     assert terms.target_scale == {"y": pytest.approx(1.0)}
+
+
+def test_records_tell_trained_policies_apart(digits, tmp_path):
+    """A run's records carry the version of the trained policy behind it, its ``policy.json``'s
+    checksum: two policies trained by the same code differ (they carried the code's
+    fingerprint, the same for both, found by a user trial), and the shipped policy has one
+    under both its names."""
+    from lossrag.policy.store import save_policy
+
+    def version(policy) -> str | None:
+        model = digits.model(0)
+        composer = lossrag.wrap(model, digits.tasks, policy, shared=model.trunk)
+        x, y = digits.batch(0)
+        composer.backward(model(x), y)
+        return composer.last_record.version
+
+    for name, temperature in (("a", 1.0), ("b", 2.0)):
+        save_policy(LossRAG(temperature=temperature), tmp_path / name, code="same code")
+    a, b = version(tmp_path / "a"), version(tmp_path / "b")
+    assert a and b and a != b
+    assert version("default") == version("lossrag-default") is not None
+    assert version("ew") is None

@@ -259,7 +259,7 @@ def test_inspect_shows_multipliers_targets_context_and_the_card_version(tmp_path
     result = runner.invoke(app, ["inspect", str(path)], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     out = result.output
-    assert "default (policy card 1.3)" in out
+    assert "default (policy 1.3)" in out
     assert "last mult" in out and "0.5" in out  # 2.0 / 4
     assert "target normaliser" in out and "1001" in out and "sigma" in out
     assert "context at refresh steps" in out and "log_loss_ratio" in out and "-0.5" in out
@@ -340,10 +340,7 @@ def test_inspect_target_statistics_read_at_80_columns(tmp_path):
 def test_run_title_reads_the_version_field():
     from lossrag.inspect import run_title
 
-    assert (
-        run_title(_rec(0, {"a": 1.0}, method="default", version="2.0"))
-        == "default (policy card 2.0)"
-    )
+    assert run_title(_rec(0, {"a": 1.0}, method="default", version="2.0")) == "default (policy 2.0)"
     assert run_title(_rec(0, {"a": 1.0}, method="famo")) == "famo"
 
 

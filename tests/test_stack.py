@@ -480,6 +480,8 @@ def test_records_read_later_show_their_own_steps_target_statistics(digits, tmp_p
         records = _traced(digits, "ew", 12, after, trace, normalize_targets=True, trace_every=16)
         traces.append([(r.targets["ink"]["mu"], r.targets["ink"]["sigma"]) for r in records])
         assert traces[-1] == live and len(set(live)) > 1
+        # step 0 trained with the first batch's σ: not a fallback (a user trial saw one)
+        assert records[0].step == 0 and all(r.targets["ink"]["fallback"] == 0 for r in records)
     assert traces[0] == traces[1]
 
 
@@ -500,3 +502,57 @@ def test_a_micro_batch_beyond_the_window_is_refused(digits):
             part = slice(8 * k, 8 * (k + 1))
             composer.loss(model(x[part]), {n: v[part] for n, v in y.items()}).backward()
     assert composer.step == 2
+
+
+def test_a_task_without_spread_at_first_is_tracked_once_its_sigma_is_known(digits):
+    """A normalised regression whose first batch is constant (no σ yet): its loss is not taken
+    as its reference ``L0`` until its σ is known (it was the fresh head's 0.01, and through the
+    bound cut the other tasks' multipliers 20×), nor after a resume in between."""
+    raw = {k: v.clone() for k, v in digits.y.items()}
+    raw["ink"] = raw["ink"] * 100 + 300
+    raw["ink"][:32] = 500.0  # batch 0
+    data = type(digits)(digits.x, raw, digits.tasks)
+    seen = []
+
+    def step(c, m, x, y):
+        c.loss(m(x), y).backward()
+        seen.append(c.method.tracker.state_dict()["reference"].get("ink"))
+
+    _, composer = _run(data, "default", step, steps=4)
+    assert composer.normalizer.spreadless == {"ink"}
+    assert seen[:2] == [None, None] and seen[2] is not None and 0.3 < seen[2]["l2"] < 3
+    multipliers = {t.task: t.multiplier for t in composer.last_record.terms if t.active}
+    assert multipliers["digit"] > 0.2 and multipliers["parity"] > 0.5, multipliers
+    state = composer.normalizer.state_dict()
+    assert state["spreadless"] == ["ink"]
+
+
+def test_weights_are_retaken_when_the_terms_change_inside_a_window(digits):
+    """A gate that swaps one term for another inside an accumulation window (as a refresh at
+    its first micro-batch can) keeps the count of terms: the later micro-batches still get
+    weights for their own terms (they got the old term's, by position)."""
+    from lossrag.keys import TermKey
+
+    model = digits.model(0)
+    composer = lossrag.wrap(model, digits.tasks, "default", shared=model.trunk, seed=0)
+    policy = composer.method
+    for i in range(2):
+        x, y = digits.batch(i)
+        composer.loss(model(x), y).backward()
+    other = next(c.entry for c in policy.candidates["ink"] if c.entry != policy.natural["ink"])
+    taken = []
+    original = policy.coefficients
+
+    def spy(like, terms):
+        taken.append(list(terms))
+        return original(like, terms)
+
+    policy.coefficients = spy
+    x, y = digits.batch(2)
+    with composer.accumulate(2):
+        composer.loss(model(x[:16]), {k: v[:16] for k, v in y.items()}).backward()
+        policy.active["ink"] = [other]
+        policy.tracker.join(TermKey("ink", other), TermKey("ink", policy.natural["ink"]))
+        policy._reweigh()
+        composer.loss(model(x[16:]), {k: v[16:] for k, v in y.items()}).backward()
+    assert len(taken) == 2 and TermKey("ink", other) in taken[1]

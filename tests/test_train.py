@@ -217,7 +217,8 @@ def test_policy_folder_round_trip_and_integrity(tmp_path, digits):
     assert read_card(folder).benchmarks == {"digits-mtl": {"delta_m": 1.5}}
     model = digits.model(0)
     composer = lossrag.wrap(model, digits.tasks, str(folder), shared=model.trunk)
-    assert composer.policy_name == "mine" and composer.policy_version == card.code
+    assert composer.policy_name == "mine"
+    assert composer.policy_version == card.checksums["policy.json"][:12]
 
     altered = tmp_path / "altered"
     shutil.copytree(folder, altered)
@@ -468,6 +469,29 @@ def test_cli_train_and_policies_list(tmp_path):
     assert result.exit_code == 2 and "colour" in result.output
     result = runner.invoke(app, ["policies", "list"])
     assert result.exit_code == 0
+
+
+@pytest.mark.parametrize("end", [0.50, 0.60])
+def test_cli_train_says_when_the_held_out_objective_fell(tmp_path, monkeypatch, end):
+    """A policy whose held-out meta-objective fell during training is written with a warning
+    saying so (a user trial's small recipe fell at every evaluation, silently)."""
+    import lossrag.train
+
+    summary = {
+        "problems": 4,
+        "elapsed_s": 1.0,
+        "objective": [
+            {"generation": 0, "log_ratio_vs_ew": 0.55},
+            {"generation": 2, "log_ratio_vs_ew": end},
+        ],
+        "online": {"rounds": 0},
+    }
+    monkeypatch.setattr(lossrag.train, "train", lambda *args, **kwargs: summary)
+    recipe = _recipe(tmp_path, TINY)
+    result = CliRunner().invoke(app, ["train", str(recipe), "--out", str(tmp_path / "p")])
+    assert result.exit_code == 0
+    said = " ".join(result.output.split())
+    assert ("objective fell (+0.5500 at the start, +0.5000 now)" in said) == (end < 0.55)
 
 
 def _children(pid: int) -> set[int]:

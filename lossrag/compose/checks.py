@@ -3,8 +3,10 @@ and what was expected, and are raised before anything changes."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 
+import torch
 from torch import Tensor, nn
 
 from lossrag.tasks import Task
@@ -16,6 +18,7 @@ __all__ = [
     "check_tasks",
     "last_layer",
     "query_index",
+    "warn_raw_targets",
 ]
 
 
@@ -131,6 +134,30 @@ def check_compiled(outputs: Mapping[str, Tensor], policy: str) -> None:
                 "the shared features or several backward passes through the model's graph). "
                 "Compile first, then wrap the compiled model: `model = torch.compile(model)`, "
                 "`lossrag.wrap(model, ...)`."
+            )
+
+
+def warn_raw_targets(tasks: Sequence[Task], targets: Mapping[str, Tensor], policy: str) -> None:
+    """Warn, naming each, of the regression tasks whose first batch is far from standard units
+    (:func:`lossrag.targets.far_from_unit`) when nothing normalises them: their loss then
+    weighs by their scale against the other tasks' (a user trial's target in the hundreds,
+    under EW, took every class task down to chance; reads the batch on the host, once)."""
+    from lossrag.targets import far_from_unit
+
+    for task in tasks:
+        t = targets.get(task.name)
+        if task.kind != "regression" or t is None or t.numel() < 2:
+            continue
+        rows = t.detach().cpu().to(torch.float64).reshape(t.shape[0], -1)
+        mu, sigma = float(rows.mean(0).pow(2).mean().sqrt()), float(rows.var(0).mean().sqrt())
+        if far_from_unit(mu, sigma):
+            warnings.warn(
+                f"Task {task.name!r}: its targets are far from standard units (first batch: "
+                f"mean {mu:.4g}, std {sigma:.4g}) and policy {policy!r} leaves them as they "
+                "are, so its loss weighs by their scale against the other tasks'. Pass "
+                "normalize_targets=True (or 'auto') to train on standardised targets, "
+                "predictions staying in your units, or normalize_targets=False to keep them.",
+                stacklevel=5,
             )
 
 

@@ -23,6 +23,7 @@ from lossrag.compose.checks import (
     check_tasks,
     last_layer,
     query_index,
+    warn_raw_targets,
 )
 from lossrag.compose.dist import Sync, compiled_in_place, is_compiled, unwrap
 from lossrag.compose.lookahead import Batch, copy_tree, meta_context, rerun, side_state
@@ -324,10 +325,11 @@ class Composer:
         aggregate once, when the block ends: the direction of the big batch. A micro-batch
         whose loss is not finite skips the whole optimizer step (the method's update is undone,
         the later micro-batches give no gradient). One record is kept per optimizer step. A
-        micro-batch beyond the ``n``-th raises ``ValueError`` (nothing of it is counted); fewer
-        than ``n`` warn when the block ends. ``divide=False`` leaves the losses undivided, for
-        trainers that divide by the number of micro-batches themselves (Lightning's
-        ``accumulate_grad_batches``, Hugging Face's ``gradient_accumulation_steps``).
+        micro-batch beyond the ``n``-th raises ``ValueError`` (nothing of it is counted) and
+        fewer than ``n`` warn when the block ends, unless ``divide=False``, which leaves the
+        losses undivided, for trainers that divide by the number of micro-batches themselves
+        (Lightning's ``accumulate_grad_batches``, Hugging Face's
+        ``gradient_accumulation_steps``).
 
         >>> # with composer.accumulate(4):
         >>> #     for x, y in micro_batches:
@@ -372,6 +374,9 @@ class Composer:
         check_batch(self.tasks, outputs, targets, values)
         if self.step == 0 and not self.compiled and self._graph_bound:
             check_compiled(outputs, self.policy_name)
+        first = self.step == 0 and (window is None or window.count == 0)
+        if first and self.normalizer is None and self.options.normalize_targets is None:
+            warn_raw_targets(self.tasks, targets, self.policy_name)
         if not self.sync.checked:
             self.sync.check(
                 {
@@ -385,7 +390,7 @@ class Composer:
             self._rng = self.sync.share(self._rng)  # one random stream on every rank
         observed = None
         if self.normalizer is not None:
-            if self.step == 0 and (self._window is None or self._window.count == 0):
+            if first:
                 moments = self.normalizer.first_moments(targets, outputs)
                 self.normalizer.begin(self.sync.sum(moments))
                 self.normalizer.locate(outputs)
@@ -868,7 +873,9 @@ def _concat(items: list[Any]) -> Any:
 
 
 def _make_policy(policy: str | os.PathLike[str] | Method) -> tuple[Method, str, str | None]:
-    """The method, the name runs record it under, and its policy card's code version."""
+    """The method, the name runs record it under, and the version of the trained policy behind
+    it (the first 12 hex digits of its ``policy.json``'s SHA-256, which tells two policies
+    trained by the same code apart; ``None`` for other methods)."""
     if isinstance(policy, Method):
         return policy, policy.name or type(policy).__name__, None
     folder = isinstance(policy, os.PathLike)  # a path is a policy folder, never a name
@@ -889,5 +896,15 @@ def _make_policy(policy: str | os.PathLike[str] | Method) -> tuple[Method, str, 
 
         source = pathlib.Path(policy) if folder else policy
         card = read_card(policy_folder(source))
-        return load_policy(source), card.name, card.code
-    return make_method(policy), policy, None
+        return load_policy(source), card.name, _version(card.checksums)
+    method = make_method(policy)
+    shipped = getattr(method, "shipped", None)  # a method made of a shipped policy
+    if shipped is None:
+        return method, policy, None
+    from lossrag.policy.store import policy_folder, read_card
+
+    return method, policy, _version(read_card(policy_folder(shipped)).checksums)
+
+
+def _version(checksums: Mapping[str, str]) -> str | None:
+    return checksums.get("policy.json", "")[:12] or None

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -200,6 +200,10 @@ class LossStep(Step):
 class PolicyStep(Step):
     """Retrieval policies: their active terms, a refresh when due, weights held in between."""
 
+    def __init__(self, composer: Composer) -> None:
+        super().__init__(composer)
+        self._weighted: list[TermKey] = []  # the terms the window's weights were taken for
+
     def loss(
         self, outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor]
     ) -> tuple[Tensor, Pending]:
@@ -252,6 +256,7 @@ class PolicyStep(Step):
                 candidates = listed or candidates
                 timings["refresh"] = time.perf_counter() - t1
             c.window_weights = policy.coefficients(losses, terms)
+            self._weighted = terms
             if c.meta is not None and c.meta.due(c.step) and c.inputs is not None:
                 c.meta.remember(c.kept_inputs(), raw_targets)
         if windowed:
@@ -259,7 +264,7 @@ class PolicyStep(Step):
             _gather(window.extra, terms, values)
         coefficients = c.window_weights
         assert coefficients is not None
-        if coefficients.numel() != losses.numel():  # a gate moved inside the window
+        if not starts and terms != self._weighted:  # a gate moved inside the window
             coefficients = policy.coefficients(losses, terms)
         total = (coefficients * losses).sum() / c.window_length
         state = self._state()  # as of this step, for a record read later
@@ -276,28 +281,30 @@ class PolicyStep(Step):
         return self.c.method  # type: ignore[return-value]
 
     def _observe(self, window: _Window | None, terms: list[TermKey], values: list[float]) -> None:
-        """Fold an optimizer step's first term losses into the loss trackers. In an
-        accumulation ``window``, :meth:`end_window` then redoes this with the window's mean
-        losses, except at step 0 for normalised regression tasks: their targets' ``μ, σ`` came
-        from the first micro-batch alone, so its loss, in its own standard units, is the one
-        like a whole batch's at the start (the window's mean, in those provisional units, is
-        larger). A normalised task whose first micro-batch had no spread (one sample) has no
-        such loss: its terms are tracked from the end of a later window, and until then not
-        divided by a loss scale (its losses are in standard units; a one-sample loss as the
-        scale gave a multiplier of 50 that swamped Adam's second moments for hundreds of
-        steps)."""
-        policy = self.policy
+        """Fold an optimizer step's first term losses into the loss trackers. A normalised task
+        whose first batch had no spread (one sample, or equal targets) has no loss in standard
+        units while its σ is unknown (a fallback, or from a few samples; taken as ``L0``, the fresh
+        head's 0.01 cut every other task's multiplier 10-25× through the bound), so its terms
+        are not tracked until then (:meth:`TargetNormalizer.unsettled
+        <lossrag.targets.TargetNormalizer.unsettled>`), nor divided by a loss scale.
+
+        In an accumulation ``window``, :meth:`end_window` redoes this with the window's mean
+        losses (a one-sample micro-batch's loss is no scale: as ``L0`` it gave multipliers of
+        50 that swamped Adam's second moments for hundreds of steps), except at step 0 for
+        normalised tasks, whose ``μ, σ`` then came from the first micro-batch alone: its loss,
+        in its own standard units, is the one like a whole batch's at the start (the window's
+        mean, in those provisional units, is larger). The terms of a task without spread are
+        tracked from the mean of the first window after step 0 in which its σ is known."""
+        policy, step, normaliser = self.policy, self.c.step, self.c.normalizer
+        spreadless = set() if normaliser is None else normaliser.spreadless
         if window is None:
-            policy.observe(self.c.step, values)
+            unsettled = normaliser.unsettled() if normaliser is not None and spreadless else ()
+            policy.observe(step, values, held=self._held(terms, unsettled))
             return
-        normaliser, tracker, step = self.c.normalizer, policy.tracker, self.c.step
-        spreadless = normaliser.spreadless if normaliser is not None else set()
-        provisional = normaliser.names if normaliser is not None and step == 0 else []
-        fresh, unreferenced = tracker.untracked(terms)
-        held = [
-            k for k in terms if k in fresh and k.task in spreadless and k not in tracker.joining
-        ]
+        fresh, unreferenced = policy.tracker.untracked(terms)
+        held = self._held(terms, spreadless)
         policy.observe(step, values, held=held)
+        provisional = normaliser.names if normaliser is not None and step == 0 else []
         window.extra.update(
             terms=terms,
             taken={
@@ -310,9 +317,21 @@ class PolicyStep(Step):
             sums=[0.0] * len(values),
         )
 
+    def _held(self, terms: list[TermKey], tasks: Collection[str]) -> list[TermKey]:
+        """The untracked terms of ``tasks`` (a loss switched on mid-run joins at its task's
+        level instead)."""
+        if not tasks:
+            return []
+        tracker = self.policy.tracker
+        return [
+            k
+            for k in terms
+            if k.task in tasks and k not in tracker.ema and k not in tracker.joining
+        ]
+
     def end_window(self, window: _Window) -> None:
         """Fold the window's mean losses into the loss trackers (see :meth:`_observe`), not its
-        first micro-batch's (a one-sample micro-batch made a term's ``L0`` and level noise)."""
+        first micro-batch's."""
         extra, c = window.extra, self.c
         sums = extra.get("sums")
         if window.skipped or sums is None or window.count < 2:
@@ -320,8 +339,9 @@ class PolicyStep(Step):
         tracker = self.policy.tracker
         mean = {key: total / window.count for key, total in zip(extra["terms"], sums, strict=True)}
         tracker.amend(c.step, extra["taken"], mean, extra["before"])
+        unsettled = set() if c.normalizer is None else c.normalizer.unsettled()
         if c.step > 0:
-            tracker.update(c.step, {key: mean[key] for key in extra["held"]})
+            tracker.update(c.step, {k: mean[k] for k in extra["held"] if k.task not in unsettled})
 
     def _term_losses(
         self, outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor], features: Tensor | None

@@ -412,6 +412,8 @@ class DefaultPolicy(LossRAG):
     others left as they are (measured in ``benchmarks/targets``)."""
 
     name = "lossrag-default"
+    #: The shipped policy folder it is made of (its card versions the runs' records).
+    shipped = "default"
 
     def __init__(self, **overrides: Any) -> None:
         super().__init__(**{**_arguments("default"), **overrides})
