@@ -339,8 +339,8 @@ class PolicyStep(Step):
         tracker = self.policy.tracker
         mean = {key: total / window.count for key, total in zip(extra["terms"], sums, strict=True)}
         tracker.amend(c.step, extra["taken"], mean, extra["before"])
-        unsettled = set() if c.normalizer is None else c.normalizer.unsettled()
-        if c.step > 0:
+        if c.step > 0 and extra["held"] and c.normalizer is not None:
+            unsettled = c.normalizer.unsettled()
             tracker.update(c.step, {k: mean[k] for k in extra["held"] if k.task not in unsettled})
 
     def _term_losses(
