@@ -156,6 +156,8 @@ def test_cli_quick_resume_and_report(tmp_path):
     cli = CliRunner()
     result = cli.invoke(app, ["bench", "quick", "--methods", "ew,autolambda", "--out", str(out)])
     assert result.exit_code == 0, result.output
+    # no terminal here: a line per finished job, not only a bar drawn at the end
+    assert "bench 1/" in result.output and "train__digits-mtl__ew__s0 ok" in result.output
     runs = _check_quick(out, 2)
     assert {r["method"] for r in runs} == {"ew", "autolambda"}
     table = out / "table.md"

@@ -19,6 +19,7 @@ from rich.progress import (
     MofNCompleteColumn,
     Progress,
     ProgressColumn,
+    TaskID,
     TextColumn,
     TimeRemainingColumn,
 )
@@ -179,6 +180,17 @@ def progress_columns(label: str) -> tuple[ProgressColumn, ...]:
     )
 
 
+def advance(progress: Progress, bar: TaskID, last: str) -> None:
+    """One step of ``bar`` with ``last`` as its last result; with no terminal (output to a file
+    or a pipe, where rich draws the bar only at the end) also as a plain line, so that a log
+    shows how far the work is."""
+    progress.update(bar, advance=1, last=last)
+    if not progress.console.is_terminal:
+        task = next(t for t in progress.tasks if t.id == bar)
+        done = f"{int(task.completed)}/{int(task.total or 0)}"
+        progress.console.print(f"{task.description} {done} {last}", highlight=False)
+
+
 def code_fingerprint() -> str:
     """Hash of LossRAG's source and loss cards, torch's version and the package version."""
     import torch
@@ -282,7 +294,7 @@ def run_jobs(
         Progress(*columns, console=console) as progress,
         ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool,
     ):
-        bar = progress.add_task("", total=len(todo), last="")
+        bar = progress.add_task("bench", total=len(todo), last="")
         pending: dict[Future[dict[str, Any]], Job] = {pool.submit(execute, j): j for j in todo}
         while pending:
             finished, _ = wait(pending, return_when=FIRST_COMPLETED)
@@ -295,7 +307,7 @@ def run_jobs(
                     atomic_write_text(_stl_cache(job, fingerprint), text)
                 done.append(result)
                 status = "[red]crashed[/red]" if "error" in result else "ok"
-                progress.update(bar, advance=1, last=f"{job.key} {status}")
+                advance(progress, bar, f"{job.key} {status}")
     return done
 
 

@@ -232,7 +232,12 @@ def train(
     """Run ``recipe``: the policy folder goes to ``out``; checkpoints, the log and the plot of the
     meta-objective to ``work``. Returns the training summary written into the policy's card.
     """
-    from lossrag.bench.runner import code_fingerprint, one_thread_per_worker, progress_columns
+    from lossrag.bench.runner import (
+        advance,
+        code_fingerprint,
+        one_thread_per_worker,
+        progress_columns,
+    )
     from lossrag.policy.store import correction_bytes, save_policy, writable_folder
 
     console = console or Console()
@@ -271,7 +276,9 @@ def train(
         Progress(*progress_columns("train"), console=console) as progress,
         ProcessPoolExecutor(recipe.workers, mp_context=mp.get_context("spawn")) as pool,
     ):
-        bar = progress.add_task("", total=es.generations, completed=state["generation"], last="")
+        bar = progress.add_task(
+            "train", total=es.generations, completed=state["generation"], last=""
+        )
         if not state["baseline"]:
             baseline = pool.map(_run, [(dist, s, None, None) for s in eval_seeds])
             state["baseline"] = {str(s): m for s, m in zip(eval_seeds, baseline, strict=True)}
@@ -336,7 +343,7 @@ def train(
             )
             checkpoint.save(state)
             last = entry.get("objective")
-            progress.update(bar, advance=1, last="" if last is None else f"objective {last:+.4f}")
+            advance(progress, bar, "" if last is None else f"objective {last:+.4f}")
         online = _online_phase(recipe, state, checkpoint, objective, pool, progress)
     curve = [(h["generation"], h["objective"]) for h in state["history"] if "objective" in h]
     _plot(curve, work / "meta_objective.png")
@@ -382,6 +389,8 @@ def _online_phase(
     ``state["online"]``; returns it with the held-out objectives and whether Δφ ships."""
     import torch
 
+    from lossrag.bench.runner import advance
+
     spec, dist, theta = recipe.online, recipe.problems, state["theta"]
     if spec.rounds == 0:
         return {"rounds": 0, "shipped": False}
@@ -396,7 +405,7 @@ def _online_phase(
         }
     online = state["online"]
     started = time.perf_counter() - float(online["elapsed_s"])
-    bar = progress.add_task("", total=spec.rounds, completed=online["round"], last="online")
+    bar = progress.add_task("online", total=spec.rounds, completed=online["round"], last="online")
     for r in range(online["round"], spec.rounds):
         seeds = [
             _ONLINE_OFFSET + recipe.seed * 10_000 + r * spec.population + i
@@ -414,7 +423,7 @@ def _online_phase(
         online["drift"].append(round(drift**0.5, 6))
         online["elapsed_s"] = time.perf_counter() - started
         checkpoint.save(state)
-        progress.update(bar, advance=1, last=f"online: |mean adapted Δφ - Δφ| {drift**0.5:.4f}")
+        advance(progress, bar, f"online: |mean adapted Δφ - Δφ| {drift**0.5:.4f}")
     if "with_correction" not in online:
         online["prior_only"] = objective(np.array(theta))
         online["with_correction"] = objective(np.array(theta), online["phi"])
