@@ -37,6 +37,8 @@ def test_unknown_policy_suggests(digits):
         lossrag.wrap(model, digits.tasks, "fam")
     with pytest.raises(ValueError, match="Did you mean 'pcgrad'"):
         lossrag.wrap(model, digits.tasks, "pcgard", shared=model.trunk)
+    with pytest.raises(ValueError, match="Did you mean 'default'"):  # a shipped policy too
+        lossrag.wrap(model, digits.tasks, "defualt", shared=model.trunk)
 
 
 def test_default_policy_loads_or_says_it_is_missing(digits):

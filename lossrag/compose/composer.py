@@ -897,6 +897,12 @@ def _make_policy(policy: str | os.PathLike[str] | Method) -> tuple[Method, str, 
         source = pathlib.Path(policy) if folder else policy
         card = read_card(policy_folder(source))
         return load_policy(source), card.name, _version(card.checksums)
+    if policy not in available() and "+" not in policy:  # name the shipped policies too
+        from lossrag._util import unknown_name_error
+        from lossrag.policy.store import shipped_policies
+
+        names = [*available(), *(folder.name for folder in shipped_policies())]
+        raise unknown_name_error("policy", policy, names)
     method = make_method(policy)
     shipped = getattr(method, "shipped", None)  # a method made of a shipped policy
     if shipped is None:
