@@ -239,7 +239,9 @@ def inspect(
     trace: Annotated[Path, typer.Argument(help="a JSONL trace written by wrap(..., trace=)")],
     step: Annotated[int | None, typer.Option(help="show every term of this step")] = None,
     task: Annotated[str | None, typer.Option(help="only this task")] = None,
-    rows: Annotated[int, typer.Option(help="at most this many steps in the table")] = 25,
+    rows: Annotated[
+        int, typer.Option(help="about this many steps in the table, evenly spread, and the last")
+    ] = 25,
     candidates: Annotated[
         bool, typer.Option(help="every candidate at every retrieval: utility, evidence, gate")
     ] = False,

@@ -323,7 +323,10 @@ def test_corrupt_checkpoint_falls_back_to_the_previous_one(tmp_path):
     loaded = checkpoint.load(console)
     assert loaded is not None and loaded["generation"] == 1
     assert "corrupt" in console.export_text()
-    with pytest.raises(ValueError, match="another recipe"):
+    with pytest.raises(
+        ValueError,
+        match="another recipe; use another --work folder for this one, or remove that folder",
+    ):
         es_module._Checkpoint(work, "other", "code1").load(console)
     # a resume across a code change is said; one with other trained parameters is refused
     es_module._Checkpoint(work, "abc", "code2").load(console)

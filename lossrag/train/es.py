@@ -200,7 +200,7 @@ class _Checkpoint:
             if state["recipe"] != self.digest:
                 raise ValueError(
                     f"train: {path} was written for another recipe; use another --work folder "
-                    "or start over without --resume."
+                    "for this one, or remove that folder to start over."
                 )
             sizes = {len(state[k]) for k in ("theta", "m", "v")}
             saved = state.get("params")
