@@ -165,25 +165,47 @@ def policies_list() -> None:
         )
         return
     table = Table(title="policies")
-    for col in ("name", "format", "trained on", "time", "meta-objective", "description"):
-        table.add_column(col)
+    for col in ("name", "version", "trained on", "time", "meta-objective"):
+        table.add_column(col, overflow="fold")
+    described = []
     for folder in folders:
         try:
             card = read_card(folder)
         except (OSError, ValueError) as err:
-            table.add_row(folder.name, "?", "", "", "", f"[red]unusable: {err}[/red]")
+            table.add_row(folder.name, "?", "", "", "")
+            described.append(f"{folder.name}: [red]unusable: {err}[/red]")
             continue
         curve = card.training.get("objective", [])
         objective = f"{curve[-1]['log_ratio_vs_ew']:+.4f}" if curve else ""
         table.add_row(
             card.name,
-            f"{card.format} (embed {card.embed_version})",
+            card.checksums.get("policy.json", "")[:12],
             f"{card.training.get('problems', '?')} generated problems",
             f"{card.training.get('elapsed_s', 0) / 60:.0f} min",
             objective,
-            card.description,
         )
+        described.append(f"{card.name}: {card.description}")
     console.print(table)
+    for line in described:
+        console.print(line)
+    console.print("`lossrag policies show NAME` shows a policy's whole card.")
+
+
+@policies_app.command("show")
+def policies_show(
+    policy: Annotated[str, typer.Argument(help="a shipped policy's name or a policy folder")],
+) -> None:
+    """A policy's card: versions, recipe, training (meta-objective, correction), trained
+    parameters and the benchmark results it records; its files' checksums are verified."""
+    from lossrag.policy.cardview import render_card
+    from lossrag.policy.store import policy_folder, read_card
+
+    try:
+        folder = policy_folder(policy)
+        card = read_card(folder)
+    except (OSError, ValueError) as err:
+        _fail(str(err))
+    console.print(render_card(card, folder))
 
 
 @app.command()
@@ -274,11 +296,11 @@ def inspect(
         _fail(f"Trace {str(trace)!r} holds no records.")
     try:
         if step is not None:
-            console.print(render_step(records, step, task))
+            console.print(render_step(records, step, task, console.width))
         elif candidates:
             if not retrievals(records):
                 _fail("This trace lists no retrieved candidates (not a retrieval policy's).")
-            console.print(render_retrievals(records, task))
+            console.print(render_retrievals(records, task, console.width))
         else:
             console.print(render_steps(records, task, rows, console.width))
             console.print(render_summary(records, task))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from rich import box
 from rich.console import Group
@@ -31,8 +31,10 @@ __all__ = [
 _SHORT_NOTE = 12
 #: Feature columns per context table (more go in the next one): it reads at 80 columns.
 _FEATURES_PER_TABLE = 3
-#: Widest a text column is kept before it folds (a loss name with its parameters).
+#: Widest a text column is kept before it wraps (a loss name with its parameters).
 _TEXT_WIDTH = 18
+#: Widest a word of a text column (a loss name up to a space) is kept whole.
+_WORD_WIDTH = 26
 
 
 def _fmt(value: float | None, digits: int = 4) -> str:
@@ -50,12 +52,15 @@ def _table(
     title: str, columns: Sequence[str], rows: Sequence[Sequence[str]], left: Sequence[str] = ()
 ) -> Table:
     """A table that reads at 80 columns: light rules, numbers (right-aligned) never wrapped or
-    cut, text columns (``left``) kept up to :data:`_TEXT_WIDTH` wide and folded beyond."""
-    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
+    cut, text columns (``left``) kept up to :data:`_TEXT_WIDTH` wide and wrapped at spaces beyond
+    (a word up to :data:`_WORD_WIDTH` long, such as ``label_smoothing(eps=0.02)``, kept whole)."""
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
     for i, col in enumerate(columns):
         if col in left:
             longest = max((len(row[i]) for row in rows), default=0)
-            table.add_column(col, overflow="fold", min_width=min(longest, _TEXT_WIDTH))
+            word = max((len(w) for row in rows for w in row[i].split()), default=0)
+            width = max(min(longest, _TEXT_WIDTH), min(word, _WORD_WIDTH), len(col))
+            table.add_column(col, overflow="fold", min_width=width, max_width=max(width, 4))
         else:
             table.add_column(col, justify="right", no_wrap=True)
     for row in rows:
@@ -67,18 +72,40 @@ class _Notes:
     """Notes too long for a cell, numbered (one number per distinct note) and listed under the
     table."""
 
-    def __init__(self) -> None:
+    def __init__(self, short: int = _SHORT_NOTE) -> None:
+        self.short = short
         self.numbers: dict[str, int] = {}
 
     def cell(self, note: str | None) -> str:
         """The note itself when short, else its number (the note goes to :meth:`listed`)."""
-        if not note or len(note) <= _SHORT_NOTE:
+        if not note or len(note) <= self.short:
             return note or ""
         return f"[{self.numbers.setdefault(note, len(self.numbers) + 1)}]"
 
     def listed(self, table: Table) -> Group:
         """The table followed by its numbered notes."""
         return Group(table, *(Text(f"[{n}] {note}") for note, n in self.numbers.items()))
+
+
+def _width(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> int:
+    """About how wide :func:`_table` draws ``rows`` when nothing is folded."""
+    widest = [max(len(line) for line in col.split("\n")) for col in columns]
+    for row in rows:
+        widest = [max(w, len(cell)) for w, cell in zip(widest, row, strict=True)]
+    return sum(widest) + 2 * len(columns)
+
+
+def _noted(
+    columns: Sequence[str], rows: Callable[[_Notes], list[list[str]]], width: int
+) -> tuple[_Notes, list[list[str]]]:
+    """``rows`` (whose last cell is a note) with short notes in their cells, or, where that
+    table would be wider than ``width``, every note numbered under the table."""
+    notes = _Notes()
+    cells = rows(notes)
+    if _width(columns, cells) > width:
+        notes = _Notes(short=0)
+        cells = rows(notes)
+    return notes, cells
 
 
 def run_title(record: StepRecord) -> str:
@@ -127,10 +154,11 @@ def render_steps(
         for i, r in enumerate(records)
         if i % stride == 0 or r.skipped or i == len(records) - 1 or r.step in changes
     ]
-    with_loss = 20 + 20 * len(names) <= width  # a loss and a weight: about 20 columns a task
+    # headers of two lines (the task, then "loss" or "w"): a task takes two number columns
+    with_loss = 12 + sum(2 * max(len(name), 8) + 4 for name in names) <= width
     columns = ["step"]
     for name in names:
-        columns += [f"{name} loss", f"{name} w"] if with_loss else [f"{name} w"]
+        columns += [f"{name}\nloss", f"{name}\nw"] if with_loss else [f"{name}\nw"]
     notes, cells = _Notes(), []
     for r in chosen:
         weights = r.task_weights()
@@ -320,32 +348,41 @@ def retrievals(records: Sequence[StepRecord]) -> list[StepRecord]:
     return [r for r in records if any(t.utility is not None for t in r.terms)]
 
 
-def render_retrievals(records: Sequence[StepRecord], task: str | None = None) -> Group:
+def render_retrievals(
+    records: Sequence[StepRecord], task: str | None = None, width: int = 80
+) -> Group:
     """Every candidate at every retrieval: its gate after the retrieval, this retrieval's
     utility, the gate's evidence so far (utilities since its last switch and their mean) and
-    why the gate moved, if it did (long notes numbered under the table)."""
+    why the gate moved, if it did (notes numbered under the table when long, or when the table
+    would be wider than ``width``)."""
     names = _tasks(records, task)
     columns = ["step", "task", "loss", "gate", "utility", "mean/n", "note"]
-    notes = _Notes()
-    rows = [
-        [
-            str(r.step),
-            t.task,
-            t.loss,
-            "on" if t.active else "off",
-            *_evidence(t),
-            notes.cell(t.note),
+
+    def rows(notes: _Notes) -> list[list[str]]:
+        return [
+            [
+                str(r.step),
+                t.task,
+                t.loss,
+                "on" if t.active else "off",
+                *_evidence(t),
+                notes.cell(t.note),
+            ]
+            for r in retrievals(records)
+            for t in r.terms
+            if t.task in names and t.utility is not None
         ]
-        for r in retrievals(records)
-        for t in r.terms
-        if t.task in names and t.utility is not None
-    ]
-    table = _table("candidates at each retrieval", columns, rows, left=["task", "loss", "note"])
+
+    notes, cells = _noted(columns, rows, width)
+    table = _table("candidates at each retrieval", columns, cells, left=["task", "loss", "note"])
     return notes.listed(table)
 
 
-def render_step(records: Sequence[StepRecord], step: int, task: str | None = None) -> Group:
-    """Every term of one step: task, loss, weight, effective multiplier, gate and score; then,
+def render_step(
+    records: Sequence[StepRecord], step: int, task: str | None = None, width: int = 80
+) -> Group:
+    """Every term of one step: task, loss, weight, effective multiplier, gate and score (notes
+    numbered under the table when long, or when the table would be wider than ``width``); then,
     when the step recorded them, its context features and target-normaliser statistics."""
     names = _tasks(records, task)
     found = [r for r in records if r.step == step]
@@ -358,18 +395,24 @@ def render_step(records: Sequence[StepRecord], step: int, task: str | None = Non
     evidence = any(t.utility is not None for t in r.terms)
     with_mult = any(t.multiplier is not None for t in r.terms)
     # at a retrieval, a candidate's utility (its score relative to the natural loss's) for its score
-    columns = ["task", "loss", "weight", *(["mult"] if with_mult else []), "gate"]
+    columns = ["task", "loss", "w", *(["mult"] if with_mult else []), "gate"]
     columns += ["utility", "mean/n"] if evidence else ["score"]
-    notes, rows = _Notes(), []
-    for term in r.terms:
-        if term.task in names:
-            cells = [term.task, term.loss, _fmt(term.weight, 3)]
-            cells += [_fmt(term.multiplier, 3)] if with_mult else []
-            cells.append("on" if term.active else "off")
-            cells += _evidence(term) if evidence else [_fmt(term.score, 3)]
-            rows.append([*cells, notes.cell(term.note)])
+    columns.append("note")
+
+    def rows(notes: _Notes) -> list[list[str]]:
+        out = []
+        for term in r.terms:
+            if term.task in names:
+                cells = [term.task, term.loss, _fmt(term.weight, 3)]
+                cells += [_fmt(term.multiplier, 3)] if with_mult else []
+                cells.append("on" if term.active else "off")
+                cells += _evidence(term) if evidence else [_fmt(term.score, 3)]
+                out.append([*cells, notes.cell(term.note)])
+        return out
+
+    notes, cells = _noted(columns, rows, width)
     title = f"step {r.step} ({run_title(r)}, {status})"
-    table = _table(title, [*columns, "note"], rows, left=["task", "loss", "note"])
+    table = _table(title, columns, cells, left=["task", "loss", "note"])
     # the record holds one loss per task (its active terms' combined loss)
     losses = ", ".join(f"{n} {_fmt(r.losses.get(n))}" for n in names)
     parts: list[Group | Table | Text] = [notes.listed(table), Text(f"task losses: {losses}")]

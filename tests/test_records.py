@@ -123,9 +123,14 @@ def test_corrupt_line_is_an_error(tmp_path):
 
 def test_inspect_table_and_plot(digits, tmp_path):
     trace, records = _run(digits, tmp_path)
-    result = runner.invoke(app, ["inspect", str(trace)])
+    result = runner.invoke(app, ["inspect", str(trace)], env={"COLUMNS": "80"})
     assert result.exit_code == 0, result.output
-    assert "parity w" in result.output and "uw" in result.output
+    lines = result.output.splitlines()
+    assert max(len(line) for line in lines) <= 80 and "uw" in result.output
+    # two-line headers: the tasks, then what each column of a task holds
+    tasks = next(i for i, line in enumerate(lines) if line.split()[:1] == ["digit"])
+    assert lines[tasks].split() == ["digit", "digit", "parity", "parity", "ink", "ink"]
+    assert lines[tasks + 1].split() == ["step", "loss", "w", "loss", "w", "loss", "w", "note"]
     png = trace.with_suffix(".png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -277,6 +282,7 @@ def test_inspect_reads_at_80_columns(tmp_path):
     ]
     terms = [
         Term(task="y", loss="l2", weight=0.0, active=False, utility=-2.273, note="off: gone"),
+        Term(task="y", loss="gaussian_nll(sigma=0.75)", weight=0.0, active=False, utility=-0.9),
         *(
             Term(task="y", loss=loss, weight=0.5, utility=u, seen=n, mean_utility=m, note=why)
             for loss, u, n, m, why in on
@@ -294,6 +300,11 @@ def test_inspect_reads_at_80_columns(tmp_path):
     assert step.exit_code == 0, step.output
     assert "…" not in step.output and "welsch(scale=0.05)" in step.output
     assert "2.68/1" in step.output and f"[1] {note}" in step.output
+    # a loss name is not broken inside its parameters, at a step or among the candidates
+    candidates = runner.invoke(app, ["inspect", str(path), "--candidates", *plot], env=env)
+    for shown in (step, candidates):
+        assert "gaussian_nll(sigma=0.75)" in shown.output
+        assert max(len(line) for line in shown.output.splitlines()) <= 80
     summary = runner.invoke(app, ["inspect", str(path), *plot], env=env)
     assert "…" not in summary.output
     names = ["digit", "parity", "has_loop", "denoise"]  # the demo's four tasks: weights only
@@ -308,7 +319,9 @@ def test_inspect_reads_at_80_columns(tmp_path):
     ]
     path.write_text("".join(r.model_dump_json() + "\n" for r in many))
     steps = runner.invoke(app, ["inspect", str(path), *plot], env=env)
-    assert steps.exit_code == 0 and "…" not in steps.output and "has_loop w" in steps.output
+    assert steps.exit_code == 0 and "…" not in steps.output
+    header = next(i for i, line in enumerate(steps.output.splitlines()) if "has_loop" in line)
+    assert steps.output.splitlines()[header + 1].split() == ["step", "w", "w", "w", "w", "note"]
     assert "its active losses changed (l2 -> welsch(scale=0.05), tukey(c=0.5))" in " ".join(
         summary.output.split()
     )

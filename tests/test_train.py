@@ -470,8 +470,37 @@ def test_cli_train_and_policies_list(tmp_path):
     bad = _recipe(tmp_path, TINY.replace("seed = 3", "seed = 3\ncolour = 1"))
     result = runner.invoke(app, ["train", str(bad), "--out", str(tmp_path / "p")])
     assert result.exit_code == 2 and "colour" in result.output
-    result = runner.invoke(app, ["policies", "list"])
-    assert result.exit_code == 0
+    result = runner.invoke(app, ["policies", "list"], env={"COLUMNS": "80"})
+    assert result.exit_code == 0 and max(map(len, result.output.splitlines())) <= 80
+    card = read_card(policy_folder("default"))
+    version = card.checksums["policy.json"][:12]
+    assert f"default │ {version}" in result.output and "policies show NAME" in result.output
+
+
+def test_cli_policies_show(tmp_path):
+    """A policy's whole card, from its name or its folder; a folder whose files no longer match
+    their checksums, or no policy at all, is an error naming it."""
+    runner = CliRunner()
+    card = read_card(policy_folder("default"))
+    shown = runner.invoke(app, ["policies", "show", "default"], env={"COLUMNS": "80"})
+    assert shown.exit_code == 0, shown.output
+    text = " ".join(shown.output.split())
+    assert f"version {card.checksums['policy.json'][:12]}" in text
+    assert all(name in text for name in card.training["parameters"])
+    for suite, result in card.benchmarks.items():
+        assert suite in text and f"mean Δm {result['lossrag-default']['mean_delta_m']:+.2f}" in text
+    assert max(map(len, shown.output.splitlines())) <= 80
+    copy = tmp_path / "mine"
+    shutil.copytree(policy_folder("default"), copy)
+    assert runner.invoke(app, ["policies", "show", str(copy)]).exit_code == 0
+    policy = copy / "policy.json"
+    policy.write_text(policy.read_text().replace("{", "{ ", 1))
+    altered = runner.invoke(app, ["policies", "show", str(copy)])
+    said = " ".join(altered.output.split())
+    assert altered.exit_code == 2 and "policy.json does not match the checksum" in said
+    missing = runner.invoke(app, ["policies", "show", "defualt"])
+    said = " ".join(missing.output.split())
+    assert missing.exit_code == 2 and "neither a folder nor a shipped policy" in said
 
 
 @pytest.mark.parametrize("end", [0.50, 0.60])
