@@ -36,7 +36,7 @@ TERM_FEATURES: tuple[str, ...] = (
     "log_gsnr",  # gradient signal-to-noise over the samples at the output of `shared`
     "log_norm_ratio",  # ‖∇L/EMA(L)‖ over the mean of the terms
     "cos_mean",  # cosine of ∇L/EMA(L) with the mean of the terms'
-    "cos_query",  # cosine with the last query gradient (0 until meta-learning provides one)
+    "cos_query",  # reserved for a cosine with a query gradient: 0 (none is fed), not recorded
 )
 #: Global context features, in order.
 GLOBAL_FEATURES: tuple[str, ...] = ("progress", "effective_rank")

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 import lossrag
 from lossrag.cli import app
+from lossrag.context import TERM_FEATURES
 from lossrag.keys import TermKey
 from lossrag.policy import FEATURES, Correction, Gates, LossRAG, Prior
 from lossrag.record import read_trace
@@ -80,6 +81,9 @@ def test_lossrag_trains_and_records_retrieval(digits, tmp_path):
     assert retrieved and all(t.score is not None and t.note for t in retrieved)
     assert {t.task for t in retrieved} == {"digit", "parity", "ink"}
     assert set(first.context) == {"digit", "parity", "ink"}
+    # every measured feature by name; not cos_query, a slot that is 0 (no query gradient is fed)
+    measured = set(TERM_FEATURES) - {"cos_query"}
+    assert all(set(features) == measured for features in first.context.values())
     for r in records:
         weights = r.task_weights()
         assert sum(w for w in weights.values() if w is not None) == pytest.approx(3.0)

@@ -65,6 +65,14 @@ MAX_RATIO = 3.0
 SCALE_FLOOR = 0.0
 
 
+def _recorded(features: list[float]) -> dict[str, float]:
+    """A task's context features as its record lists them: by name, without ``cos_query``, a
+    slot of the trained policies' feature vector that holds 0 (no query gradient is fed)."""
+    named = dict(zip(TERM_FEATURES, features, strict=True))
+    named.pop("cos_query")
+    return named
+
+
 @register_method
 class LossRAG(Method):
     """The retrieval policy: an untrained prior plus a zero-initialised correction by default.
@@ -294,7 +302,7 @@ class LossRAG(Method):
                 for name in self.tasks
             }
         scored = self._score(step, context)
-        ctx = {n: dict(zip(TERM_FEATURES, v, strict=True)) for n, v in context.items()}
+        ctx = {n: _recorded(v) for n, v in context.items()}
         for name, share in self.gross.items():
             ctx[name]["gross_share"] = share
         if not retrieve:

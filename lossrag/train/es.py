@@ -435,7 +435,9 @@ def _online_phase(
 
 
 def _plot(curve: list[tuple[int, float]], path: Path) -> None:
-    """The meta-objective (log-ratio against EW on held-out problems) over generations."""
+    """The meta-objective (log-ratio against EW on held-out problems) over generations, on an
+    axis fitted to it (EW, at 0, is drawn only when the curve reaches within its own range of
+    it: a line at 0 flattened a curve rising from 0.547 to 0.568)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -443,10 +445,13 @@ def _plot(curve: list[tuple[int, float]], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
     if curve:
-        ax.plot([g for g, _ in curve], [o for _, o in curve], marker="o")
-    ax.axhline(0.0, color="grey", linewidth=0.8)
+        values = [o for _, o in curve]
+        ax.plot([g for g, _ in curve], values, marker="o")
+        low, high = min(values), max(values)
+        if low - (high - low) <= 0.0 <= high + (high - low):
+            ax.axhline(0.0, color="grey", linewidth=0.8)
     ax.set_xlabel("generation")
-    ax.set_ylabel("mean log-ratio vs EW (held-out)")
+    ax.set_ylabel("mean log-ratio vs EW (0 = EW)")
     ax.set_title("meta-objective (higher is better)")
     fig.tight_layout()
     buffer = io.BytesIO()
