@@ -6,11 +6,12 @@ from __future__ import annotations
 import multiprocessing
 import signal
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -54,8 +55,8 @@ def _stop(_signum: int, _frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _fail(message: str) -> None:
-    console.print(f"[red]error:[/red] {message}")
+def _fail(message: str) -> NoReturn:
+    console.print(f"[red]error:[/red] {escape(message)}")
     raise typer.Exit(code=2)
 
 
@@ -154,7 +155,8 @@ def library_build_index(
 
 @policies_app.command("list")
 def policies_list() -> None:
-    """The policies shipped in ``policies/``, with their cards."""
+    """The policies shipped in ``policies/``: name, version, training and description, one line
+    each (``lossrag policies show NAME`` shows a whole card)."""
     from lossrag.policy.store import read_card, shipped_policies
 
     folders = shipped_policies()
@@ -166,25 +168,25 @@ def policies_list() -> None:
         return
     table = Table(title="policies")
     for col in ("name", "version", "trained on", "time", "meta-objective"):
-        table.add_column(col, overflow="fold")
+        table.add_column(col, overflow="fold", no_wrap=col == "version")
     described = []
     for folder in folders:
         try:
             card = read_card(folder)
         except (OSError, ValueError) as err:
             table.add_row(folder.name, "?", "", "", "")
-            described.append(f"{folder.name}: [red]unusable: {err}[/red]")
+            described.append(f"{escape(folder.name)}: [red]unusable: {escape(str(err))}[/red]")
             continue
         curve = card.training.get("objective", [])
         objective = f"{curve[-1]['log_ratio_vs_ew']:+.4f}" if curve else ""
         table.add_row(
             card.name,
-            card.checksums.get("policy.json", "")[:12],
+            card.version or "?",
             f"{card.training.get('problems', '?')} generated problems",
             f"{card.training.get('elapsed_s', 0) / 60:.0f} min",
             objective,
         )
-        described.append(f"{card.name}: {card.description}")
+        described.append(escape(f"{card.name}: {card.description}"))
     console.print(table)
     for line in described:
         console.print(line)
@@ -303,7 +305,7 @@ def inspect(
             console.print(render_retrievals(records, task, console.width))
         else:
             console.print(render_steps(records, task, rows, console.width))
-            console.print(render_summary(records, task))
+            console.print(render_summary(records, task, console.width))
             if gate_changes(records):
                 console.print(render_changes(records, task))
     except ValueError as err:

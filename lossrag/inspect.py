@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from rich import box
 from rich.console import Group
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -48,24 +49,60 @@ def _evidence(term: Term) -> list[str]:
     return [_fmt(term.utility, 3), mean]
 
 
-def _table(
-    title: str, columns: Sequence[str], rows: Sequence[Sequence[str]], left: Sequence[str] = ()
-) -> Table:
-    """A table that reads at 80 columns: light rules, numbers (right-aligned) never wrapped or
-    cut, text columns (``left``) kept up to :data:`_TEXT_WIDTH` wide and wrapped at spaces beyond
-    (a word up to :data:`_WORD_WIDTH` long, such as ``label_smoothing(eps=0.02)``, kept whole)."""
-    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+def _widths(
+    columns: Sequence[str], rows: Sequence[Sequence[str]], left: Sequence[str], narrow: bool
+) -> list[int]:
+    """Each column's width as :func:`_table` draws it: its widest header line or cell, a text
+    column (``left``) when ``narrow`` only up to :data:`_TEXT_WIDTH` or up to its longest word
+    (at most :data:`_WORD_WIDTH`), wrapping at spaces beyond."""
+    widths = []
     for i, col in enumerate(columns):
-        if col in left:
-            longest = max((len(row[i]) for row in rows), default=0)
-            word = max((len(w) for row in rows for w in row[i].split()), default=0)
-            width = max(min(longest, _TEXT_WIDTH), min(word, _WORD_WIDTH), len(col))
-            table.add_column(col, overflow="fold", min_width=width, max_width=max(width, 4))
+        cells = [row[i] for row in rows]
+        width = max(map(len, cells), default=0)
+        if narrow and col in left:
+            word = max((len(w) for cell in cells for w in cell.split()), default=0)
+            width = min(width, max(_TEXT_WIDTH, min(word, _WORD_WIDTH)))
+        widths.append(max(width, *(len(line) for line in col.split("\n"))))
+    return widths
+
+
+def _span(widths: Sequence[int]) -> int:
+    """The width of a table of columns ``widths`` wide (two characters between columns)."""
+    return sum(widths) + 2 * len(widths)
+
+
+def _table(
+    title: str,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    left: Sequence[str] = (),
+    width: int = 80,
+) -> Group:
+    """A table for a terminal ``width`` columns wide: light rules, numbers (right-aligned) never
+    wrapped or cut, text columns (``left``) as wide as their text or, where the table would be
+    wider than the terminal, narrowed as :func:`_widths` says (a word such as
+    ``label_smoothing(eps=0.02)`` kept whole); where even that does not fit, number columns
+    are left out from the right, and a line under the table names them."""
+    narrow = _span(_widths(columns, rows, left, narrow=False)) > width
+    widths = _widths(columns, rows, left, narrow=True)
+    shown = list(range(len(columns)))
+    numbers = [i for i in shown if columns[i] not in left]
+    while _span([widths[i] for i in shown]) > width and len(numbers) > 1:
+        shown.remove(numbers.pop())
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    for i in shown:
+        if columns[i] in left:
+            most = widths[i] if narrow else None
+            table.add_column(columns[i], overflow="fold", min_width=widths[i], max_width=most)
         else:
-            table.add_column(col, justify="right", no_wrap=True)
+            table.add_column(columns[i], justify="right", no_wrap=True)
     for row in rows:
-        table.add_row(*row)
-    return table
+        table.add_row(*(escape(row[i]) for i in shown))
+    left_out = [columns[i].replace("\n", " ") for i in range(len(columns)) if i not in shown]
+    if left_out:
+        said = f"(not shown at {width} columns: {', '.join(left_out)}; a wider terminal shows them)"
+        return Group(table, Text(said))
+    return Group(table)
 
 
 class _Notes:
@@ -82,27 +119,22 @@ class _Notes:
             return note or ""
         return f"[{self.numbers.setdefault(note, len(self.numbers) + 1)}]"
 
-    def listed(self, table: Table) -> Group:
+    def listed(self, table: Group) -> Group:
         """The table followed by its numbered notes."""
         return Group(table, *(Text(f"[{n}] {note}") for note, n in self.numbers.items()))
 
 
-def _width(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> int:
-    """About how wide :func:`_table` draws ``rows`` when nothing is folded."""
-    widest = [max(len(line) for line in col.split("\n")) for col in columns]
-    for row in rows:
-        widest = [max(w, len(cell)) for w, cell in zip(widest, row, strict=True)]
-    return sum(widest) + 2 * len(columns)
-
-
 def _noted(
-    columns: Sequence[str], rows: Callable[[_Notes], list[list[str]]], width: int
+    columns: Sequence[str],
+    rows: Callable[[_Notes], list[list[str]]],
+    left: Sequence[str],
+    width: int,
 ) -> tuple[_Notes, list[list[str]]]:
     """``rows`` (whose last cell is a note) with short notes in their cells, or, where that
     table would be wider than ``width``, every note numbered under the table."""
     notes = _Notes()
     cells = rows(notes)
-    if _width(columns, cells) > width:
+    if _span(_widths(columns, cells, left, narrow=True)) > width:
         notes = _Notes(short=0)
         cells = rows(notes)
     return notes, cells
@@ -154,26 +186,34 @@ def render_steps(
         for i, r in enumerate(records)
         if i % stride == 0 or r.skipped or i == len(records) - 1 or r.step in changes
     ]
-    # headers of two lines (the task, then "loss" or "w"): a task takes two number columns
-    with_loss = 12 + sum(2 * max(len(name), 8) + 4 for name in names) <= width
-    columns = ["step"]
-    for name in names:
-        columns += [f"{name}\nloss", f"{name}\nw"] if with_loss else [f"{name}\nw"]
-    notes, cells = _Notes(), []
-    for r in chosen:
-        weights = r.task_weights()
-        row = [str(r.step)]
+
+    def table(with_loss: bool) -> tuple[list[str], _Notes, list[list[str]]]:
+        # headers of two lines: the task, then "loss" or "w"
+        columns = ["step"]
         for name in names:
-            row += [_fmt(r.losses.get(name))] if with_loss else []
-            row.append(_fmt(weights.get(name)))
-        note = f"skipped: {r.reason}" if r.skipped else (r.reason or "")
-        row.append(notes.cell("; ".join(n for n in [note, *changes.get(r.step, [])] if n)))
-        cells.append(row)
+            columns += [f"{name}\nloss", f"{name}\nw"] if with_loss else [f"{name}\nw"]
+        notes, cells = _Notes(), []
+        for r in chosen:
+            weights = r.task_weights()
+            row = [str(r.step)]
+            for name in names:
+                row += [_fmt(r.losses.get(name))] if with_loss else []
+                row.append(_fmt(weights.get(name)))
+            note = f"skipped: {r.reason}" if r.skipped else (r.reason or "")
+            row.append(notes.cell("; ".join(n for n in [note, *changes.get(r.step, [])] if n)))
+            cells.append(row)
+        return [*columns, "note"], notes, cells
+
+    columns, notes, cells = table(with_loss=True)
+    if _span(_widths(columns, cells, ["note"], narrow=True)) > width:
+        columns, notes, cells = table(with_loss=False)
     title = f"{run_title(records[0])}: {len(records)} steps (every {stride})"
-    return notes.listed(_table(title, [*columns, "note"], cells, left=["note"]))
+    return notes.listed(_table(title, columns, cells, left=["note"], width=width))
 
 
-def render_summary(records: Sequence[StepRecord], task: str | None = None) -> Group:
+def render_summary(
+    records: Sequence[StepRecord], task: str | None = None, width: int = 80
+) -> Group:
     """One row per task: its loss at the first and last step, its mean, lowest, highest and last
     weight over the steps that were not skipped and its last effective multiplier (when
     recorded); under it, its active terms at the end; followed by the target normaliser's statistics
@@ -212,29 +252,31 @@ def render_summary(records: Sequence[StepRecord], task: str | None = None) -> Gr
         cells += [_fmt(multipliers.get(name))] if with_mult else []
         rows.append(cells)
         ends.append(f"{name}: {', '.join(active) or '-'} active at the end")
-    table = _table(title, columns, rows, left=["task"])
+    table = _table(title, columns, rows, left=["task"], width=width)
     normalised = [n for n in names if any(n in r.targets for r in records)]
     if normalised:
         said.append(
             f"The losses of {', '.join(normalised)} are in their targets' standard units "
             "(normalize_targets; the target normaliser's statistics below)."
         )
-    parts: list[Group | Table | Text] = [table, *(Text(line) for line in [*ends, *said])]
+    parts: list[Group | Text] = [table, *(Text(line) for line in [*ends, *said])]
     if any(r.targets for r in records):
-        parts.append(render_targets(records, task))
+        parts.append(render_targets(records, task, width))
     if any(r.context for r in records):
-        parts.append(render_context(records, task))
+        parts.append(render_context(records, task, width=width))
     return Group(*parts)
 
 
-def render_targets(records: Sequence[StepRecord], task: str | None = None) -> Table:
+def render_targets(
+    records: Sequence[StepRecord], task: str | None = None, width: int = 80
+) -> Group:
     """The target normaliser's statistics per regression task at the first and the last step
     that recorded them, one row each: ``μ`` and ``σ`` (per dimension up to three, else their
     range and count) and how the task is normalised."""
     names = _tasks(records, task)
     with_targets = [r for r in records if r.targets]
     if not with_targets:
-        return Table(title="target normaliser")
+        return Group(Table(title="target normaliser"))
     ends = with_targets[:1] if len(with_targets) == 1 else [with_targets[0], with_targets[-1]]
     rows = [
         [name, str(r.step), *_moments(r.targets[name]), _how(r.targets[name])]
@@ -243,7 +285,8 @@ def render_targets(records: Sequence[StepRecord], task: str | None = None) -> Ta
         if name in r.targets
     ]
     columns = ["task", "step", "mu", "sigma", "normalised"]
-    return _table("target normaliser", columns, rows, left=["task", "mu", "sigma", "normalised"])
+    left = ["task", "mu", "sigma", "normalised"]
+    return _table("target normaliser", columns, rows, left=left, width=width)
 
 
 def _moments(stats: Mapping[str, float]) -> list[str]:
@@ -273,10 +316,13 @@ def _how(stats: Mapping[str, float]) -> str:
     return "; ".join(parts)
 
 
-def render_context(records: Sequence[StepRecord], task: str | None = None, rows: int = 8) -> Group:
+def render_context(
+    records: Sequence[StepRecord], task: str | None = None, rows: int = 8, width: int = 80
+) -> Group:
     """At a retrieval policy's refresh steps (evenly thinned to about ``rows`` steps, the last
     always shown): each task's context features and the weight it got at that step (a few
-    features per table)."""
+    features per table; ``cos_query``, which traces written before it was left out list as 0,
+    is not shown)."""
     names = _tasks(records, task)
     refresh = [r for r in records if r.context]
     title = f"context at refresh steps ({len(refresh)} refreshes)"
@@ -284,7 +330,11 @@ def render_context(records: Sequence[StepRecord], task: str | None = None, rows:
         return Group(Table(title=title))
     stride = max(1, len(refresh) // max(rows, 1))
     chosen = [r for i, r in enumerate(refresh) if i % stride == 0 or i == len(refresh) - 1]
-    features = list(dict.fromkeys(k for r in chosen for v in r.context.values() for k in v))
+    features = [
+        k
+        for k in dict.fromkeys(k for r in chosen for v in r.context.values() for k in v)
+        if k != "cos_query"
+    ]
     tables = []
     for first in range(0, len(features), _FEATURES_PER_TABLE):
         part = features[first : first + _FEATURES_PER_TABLE]
@@ -296,7 +346,7 @@ def render_context(records: Sequence[StepRecord], task: str | None = None, rows:
             if name in r.context
         ]
         columns = ["step", "task", "weight", *part]
-        tables.append(_table(title if first == 0 else "", columns, cells, left=["task"]))
+        tables.append(_table(title if first == 0 else "", columns, cells, ["task"], width))
     return Group(*tables)
 
 
@@ -373,8 +423,9 @@ def render_retrievals(
             if t.task in names and t.utility is not None
         ]
 
-    notes, cells = _noted(columns, rows, width)
-    table = _table("candidates at each retrieval", columns, cells, left=["task", "loss", "note"])
+    left = ["task", "loss", "note"]
+    notes, cells = _noted(columns, rows, left, width)
+    table = _table("candidates at each retrieval", columns, cells, left, width)
     return notes.listed(table)
 
 
@@ -410,14 +461,15 @@ def render_step(
                 out.append([*cells, notes.cell(term.note)])
         return out
 
-    notes, cells = _noted(columns, rows, width)
+    left = ["task", "loss", "note"]
+    notes, cells = _noted(columns, rows, left, width)
     title = f"step {r.step} ({run_title(r)}, {status})"
-    table = _table(title, columns, cells, left=["task", "loss", "note"])
+    table = _table(title, columns, cells, left, width)
     # the record holds one loss per task (its active terms' combined loss)
     losses = ", ".join(f"{n} {_fmt(r.losses.get(n))}" for n in names)
-    parts: list[Group | Table | Text] = [notes.listed(table), Text(f"task losses: {losses}")]
+    parts: list[Group | Text] = [notes.listed(table), Text(f"task losses: {losses}")]
     if r.context:
-        parts.append(render_context([r], task))
+        parts.append(render_context([r], task, width=width))
     if r.targets:
-        parts.append(render_targets([r], task))
+        parts.append(render_targets([r], task, width))
     return Group(*parts)

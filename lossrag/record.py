@@ -57,8 +57,9 @@ class StepRecord(BaseModel):
             and no weighting state was updated.
         reason: Why the step was skipped, if it was.
         timings: Seconds spent per phase (``losses``, ``weights``, ``backward``, ...).
-        context: At a retrieval policy's refresh steps, task name -> its context features
-            (:data:`lossrag.context.TERM_FEATURES`); empty otherwise.
+        context: At a retrieval policy's refresh steps, task name -> its context features by
+            name (:data:`lossrag.context.TERM_FEATURES` but ``cos_query``, a slot that holds 0,
+            and ``gross_share`` where measured); empty otherwise.
         targets: Regression task name -> the target normaliser's statistics (``mu``, ``sigma``,
             ...); empty when target normalisation is off.
         version: Version of the trained policy behind ``method`` (the first 12 hex digits of

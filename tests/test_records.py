@@ -327,6 +327,36 @@ def test_inspect_reads_at_80_columns(tmp_path):
     )
 
 
+def test_inspect_fits_the_terminal(tmp_path):
+    """A step's table at a retrieval: whole at 200 columns; at 80, loss names kept whole (not
+    broken inside their parameters) and the notes numbered under the table so that it fits;
+    at 50, number columns left out from the right, and a line says which."""
+    losses = ["label_smoothing(eps=0.02)", "student_t_nll(nu=100, sigma=2)", "poly1(eps=-1)"]
+    task = "ink_density"
+    terms = [Term(task=task, loss="l2", weight=1.0, multiplier=0.245, utility=0.0, note="active")]
+    terms += [
+        Term(task=task, loss=loss, weight=0.0, active=False, utility=-0.911, note="retrieved")
+        for loss in losses
+    ]
+    record = StepRecord(step=200, method="default", losses={task: 1.35}, terms=terms)
+    path = tmp_path / "t.jsonl"
+    path.write_text(record.model_dump_json() + "\n")
+    plot = ["--plot", str(tmp_path / "w.png")]
+    shown = {
+        c: runner.invoke(app, ["inspect", str(path), "--step", "200", *plot], env={"COLUMNS": c})
+        for c in ("200", "80", "50")
+    }
+    assert all(result.exit_code == 0 for result in shown.values())
+    lines = {c: result.output.splitlines() for c, result in shown.items()}
+    assert any(loss in line and "retrieved" in line for line in lines["200"] for loss in losses)
+    assert all(any(loss in line for line in lines["80"]) for loss in losses[::2])
+    assert max(map(len, lines["80"])) <= 80 and "[2] retrieved" in lines["80"]
+    assert not any("not shown" in line for line in [*lines["200"], *lines["80"]])
+    assert max(map(len, lines["50"])) <= 50
+    said = " ".join(shown["50"].output.split())
+    assert "(not shown at 50 columns: mult, gate, utility, mean/n; a wider terminal shows" in said
+
+
 def test_inspect_target_statistics_read_at_80_columns(tmp_path):
     """The target normaliser's table at 80 columns: a scalar target, a 2-D one and a 40-D one
     in a few columns, nothing cut (eleven columns of flags and per-dimension values were cut

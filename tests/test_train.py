@@ -473,26 +473,37 @@ def test_cli_train_and_policies_list(tmp_path):
     result = runner.invoke(app, ["policies", "list"], env={"COLUMNS": "80"})
     assert result.exit_code == 0 and max(map(len, result.output.splitlines())) <= 80
     card = read_card(policy_folder("default"))
-    version = card.checksums["policy.json"][:12]
-    assert f"default │ {version}" in result.output and "policies show NAME" in result.output
+    assert f"default │ {card.version}" in result.output and "policies show NAME" in result.output
 
 
 def test_cli_policies_show(tmp_path):
-    """A policy's whole card, from its name or its folder; a folder whose files no longer match
-    their checksums, or no policy at all, is an error naming it."""
+    """A policy's whole card, from its name or its folder, whatever layout its free-form parts
+    have (an older card's, another recipe's); a folder whose files no longer match their
+    checksums, or no policy at all, is an error naming it."""
     runner = CliRunner()
     card = read_card(policy_folder("default"))
     shown = runner.invoke(app, ["policies", "show", "default"], env={"COLUMNS": "80"})
     assert shown.exit_code == 0, shown.output
     text = " ".join(shown.output.split())
-    assert f"version {card.checksums['policy.json'][:12]}" in text
+    assert f"version {card.version}" in text
     assert all(name in text for name in card.training["parameters"])
     for suite, result in card.benchmarks.items():
-        assert suite in text and f"mean Δm {result['lossrag-default']['mean_delta_m']:+.2f}" in text
+        assert f"benchmarks › {suite} › lossrag-default › delta_m" in text
+        assert all(f"{p} {v:.4g}" in text for p, v in result["lossrag-default"]["delta_m"].items())
     assert max(map(len, shown.output.splitlines())) <= 80
     copy = tmp_path / "mine"
     shutil.copytree(policy_folder("default"), copy)
-    assert runner.invoke(app, ["policies", "show", str(copy)]).exit_code == 0
+    other = json.loads((copy / "card.json").read_text())
+    other["description"] = "[experimental] scores by MAE"  # not markup
+    other["benchmarks"] = {"digits-mtl": {"delta_m": 1.5}, "note": "by hand", "runs": [1, 2]}
+    other["training"] = {"objective": [0.1, 0.25], "parameters": {"kind": "fixed", "lr": 0.5}}
+    (copy / "card.json").write_text(json.dumps(other))
+    shown = runner.invoke(app, ["policies", "show", str(copy)], env={"COLUMNS": "80"})
+    text = " ".join(shown.output.split())
+    assert shown.exit_code == 0, shown.output
+    assert "[experimental] scores by MAE" in text and "+0.1000 -> +0.2500 over 2" in text
+    assert "benchmarks › digits-mtl delta_m 1.5" in text and "runs 1, 2" in text
+    assert "kind fixed lr 0.5" in text
     policy = copy / "policy.json"
     policy.write_text(policy.read_text().replace("{", "{ ", 1))
     altered = runner.invoke(app, ["policies", "show", str(copy)])

@@ -896,7 +896,7 @@ def _make_policy(policy: str | os.PathLike[str] | Method) -> tuple[Method, str, 
 
         source = pathlib.Path(policy) if folder else policy
         card = read_card(policy_folder(source))
-        return load_policy(source), card.name, _version(card.checksums)
+        return load_policy(source), card.name, card.version
     if policy not in available() and "+" not in policy:  # name the shipped policies too
         from lossrag._util import unknown_name_error
         from lossrag.policy.store import shipped_policies
@@ -909,8 +909,4 @@ def _make_policy(policy: str | os.PathLike[str] | Method) -> tuple[Method, str, 
         return method, policy, None
     from lossrag.policy.store import policy_folder, read_card
 
-    return method, policy, _version(read_card(policy_folder(shipped)).checksums)
-
-
-def _version(checksums: Mapping[str, str]) -> str | None:
-    return checksums.get("policy.json", "")[:12] or None
+    return method, policy, read_card(policy_folder(shipped)).version

@@ -97,6 +97,12 @@ class PolicyCard(BaseModel):
     benchmarks: dict[str, Any] = {}
     checksums: dict[str, str]
 
+    @property
+    def version(self) -> str | None:
+        """The policy's version, as records name it: the first 12 hex digits of its
+        ``policy.json``'s SHA-256 (``None`` for a card without that checksum)."""
+        return self.checksums.get("policy.json", "")[:12] or None
+
 
 class _Shape(BaseModel):
     """The correction network's shape in ``policy.json``."""

@@ -451,7 +451,7 @@ def _plot(curve: list[tuple[int, float]], path: Path) -> None:
         if low - (high - low) <= 0.0 <= high + (high - low):
             ax.axhline(0.0, color="grey", linewidth=0.8)
     ax.set_xlabel("generation")
-    ax.set_ylabel("mean log-ratio vs EW (0 = EW)")
+    ax.set_ylabel("mean log-ratio vs EW, held-out")
     ax.set_title("meta-objective (higher is better)")
     fig.tight_layout()
     buffer = io.BytesIO()
