@@ -235,6 +235,39 @@ def test_the_first_step_is_already_normalised():
     assert composer.last_record.losses["price"] < 10  # not ~1e6 in the user's units
 
 
+@pytest.mark.parametrize("policy", ["ew", "default"])
+def test_a_skipped_first_step_leaves_the_next_one_as_a_first_step(policy):
+    """A NaN target in the first batch skips that step; the next step starts the target
+    statistics from its own batch, as a first step does (it trained the raw targets, μ = 0 and
+    σ = 1: a loss of ~1e6 for targets near 1000; found by a user trial)."""
+    runs = []
+    for spoiled in (False, True):
+        torch.manual_seed(0)
+        model = MultiTaskMLP(6, [32], TASKS)
+        opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+        composer = lossrag.wrap(
+            model, TASKS, policy, shared=model.trunk, seed=0, normalize_targets=True
+        )
+        batches = [_data(64, i) for i in range(3)]
+        if spoiled:
+            x, y = _data(64, 99)
+            y["price"][5] = float("nan")
+            batches.insert(0, (x, y))
+        records = []
+        for x, y in batches:
+            opt.zero_grad()
+            records.append(composer.backward(model(x), y))
+            opt.step()
+        runs.append(records)
+    clean, spoiled_run = runs
+    assert spoiled_run[0].skipped and not any(r.skipped for r in spoiled_run[1:])
+    for a, b in zip(clean, spoiled_run[1:], strict=True):
+        assert a.losses == pytest.approx(b.losses, rel=1e-5)
+        for task, stats in a.targets.items():
+            assert stats == pytest.approx(b.targets[task], rel=1e-9)
+    assert spoiled_run[1].losses["price"] < 10
+
+
 def test_online_adaptation_takes_the_candidates_losses_normalised(monkeypatch):
     """With ``query=``, the meta-step's look-ahead takes the candidates' losses as training does,
     on standardised targets (in the user's units the price's L2 is about 1e4 times larger), a
@@ -471,3 +504,5 @@ def test_targets_far_from_unit_scale_left_raw_are_warned_of_once():
     assert "Task 'tiny'" in said[1] and "normalize_targets=True" in said[1]
     assert first_steps("ew", normalize_targets=False) == []
     assert first_steps("default") == []
+    y["price"][3] = float("nan")  # the scale of the finite targets, not NaN
+    assert "(first batch: mean 1008, std 67.77)" in first_steps("ew")[0]

@@ -149,6 +149,9 @@ def warn_raw_targets(tasks: Sequence[Task], targets: Mapping[str, Tensor], polic
         if task.kind != "regression" or t is None or t.numel() < 2:
             continue
         rows = t.detach().cpu().to(torch.float64).reshape(t.shape[0], -1)
+        rows = rows[torch.isfinite(rows).all(1)]  # a NaN target says nothing of the scale
+        if rows.shape[0] < 2:
+            continue
         mu, sigma = float(rows.mean(0).pow(2).mean().sqrt()), float(rows.var(0).mean().sqrt())
         if far_from_unit(mu, sigma):
             warnings.warn(

@@ -142,6 +142,8 @@ class Composer:
         # last: what touches the model or the disk comes after every check that can fail
         self.normalizer = self._target_normalizer()
         self._target_stats: Tensor | None = None
+        # whether the normaliser started from a first batch of finite regression targets
+        self._targets_begun = False
         self.recorder = Recorder(
             trace, options.trace_every, self._annotate, append=options.trace_append
         )
@@ -390,14 +392,19 @@ class Composer:
             self._rng = self.sync.share(self._rng)  # one random stream on every rank
         observed = None
         if self.normalizer is not None:
-            if first:
+            # it starts from the first step whose regression targets are all finite: a skipped
+            # first step (a NaN target) would otherwise leave μ = 0, σ = 1 for the next step
+            boundary = window is None or window.count == 0
+            begins = not self._targets_begun and boundary and self._finite_targets(targets)
+            if begins:
                 moments = self.normalizer.first_moments(targets, outputs)
                 self.normalizer.begin(self.sync.sum(moments))
                 self.normalizer.locate(outputs)
                 if self.compiled:
                     self._warn_unseen_heads()
-            if self.normalizer.due(self.step):  # before the loss: step 0 uses it
-                observed = self.normalizer.observe(targets)
+                self._targets_begun = True
+            if begins or (self._targets_begun and self.normalizer.due(self.step)):
+                observed = self.normalizer.observe(targets)  # before the loss, which uses it
         own = self._window is None
         if own:
             self._window = _Window(1)
@@ -423,6 +430,16 @@ class Composer:
             self.inputs = None
             if own:
                 self._close_window()
+
+    def _finite_targets(self, targets: Mapping[str, Tensor]) -> bool:
+        """Whether every regression target of this batch is finite, on every rank (reads the
+        device: only until the normaliser has started)."""
+        assert self.normalizer is not None
+        names = self.normalizer.regression
+        if not names:
+            return True
+        bad = torch.stack([~torch.isfinite(targets[n]).all() for n in names]).sum()
+        return float(self.sync.sum(bad.to(torch.float64).reshape(1))) == 0.0
 
     def _warn_unseen_heads(self) -> None:
         """On a compiled model, say why no head was seen and what to do: the graph had been
@@ -796,6 +813,7 @@ class Composer:
             "meter": None if self.meter is None else self.meter.state_dict(),
             "targets": None if self.normalizer is None else self.normalizer.state_dict(),
             "target_stats": self._target_stats,
+            "targets_begun": self._targets_begun,
             "scaler": [self._scale_seen, self._snapshot],
         }
 
@@ -838,6 +856,7 @@ class Composer:
             self.normalizer.load_state_dict(state["targets"])
             self.normalizer.attach(self.module)
             self._target_stats = state.get("target_stats")
+            self._targets_begun = bool(state.get("targets_begun", self.step > 0))
         self._scale_seen, self._snapshot = state.get("scaler") or (None, None)
         self.recorder.resume(self.step)  # last: a state refused above leaves the trace as it was
 
