@@ -234,11 +234,11 @@ def render_summary(
             [t.loss for t in r.terms if t.task == name and t.active] for r in (kept[0], kept[-1])
         )
         last = _fmt(kept[-1].losses.get(name))
-        if first != active:  # the recorded loss is the active terms' combined loss
+        if first[:1] != active[:1]:  # the recorded loss is the first active term's
             last += "*"
             said.append(
-                f"* {name}: its active losses changed ({', '.join(first)} -> "
-                f"{', '.join(active)}): its first and last loss are of different losses."
+                f"* {name}: its first loss is of {first[0] if first else '-'}, its last of "
+                f"{active[0] if active else '-'} (the first active term's loss is recorded)."
             )
         cells = [
             name,

@@ -50,7 +50,8 @@ class StepRecord(BaseModel):
     Attributes:
         step: Index of the step, counted from 0 (skipped steps included).
         method: Name of the weighting method.
-        losses: Task name -> mean loss of its term(s) at this step; for a task in ``targets``
+        losses: Task name -> the mean loss of its first active term at this step (its natural
+            loss while that is on; other terms' losses are not recorded); for a task in ``targets``
             (normalised), the loss on its standardised targets ``(t − μ)/σ``, not in its units.
         terms: Every term with its weight, gate and score.
         skipped: True when a loss or the combined gradient was not finite; no gradient was written

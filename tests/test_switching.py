@@ -123,6 +123,36 @@ def test_gates_switch_on_strong_evidence_at_once_and_weak_evidence_slowly():
     assert gates.update(strong, -1.5, active=True) == (True, None)
 
 
+def test_gates_say_why_a_term_did_not_move():
+    """Each gate that held gives the rule it has not met yet (the numbers are in the record's
+    utility and evidence); one that moved says why it moved."""
+    gates = Gates(patience=3, patience_on=2, spread=1.0)
+    natural = {"t": "l2"}
+    active = {"t": ["l2"]}
+    utilities = [
+        (TermKey("t", "l2"), 0.0),
+        (TermKey("t", "tukey"), 3.0),
+        (TermKey("t", "l1"), -1.0),
+    ]
+    notes, _ = gates.apply(active, natural, utilities, max_terms=2)
+    assert notes == {
+        TermKey("t", "tukey"): "stays off: 1 of 2 utilities so far",
+        TermKey("t", "l1"): "stays off: 1 of 2 utilities so far",
+    }  # and the natural loss, its utility not negative, has no note: "active"
+    utilities = [
+        (TermKey("t", "l2"), -3.0),
+        (TermKey("t", "tukey"), 3.0),
+        (TermKey("t", "l1"), -1.0),
+    ]
+    notes, _ = gates.apply(active, natural, utilities, max_terms=3)
+    assert notes[TermKey("t", "tukey")].startswith("on: mean utility 3.00 over 2 updates")
+    assert notes[TermKey("t", "l1")] == "stays off: mean − 1/√n ≤ 0"
+    assert notes[TermKey("t", "l2")] == "stays on: 1 of 3 negative utilities in a row"
+    consecutive = Gates(patience=2, patience_on=3)  # spread inf: utilities above the margin
+    notes, _ = consecutive.apply({"t": ["l2"]}, natural, [(TermKey("t", "l1"), 1.0)], 2)
+    assert notes == {TermKey("t", "l1"): "stays off: 1 of 3 utilities > 0 in a row"}
+
+
 def test_a_switched_on_loss_spends_its_task_weight_and_takes_none_from_the_others():
     natural = {"a": "l2", "b": "ce"}
     scores = {TermKey("a", "l2"): 0.0, TermKey("a", "tukey"): 5.0, TermKey("b", "ce"): 0.0}

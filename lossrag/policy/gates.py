@@ -110,6 +110,23 @@ class Gates:
         self.count[key], self.evidence[key] = (0 if on else run), (n, mean)
         return on, why
 
+    def held(self, key: TermKey, active: bool) -> str | None:
+        """Why the term's gate, just updated, did not move (the rule it has not met yet; the
+        numbers are the term's utility and evidence); ``None`` for an active term whose last
+        utility was not negative."""
+        n = self.evidence.get(key, (0, 0.0))[0]
+        run = self.count.get(key, 0)
+        if active:
+            if run == 0:
+                return None
+            bound = "" if n < self.patience else f"; mean + {self.spread:g}/√n ≥ 0"
+            return f"stays on: {run} of {self.patience} negative utilities in a row{bound}"
+        if math.isinf(self.spread):
+            return f"stays off: {run} of {self.patience_on} utilities > {self.margin:g} in a row"
+        if n < self.patience_on:
+            return f"stays off: {n} of {self.patience_on} utilities so far"
+        return f"stays off: mean − {self.spread:g}/√n ≤ {self.margin:g}"
+
     def apply(
         self,
         active: dict[str, list[str]],
@@ -120,8 +137,8 @@ class Gates:
         """Switch the terms of ``active`` (task -> entry ids, changed in place) from
         ``(term, utility)`` pairs, at most ``max_terms`` per task (a candidate without room is
         not counted towards switching on); a task left with no term gets its ``natural`` loss
-        back. Returns each changed term's note and whether any gate moved (a term switched or a
-        counter towards a switch advanced)."""
+        back. Returns each term's note (why it changed, or why it did not, :meth:`held`) and
+        whether any gate moved (a term switched or a counter towards a switch advanced)."""
         notes: dict[TermKey, str] = {}
         moved = False
         for key, utility in utilities:
@@ -138,8 +155,9 @@ class Gates:
                 terms.append(key.loss)
             elif not now_on and is_on:
                 terms.remove(key.loss)
-            if why:
-                notes[key] = why
+            held = None if why else self.held(key, now_on)
+            if why or held:
+                notes[key] = why or held
         for name, terms in active.items():
             if not terms:
                 terms.append(natural[name])

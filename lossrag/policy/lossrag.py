@@ -432,7 +432,7 @@ class LossRAG(Method):
             on = c.entry in self.active[key.task]
             note = self.notes.get(key) or ("active" if on else "retrieved")
             if c.explore and not note.startswith(("on:", "off:")):
-                note = f"explore; {note}" if note.startswith("not") else "explore"
+                note = f"explore; {note}" if note.startswith(("not", "stays")) else "explore"
             seen, mean = self.gates.evidence.get(key, (None, None))
             terms.append(
                 Term.model_construct(
