@@ -307,10 +307,14 @@ def inspect(
             console.print(render_steps(records, task, rows, console.width))
             console.print(render_summary(records, task, console.width))
             if gate_changes(records):
-                console.print(render_changes(records, task))
+                console.print(render_changes(records, task, console.width))
     except ValueError as err:
         _fail(str(err))
     target = plot or trace.with_suffix(".png")
+    if task is not None:  # the plot of that task's terms alone
+        records = [
+            r.model_copy(update={"terms": [t for t in r.terms if t.task == task]}) for r in records
+        ]
     plot_weights(records, target)
     console.print(f"weights over time: {target}")
 

@@ -81,19 +81,23 @@ def _table(
     """A table for a terminal ``width`` columns wide: light rules, numbers (right-aligned) never
     wrapped or cut, text columns (``left``) as wide as their text or, where the table would be
     wider than the terminal, narrowed as :func:`_widths` says (a word such as
-    ``label_smoothing(eps=0.02)`` kept whole); where even that does not fit, number columns
-    are left out from the right, and a line under the table names them."""
-    narrow = _span(_widths(columns, rows, left, narrow=False)) > width
+    ``label_smoothing(eps=0.02)`` kept whole) and widened again, left to right, as far as the
+    width allows; where even the narrowed table does not fit, number columns are left out from
+    the right, and a line under the table names them."""
+    natural = _widths(columns, rows, left, narrow=False)
     widths = _widths(columns, rows, left, narrow=True)
     shown = list(range(len(columns)))
     numbers = [i for i in shown if columns[i] not in left]
     while _span([widths[i] for i in shown]) > width and len(numbers) > 1:
         shown.remove(numbers.pop())
+    room = width - _span([widths[i] for i in shown])
+    for i in shown:  # the text columns widen back, left to right, as far as there is room
+        grow = max(0, min(room, natural[i] - widths[i]))
+        widths[i], room = widths[i] + grow, room - grow
     table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
     for i in shown:
         if columns[i] in left:
-            most = widths[i] if narrow else None
-            table.add_column(columns[i], overflow="fold", min_width=widths[i], max_width=most)
+            table.add_column(columns[i], overflow="fold", min_width=widths[i], max_width=widths[i])
         else:
             table.add_column(columns[i], justify="right", no_wrap=True)
     for row in rows:
@@ -205,10 +209,15 @@ def render_steps(
         return [*columns, "note"], notes, cells
 
     columns, notes, cells = table(with_loss=True)
-    if _span(_widths(columns, cells, ["note"], narrow=True)) > width:
+    with_loss = _span(_widths(columns, cells, ["note"], narrow=True)) <= width
+    if not with_loss:
         columns, notes, cells = table(with_loss=False)
     title = f"{run_title(records[0])}: {len(records)} steps (every {stride})"
-    return notes.listed(_table(title, columns, cells, left=["note"], width=width))
+    shown = notes.listed(_table(title, columns, cells, left=["note"], width=width))
+    if with_loss:
+        return shown
+    said = f"(losses not shown at {width} columns: a wider terminal or --task shows them)"
+    return Group(shown, Text(said))
 
 
 def render_summary(
@@ -272,11 +281,12 @@ def render_targets(
 ) -> Group:
     """The target normaliser's statistics per regression task at the first and the last step
     that recorded them, one row each: ``μ`` and ``σ`` (per dimension up to three, else their
-    range and count) and how the task is normalised."""
+    range and count) and how the task is normalised (nothing for a trace, or a task, without
+    them)."""
     names = _tasks(records, task)
-    with_targets = [r for r in records if r.targets]
+    with_targets = [r for r in records if any(name in r.targets for name in names)]
     if not with_targets:
-        return Group(Table(title="target normaliser"))
+        return Group()
     ends = with_targets[:1] if len(with_targets) == 1 else [with_targets[0], with_targets[-1]]
     rows = [
         [name, str(r.step), *_moments(r.targets[name]), _how(r.targets[name])]
@@ -380,16 +390,20 @@ def gate_changes(records: Sequence[StepRecord]) -> list[tuple[int, Term]]:
     ]
 
 
-def render_changes(records: Sequence[StepRecord], task: str | None = None) -> Table:
-    """The gate changes of a trace: step, task, loss, on/off and why."""
+def render_changes(
+    records: Sequence[StepRecord], task: str | None = None, width: int = 80
+) -> Group:
+    """The gate changes of a trace: step, task, loss, on/off and why (nothing without them)."""
     names = _tasks(records, task)
-    table = Table(title="terms switched on or off")
-    for col in ("step", "task", "loss", "change"):
-        table.add_column(col)
-    for step, t in gate_changes(records):
-        if t.task in names:
-            table.add_row(str(step), t.task, t.loss, t.note or "")
-    return table
+    rows = [
+        [str(step), t.task, t.loss, t.note or ""]
+        for step, t in gate_changes(records)
+        if t.task in names
+    ]
+    if not rows:
+        return Group()
+    columns = ["step", "task", "loss", "change"]
+    return _table("terms switched on or off", columns, rows, ["task", "loss", "change"], width)
 
 
 def retrievals(records: Sequence[StepRecord]) -> list[StepRecord]:

@@ -322,6 +322,9 @@ def test_inspect_reads_at_80_columns(tmp_path):
     assert steps.exit_code == 0 and "…" not in steps.output
     header = next(i for i, line in enumerate(steps.output.splitlines()) if "has_loop" in line)
     assert steps.output.splitlines()[header + 1].split() == ["step", "w", "w", "w", "w", "note"]
+    assert "(losses not shown at 80 columns: a wider terminal or --task shows them)" in " ".join(
+        steps.output.split()
+    )
     assert "its first loss is of l2, its last of welsch(scale=0.05)" in " ".join(
         summary.output.split()
     )

@@ -155,9 +155,9 @@ class Gates:
                 terms.append(key.loss)
             elif not now_on and is_on:
                 terms.remove(key.loss)
-            held = None if why else self.held(key, now_on)
-            if why or held:
-                notes[key] = why or held
+            note = why or self.held(key, now_on)
+            if note:
+                notes[key] = note
         for name, terms in active.items():
             if not terms:
                 terms.append(natural[name])
