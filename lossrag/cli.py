@@ -222,6 +222,7 @@ def train(
 ) -> None:
     """Meta-train a policy over generated problems: evolution strategies over whole runs, then
     the correction Δφ by Reptile over the online loop."""
+    from lossrag.policy.lossrag import REFRESH_EVERY, RETRIEVE_EVERY
     from lossrag.train import load_recipe
     from lossrag.train import train as run_training
 
@@ -230,10 +231,25 @@ def train(
     except (OSError, ValueError) as err:
         _fail(str(err))
     folder = work or Path("lossrag-train") / out.name
+    gated = REFRESH_EVERY * RETRIEVE_EVERY  # the second retrieval's step
+    if parsed.problems.steps[1] < gated:
+        console.print(
+            f"[bold yellow]warning:[/] problems.steps {list(parsed.problems.steps)}: no run "
+            f"reaches step {gated}, the second retrieval, where the gates first move, so the "
+            "switching parameters get no signal; the shipped recipe draws 200 to 500 steps."
+        )
     try:
         summary = run_training(parsed, out, folder, resume=resume, console=console)
     except (OSError, ValueError) as err:
         _fail(str(err))
+    except KeyboardInterrupt:
+        console.print(
+            f"interrupted: continue with lossrag train {recipe} --out {out} --work {folder} "
+            "--resume (from the last checkpoint)",
+            highlight=False,
+            markup=False,
+        )
+        raise typer.Exit(code=130) from None
     curve = summary["objective"]
     console.print(
         f"policy {out}: {summary['problems']} problems in {summary['elapsed_s'] / 60:.1f} min; "

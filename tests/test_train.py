@@ -182,9 +182,13 @@ def test_generated_label_noise_and_long_tails():
 def test_recipe_errors_name_the_field(tmp_path):
     recipe = load_recipe(_recipe(tmp_path))
     assert recipe.es.generations == 2 and recipe.problems.tasks == (2, 3)
-    with pytest.raises(ValueError, match=r"es\.populaton: Extra inputs are not permitted"):
+    with pytest.raises(
+        ValueError, match=r"es\.populaton: unknown field; did you mean 'population'"
+    ):
         load_recipe(_recipe(tmp_path, TINY.replace("population = 2", "populaton = 2")))
-    with pytest.raises(ValueError, match=r"problems\.tasks: the range 5\.\.3 is empty"):
+    with pytest.raises(ValueError, match=r"toml: onlin: unknown field; did you mean 'online'\?$"):
+        load_recipe(_recipe(tmp_path, TINY.replace("[online]", "[onlin]")))
+    with pytest.raises(ValueError, match=r"toml: problems\.tasks: the range 5\.\.3 is empty\.$"):
         load_recipe(_recipe(tmp_path, TINY.replace("tasks = [2, 3]", "tasks = [5, 3]")))
     with pytest.raises(ValueError, match=r"es\.sigma: Input should be greater than 0"):
         load_recipe(_recipe(tmp_path, TINY.replace("[es]", "[es]\nsigma = -1")))
@@ -535,6 +539,11 @@ def test_cli_train_says_when_the_held_out_objective_fell(tmp_path, monkeypatch, 
     assert result.exit_code == 0
     said = " ".join(result.output.split())
     assert ("objective fell (+0.5500 at the start, +0.5000 now)" in said) == (end < 0.55)
+    # the tiny recipe's runs (8 to 12 steps) never reach a gate move: said before training
+    assert "problems.steps [8, 12]: no run reaches step 200, the second retrieval" in said
+    recipe = _recipe(tmp_path, TINY.replace("steps = [8, 12]", "steps = [150, 250]"))
+    result = CliRunner().invoke(app, ["train", str(recipe), "--out", str(tmp_path / "q")])
+    assert result.exit_code == 0 and "no run reaches" not in result.output
 
 
 def _children(pid: int) -> set[int]:
@@ -550,11 +559,15 @@ def _children(pid: int) -> set[int]:
     return found
 
 
-def _stops_with_its_workers(command: list[str], cwd: Path, signum: int, wait: float) -> None:
+def _stops_with_its_workers(command: list[str], cwd: Path, signum: int, wait: float) -> str:
     """Start ``command``, wait for its pool workers, send ``signum`` to it alone (not to its
     process group, as Ctrl-C in a terminal would): it and its workers must be gone within
-    ``wait`` seconds. Nothing is left behind either way."""
-    process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL)
+    ``wait`` seconds. Nothing is left behind either way. Returns what it printed."""
+    printed = cwd / "stdout.txt"
+    with printed.open("w") as out:
+        process = subprocess.Popen(
+            command, cwd=cwd, stdout=out, env=os.environ | {"COLUMNS": "200"}
+        )
     workers: set[int] = set()
     try:
         deadline = time.monotonic() + 60
@@ -574,6 +587,7 @@ def _stops_with_its_workers(command: list[str], cwd: Path, signum: int, wait: fl
         for pid in [process.pid, *workers]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+    return printed.read_text()
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads Linux /proc")
@@ -591,8 +605,11 @@ def test_kill_int_stops_a_benchmark_before_its_queued_jobs(tmp_path):
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_kill_stops_lossrag_train_and_its_workers(tmp_path, signum):
     """``kill`` or ``kill -INT`` stops ``lossrag train``: its pool workers go too, instead of
-    waiting for work forever."""
+    waiting for work forever; it says how to continue."""
     recipe = _recipe(tmp_path, TINY.replace("generations = 2", "generations = 500"))
     script = Path(sys.executable).parent / "lossrag"
     command = [str(script), "train", str(recipe), "--out", str(tmp_path / "p")]
-    _stops_with_its_workers([*command, "--work", str(tmp_path / "w")], tmp_path, signum, 30)
+    command += ["--work", str(tmp_path / "w")]
+    said = " ".join(_stops_with_its_workers(command, tmp_path, signum, 30).split())
+    assert f"interrupted: continue with lossrag train {recipe} --out {tmp_path / 'p'}" in said
+    assert f"--work {tmp_path / 'w'} --resume" in said

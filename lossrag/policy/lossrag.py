@@ -63,6 +63,9 @@ __all__ = ["FEATURES", "MAX_RATIO", "SCALE_FLOOR", "LossRAG", "LossRAGOnline"]
 MAX_RATIO = 3.0
 #: Default smallest relative loss level a term is divided by.
 SCALE_FLOOR = 0.0
+#: Default steps between refreshes, and refreshes between retrievals: the second retrieval,
+#: where the gates first move, comes at step ``REFRESH_EVERY * RETRIEVE_EVERY``.
+REFRESH_EVERY, RETRIEVE_EVERY = 50, 4
 
 
 def _recorded(features: list[float]) -> dict[str, float]:
@@ -131,8 +134,8 @@ class LossRAG(Method):
         *,
         k: int = 4,
         explore: int = 1,
-        refresh_every: int = 50,
-        retrieve_every: int = 4,
+        refresh_every: int = REFRESH_EVERY,
+        retrieve_every: int = RETRIEVE_EVERY,
         retrieve_backoff: int = 8,
         patience: int = 3,
         patience_on: int = 1,

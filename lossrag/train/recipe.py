@@ -10,6 +10,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from lossrag._util import suggest
 from lossrag.train.generate import Distribution
 
 __all__ = ["ES", "Online", "Recipe", "load_recipe"]
@@ -114,7 +115,20 @@ def load_recipe(path: str | os.PathLike[str]) -> Recipe:
     try:
         return Recipe.model_validate(data)
     except ValidationError as err:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '(recipe)'}: {e['msg']}" for e in err.errors()
-        )
+        problems = "; ".join(_problem(e["loc"], e["type"], e["msg"]) for e in err.errors())
         raise ValueError(f"Recipe {path}: {problems}") from err
+
+
+def _problem(loc: tuple[int | str, ...], kind: str, message: str) -> str:
+    """One validation error as ``field: what is wrong``; an unknown field with the closest
+    known one of its section."""
+    where = ".".join(map(str, loc)) or "(recipe)"
+    message = message.removeprefix("Value error, ")
+    if kind == "extra_forbidden":
+        model: type[BaseModel] = Recipe
+        for part in loc[:-1]:
+            inner = model.model_fields[str(part)].annotation
+            model = inner if isinstance(inner, type) and issubclass(inner, BaseModel) else model
+        close = suggest(str(loc[-1]), model.model_fields)
+        message = "unknown field" + (f"; did you mean {close[0]!r}?" if close else "")
+    return message if message.startswith((f"{where}:", f"{where}.")) else f"{where}: {message}"
