@@ -491,6 +491,7 @@ def test_cli_policies_show(tmp_path):
     text = " ".join(shown.output.split())
     assert f"version {card.version}" in text
     assert all(name in text for name in card.training["parameters"])
+    assert "settings (policy.json)" in text and "normalize_targets auto" in text
     for suite, result in card.benchmarks.items():
         assert f"benchmarks › {suite} › lossrag-default › delta_m" in text
         assert all(f"{p} {v:.4g}" in text for p, v in result["lossrag-default"]["delta_m"].items())

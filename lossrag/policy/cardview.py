@@ -4,6 +4,7 @@ other recipes): nothing here assumes more of them than their types show."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -87,8 +88,9 @@ def _training(training: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def render_card(card: PolicyCard, folder: Path) -> Group:
-    """Everything ``card`` (read from ``folder``) says: identity and versions, the recipe's
-    description, the training summary and parameters, the benchmarks it records, its files."""
+    """Everything ``card`` (read from ``folder``, its files checked) says: identity and
+    versions, the recipe's description, the training summary and parameters, the policy's
+    settings, the benchmarks it records, its files."""
     identity = [
         ("policy", f"{card.name}, version {card.version or '?'} (records name it)"),
         ("folder", str(folder)),
@@ -103,6 +105,11 @@ def render_card(card: PolicyCard, folder: Path) -> Group:
     parameters = card.training.get("parameters")
     if isinstance(parameters, dict):
         parts.append(_pairs("trained parameters", [(k, _value(v)) for k, v in parameters.items()]))
+    settings = json.loads((folder / "policy.json").read_text())
+    if isinstance(settings, dict):  # its prior is among the trained parameters
+        parts += _tree(
+            "settings (policy.json)", {k: v for k, v in settings.items() if k != "prior"}
+        )
     for name, result in card.benchmarks.items():
         parts += _tree(f"benchmarks › {name}", result)
     parts.append(Text(f"files (checksums verified): {', '.join(sorted(card.checksums))}"))
