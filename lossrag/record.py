@@ -19,13 +19,16 @@ class Term(BaseModel):
 
     ``weight`` is the weight the method gave the term (not divided by any loss scale); ``None`` for
     methods that produce no weights (e.g. GradDrop). ``score`` is the policy's score, if it has one;
-    ``note`` says why a retrieval policy lists the term (``retrieved``, ``explore``) or why its gate
-    changed (``on: ...``, ``off: ...``). ``loss`` is the library entry id (``huber(delta=0.5)``).
+    ``note`` says why a retrieval policy lists the term (``retrieved``, ``explore``), why its gate
+    changed (``on: ...``, ``off: ...``) or why it held (``stays on: ...``, ``stays off: ...``).
+    ``loss`` is the library entry id (``huber(delta=0.5)``).
     ``utility`` is the measured hypergradient ``dL_Q/dw`` of the term at an online meta-step
     (negative: more weight would lower the query loss). ``multiplier`` is the term's effective
     multiplier on its raw loss: ``weight`` divided by the loss scale the method normalises by
     (equal to ``weight`` for methods that do not normalise); ``None`` when not recorded (older
-    traces) or when the method produces no weights. ``seen`` and ``mean_utility``: a retrieval
+    traces), when the method produces no weights, or for a term switched on at this step (it
+    trains from the next step on: its task trained with its other terms at this one). ``seen``
+    and ``mean_utility``: a retrieval
     policy's evidence on the term's gate at a retrieval, the number of utilities measured since
     its last switch and their mean (the gate compares the mean with a confidence bound).
     """
