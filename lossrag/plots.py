@@ -65,7 +65,11 @@ def plot_weights(
             transform=ax.transAxes,
         )
     method = records[0].method if records else "?"
-    ax.set(xlabel="step", ylabel="task weight", title=title or f"weights over time ({method})")
+    ax.set(ylabel="task weight", title=title or f"weights over time ({method})")
+    if not gated:  # with the gates below, the shared axis is labelled there
+        ax.set_xlabel("step")
+    else:
+        ax.tick_params(labelbottom=True)
     if series or skipped:
         ax.legend(fontsize=8, ncol=2)
     ax.grid(alpha=0.3)
