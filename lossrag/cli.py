@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import multiprocessing
+import re
+import shlex
 import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
@@ -232,11 +234,12 @@ def train(
         _fail(str(err))
     folder = work or Path("lossrag-train") / out.name
     gated = REFRESH_EVERY * RETRIEVE_EVERY  # the second retrieval's step
-    if parsed.problems.steps[1] < gated:
+    if parsed.problems.steps[1] <= gated:
         console.print(
-            f"[bold yellow]warning:[/] problems.steps {list(parsed.problems.steps)}: no run "
-            f"reaches step {gated}, the second retrieval, where the gates first move, so the "
-            "switching parameters get no signal; the shipped recipe draws 200 to 500 steps."
+            f"[bold yellow]warning:[/] problems.steps {list(parsed.problems.steps)}: hardly a run "
+            f"goes past step {gated} (lengths are rounded to whole epochs), the second "
+            "retrieval, where the gates first move, so the switching parameters get little or "
+            "no signal; the shipped recipe draws 200 to 500 steps."
         )
     try:
         summary = run_training(parsed, out, folder, resume=resume, console=console)
@@ -244,8 +247,9 @@ def train(
         _fail(str(err))
     except KeyboardInterrupt:
         console.print(
-            f"interrupted: continue with lossrag train {recipe} --out {out} --work {folder} "
-            "--resume (from the last checkpoint)",
+            f"interrupted: continue with lossrag train {shlex.quote(str(recipe))} --out "
+            f"{shlex.quote(str(out))} --work {shlex.quote(str(folder))} --resume (from the last "
+            "checkpoint)",
             highlight=False,
             markup=False,
         )
@@ -327,10 +331,12 @@ def inspect(
     except ValueError as err:
         _fail(str(err))
     target = plot or trace.with_suffix(".png")
-    if task is not None:  # the plot of that task's terms alone
+    if task is not None:  # the plot of that task's terms alone, beside the whole run's
         records = [
             r.model_copy(update={"terms": [t for t in r.terms if t.task == task]}) for r in records
         ]
+        safe = re.sub(r"[^\w.-]", "_", task)
+        target = plot or trace.with_name(f"{trace.stem}-{safe}.png")
     plot_weights(records, target)
     console.print(f"weights over time: {target}")
 

@@ -216,7 +216,8 @@ def render_steps(
     shown = notes.listed(_table(title, columns, cells, left=["note"], width=width))
     if with_loss:
         return shown
-    said = f"(losses not shown at {width} columns: a wider terminal or --task shows them)"
+    how = "a wider terminal" if task is not None else "a wider terminal or --task"
+    said = f"(losses not shown at {width} columns: {how} shows them)"
     return Group(shown, Text(said))
 
 

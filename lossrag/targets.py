@@ -52,7 +52,7 @@ rest of an accumulated first step does not train on residuals in the hundreds (a
 recorded); after, it is at least ``1e-6·|μ| + 1e-12``. A batch whose statistics are not finite
 leaves them unchanged and is counted in ``skipped`` (a non-finite *first* batch leaves ``μ = 0,
 σ = 1`` until a finite batch is applied; the composer therefore starts the normaliser at the
-first step whose regression targets are all finite, a step with a NaN target being skipped).
+first batch whose regression targets are all finite, a step with a NaN target being skipped).
 
 Order of calls in a training step (nothing here synchronises host and device)::
 

@@ -143,6 +143,11 @@ def test_inspect_table_and_plot(digits, tmp_path):
     weight = records[5].terms[2].weight
     assert f"{weight:.3g}" in result.output
     assert (tmp_path / "w.png").is_file()
+    # one task's plot goes beside the whole run's, not over it
+    before = png.read_bytes()
+    result = runner.invoke(app, ["inspect", str(trace), "--task", "ink"])
+    assert result.exit_code == 0 and trace.with_name("run-ink.png").is_file()
+    assert png.read_bytes() == before and "target normaliser" not in result.output
 
 
 def test_inspect_errors(digits, tmp_path):

@@ -142,8 +142,9 @@ class Composer:
         # last: what touches the model or the disk comes after every check that can fail
         self.normalizer = self._target_normalizer()
         self._target_stats: Tensor | None = None
-        # whether the normaliser started from a first batch of finite regression targets
-        self._targets_begun = False
+        #: The step at which target normalisation started: its first batch whose regression
+        #: targets were all finite (``None``: not yet).
+        self.targets_began: int | None = None
         self.recorder = Recorder(
             trace, options.trace_every, self._annotate, append=options.trace_append
         )
@@ -392,18 +393,17 @@ class Composer:
             self._rng = self.sync.share(self._rng)  # one random stream on every rank
         observed = None
         if self.normalizer is not None:
-            # it starts from the first step whose regression targets are all finite: a skipped
-            # first step (a NaN target) would otherwise leave μ = 0, σ = 1 for the next step
-            boundary = window is None or window.count == 0
-            begins = not self._targets_begun and boundary and self._finite_targets(targets)
+            # it starts from the first batch whose regression targets are all finite: a skipped
+            # first step (a NaN target) would otherwise leave μ = 0, σ = 1 for the next one
+            begins = self.targets_began is None and self._finite_targets(targets)
             if begins:
                 moments = self.normalizer.first_moments(targets, outputs)
                 self.normalizer.begin(self.sync.sum(moments))
                 self.normalizer.locate(outputs)
                 if self.compiled:
                     self._warn_unseen_heads()
-                self._targets_begun = True
-            if begins or (self._targets_begun and self.normalizer.due(self.step)):
+                self.targets_began = self.step
+            if begins or (self.targets_began is not None and self.normalizer.due(self.step)):
                 observed = self.normalizer.observe(targets)  # before the loss, which uses it
         own = self._window is None
         if own:
@@ -439,7 +439,7 @@ class Composer:
         if not names:
             return True
         bad = torch.stack([~torch.isfinite(targets[n]).all() for n in names]).sum()
-        return float(self.sync.sum(bad.to(torch.float64).reshape(1))) == 0.0
+        return float(self.sync.sum(bad.float().reshape(1))) == 0.0
 
     def _warn_unseen_heads(self) -> None:
         """On a compiled model, say why no head was seen and what to do: the graph had been
@@ -813,7 +813,7 @@ class Composer:
             "meter": None if self.meter is None else self.meter.state_dict(),
             "targets": None if self.normalizer is None else self.normalizer.state_dict(),
             "target_stats": self._target_stats,
-            "targets_begun": self._targets_begun,
+            "targets_began": self.targets_began,
             "scaler": [self._scale_seen, self._snapshot],
         }
 
@@ -856,7 +856,8 @@ class Composer:
             self.normalizer.load_state_dict(state["targets"])
             self.normalizer.attach(self.module)
             self._target_stats = state.get("target_stats")
-            self._targets_begun = bool(state.get("targets_begun", self.step > 0))
+            # a state from before this was saved: the normaliser started at step 0
+            self.targets_began = state.get("targets_began", 0 if self.step > 0 else None)
         self._scale_seen, self._snapshot = state.get("scaler") or (None, None)
         self.recorder.resume(self.step)  # last: a state refused above leaves the trace as it was
 

@@ -290,8 +290,9 @@ class PolicyStep(Step):
 
         In an accumulation ``window``, :meth:`end_window` redoes this with the window's mean
         losses (a one-sample micro-batch's loss is no scale: as ``L0`` it gave multipliers of
-        50 that swamped Adam's second moments for hundreds of steps), except at step 0 for
-        normalised tasks, whose ``μ, σ`` then came from the first micro-batch alone: its loss,
+        50 that swamped Adam's second moments for hundreds of steps), except at the step target
+        normalisation started (step 0 but for non-finite targets) for normalised tasks, whose
+        ``μ, σ`` then came from its first (finite) micro-batch alone: its loss,
         in its own standard units, is the one like a whole batch's at the start (the window's
         mean, in those provisional units, is larger). The terms of a task without spread are
         tracked from the mean of the first window after step 0 in which its σ is known."""
@@ -304,7 +305,8 @@ class PolicyStep(Step):
         fresh, unreferenced = policy.tracker.untracked(terms)
         held = self._held(terms, spreadless)
         policy.observe(step, values, held=held)
-        provisional = normaliser.names if normaliser is not None and step == 0 else []
+        started = normaliser is not None and self.c.targets_began == step
+        provisional = normaliser.names if started else []
         window.extra.update(
             terms=terms,
             taken={

@@ -119,7 +119,11 @@ class Gates:
         if active:
             if run == 0:
                 return None
-            bound = "" if n < self.patience else f"; mean + {self.spread:g}/√n ≥ 0"
+            bound = (
+                f"; mean + {self.spread:g}/√n ≥ 0"
+                if n >= self.patience and math.isfinite(self.spread)
+                else ""
+            )
             return f"stays on: {run} of {self.patience} negative utilities in a row{bound}"
         if math.isinf(self.spread):
             return f"stays off: {run} of {self.patience_on} utilities > {self.margin:g} in a row"
