@@ -284,7 +284,11 @@ def inspect(
     step: Annotated[int | None, typer.Option(help="show every term of this step")] = None,
     task: Annotated[str | None, typer.Option(help="only this task")] = None,
     rows: Annotated[
-        int, typer.Option(help="about this many steps in the table, evenly spread, and the last")
+        int,
+        typer.Option(
+            help="about this many steps in the table, evenly spread, and the last (at most 8 "
+            "refresh steps in the context tables)"
+        ),
     ] = 25,
     candidates: Annotated[
         bool, typer.Option(help="every candidate at every retrieval: utility, evidence, gate")
@@ -325,7 +329,7 @@ def inspect(
             console.print(render_retrievals(records, task, console.width))
         else:
             console.print(render_steps(records, task, rows, console.width))
-            console.print(render_summary(records, task, console.width))
+            console.print(render_summary(records, task, console.width, min(rows, 8)))
             if gate_changes(records):
                 console.print(render_changes(records, task, console.width))
     except ValueError as err:

@@ -222,13 +222,13 @@ def render_steps(
 
 
 def render_summary(
-    records: Sequence[StepRecord], task: str | None = None, width: int = 80
+    records: Sequence[StepRecord], task: str | None = None, width: int = 80, refreshes: int = 8
 ) -> Group:
     """One row per task: its loss at the first and last step, its mean, lowest, highest and last
     weight over the steps that were not skipped and its last effective multiplier (when
     recorded); under it, its active terms at the end; followed by the target normaliser's statistics
-    (:func:`render_targets`) and the context features at refresh steps (:func:`render_context`)
-    when the trace holds them."""
+    (:func:`render_targets`) and the context features at about ``refreshes`` refresh steps
+    (:func:`render_context`) when the trace holds them."""
     names = _tasks(records, task)
     kept = [r for r in records if not r.skipped] or list(records)
     means = mean_weights(kept)
@@ -273,7 +273,7 @@ def render_summary(
     if any(r.targets for r in records):
         parts.append(render_targets(records, task, width))
     if any(r.context for r in records):
-        parts.append(render_context(records, task, width=width))
+        parts.append(render_context(records, task, rows=refreshes, width=width))
     return Group(*parts)
 
 
