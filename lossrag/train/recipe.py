@@ -125,10 +125,19 @@ def _problem(loc: tuple[int | str, ...], kind: str, message: str) -> str:
     where = ".".join(map(str, loc)) or "(recipe)"
     message = message.removeprefix("Value error, ")
     if kind == "extra_forbidden":
-        model: type[BaseModel] = Recipe
-        for part in loc[:-1]:
-            inner = model.model_fields[str(part)].annotation
-            model = inner if isinstance(inner, type) and issubclass(inner, BaseModel) else model
-        close = suggest(str(loc[-1]), model.model_fields)
+        close = suggest(str(loc[-1]), _fields(loc[:-1]))
         message = "unknown field" + (f"; did you mean {close[0]!r}?" if close else "")
     return message if message.startswith((f"{where}:", f"{where}.")) else f"{where}: {message}"
+
+
+def _fields(section: tuple[int | str, ...]) -> list[str]:
+    """The fields of the recipe's ``section`` (``()``: the top level; none where it is not a
+    section)."""
+    model: type[BaseModel] = Recipe
+    for part in section:
+        field = model.model_fields.get(str(part))
+        inner = None if field is None else field.annotation
+        if not (isinstance(inner, type) and issubclass(inner, BaseModel)):
+            return []
+        model = inner
+    return list(model.model_fields)
