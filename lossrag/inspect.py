@@ -417,7 +417,7 @@ def render_retrievals(
     records: Sequence[StepRecord], task: str | None = None, width: int = 80
 ) -> Group:
     """Every candidate at every retrieval: its gate after the retrieval, this retrieval's
-    utility, the gate's evidence so far (utilities since its last switch and their mean) and
+    utility, the gate's evidence so far (utilities since it was first retrieved and their mean) and
     why the gate moved, if it did (notes numbered under the table when long, or when the table
     would be wider than ``width``)."""
     names = _tasks(records, task)

@@ -280,7 +280,7 @@ def test_inspect_shows_multipliers_targets_context_and_the_card_version(tmp_path
 def test_inspect_reads_at_80_columns(tmp_path):
     """Loss names, utilities and the reasons of gate moves are not cut at 80 columns: long
     notes are numbered under the table, the summary says when a task's loss changed meaning."""
-    note = "on: mean utility 2.68 over 1 updates, lower bound > 0"
+    note = "on: mean utility 2.68 over 1 update, lower bound > 0"
     on = [
         ("welsch(scale=0.05)", 2.681, 1, 2.681, note),
         ("tukey(c=0.5)", 2.273, 3, 2.641, "active"),

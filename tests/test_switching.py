@@ -179,6 +179,11 @@ def test_gross_errors_switch_a_robust_loss_on_and_clean_targets_keep_the_natural
 
     quiet, _ = _train(load_policy("default", refresh_every=20), 0.0)
     assert quiet.method.active == {"dirty": ["l2"], "clean": ["l2"]}
+    # each candidate that stayed off says why: here no evidence above the floor
+    held = [t.note for t in quiet.method.candidate_terms() if not t.active]
+    floor = quiet.method.prior.floor_of("regression")
+    assert all(quiet.method.gross[task] <= floor for task in ("dirty", "clean"))
+    assert held and all("stays off: no corruption evidence (share " in n for n in held), held
 
 
 def test_with_a_query_stream_gross_errors_still_switch_a_robust_loss_on():

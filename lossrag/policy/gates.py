@@ -1,8 +1,10 @@
 """On/off gates that accumulate evidence: a bandit over each task's candidate losses.
 
 Every retrieval measures a utility per candidate (its score against the task's natural loss).
-The gates keep, per term, the number of utilities seen since its last switch and their running
-mean, and act on a confidence bound with a prior spread ``s`` per utility: an inactive term comes
+The gates keep, per term, the number of utilities seen since it was first retrieved and their
+running mean (kept across its switches: a term switched off after ``patience`` negative
+utilities in a row, while its mean is still high, can come on again at the next retrieval), and
+act on a confidence bound with a prior spread ``s`` per utility: an inactive term comes
 on when ``mean − s/√n > margin`` after at least ``patience_on`` retrievals (strong evidence
 switches it on early, weak evidence needs many retrievals); an active one goes off when
 ``mean + s/√n < 0`` after at least ``patience``, or after ``patience`` consecutive negative
@@ -21,9 +23,13 @@ from lossrag.keys import TermKey, nest, unnest
 __all__ = ["Gates"]
 
 
+def _updates(n: int) -> str:
+    return f"{n} update" if n == 1 else f"{n} updates"
+
+
 class Gates:
     """Per term: consecutive negative utilities (active terms) and the count and mean of its
-    utilities since its last switch.
+    utilities since it was first retrieved (kept across its switches).
 
     Args:
         patience: Consecutive negative utilities before an active term goes off.
@@ -52,7 +58,7 @@ class Gates:
         self.patience, self.patience_on, self.margin = patience, patience_on, margin
         self.spread = spread
         self.count: dict[TermKey, int] = {}
-        #: term -> (utilities since its last switch, their mean)
+        #: term -> (utilities since it was first retrieved, their mean)
         self.evidence: dict[TermKey, tuple[int, float]] = {}
         #: terms whose loss came out non-finite while on (:meth:`fail`): never on again
         self.failed: set[TermKey] = set()
@@ -88,7 +94,7 @@ class Gates:
             if run >= self.patience:
                 why = f"off: utility < 0 for {run} updates"
             elif n >= self.patience and mean + bound < 0:
-                why = f"off: mean utility {mean:.2f} over {n} updates, upper bound < 0"
+                why = f"off: mean utility {mean:.2f} over {_updates(n)}, upper bound < 0"
             self.evidence[key] = (n, mean)
             if why:
                 self.count[key] = 0
@@ -103,7 +109,7 @@ class Gates:
             run = int(mean > 0)
             on = n >= self.patience_on and mean - bound > self.margin
             why = (
-                f"on: mean utility {mean:.2f} over {n} updates, lower bound > {self.margin:g}"
+                f"on: mean utility {mean:.2f} over {_updates(n)}, lower bound > {self.margin:g}"
                 if on
                 else None
             )

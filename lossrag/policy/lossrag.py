@@ -368,7 +368,7 @@ class LossRAG(Method):
             out, tgt, mask = outputs[task.name], targets[task.name], flagged.mask
             share = flagged.share
             self.gross[task.name] = 0.5 * (self.gross.get(task.name, share) + share)
-            if self.gross[task.name] > self.prior.floor_of(task.kind):  # the query moves there
+            if self._evident(task.name):  # the query moves there
                 if task.name not in self.toward:  # found once (~0.1 s over 207 entries)
                     entry = least_misled(self.index, task, self.library, out, tgt, mask)
                     if entry is not None:
@@ -434,6 +434,8 @@ class LossRAG(Method):
         for key, c in zip(self.candidate_keys(), self._listed(), strict=True):
             on = c.entry in self.active[key.task]
             note = self.notes.get(key) or ("active" if on else "retrieved")
+            if note.startswith("stays off") and not self._evident(key.task):
+                note = f"stays off: no corruption evidence ({self._evidence_of(key.task)})"
             if c.explore and not note.startswith(("on:", "off:")):
                 note = f"explore; {note}" if note.startswith(("not", "stays")) else "explore"
             seen, mean = self.gates.evidence.get(key, (None, None))
@@ -451,6 +453,17 @@ class LossRAG(Method):
                 )
             )
         return terms
+
+    def _evident(self, task: str) -> bool:
+        """Whether the task's corruption evidence is above its kind's floor (:meth:`_measure`)."""
+        return self.gross.get(task, 0.0) > self.prior.floor_of(self.tasks[task].kind)
+
+    def _evidence_of(self, task: str) -> str:
+        """The task's corruption evidence against its floor, in words."""
+        if task not in self.gross:
+            return "not measured for this task"
+        floor = self.prior.floor_of(self.tasks[task].kind)
+        return f"share {self.gross[task]:.3g} ≤ floor {floor:g}"
 
     def _listed(self) -> list[Candidate]:
         """Every candidate of the last retrieval, in :meth:`candidate_keys` order."""
