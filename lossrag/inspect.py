@@ -341,6 +341,8 @@ def render_context(
         return Group(Table(title=title))
     stride = max(1, len(refresh) // max(rows, 1))
     chosen = [r for i, r in enumerate(refresh) if i % stride == 0 or i == len(refresh) - 1]
+    if len(chosen) < len(refresh):
+        title = f"context at refresh steps ({len(chosen)} of {len(refresh)} refreshes)"
     features = [
         k
         for k in dict.fromkeys(k for r in chosen for v in r.context.values() for k in v)
