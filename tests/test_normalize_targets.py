@@ -283,6 +283,7 @@ def test_a_skipped_first_step_leaves_the_next_one_as_a_first_step(policy, path):
         spoiled = [[_spoiled(98), _spoiled(99)], *clean]
     (ran, levels), (again, again_levels) = (_windows(policy, w, path) for w in (clean, spoiled))
     assert again[0].skipped and not any(r.skipped for r in again[1:])
+    assert again[0].targets == {}  # no statistics before they started
     for a, b in zip(ran, again[1:], strict=True):
         assert a.losses == pytest.approx(b.losses, rel=1e-5)
         for task, stats in a.targets.items():

@@ -621,8 +621,9 @@ class Composer:
         self.normalizer.apply(stats)
 
     def _annotate(self) -> Callable[[StepRecord], None] | None:
-        """What adds the target statistics of this step to its record, when it is read."""
-        if self.normalizer is None:
+        """What adds the target statistics of this step to its record, when it is read (none
+        before target normalisation started: a first step skipped for a NaN target)."""
+        if self.normalizer is None or self.targets_began is None:
             return None
         stats = self.normalizer.frozen()
 
