@@ -24,7 +24,7 @@ import argparse
 import json
 import multiprocessing as mp
 import statistics
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +92,32 @@ def delta_ms(
     return out
 
 
+def run_missing(
+    runs: list[dict[str, Any]], variants: list[str], problems: list[str], saved: Path, jobs: int
+) -> list[dict[str, Any]]:
+    """``runs`` with every (variant, problem, seed 0-2) run by this code: a run already in
+    ``runs`` is kept when this code made it, the others of ``variants`` are redone, and
+    ``saved`` is rewritten as each job finishes (an interrupted call continues where it
+    stopped)."""
+    from lossrag._util import atomic_write_text
+    from lossrag.bench.runner import code_fingerprint
+
+    code = code_fingerprint()
+    done = {(r["variant"], r["problem"], r["seed"]) for r in runs if r.get("code") == code}
+    runs = [r for r in runs if r["variant"] not in variants or r.get("code") == code]
+    todo = [
+        (v, p, s) for v in variants for p in problems for s in range(3) if (v, p, s) not in done
+    ]
+    saved.parent.mkdir(parents=True, exist_ok=True)
+    with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
+        for n, future in enumerate(as_completed([pool.submit(_run, job) for job in todo]), 1):
+            run = future.result()
+            runs.append(run)
+            atomic_write_text(saved, json.dumps(runs, indent=1))
+            print(f"ablations {n}/{len(todo)} {run['variant']} {run['problem']} s{run['seed']}")
+    return runs
+
+
 def main() -> None:
     from lossrag._util import atomic_write_text
     from lossrag.bench.runner import one_thread_per_worker
@@ -106,20 +132,16 @@ def main() -> None:
     args = parser.parse_args()
     variants, problems = args.variants.split(","), args.problems.split(",")
     one_thread_per_worker()
-    previous = args.out / "runs.json"
-    runs = json.loads(previous.read_text()) if previous.exists() else []
+    saved = args.out / "runs.json"
+    runs = json.loads(saved.read_text()) if saved.exists() else []
     if not args.report:
-        runs = [r for r in runs if r["variant"] not in variants]
-        jobs = [(v, p, s) for v in variants for p in problems for s in range(3)]
-        with ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn")) as pool:
-            runs += list(pool.map(_run, jobs))
-        args.out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(args.out / "runs.json", json.dumps(runs, indent=1))  # before the table
+        runs = run_missing(runs, variants, problems, saved, args.jobs)
     stl: dict[str, dict[str, list[float]]] = {}
     for path in args.stl.glob("stl__*.json"):
         run = json.loads(path.read_text())
         for task, value in run["metrics"].items():
             stl.setdefault(run["job"]["problem"], {}).setdefault(task, []).append(value)
+    runs = [r for r in runs if r["problem"] in problems and r["variant"] in variants]
     table = delta_ms(
         runs, {p: {t: statistics.fmean(v) for t, v in m.items()} for p, m in stl.items()}
     )
@@ -130,10 +152,14 @@ def main() -> None:
     for variant in sorted(table, key=list(VARIANTS).index):
         cells, means = [], []
         for problem in problems:
-            values = table[variant][problem]
+            values = table[variant].get(problem, [])
+            if len(values) < 3:  # unfinished
+                cells.append(f"{len(values)} of 3 seeds")
+                continue
             means.append(statistics.fmean(values))
             cells.append(f"{means[-1]:+.1f} ± {statistics.stdev(values):.1f}")
-        lines.append(f"| {variant} | " + " | ".join(cells) + f" | {statistics.fmean(means):+.2f} |")
+        mean = f"{statistics.fmean(means):+.2f}" if len(means) == len(problems) else "–"
+        lines.append(f"| {variant} | " + " | ".join(cells) + f" | {mean} |")
     codes = sorted({str(r.get("code", "not recorded")) for r in runs})
     lines.append(
         f"\nCode fingerprint{'s' if len(codes) > 1 else ''} of the runs: {', '.join(codes)}."
