@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from lossrag.bench.report import STARVED_MARGIN, summarise, write_reports
+from lossrag.bench.report import STARVED_MARGIN, summarise, summary_table, write_reports
 from lossrag.bench.runner import BenchConfig
 
 STL = {"digit": 0.8, "parity": 0.9, "has_loop": 0.9, "denoise": 0.02}
@@ -105,6 +105,20 @@ def test_reports_show_the_columns_and_flag_mixed_code(tmp_path: Path) -> None:
     first = (mixed / "table.md").read_text().splitlines()[0]
     assert "Warning" in first and "2 different code versions" in first and "deadbeef" in first
     assert {r["code"] for r in payload["runs"]} == {"c0ffee", "deadbeef"}
+
+
+def test_summary_table_orders_by_mean_rank_and_keeps_the_overall_cells() -> None:
+    config = BenchConfig(problems=["digits-mtl"], methods=list(RUNS), seeds=[0, 1])
+    summary = summarise(_results())
+    summary["retrieval"] = {}
+    lines = summary_table(json.loads(config.model_dump_json()), summary).splitlines()
+    assert lines[0] == (
+        "| method | mean Δm | worst task | starved | MR | cost ×EW | mean-step cost |"
+    )
+    ranks = summary["mean_rank"]
+    assert [line.split(" | ")[0][2:] for line in lines[2:]] == sorted(RUNS, key=ranks.get)
+    uw = next(line for line in lines if line.startswith("| uw |"))
+    assert f"| +150.0 % | 2 | {ranks['uw']:.2f} | – | – |" in uw  # no cost jobs here
 
 
 def test_single_task_metrics_follow_the_problems_task_order() -> None:

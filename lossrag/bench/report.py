@@ -295,18 +295,11 @@ def markdown_table(config: Mapping[str, Any], summary: Mapping[str, Any]) -> str
     problems = [p for p in config["problems"] if p != "toy2d"]
     has_toy = "toy2d" in config["problems"]
     crashed = {(r["problem"], r["method"]) for r in summary["runs"] if r["error"]}
-    retrieval = summary.get("retrieval") or {}
     head = [
         "method",
         *problems,
         *(["toy2d dist"] if has_toy else []),
-        "mean Δm",
-        "worst task",
-        "starved",
-        "MR",
-        "cost ×EW",
-        "mean-step cost",
-        *(["retrieval acc."] if retrieval else []),
+        *_overall_head(summary),
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for method in config["methods"]:
@@ -328,21 +321,46 @@ def markdown_table(config: Mapping[str, Any], summary: Mapping[str, Any]) -> str
                 if not toy or "error" in toy
                 else f"{statistics.fmean(toy['pareto_distance']):.2f}"
             )
-        row += _overall(problems, method, summary)
-        mr = summary["mean_rank"].get(method)
-        row.append("–" if mr is None else f"{mr:.2f}")
-        base = base_method(method)
-        for key in ("cost", "cost_mean"):
-            costs = [c for k, c in summary[key].items() if k.endswith(f"|{base}") and c]
-            row.append(
-                "1.00" if base == "ew" else (f"{statistics.median(costs):.2f}" if costs else "–")
-            )
-        if retrieval:
-            row.append(
-                _retrieval_cell([c for k, c in retrieval.items() if k.endswith(f"|{method}")])
-            )
+        row += _overall_cells(problems, method, summary)
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
+
+
+def summary_table(config: Mapping[str, Any], summary: Mapping[str, Any]) -> str:
+    """The over-the-problems columns of :func:`markdown_table` alone, one row per method, best
+    mean rank first (methods without a rank last): the table to read when the problems are too
+    many for one row."""
+    problems = [p for p in config["problems"] if p != "toy2d"]
+    ranks = summary["mean_rank"]
+    methods = sorted(config["methods"], key=lambda m: (m not in ranks, ranks.get(m, 0.0)))
+    head = ["method", *_overall_head(summary)]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for method in methods:
+        row = [method, *_overall_cells(problems, method, summary)]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _overall_head(summary: Mapping[str, Any]) -> list[str]:
+    retrieval = ["retrieval acc."] if summary.get("retrieval") else []
+    return ["mean Δm", "worst task", "starved", "MR", "cost ×EW", "mean-step cost", *retrieval]
+
+
+def _overall_cells(problems: Sequence[str], method: str, summary: Mapping[str, Any]) -> list[str]:
+    """A method's cells under :func:`_overall_head`."""
+    row = _overall(problems, method, summary)
+    mr = summary["mean_rank"].get(method)
+    row.append("–" if mr is None else f"{mr:.2f}")
+    base = base_method(method)
+    for key in ("cost", "cost_mean"):
+        costs = [c for k, c in summary[key].items() if k.endswith(f"|{base}") and c]
+        row.append(
+            "1.00" if base == "ew" else (f"{statistics.median(costs):.2f}" if costs else "–")
+        )
+    retrieval = summary.get("retrieval") or {}
+    if retrieval:
+        row.append(_retrieval_cell([c for k, c in retrieval.items() if k.endswith(f"|{method}")]))
+    return row
 
 
 def _retrieval_cell(cells: Sequence[Mapping[str, Any]]) -> str:
@@ -550,6 +568,8 @@ def write_reports(
         )
         + "\n\n"
         + markdown_table(cfg, summary)
+        + "\nThe same over the problems, best mean rank first:\n\n"
+        + summary_table(cfg, summary)
         + "\nSanity against the literature:\n\n"
         + "\n".join(sanity_checks(summary))
         + "\n\n"
