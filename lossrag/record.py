@@ -30,8 +30,8 @@ class Term(BaseModel):
     trains from the next step on: its task trained with its other terms at this one). ``seen``
     and ``mean_utility``: a retrieval
     policy's evidence on the term's gate at a retrieval, the number of utilities measured since
-    it was first retrieved (kept across its switches) and their mean (the gate compares the mean
-    with a confidence bound).
+    it was first retrieved or last switched off and their mean (the gate compares the mean with
+    a confidence bound).
     """
 
     model_config = ConfigDict(extra="forbid")

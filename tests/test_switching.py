@@ -123,6 +123,22 @@ def test_gates_switch_on_strong_evidence_at_once_and_weak_evidence_slowly():
     assert gates.update(strong, -1.5, active=True) == (True, None)
 
 
+def test_a_term_switched_off_earns_its_way_back_with_new_evidence():
+    """Switched off by a run of negative utilities while its mean is still high, a term does
+    not come back on at the next retrieval on its old evidence (found by a user trial)."""
+    gates = Gates(patience=3, patience_on=2, spread=1.0)
+    key = TermKey("t", "tukey")
+    for _ in range(6):
+        gates.update(key, 3.0, active=True)
+    states = [gates.update(key, -0.5, active=True) for _ in range(3)]
+    assert states[-1] == (False, "off: utility < 0 for 3 updates")
+    assert gates.evidence[key] == (1, -0.5)  # the mean was 1.83 over 9
+    assert gates.update(key, 0.8, active=False) == (False, None)  # came back on here before
+    assert gates.held(key, active=False) == "stays off: mean − 1/√n ≤ 0"
+    on, why = gates.update(key, 3.0, active=False)
+    assert on and why == "on: mean utility 1.10 over 3 updates, lower bound > 0"
+
+
 def test_gates_say_why_a_term_did_not_move():
     """Each gate that held gives the rule it has not met yet (the numbers are in the record's
     utility and evidence); one that moved says why it moved."""

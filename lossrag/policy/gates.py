@@ -1,16 +1,17 @@
 """On/off gates that accumulate evidence: a bandit over each task's candidate losses.
 
 Every retrieval measures a utility per candidate (its score against the task's natural loss).
-The gates keep, per term, the number of utilities seen since it was first retrieved and their
-running mean (kept across its switches: a term switched off after ``patience`` negative
-utilities in a row, while its mean is still high, can come on again at the next retrieval), and
-act on a confidence bound with a prior spread ``s`` per utility: an inactive term comes
-on when ``mean − s/√n > margin`` after at least ``patience_on`` retrievals (strong evidence
-switches it on early, weak evidence needs many retrievals); an active one goes off when
-``mean + s/√n < 0`` after at least ``patience``, or after ``patience`` consecutive negative
-utilities (the
-hysteresis of before, kept for noisy one-step utilities). A candidate keeps its evidence while it
-is retrieved again (the policy re-retrieves those with a positive mean)."""
+The gates keep, per term, the number of its utilities and their running mean, and act on a
+confidence bound with a prior spread ``s`` per utility: an inactive term comes on when
+``mean − s/√n > margin`` after at least ``patience_on`` retrievals (strong evidence switches it
+on early, weak evidence needs many retrievals); an active one goes off when ``mean + s/√n < 0``
+after at least ``patience``, or after ``patience`` consecutive negative utilities (the
+hysteresis of before, kept for noisy one-step utilities). The evidence of a term runs from its
+first retrieval and is kept while it stays on or off; when it goes off, it starts over from the
+utility that switched it off, so that a term switched off by a run of negative utilities while
+its mean is still high must earn its way back with new ones (it came back on at the next
+retrieval before). A candidate keeps its evidence while it is retrieved again (the policy
+re-retrieves those with a positive mean)."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ def _updates(n: int) -> str:
 
 class Gates:
     """Per term: consecutive negative utilities (active terms) and the count and mean of its
-    utilities since it was first retrieved (kept across its switches).
+    utilities since it was first retrieved or last switched off.
 
     Args:
         patience: Consecutive negative utilities before an active term goes off.
@@ -58,7 +59,7 @@ class Gates:
         self.patience, self.patience_on, self.margin = patience, patience_on, margin
         self.spread = spread
         self.count: dict[TermKey, int] = {}
-        #: term -> (utilities since it was first retrieved, their mean)
+        #: term -> (utilities since it was first retrieved or last switched off, their mean)
         self.evidence: dict[TermKey, tuple[int, float]] = {}
         #: terms whose loss came out non-finite while on (:meth:`fail`): never on again
         self.failed: set[TermKey] = set()
@@ -95,10 +96,10 @@ class Gates:
                 why = f"off: utility < 0 for {run} updates"
             elif n >= self.patience and mean + bound < 0:
                 why = f"off: mean utility {mean:.2f} over {_updates(n)}, upper bound < 0"
-            self.evidence[key] = (n, mean)
-            if why:
-                self.count[key] = 0
+            if why:  # its evidence starts over from the utility that switched it off
+                self.count[key], self.evidence[key] = 0, (1, utility)
                 return False, why
+            self.evidence[key] = (n, mean)
             self.count[key] = run
             return True, None
         if math.isinf(self.spread):  # consecutive utilities above the margin
