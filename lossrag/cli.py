@@ -221,6 +221,9 @@ def train(
         typer.Option(help="checkpoints, log and plot (default: lossrag-train/<name of --out>)"),
     ] = None,
     resume: Annotated[bool, typer.Option(help="continue from the checkpoint in --work")] = False,
+    force: Annotated[
+        bool, typer.Option(help="replace the policy already at --out when training ends")
+    ] = False,
 ) -> None:
     """Meta-train a policy over generated problems: evolution strategies over whole runs, then
     the correction Δφ by Reptile over the online loop."""
@@ -242,14 +245,14 @@ def train(
             "no signal; the shipped recipe draws 200 to 500 steps."
         )
     try:
-        summary = run_training(parsed, out, folder, resume=resume, console=console)
+        summary = run_training(parsed, out, folder, resume=resume, replace=force, console=console)
     except (OSError, ValueError) as err:
         _fail(str(err))
     except KeyboardInterrupt:
         console.print(
             f"interrupted: continue with lossrag train {shlex.quote(str(recipe))} --out "
-            f"{shlex.quote(str(out))} --work {shlex.quote(str(folder))} --resume (from the last "
-            "checkpoint)",
+            f"{shlex.quote(str(out))} --work {shlex.quote(str(folder))} --resume"
+            f"{' --force' if force else ''} (from the last checkpoint)",
             highlight=False,
             markup=False,
         )
@@ -258,7 +261,8 @@ def train(
     console.print(
         f"policy {out}: {summary['problems']} problems in {summary['elapsed_s'] / 60:.1f} min; "
         f"meta-objective {curve[0]['log_ratio_vs_ew']:+.4f} -> {curve[-1]['log_ratio_vs_ew']:+.4f} "
-        f"(log-ratio against EW on held-out problems; log and plot in {folder})"
+        f"(log-ratio against EW with targets normalised as the policy's, on held-out "
+        f"problems; log and plot in {folder})"
     )
     start, end = curve[0]["log_ratio_vs_ew"], curve[-1]["log_ratio_vs_ew"]
     if end < start:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import json
 import math
+import shutil
 from typing import Any
 
 import pytest
@@ -39,6 +41,27 @@ def test_unknown_policy_suggests(digits):
         lossrag.wrap(model, digits.tasks, "pcgard", shared=model.trunk)
     with pytest.raises(ValueError, match="Did you mean 'default'"):  # a shipped policy too
         lossrag.wrap(model, digits.tasks, "defualt", shared=model.trunk)
+
+
+def test_a_mistyped_policy_folder_is_suggested_and_a_work_folder_named(
+    digits, tmp_path, monkeypatch
+):
+    """A policy folder of the working directory is among the suggestions; a ``lossrag train``
+    work folder given as a policy says where its policy went (found by a user trial)."""
+    from lossrag.policy.store import policy_folder
+
+    shutil.copytree(policy_folder("default"), tmp_path / "tiny")
+    work = tmp_path / "lossrag-train" / "tiny"
+    work.mkdir(parents=True)
+    (work / "checkpoint.json").write_text(json.dumps({"out": str(tmp_path / "tiny")}))
+    monkeypatch.chdir(tmp_path)
+    model = digits.model()
+    with pytest.raises(
+        ValueError, match=r"nor a folder here\. Did you mean 'tiny'\?.*folders here: tiny\."
+    ):
+        lossrag.wrap(model, digits.tasks, "tny")
+    with pytest.raises(FileNotFoundError, match=r"work folder .*; its policy: .*tiny\.$"):
+        lossrag.wrap(model, digits.tasks, "lossrag-train/tiny")
 
 
 def test_default_policy_loads_or_says_it_is_missing(digits):

@@ -37,6 +37,7 @@ from lossrag.train import (
     policy_from,
     policy_values,
     sample_problem,
+    shipped_recipes,
     train,
 )
 from lossrag.train import es as es_module
@@ -200,6 +201,10 @@ def test_recipe_errors_name_the_field(tmp_path):
         load_recipe(_recipe(tmp_path, "name = "))
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_recipe(tmp_path / "missing.toml")
+    # a shipped recipe by its name, from any folder; a mistyped one is named
+    assert load_recipe("quick").name == "quick" and "quick" in shipped_recipes()
+    with pytest.raises(FileNotFoundError, match=r"shipped recipe's name: .*did you mean 'quick'"):
+        load_recipe("quik")
 
 
 def test_policy_folder_round_trip_and_integrity(tmp_path, digits):
@@ -223,6 +228,16 @@ def test_policy_folder_round_trip_and_integrity(tmp_path, digits):
     composer = lossrag.wrap(model, digits.tasks, str(folder), shared=model.trunk)
     assert composer.policy_name == "mine"
     assert composer.policy_version == card.checksums["policy.json"][:12]
+    # loaded first and passed as an object: recorded by its card too (it was "lossrag"), and
+    # a state saved under that name still loads; changed settings make it another policy
+    as_object = lossrag.wrap(model, digits.tasks, load_policy(folder), shared=model.trunk)
+    x, y = digits.batch(0)
+    record = as_object.backward(model(x), y)
+    assert (record.method, record.version) == ("mine", card.checksums["policy.json"][:12])
+    state = as_object.state_dict()
+    as_object.load_state_dict({**state, "policy": "lossrag"})
+    changed = lossrag.wrap(model, digits.tasks, load_policy(folder, k=3), shared=model.trunk)
+    assert changed.policy_name == "lossrag" and changed.policy_version is None
 
     altered = tmp_path / "altered"
     shutil.copytree(folder, altered)
@@ -284,16 +299,19 @@ def test_train_writes_a_loadable_policy_and_resumes_exactly(tmp_path, monkeypatc
     monkeypatch.setattr(es_module._Checkpoint, "save", save_then_stop)
     with pytest.raises(KeyboardInterrupt):
         train(recipe, tmp_path / "cut", tmp_path / "work-cut", console=quiet)
-    with pytest.raises(ValueError, match="holds a checkpoint; pass --resume"):
+    with pytest.raises(ValueError, match=r"unfinished run \(generation 1 of 2, writing .*cut\)"):
         train(recipe, tmp_path / "cut", tmp_path / "work-cut", console=quiet)
+    torch.manual_seed(11)  # each resume is a new process, with its own RNG state
     with pytest.raises(KeyboardInterrupt):
         train(recipe, tmp_path / "cut", tmp_path / "work-cut", resume=True, console=quiet)
     # generation 2 logged and saved; a corrupt checkpoint falls back to the previous one
     # (generation 1): generation 2 is done again, and logged once
     work = tmp_path / "work-cut"
     (work / "checkpoint.json").write_text("{")
+    torch.manual_seed(12)
     with pytest.raises(KeyboardInterrupt):
         train(recipe, tmp_path / "cut", tmp_path / "work-cut", resume=True, console=quiet)
+    torch.manual_seed(13)
     resumed = train(recipe, tmp_path / "cut", tmp_path / "work-cut", resume=True, console=quiet)
     assert cut is None
     log = (work / "log.jsonl").read_text()
@@ -303,14 +321,76 @@ def test_train_writes_a_loadable_policy_and_resumes_exactly(tmp_path, monkeypatc
     timeless = [{k: v for k, v in r["online"].items() if k != "elapsed_s"} for r in (resumed, full)]
     assert timeless[0] == timeless[1]
     again = load_policy(tmp_path / "cut").correction.state_dict()
-    for name, value in trained.correction.state_dict().items():
-        torch.testing.assert_close(again[name], value, rtol=0, atol=0)
+    for name, value in trained.correction.state_dict().items():  # a resume in the online phase
+        torch.testing.assert_close(again[name], value, rtol=0, atol=0)  # drew them unseeded
+    assert full["reference"] == resumed["reference"] == es_module.REFERENCE
+
+
+def test_a_correction_that_does_not_ship_is_the_same_after_a_resume(tmp_path, monkeypatch):
+    """Its hidden layers (its last layer is zero) were drawn from whatever state the RNG was
+    in when the policy was written: another one after a resume (found by a user trial)."""
+    recipe = load_recipe(_recipe(tmp_path, TINY.replace("rounds = 2", "rounds = 0")))
+    quiet = Console(quiet=True)
+    train(recipe, tmp_path / "full", tmp_path / "work-full", console=quiet)
+    original = es_module._Checkpoint.save
+
+    def stop_after_the_first_generation(self, state):
+        original(self, state)
+        if state["generation"] == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(es_module._Checkpoint, "save", stop_after_the_first_generation)
+    with pytest.raises(KeyboardInterrupt):
+        train(recipe, tmp_path / "cut", tmp_path / "work-cut", console=quiet)
+    monkeypatch.setattr(es_module._Checkpoint, "save", original)
+    torch.manual_seed(11)  # a new process
+    train(recipe, tmp_path / "cut", tmp_path / "work-cut", resume=True, console=quiet)
+    full, cut = (load_policy(tmp_path / f).correction.state_dict() for f in ("full", "cut"))
+    assert full.keys() == cut.keys()
+    for name, value in full.items():
+        torch.testing.assert_close(cut[name], value, rtol=0, atol=0)
+    assert (tmp_path / "full" / "correction.npz").read_bytes() == (
+        tmp_path / "cut" / "correction.npz"
+    ).read_bytes()
+
+
+def test_train_says_what_a_work_folder_holds_and_continues_a_longer_run(tmp_path):
+    """A finished run is not offered a resume; a run is continued only into its own policy
+    folder; a policy already at --out is replaced only with replace=True; a resume with another
+    recipe names what changed, and a longer ES phase continues the shorter one exactly."""
+    quiet = Console(quiet=True)
+    recipe = load_recipe(_recipe(tmp_path))
+    train(recipe, tmp_path / "p", tmp_path / "work", console=quiet)
+    with pytest.raises(FileExistsError, match=r"--out .*p holds the policy 'tiny'; pass --force"):
+        train(recipe, tmp_path / "p", tmp_path / "work", console=quiet)
+    with pytest.raises(ValueError, match=r"holds a finished run \(its policy went to .*p\)"):
+        train(recipe, tmp_path / "q", tmp_path / "work", console=quiet)
+    assert not (tmp_path / "q").exists()
+    with pytest.raises(ValueError, match=r"is the run writing .*p, not .*q; continue it with"):
+        train(recipe, tmp_path / "q", tmp_path / "work", resume=True, console=quiet)
+    other = load_recipe(_recipe(tmp_path, TINY.replace("population = 2", "population = 3")))
+    with pytest.raises(ValueError, match=r"another recipe \(es\.population 2 -> 3\); only es"):
+        train(other, tmp_path / "p", tmp_path / "work", resume=True, replace=True, console=quiet)
+    longer = load_recipe(_recipe(tmp_path, TINY.replace("generations = 2", "generations = 3")))
+    console = Console(record=True, width=200)
+    extended = train(
+        longer, tmp_path / "p", tmp_path / "work", resume=True, replace=True, console=console
+    )
+    assert "continuing with es.generations 2 -> 3" in console.export_text()
+    fresh = train(longer, tmp_path / "fresh", tmp_path / "work-fresh", console=quiet)
+    assert extended["parameters"] == fresh["parameters"]
+    assert extended["objective"] == fresh["objective"]
+    assert (tmp_path / "work" / "log.jsonl").read_text() == (
+        tmp_path / "work-fresh" / "log.jsonl"
+    ).read_text()
+    assert read_card(tmp_path / "p").recipe["es"]["generations"] == 3
 
 
 def test_corrupt_checkpoint_falls_back_to_the_previous_one(tmp_path):
     work = tmp_path / "work"
     work.mkdir()
-    checkpoint = es_module._Checkpoint(work, "abc", "code1")
+    recipe = load_recipe(_recipe(tmp_path))
+    checkpoint = es_module._Checkpoint(work, recipe, "code1", tmp_path / "p")
     state = {
         "generation": 1,
         "theta": [0.0] * len(PARAMS),
@@ -327,13 +407,15 @@ def test_corrupt_checkpoint_falls_back_to_the_previous_one(tmp_path):
     loaded = checkpoint.load(console)
     assert loaded is not None and loaded["generation"] == 1
     assert "corrupt" in console.export_text()
+    other = load_recipe(_recipe(tmp_path, TINY.replace("seed = 3", "seed = 4")))
     with pytest.raises(
         ValueError,
-        match="another recipe; use another --work folder for this one, or remove that folder",
+        match=r"another recipe \(seed 3 -> 4\); only es.generations can change on --resume \(to "
+        r"no fewer than the 1 done\)\. Use another --work folder for this one, or remove that",
     ):
-        es_module._Checkpoint(work, "other", "code1").load(console)
+        es_module._Checkpoint(work, other, "code1", tmp_path / "p").load(console)
     # a resume across a code change is said; one with other trained parameters is refused
-    es_module._Checkpoint(work, "abc", "code2").load(console)
+    es_module._Checkpoint(work, recipe, "code2", tmp_path / "p").load(console)
     assert "code change (code1 -> code2)" in console.export_text()
     saved = json.loads((work / "checkpoint.prev.json").read_text())
     saved["params"] = saved["params"][:-1]
@@ -492,6 +574,8 @@ def test_cli_policies_show(tmp_path):
     assert f"version {card.version}" in text
     assert all(name in text for name in card.training["parameters"])
     assert "settings (policy.json)" in text and "normalize_targets auto" in text
+    # its meta-objective was measured against EW on raw targets, and the card says so
+    assert "against EW on raw targets (the card predates the reference's target" in text
     for suite, result in card.benchmarks.items():
         assert f"benchmarks › {suite} › lossrag-default › delta_m" in text
         assert all(f"{p} {v:.4g}" in text for p, v in result["lossrag-default"]["delta_m"].items())
@@ -501,12 +585,24 @@ def test_cli_policies_show(tmp_path):
     other = json.loads((copy / "card.json").read_text())
     other["description"] = "[experimental] scores by MAE"  # not markup
     other["benchmarks"] = {"digits-mtl": {"delta_m": 1.5}, "note": "by hand", "runs": [1, 2]}
-    other["training"] = {"objective": [0.1, 0.25], "parameters": {"kind": "fixed", "lr": 0.5}}
+    other["training"] = {
+        "objective": [0.1, 0.25],
+        "parameters": {"kind": "fixed", "lr": 0.5},
+        "reference": "EW with targets normalised",
+        "elapsed_s": 40.0,
+        "workers": 1,
+    }
     (copy / "card.json").write_text(json.dumps(other))
     shown = runner.invoke(app, ["policies", "show", str(copy)], env={"COLUMNS": "80"})
     text = " ".join(shown.output.split())
     assert shown.exit_code == 0, shown.output
     assert "[experimental] scores by MAE" in text and "+0.1000 -> +0.2500 over 2" in text
+    assert "against EW with targets normalised, on held-out problems; higher is better)" in text
+    assert "time 40 s on 1 worker " in text and "fell" not in text
+    other["training"]["objective"] = [0.25, 0.1]
+    (copy / "card.json").write_text(json.dumps(other))
+    shown = runner.invoke(app, ["policies", "show", str(copy)], env={"COLUMNS": "80"})
+    assert "higher is better; it fell during training)" in " ".join(shown.output.split())
     assert "benchmarks › digits-mtl delta_m 1.5" in text and "runs 1, 2" in text
     assert "kind fixed lr 0.5" in text
     policy = copy / "policy.json"

@@ -169,10 +169,11 @@ def one_thread_per_worker() -> None:
         os.environ.setdefault(name, "1")
 
 
-def progress_columns(label: str) -> tuple[ProgressColumn, ...]:
-    """Columns of a progress bar over parallel runs: done/total, time left, the last result."""
+def progress_columns() -> tuple[ProgressColumn, ...]:
+    """Columns of a progress bar over parallel runs: the bar's name (its task's description),
+    done/total, time left, the last result."""
     return (
-        TextColumn(label),
+        TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeRemainingColumn(),
@@ -289,7 +290,7 @@ def run_jobs(
     if not todo:
         return done
     one_thread_per_worker()
-    columns = progress_columns("bench")
+    columns = progress_columns()
     with (
         Progress(*columns, console=console) as progress,
         ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool,

@@ -826,7 +826,11 @@ class Composer:
                 f"{_STATE_VERSION}."
             )
         names = [t.name for t in self.tasks]
-        if state["policy"] != self.policy_name or list(state["tasks"]) != names:
+        # a loaded policy passed as an object was saved under its class's name before it was
+        # named after its card
+        loaded = getattr(self.method, "source", None) is not None
+        policies = {self.policy_name, *([self.method.name] if loaded else [])}
+        if state["policy"] not in policies or list(state["tasks"]) != names:
             raise ValueError(
                 f"Composer.load_state_dict: the state is for policy {state['policy']!r} with tasks "
                 f"{list(state['tasks'])}, this composer runs {self.policy_name!r} with {names}."
@@ -898,7 +902,10 @@ def _make_policy(policy: str | os.PathLike[str] | Method) -> tuple[Method, str, 
     it (the first 12 hex digits of its ``policy.json``'s SHA-256, which tells two policies
     trained by the same code apart; ``None`` for other methods)."""
     if isinstance(policy, Method):
-        return policy, policy.name or type(policy).__name__, None
+        source = getattr(policy, "source", None)  # a policy loaded from a folder, unchanged
+        if source is not None:
+            return policy, source[0], source[1]
+        return policy, policy.name or type(policy).__name__, _shipped_version(policy)
     folder = isinstance(policy, os.PathLike)  # a path is a policy folder, never a name
     if folder:
         policy = os.fspath(policy)
@@ -919,15 +926,30 @@ def _make_policy(policy: str | os.PathLike[str] | Method) -> tuple[Method, str, 
         card = read_card(policy_folder(source))
         return load_policy(source), card.name, card.version
     if policy not in available() and "+" not in policy:  # name the shipped policies too
-        from lossrag._util import unknown_name_error
+        from lossrag._util import suggest
         from lossrag.policy.store import shipped_policies
 
-        names = [*available(), *(folder.name for folder in shipped_policies())]
-        raise unknown_name_error("policy", policy, names)
+        names = sorted([*available(), *(folder.name for folder in shipped_policies())])
+        try:
+            here = sorted(p.name for p in pathlib.Path().iterdir() if (p / "card.json").is_file())
+        except OSError:  # an unreadable working directory
+            here = []
+        close = suggest(policy, [*names, *here])
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        folders = f"; policy folders here: {', '.join(here)}" if here else ""
+        raise ValueError(
+            f"Unknown policy {policy!r}: neither a method, a shipped policy nor a folder "
+            f"here.{hint} Known: {', '.join(names)}{folders}."
+        )
     method = make_method(policy)
-    shipped = getattr(method, "shipped", None)  # a method made of a shipped policy
+    return method, policy, _shipped_version(method)
+
+
+def _shipped_version(method: Method) -> str | None:
+    """The version of the shipped policy a method is made of (``None``: none)."""
+    shipped = getattr(method, "shipped", None)
     if shipped is None:
-        return method, policy, None
+        return None
     from lossrag.policy.store import policy_folder, read_card
 
-    return method, policy, read_card(policy_folder(shipped)).version
+    return read_card(policy_folder(shipped)).version

@@ -64,16 +64,22 @@ def _training(training: dict[str, Any]) -> list[tuple[str, str]]:
         (k, _value(training[k])) for k in ("problems", "runs", "generations") if k in training
     ]
     if isinstance(training.get("elapsed_s"), int | float):
-        workers = training.get("workers", "?")
-        items.append(("time", f"{training['elapsed_s'] / 60:.0f} min on {workers} workers"))
+        seconds, workers = training["elapsed_s"], training.get("workers", "?")
+        spent = f"{seconds / 60:.0f} min" if seconds >= 60 else f"{seconds:.0f} s"
+        items.append(("time", f"{spent} on {workers} worker{'' if workers == 1 else 's'}"))
     curve = [o for o in map(_objective, training.get("objective") or []) if o is not None]
     if curve:
+        reference = training.get("reference") or (
+            "EW on raw targets (the card predates the reference's target normalisation: much "
+            "of the difference can be the policy's own target normalisation)"
+        )
+        fell = "; it fell during training" if curve[-1] < curve[0] else ""
         items.append(
             (
                 "meta-objective",
                 f"{curve[0]:+.4f} -> {curve[-1]:+.4f} over {len(curve)} evaluations (mean "
-                "log-ratio of validation metrics against EW on held-out problems; higher is "
-                "better)",
+                f"log-ratio of validation metrics against {reference}, on held-out problems; "
+                f"higher is better{fell})",
             )
         )
     online = training.get("online")
@@ -92,7 +98,7 @@ def render_card(card: PolicyCard, folder: Path) -> Group:
     versions, the recipe's description, the training summary and parameters, the policy's
     settings, the benchmarks it records, its files."""
     identity = [
-        ("policy", f"{card.name}, version {card.version or '?'} (records name it)"),
+        ("policy", f"{card.name}, version {card.version or '?'} (as step records name it)"),
         ("folder", str(folder)),
         ("format", f"policy {card.format}, embedding {card.embed_version}"),
         ("features", f"{card.features} per candidate"),

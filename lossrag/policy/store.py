@@ -285,6 +285,16 @@ def policy_folder(source: str | os.PathLike[str]) -> Path:
     )
 
 
+def _work_folder_hint(folder: Path) -> str:
+    """Where the policy is, if ``folder`` is a ``lossrag train`` work folder."""
+    try:
+        out = json.loads((folder / "checkpoint.json").read_text()).get("out")
+    except (OSError, ValueError, AttributeError):
+        return ""
+    where = out if isinstance(out, str) else "its --out folder"
+    return f": it is a `lossrag train` work folder (checkpoints, log, plot); its policy: {where}"
+
+
 def read_card(folder: str | os.PathLike[str]) -> PolicyCard:
     """The card of a policy folder, after checking its files against the card's checksums and
     its versions against this LossRAG's."""
@@ -293,7 +303,9 @@ def read_card(folder: str | os.PathLike[str]) -> PolicyCard:
     try:
         card = PolicyCard.model_validate_json(card_path.read_bytes())
     except FileNotFoundError as err:
-        raise FileNotFoundError(f"Policy folder {folder} has no card.json.") from err
+        raise FileNotFoundError(
+            f"Policy folder {folder} has no card.json{_work_folder_hint(folder)}."
+        ) from err
     except ValidationError as err:
         raise ValueError(f"Policy folder {folder}: card.json is not a valid card: {err}") from err
     if card.format not in _READABLE or (card.embed_version, card.features) != (
@@ -395,7 +407,7 @@ def load_policy(source: str | os.PathLike[str] = "default", **overrides: Any) ->
         return DefaultPolicy(**overrides)
     arguments = _arguments(source)
     try:
-        return LossRAG(**{**arguments, **overrides})
+        policy = LossRAG(**{**arguments, **overrides})
     except (TypeError, ValueError) as err:
         if overrides:  # blame the file only if it fails on its own
             try:
@@ -408,6 +420,10 @@ def load_policy(source: str | os.PathLike[str] = "default", **overrides: Any) ->
             f"Policy {str(source)!r}: the settings of its policy.json do not make a LossRAG "
             f"policy: {err}"
         ) from err
+    if not overrides:  # runs record it by its card's name and version, as wrap(policy=folder)
+        card = read_card(policy_folder(source))
+        policy.source = (card.name, card.version)
+    return policy
 
 
 @register_method

@@ -3,7 +3,7 @@ Reptile over the online loop."""
 
 from lossrag.train.es import PARAMS, initial_parameters, policy_from, policy_values, train
 from lossrag.train.generate import Distribution, GeneratedProblem, TaskSpec, sample_problem
-from lossrag.train.recipe import ES, Online, Recipe, load_recipe
+from lossrag.train.recipe import ES, Online, Recipe, load_recipe, shipped_recipes
 
 __all__ = [
     "ES",
@@ -18,5 +18,6 @@ __all__ = [
     "policy_from",
     "policy_values",
     "sample_problem",
+    "shipped_recipes",
     "train",
 ]

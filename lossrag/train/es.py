@@ -12,6 +12,9 @@ this is the long-horizon signal against the one-step look-ahead's short-horizon 
 
 Every ``eval_every`` generations the meta-objective, the same log-ratio of the current policy
 against equal weighting on ``eval_problems`` held-out generated problems, is measured and logged.
+Equal weighting there normalises its targets as the policy does (``normalize_targets="auto"``),
+so the objective measures the weighting, not the target normalisation (:data:`REFERENCE`; the
+rewards of ES compare two policies and do not depend on it).
 
 The online phase (a recipe's ``[online]``) then trains the correction Δφ with the online loop:
 Reptile (Nichol et al., 2018) over runs in which the ES policy adapts Δφ from a query stream
@@ -48,6 +51,7 @@ from lossrag.train.recipe import Recipe
 __all__ = [
     "ONLINE_CORRECTION",
     "PARAMS",
+    "REFERENCE",
     "initial_parameters",
     "policy_from",
     "policy_values",
@@ -62,6 +66,9 @@ _START_AT_ZERO = 0.25
 _EVAL_OFFSET = 1_000_000  # held-out problems are numbered from here; training ones below
 _FORMAT = 1
 _ONLINE_OFFSET = 500_000  # problems of the online phase are numbered from here
+#: What the meta-objective compares the policy with (recorded in the card); cards written
+#: before it was recorded compared it with EW on raw targets.
+REFERENCE = "EW with targets normalised as the policy's (normalize_targets='auto')"
 #: File of a policy folder holding the online phase's Δφ when it did not ship.
 ONLINE_CORRECTION = "online_correction.npz"
 #: A correction's weights as nested lists (JSON, picklable): parameter name -> values.
@@ -121,23 +128,23 @@ def _run(
     job: tuple[Distribution, int, list[float] | None, Weights | None],
 ) -> dict[str, float]:
     """Validation metrics of one run: problem ``seed`` of ``dist`` with ``theta`` and a frozen
-    correction (``theta`` None: EW)."""
+    correction (``theta`` None: the reference, EW with targets normalised as the policy's)."""
     import torch
 
     torch.set_num_threads(1)
     dist, seed, theta, correction = job
     problem = sample_problem(dist, seed)
     if theta is None:
-        return _quiet_fit(problem, "ew", seed)
+        return _quiet_fit(problem, "ew", seed, normalize_targets="auto")
     return _quiet_fit(problem, policy_from(theta, correction), seed)
 
 
-def _quiet_fit(problem: Any, policy: Any, seed: int) -> dict[str, float]:
+def _quiet_fit(problem: Any, policy: Any, seed: int, **options: Any) -> dict[str, float]:
     from lossrag.bench.fit import fit
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return fit(problem, policy, seed, split="val").metrics
+        return fit(problem, policy, seed, split="val", **options).metrics
 
 
 def _adapt(job: tuple[Distribution, int, list[float], Weights, float]) -> Weights:
@@ -169,21 +176,50 @@ def _log_ratio(
 
 
 class _Checkpoint:
-    """The trainer's state, saved atomically after every generation (the last good one kept)."""
+    """The trainer's state, saved atomically after every generation (the last good one kept),
+    with what it was written for: the recipe (its ES part, to name what changed) and the policy
+    folder it writes."""
 
-    def __init__(self, work: Path, digest: str, code: str) -> None:
-        self.path, self.previous, self.digest, self.code = (
-            work / "checkpoint.json",
-            work / "checkpoint.prev.json",
-            digest,
-            code,
-        )
+    def __init__(self, work: Path, recipe: Recipe, code: str, out: Path) -> None:
+        self.path, self.previous = work / "checkpoint.json", work / "checkpoint.prev.json"
+        self.recipe, self.code, self.out = recipe, code, out
 
     def save(self, state: dict[str, Any]) -> None:
         if self.path.exists():
             os.replace(self.path, self.previous)
-        fields = {"format": _FORMAT, "recipe": self.digest, "params": PARAMS, "code": self.code}
-        atomic_write_text(self.path, json.dumps({**fields, **state}))
+        fields = {
+            "format": _FORMAT,
+            "recipe": self.recipe.es_digest,
+            "es_recipe": _es_part(self.recipe),
+            "out": str(self.out),
+            "params": PARAMS,
+            "code": self.code,
+        }
+        atomic_write_text(self.path, json.dumps({**state, **fields}))
+
+    def refuse_start(self) -> None:
+        """Raise ``ValueError`` if a checkpoint is there (training from the start would lose
+        it), saying whether its run finished and where its policy goes."""
+        if not self.path.exists():
+            return
+        work = self.path.parent
+        try:
+            state = json.loads(self.path.read_text())
+        except (ValueError, UnicodeDecodeError):
+            state = {}
+        out = state.get("out")
+        if state.get("finished"):
+            raise ValueError(
+                f"train: {work} holds a finished run (its policy went to {out}); pass another "
+                f"--work, or remove {work}, to train again."
+            )
+        done = state.get("generation", "?")
+        total = (state.get("es_recipe") or {}).get("es", {}).get("generations", "?")
+        raise ValueError(
+            f"train: {work} holds the checkpoint of an unfinished run (generation {done} of "
+            f"{total}{f', writing {out}' if out else ''}); pass --resume to continue it, or "
+            f"another --work (or remove {work}) to start over."
+        )
 
     def load(self, console: Console) -> dict[str, Any] | None:
         for path in (self.path, self.previous):
@@ -197,28 +233,67 @@ class _Checkpoint:
             except (ValueError, UnicodeDecodeError) as err:
                 console.print(f"[yellow]checkpoint {path} is corrupt ({err}); refused[/]")
                 continue
-            if state["recipe"] != self.digest:
-                raise ValueError(
-                    f"train: {path} was written for another recipe; use another --work folder "
-                    "for this one, or remove that folder to start over."
-                )
-            sizes = {len(state[k]) for k in ("theta", "m", "v")}
-            saved = state.get("params")
-            if saved is None:  # written before the names were saved: judged by its size
-                fits = sizes == {len(PARAMS)}
-                saved = list(PARAMS) if fits else [f"{len(state['theta'])} values"]
-            if list(saved) != list(PARAMS) or sizes != {len(PARAMS)}:
-                raise ValueError(
-                    f"train: {path} holds the parameters {', '.join(saved)}; this LossRAG trains "
-                    f"{', '.join(PARAMS)}. Start over without --resume (or with another --work)."
-                )
-            if state.get("code", self.code) != self.code:
-                console.print(
-                    f"[yellow]resuming across a code change ({state['code']} -> {self.code}); the "
-                    "card records the code that finishes the training[/]"
-                )
+            self._check(path, state, console)
             return state
         return None
+
+    def _check(self, path: Path, state: dict[str, Any], console: Console) -> None:
+        """Refuse a checkpoint written for another policy folder, another recipe (but for a
+        longer or shorter ES phase that has not passed its end), other parameters."""
+        if state.get("out", str(self.out)) != str(self.out):
+            raise ValueError(
+                f"train: {path} is the run writing {state['out']}, not {self.out}; continue it "
+                f"with --out {state['out']}, or pass another --work for this one."
+            )
+        if state["recipe"] != self.recipe.es_digest:
+            old = state.get("es_recipe")  # None: written before it was saved
+            changed = {} if old is None else _changes(old, _es_part(self.recipe))
+            generations = self.recipe.es.generations
+            if (
+                changed
+                and set(changed) == {"es.generations"}
+                and generations >= state["generation"]
+            ):
+                console.print(f"continuing with es.generations {changed['es.generations']}")
+            else:
+                said = "; ".join(f"{k} {v}" for k, v in changed.items())
+                raise ValueError(
+                    f"train: {path} was written for another recipe"
+                    + (f" ({said})" if said else "")
+                    + "; only es.generations can change on --resume (to no fewer than the "
+                    f"{state['generation']} done). Use another --work folder for this one, or "
+                    "remove that folder to start over."
+                )
+        sizes = {len(state[k]) for k in ("theta", "m", "v")}
+        saved = state.get("params")
+        if saved is None:  # written before the names were saved: judged by its size
+            fits = sizes == {len(PARAMS)}
+            saved = list(PARAMS) if fits else [f"{len(state['theta'])} values"]
+        if list(saved) != list(PARAMS) or sizes != {len(PARAMS)}:
+            raise ValueError(
+                f"train: {path} holds the parameters {', '.join(saved)}; this LossRAG trains "
+                f"{', '.join(PARAMS)}. Start over without --resume (or with another --work)."
+            )
+        if state.get("code", self.code) != self.code:
+            console.print(
+                f"[yellow]resuming across a code change ({state['code']} -> {self.code}); the "
+                "card records the code that finishes the training[/]"
+            )
+
+
+def _es_part(recipe: Recipe) -> dict[str, Any]:
+    """What the ES phase depends on (:attr:`Recipe.es_digest`), as JSON."""
+    return json.loads(recipe.model_dump_json(include={"seed", "problems", "es"}))
+
+
+def _changes(old: Any, new: Any, prefix: str = "") -> dict[str, str]:
+    """``{"es.population": "2 -> 4", ...}``: the leaves of two JSON values that differ."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: dict[str, str] = {}
+        for key in sorted(set(old) | set(new)):
+            out |= _changes(old.get(key), new.get(key), f"{prefix}{key}.")
+        return out
+    return {} if old == new else {prefix.rstrip("."): f"{old} -> {new}"}
 
 
 def train(
@@ -227,37 +302,44 @@ def train(
     work: Path,
     *,
     resume: bool = False,
+    replace: bool = False,
     console: Console | None = None,
 ) -> dict[str, Any]:
-    """Run ``recipe``: the policy folder goes to ``out``; checkpoints, the log and the plot of the
-    meta-objective to ``work``. Returns the training summary written into the policy's card.
-    """
+    """Run ``recipe``: the policy folder goes to ``out`` (a policy already there is replaced
+    only with ``replace``); checkpoints, the log and the plot of the meta-objective to ``work``.
+    Returns the training summary written into the policy's card. Everything is checked before
+    any folder is made or any run starts."""
+    import torch
+
     from lossrag.bench.runner import (
         advance,
         code_fingerprint,
         one_thread_per_worker,
         progress_columns,
     )
-    from lossrag.policy.store import correction_bytes, save_policy, writable_folder
+    from lossrag.policy.store import correction_bytes, read_card, save_policy, writable_folder
 
     console = console or Console()
     target = writable_folder(out)  # before any work: a folder that is not a policy is kept
     if target.resolve() == work.resolve() or target.resolve() in work.resolve().parents:
         raise ValueError(f"train: --work {work} is inside --out {out}; keep them apart.")
+    if (target / "card.json").is_file() and not replace:
+        raise FileExistsError(
+            f"train: --out {out} holds the policy {read_card(target).name!r}; pass --force to "
+            "replace it when training ends, or choose another folder."
+        )
+    checkpoint = _Checkpoint(work, recipe, code_fingerprint(), target)
+    if not resume:
+        checkpoint.refuse_start()
+    state = checkpoint.load(console) if resume else None
     target.parent.mkdir(parents=True, exist_ok=True)
     if not os.access(target.parent, os.W_OK):
         raise PermissionError(f"train: cannot write the policy folder {out} (its parent).")
     work.mkdir(parents=True, exist_ok=True)
-    checkpoint = _Checkpoint(work, recipe.es_digest, code_fingerprint())
     es, dist = recipe.es, recipe.problems
-    state = checkpoint.load(console) if resume else None
     if resume and state is None:
         console.print(f"no checkpoint in {work}: starting from the beginning")
     if state is None:
-        if (work / "checkpoint.json").exists() and not resume:
-            raise ValueError(
-                f"train: {work} holds a checkpoint; pass --resume to continue it or remove it."
-            )
         (work / "log.jsonl").unlink(missing_ok=True)
         theta = initial_parameters()
         state = {
@@ -269,11 +351,12 @@ def train(
             "baseline": {},
             "elapsed_s": 0.0,
         }
+    state.pop("finished", None)
     eval_seeds = [_EVAL_OFFSET + recipe.seed * 10_000 + i for i in range(es.eval_problems)]
     one_thread_per_worker()
     started = time.perf_counter() - float(state["elapsed_s"])
     with (
-        Progress(*progress_columns("train"), console=console) as progress,
+        Progress(*progress_columns(), console=console) as progress,
         ProcessPoolExecutor(recipe.workers, mp_context=mp.get_context("spawn")) as pool,
     ):
         bar = progress.add_task(
@@ -282,6 +365,7 @@ def train(
         if not state["baseline"]:
             baseline = pool.map(_run, [(dist, s, None, None) for s in eval_seeds])
             state["baseline"] = {str(s): m for s, m in zip(eval_seeds, baseline, strict=True)}
+            state["reference"] = REFERENCE
 
         def objective(theta: np.ndarray, correction: Weights | None = None) -> float:
             found = pool.map(_run, [(dist, s, theta.tolist(), correction) for s in eval_seeds])
@@ -357,6 +441,8 @@ def train(
             k: round(v, 5) for k, v in zip(PARAMS, policy_values(theta.tolist()), strict=True)
         },
         "objective": [{"generation": g, "log_ratio_vs_ew": round(o, 5)} for g, o in curve],
+        # a checkpoint of older code compared with EW on raw targets
+        "reference": state.get("reference", "EW on raw targets"),
         "online": {k: v for k, v in online.items() if k != "phi"},
     }
     shipped = online["phi"] if online.get("shipped") else None
@@ -364,8 +450,11 @@ def train(
     if "phi" in online and shipped is None:  # kept beside the policy, for ablations
         trained = policy_from(theta.tolist(), online["phi"]).correction
         extra[ONLINE_CORRECTION] = correction_bytes(trained)
+    with torch.random.fork_rng():  # a correction that does not ship: the same after a resume
+        torch.manual_seed(recipe.seed)
+        policy = policy_from(theta.tolist(), shipped)
     save_policy(
-        policy_from(theta.tolist(), shipped),
+        policy,
         out,
         name=recipe.name,
         description=recipe.description,
@@ -374,6 +463,7 @@ def train(
         code=code_fingerprint(),
         extra=extra,
     )
+    checkpoint.save(state | {"finished": True})
     return summary
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from lossrag._util import suggest
+from lossrag._util import data_dir, suggest
 from lossrag.train.generate import Distribution
 
 __all__ = ["ES", "Online", "Recipe", "load_recipe"]
@@ -103,13 +103,29 @@ def _sha(data: object) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
+def shipped_recipes() -> list[str]:
+    """The names of the recipes shipped with LossRAG (``training/NAME.toml``)."""
+    return sorted(p.stem for p in data_dir("training").glob("*.toml"))
+
+
 def load_recipe(path: str | os.PathLike[str]) -> Recipe:
-    """Read and validate a TOML recipe; errors name the file and the offending field."""
+    """Read and validate a TOML recipe: a file, or the name of a shipped recipe
+    (:func:`shipped_recipes`; a file of that name wins). Errors name the file and the
+    offending field."""
     path = Path(path)
+    shipped = data_dir("training") / f"{path}.toml"
+    if not path.exists() and path.suffix == "" and len(path.parts) == 1 and shipped.is_file():
+        path = shipped
     try:
         data = tomllib.loads(path.read_text())
     except FileNotFoundError as err:
-        raise FileNotFoundError(f"Recipe {path} does not exist.") from err
+        names = shipped_recipes()
+        close = suggest(path.stem, names)
+        hint = f"; did you mean {close[0]!r}?" if close and path.parent == Path() else ""
+        raise FileNotFoundError(
+            f"Recipe {path} does not exist (a file, or a shipped recipe's name: "
+            f"{', '.join(names)}){hint}"
+        ) from err
     except tomllib.TOMLDecodeError as err:
         raise ValueError(f"Recipe {path} is not valid TOML: {err}") from err
     try:
