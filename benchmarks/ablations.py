@@ -109,12 +109,20 @@ def run_missing(
         (v, p, s) for v in variants for p in problems for s in range(3) if (v, p, s) not in done
     ]
     saved.parent.mkdir(parents=True, exist_ok=True)
+    failed = []
     with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
-        for n, future in enumerate(as_completed([pool.submit(_run, job) for job in todo]), 1):
-            run = future.result()
-            runs.append(run)
+        futures = {pool.submit(_run, job): job for job in todo}
+        for n, future in enumerate(as_completed(futures), 1):
+            variant, problem, seed = futures[future]
+            try:
+                runs.append(future.result())
+            except Exception as err:  # the others go on; this one is run again next time
+                failed.append(f"{variant} {problem} s{seed}: {err!r}")
+                continue
             atomic_write_text(saved, json.dumps(runs, indent=1))
-            print(f"ablations {n}/{len(todo)} {run['variant']} {run['problem']} s{run['seed']}")
+            print(f"ablations {n}/{len(todo)} {variant} {problem} s{seed}")
+    if failed:
+        raise SystemExit("ablations: failed (run again to retry them): " + "; ".join(failed))
     return runs
 
 

@@ -18,7 +18,8 @@ export PYTHONPATH=$tree OMP_NUM_THREADS=1
 lossrag=${LOSSRAG:-lossrag}
 python=${PYTHON:-python}
 full=$here/benchmarks/full
-problems=$(python3 -c "import json; print(','.join(json.load(open('$full/config.json'))['problems']))")
+config() { "$python" -c "import json, sys; c = json.load(open(sys.argv[1])); print(','.join($1))" "$full/config.json"; }
+problems=$(config "c['problems']")
 headline=ew,famo,geometricmean,nashmtl,dbmtl,go4align,lossrag-default
 cd "$tree"
 
@@ -41,6 +42,6 @@ toy=$here/benchmarks/full-toy2d
 if [[ -f $toy/config.json ]]; then
   "$lossrag" bench resume --out "$toy" --jobs 2
 else
-  methods=$(python3 -c "import json; print(','.join(m for m in json.load(open('$full/config.json'))['methods'] if '@' not in m))")
+  methods=$(config "m for m in c['methods'] if '@' not in m")
   "$lossrag" bench run --problems toy2d --methods "$methods" --out "$toy" --jobs 2
 fi

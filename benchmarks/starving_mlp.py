@@ -90,6 +90,8 @@ def main() -> None:
     parser.add_argument("--methods", default="default,ew,famo,geometricmean,dbmtl,lossrag")
     parser.add_argument("--seeds", type=int, default=5)
     args = parser.parse_args()
+    if args.seeds < 2:
+        parser.error("--seeds: at least 2 (the table gives each metric's spread)")
     torch.set_num_threads(1)
     methods = args.methods.split(",")
     runs = {m: [run(m, s) for s in range(args.seeds)] for m in methods}

@@ -261,8 +261,8 @@ def train(
     console.print(
         f"policy {out}: {summary['problems']} problems in {summary['elapsed_s'] / 60:.1f} min; "
         f"meta-objective {curve[0]['log_ratio_vs_ew']:+.4f} -> {curve[-1]['log_ratio_vs_ew']:+.4f} "
-        f"(log-ratio against EW with targets normalised as the policy's, on held-out "
-        f"problems; log and plot in {folder})"
+        f"(log-ratio against {summary['reference']}, on held-out problems; log and plot in "
+        f"{folder})"
     )
     start, end = curve[0]["log_ratio_vs_ew"], curve[-1]["log_ratio_vs_ew"]
     if end < start:

@@ -60,7 +60,9 @@ def test_a_mistyped_policy_folder_is_suggested_and_a_work_folder_named(
         ValueError, match=r"nor a folder here\. Did you mean 'tiny'\?.*folders here: tiny\."
     ):
         lossrag.wrap(model, digits.tasks, "tny")
-    with pytest.raises(FileNotFoundError, match=r"work folder .*; its policy: .*tiny\.$"):
+    with pytest.raises(
+        FileNotFoundError, match=r"work folder \(checkpoints, log, plot\) writing .*tiny\.$"
+    ):
         lossrag.wrap(model, digits.tasks, "lossrag-train/tiny")
 
 

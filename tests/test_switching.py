@@ -137,6 +137,12 @@ def test_a_term_switched_off_earns_its_way_back_with_new_evidence():
     assert gates.held(key, active=False) == "stays off: mean − 1/√n ≤ 0"
     on, why = gates.update(key, 3.0, active=False)
     assert on and why == "on: mean utility 1.10 over 3 updates, lower bound > 0"
+    # switched off by its negative mean (the last utility positive): it keeps that mean
+    bound = TermKey("t", "l1")
+    states = [gates.update(bound, u, active=True)[1] for u in (-3.0, -3.0, 0.5)]
+    assert states[-1] == "off: mean utility -1.83 over 3 updates, upper bound < 0"
+    assert gates.evidence[bound] == (1, pytest.approx(-11 / 6))
+    assert [gates.update(bound, u, active=False)[0] for u in (0.8, 1.5)] == [False, False]
 
 
 def test_gates_say_why_a_term_did_not_move():

@@ -356,34 +356,106 @@ def test_a_correction_that_does_not_ship_is_the_same_after_a_resume(tmp_path, mo
 
 def test_train_says_what_a_work_folder_holds_and_continues_a_longer_run(tmp_path):
     """A finished run is not offered a resume; a run is continued only into its own policy
-    folder; a policy already at --out is replaced only with replace=True; a resume with another
-    recipe names what changed, and a longer ES phase continues the shorter one exactly."""
+    folder (a symbolic link to it is that folder); a policy already at --out is replaced only
+    with replace=True; a resume with another recipe names what changed, and a longer ES phase
+    continues the shorter one exactly, its old end no longer evaluated off the schedule."""
     quiet = Console(quiet=True)
-    recipe = load_recipe(_recipe(tmp_path))
+    every2 = TINY.replace("eval_every = 1", "eval_every = 2")
+    recipe = load_recipe(_recipe(tmp_path, every2.replace("generations = 2", "generations = 3")))
     train(recipe, tmp_path / "p", tmp_path / "work", console=quiet)
     with pytest.raises(FileExistsError, match=r"--out .*p holds the policy 'tiny'; pass --force"):
         train(recipe, tmp_path / "p", tmp_path / "work", console=quiet)
-    with pytest.raises(ValueError, match=r"holds a finished run \(its policy went to .*p\)"):
+    with pytest.raises(ValueError, match=r"holds a finished run, writing .*p; pass another --work"):
         train(recipe, tmp_path / "q", tmp_path / "work", console=quiet)
     assert not (tmp_path / "q").exists()
     with pytest.raises(ValueError, match=r"is the run writing .*p, not .*q; continue it with"):
         train(recipe, tmp_path / "q", tmp_path / "work", resume=True, console=quiet)
-    other = load_recipe(_recipe(tmp_path, TINY.replace("population = 2", "population = 3")))
-    with pytest.raises(ValueError, match=r"another recipe \(es\.population 2 -> 3\); only es"):
+    other = load_recipe(_recipe(tmp_path, every2.replace("population = 2", "population = 3")))
+    with pytest.raises(ValueError, match=r"another recipe \(es\.generations 3 -> 2; es\.popu"):
         train(other, tmp_path / "p", tmp_path / "work", resume=True, replace=True, console=quiet)
-    longer = load_recipe(_recipe(tmp_path, TINY.replace("generations = 2", "generations = 3")))
+    (tmp_path / "link").symlink_to(tmp_path)
+    longer = load_recipe(_recipe(tmp_path, every2.replace("generations = 2", "generations = 4")))
     console = Console(record=True, width=200)
     extended = train(
-        longer, tmp_path / "p", tmp_path / "work", resume=True, replace=True, console=console
+        longer,
+        tmp_path / "link" / "p",
+        tmp_path / "work",
+        resume=True,
+        replace=True,
+        console=console,
     )
-    assert "continuing with es.generations 2 -> 3" in console.export_text()
+    assert "continuing with es.generations 3 -> 4" in console.export_text()
     fresh = train(longer, tmp_path / "fresh", tmp_path / "work-fresh", console=quiet)
+    assert [o["generation"] for o in fresh["objective"]] == [0, 2, 4]
     assert extended["parameters"] == fresh["parameters"]
-    assert extended["objective"] == fresh["objective"]
+    assert extended["objective"] == fresh["objective"] and extended["runs"] == fresh["runs"]
     assert (tmp_path / "work" / "log.jsonl").read_text() == (
         tmp_path / "work-fresh" / "log.jsonl"
     ).read_text()
-    assert read_card(tmp_path / "p").recipe["es"]["generations"] == 3
+    assert read_card(tmp_path / "p").recipe["es"]["generations"] == 4
+
+
+def test_a_run_resumed_where_a_shorter_recipe_ends_is_evaluated_there(tmp_path, monkeypatch):
+    """Stopped after generation 1 of 2 and resumed as a 1-generation run, the ES phase ends at
+    once: its last generation is evaluated as a fresh 1-generation run's is."""
+    quiet = Console(quiet=True)
+    every2 = TINY.replace("eval_every = 1", "eval_every = 2")
+    recipe = load_recipe(_recipe(tmp_path, every2))
+    original = es_module._Checkpoint.save
+
+    def stop_after_the_first_generation(self, state):
+        original(self, state)
+        if state["generation"] == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(es_module._Checkpoint, "save", stop_after_the_first_generation)
+    with pytest.raises(KeyboardInterrupt):
+        train(recipe, tmp_path / "cut", tmp_path / "work-cut", console=quiet)
+    monkeypatch.setattr(es_module._Checkpoint, "save", original)
+    state = json.loads((tmp_path / "work-cut" / "checkpoint.json").read_text())
+    assert "objective" not in state["history"][-1]  # generation 1 is off the schedule of 2
+    shorter = load_recipe(_recipe(tmp_path, every2.replace("generations = 2", "generations = 1")))
+    resumed = train(shorter, tmp_path / "cut", tmp_path / "work-cut", resume=True, console=quiet)
+    fresh = train(shorter, tmp_path / "fresh", tmp_path / "work-fresh", console=quiet)
+    assert [o["generation"] for o in resumed["objective"]] == [0, 1]
+    assert resumed["objective"] == fresh["objective"]
+    assert resumed["parameters"] == fresh["parameters"]
+
+
+def test_checkpoints_of_older_code_are_said_for_what_they_are(tmp_path):
+    """A checkpoint without the fields this code records (the recipe's ES part, the policy
+    folder, "finished"): its finished online phase tells a finished run, and another recipe is
+    refused without naming fields it cannot know; one left only as the previous checkpoint
+    still protects its run."""
+    recipe = load_recipe(_recipe(tmp_path))
+    work = tmp_path / "work"
+    work.mkdir()
+    old = {
+        "format": 1,
+        "recipe": recipe.es_digest,
+        "generation": 2,
+        "theta": [0.0] * len(PARAMS),
+        "m": [0.0] * len(PARAMS),
+        "v": [0.0] * len(PARAMS),
+        "history": [],
+        "baseline": {},
+        "elapsed_s": 1.0,
+        "online": {"round": 2, "with_correction": 0.1},
+    }
+    (work / "checkpoint.prev.json").write_text(json.dumps(old))
+    checkpoint = es_module._Checkpoint(work, recipe, "code", tmp_path / "p")
+    with pytest.raises(ValueError, match=r"holds a finished run; pass another --work"):
+        checkpoint.refuse_start()
+    del old["online"]
+    (work / "checkpoint.prev.json").write_text(json.dumps(old))
+    with pytest.raises(ValueError, match=r"unfinished run \(generation 2\); pass --resume"):
+        checkpoint.refuse_start()
+    longer = load_recipe(_recipe(tmp_path, TINY.replace("generations = 2", "generations = 3")))
+    with pytest.raises(ValueError, match=r"did not record which fields it had: it resumes only"):
+        es_module._Checkpoint(work, longer, "code", tmp_path / "p").load(Console(quiet=True))
+    (work / "checkpoint.prev.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"unfinished run \(generation \?\)"):
+        checkpoint.refuse_start()
 
 
 def test_corrupt_checkpoint_falls_back_to_the_previous_one(tmp_path):
@@ -629,6 +701,7 @@ def test_cli_train_says_when_the_held_out_objective_fell(tmp_path, monkeypatch, 
             {"generation": 2, "log_ratio_vs_ew": end},
         ],
         "online": {"rounds": 0},
+        "reference": "EW with targets normalised",
     }
     monkeypatch.setattr(lossrag.train, "train", lambda *args, **kwargs: summary)
     recipe = _recipe(tmp_path, TINY)
@@ -636,6 +709,7 @@ def test_cli_train_says_when_the_held_out_objective_fell(tmp_path, monkeypatch, 
     assert result.exit_code == 0
     said = " ".join(result.output.split())
     assert ("objective fell (+0.5500 at the start, +0.5000 now)" in said) == (end < 0.55)
+    assert "(log-ratio against EW with targets normalised, on held-out problems" in said
     # the tiny recipe's runs (8 to 12 steps) never reach a gate move: said before training
     assert "problems.steps [8, 12]: hardly a run goes past step 200" in said
     for steps, warned in (("[150, 200]", True), ("[150, 250]", False)):

@@ -920,11 +920,11 @@ def _make_policy(policy: str | os.PathLike[str] | Method) -> tuple[Method, str, 
         policy not in available()
         and (policy == "default" or os.sep in policy or os.path.isdir(policy))
     ):
-        from lossrag.policy.store import load_policy, policy_folder, read_card
+        from lossrag.policy.store import load_policy
 
-        source = pathlib.Path(policy) if folder else policy
-        card = read_card(policy_folder(source))
-        return load_policy(source), card.name, card.version
+        loaded = load_policy(pathlib.Path(policy) if folder else policy)
+        assert loaded.source is not None  # loaded without overrides
+        return loaded, *loaded.source
     if policy not in available() and "+" not in policy:  # name the shipped policies too
         from lossrag._util import suggest
         from lossrag.policy.store import shipped_policies
@@ -941,8 +941,8 @@ def _make_policy(policy: str | os.PathLike[str] | Method) -> tuple[Method, str, 
             f"Unknown policy {policy!r}: neither a method, a shipped policy nor a folder "
             f"here.{hint} Known: {', '.join(names)}{folders}."
         )
-    method = make_method(policy)
-    return method, policy, _shipped_version(method)
+    made = make_method(policy)
+    return made, policy, _shipped_version(made)
 
 
 def _shipped_version(method: Method) -> str | None:

@@ -7,10 +7,11 @@ confidence bound with a prior spread ``s`` per utility: an inactive term comes o
 on early, weak evidence needs many retrievals); an active one goes off when ``mean + s/√n < 0``
 after at least ``patience``, or after ``patience`` consecutive negative utilities (the
 hysteresis of before, kept for noisy one-step utilities). The evidence of a term runs from its
-first retrieval and is kept while it stays on or off; when it goes off, it starts over from the
-utility that switched it off, so that a term switched off by a run of negative utilities while
-its mean is still high must earn its way back with new ones (it came back on at the next
-retrieval before). A candidate keeps its evidence while it is retrieved again (the policy
+first retrieval and is kept while it stays on or off; when it goes off, it starts over from one
+utility, the worse of the one that switched it off and its mean, so that a term switched off by
+a run of negative utilities while its mean is still high must earn its way back with new ones
+(it came back on at the next retrieval before), and one switched off by its negative mean keeps
+that. A candidate keeps its evidence while it is retrieved again (the policy
 re-retrieves those with a positive mean)."""
 
 from __future__ import annotations
@@ -96,8 +97,8 @@ class Gates:
                 why = f"off: utility < 0 for {run} updates"
             elif n >= self.patience and mean + bound < 0:
                 why = f"off: mean utility {mean:.2f} over {_updates(n)}, upper bound < 0"
-            if why:  # its evidence starts over from the utility that switched it off
-                self.count[key], self.evidence[key] = 0, (1, utility)
+            if why:  # its evidence starts over: the worse of this utility and its mean
+                self.count[key], self.evidence[key] = 0, (1, min(utility, mean))
                 return False, why
             self.evidence[key] = (n, mean)
             self.count[key] = run

@@ -292,7 +292,7 @@ def _work_folder_hint(folder: Path) -> str:
     except (OSError, ValueError, AttributeError):
         return ""
     where = out if isinstance(out, str) else "its --out folder"
-    return f": it is a `lossrag train` work folder (checkpoints, log, plot); its policy: {where}"
+    return f": it is a `lossrag train` work folder (checkpoints, log, plot) writing {where}"
 
 
 def read_card(folder: str | os.PathLike[str]) -> PolicyCard:
@@ -333,11 +333,11 @@ def read_card(folder: str | os.PathLike[str]) -> PolicyCard:
     return card
 
 
-def _arguments(source: str | os.PathLike[str]) -> dict[str, Any]:
-    """The :class:`LossRAG` arguments (settings and trained correction) of a saved policy; its
-    target normalisation, the one it was trained with, under ``"normalize_targets"`` (for a
-    format-1 folder, written before it was saved: ``"auto"`` if ``lossrag train`` wrote it, as
-    it trains so, else ``False``)."""
+def _arguments(source: str | os.PathLike[str]) -> tuple[dict[str, Any], PolicyCard]:
+    """The :class:`LossRAG` arguments (settings and trained correction) of a saved policy, and
+    its card; its target normalisation, the one it was trained with, under
+    ``"normalize_targets"`` (for a format-1 folder, written before it was saved: ``"auto"`` if
+    ``lossrag train`` wrote it, as it trains so, else ``False``)."""
     folder = policy_folder(source)
     card = read_card(folder)
     path = folder / "policy.json"
@@ -353,7 +353,7 @@ def _arguments(source: str | os.PathLike[str]) -> dict[str, Any]:
         settings["normalize_targets"] = "auto" if card.recipe else False
     correction = Correction(FEATURES, hidden=shape.hidden, bound=shape.bound)
     read_correction(folder / "correction.npz", correction)
-    return {**settings, "correction": correction}
+    return {**settings, "correction": correction}, card
 
 
 def _problems(err: ValidationError) -> str:
@@ -402,26 +402,28 @@ def read_correction(path: str | os.PathLike[str], correction: Correction) -> Cor
 def load_policy(source: str | os.PathLike[str] = "default", **overrides: Any) -> LossRAG:
     """A :class:`LossRAG` with a saved policy's settings and correction; ``overrides`` replace
     settings (e.g. ``total_steps``). The shipped ``"default"`` is a :class:`DefaultPolicy`
-    (which also chooses its target normalisation)."""
+    (which also chooses its target normalisation). Without overrides it carries its card's
+    name and version (:attr:`LossRAG.source`), which runs record it by."""
     if isinstance(source, str) and source == "default":
-        return DefaultPolicy(**overrides)
-    arguments = _arguments(source)
-    try:
-        policy = LossRAG(**{**arguments, **overrides})
-    except (TypeError, ValueError) as err:
-        if overrides:  # blame the file only if it fails on its own
-            try:
-                LossRAG(**arguments)
-            except (TypeError, ValueError):
-                pass
-            else:
-                raise
-        raise ValueError(
-            f"Policy {str(source)!r}: the settings of its policy.json do not make a LossRAG "
-            f"policy: {err}"
-        ) from err
-    if not overrides:  # runs record it by its card's name and version, as wrap(policy=folder)
+        policy: LossRAG = DefaultPolicy(**overrides)
         card = read_card(policy_folder(source))
+    else:
+        arguments, card = _arguments(source)
+        try:
+            policy = LossRAG(**{**arguments, **overrides})
+        except (TypeError, ValueError) as err:
+            if overrides:  # blame the file only if it fails on its own
+                try:
+                    LossRAG(**arguments)
+                except (TypeError, ValueError):
+                    pass
+                else:
+                    raise
+            raise ValueError(
+                f"Policy {str(source)!r}: the settings of its policy.json do not make a LossRAG "
+                f"policy: {err}"
+            ) from err
+    if not overrides:
         policy.source = (card.name, card.version)
     return policy
 
@@ -438,7 +440,7 @@ class DefaultPolicy(LossRAG):
     shipped = "default"
 
     def __init__(self, **overrides: Any) -> None:
-        super().__init__(**{**_arguments("default"), **overrides})
+        super().__init__(**{**_arguments("default")[0], **overrides})
 
 
 @register_method

@@ -200,24 +200,29 @@ class _Checkpoint:
     def refuse_start(self) -> None:
         """Raise ``ValueError`` if a checkpoint is there (training from the start would lose
         it), saying whether its run finished and where its policy goes."""
-        if not self.path.exists():
+        path = next((p for p in (self.path, self.previous) if p.exists()), None)
+        if path is None:
             return
-        work = self.path.parent
+        work = path.parent
         try:
-            state = json.loads(self.path.read_text())
+            state = json.loads(path.read_text())
         except (ValueError, UnicodeDecodeError):
+            state = None
+        if not isinstance(state, dict):
             state = {}
         out = state.get("out")
-        if state.get("finished"):
+        writing = f", writing {out}" if out else ""
+        # an older checkpoint has no "finished": its online phase's held-out check ends a run
+        if state.get("finished") or "with_correction" in (state.get("online") or {}):
             raise ValueError(
-                f"train: {work} holds a finished run (its policy went to {out}); pass another "
-                f"--work, or remove {work}, to train again."
+                f"train: {work} holds a finished run{writing}; pass another --work, or remove "
+                f"{work}, to train again."
             )
         done = state.get("generation", "?")
-        total = (state.get("es_recipe") or {}).get("es", {}).get("generations", "?")
+        total = (state.get("es_recipe") or {}).get("es", {}).get("generations")
         raise ValueError(
-            f"train: {work} holds the checkpoint of an unfinished run (generation {done} of "
-            f"{total}{f', writing {out}' if out else ''}); pass --resume to continue it, or "
+            f"train: {work} holds the checkpoint of an unfinished run (generation {done}"
+            f"{f' of {total}' if total else ''}{writing}); pass --resume to continue it, or "
             f"another --work (or remove {work}) to start over."
         )
 
@@ -240,29 +245,31 @@ class _Checkpoint:
     def _check(self, path: Path, state: dict[str, Any], console: Console) -> None:
         """Refuse a checkpoint written for another policy folder, another recipe (but for a
         longer or shorter ES phase that has not passed its end), other parameters."""
-        if state.get("out", str(self.out)) != str(self.out):
+        if os.path.realpath(state.get("out", self.out)) != os.path.realpath(self.out):
             raise ValueError(
                 f"train: {path} is the run writing {state['out']}, not {self.out}; continue it "
                 f"with --out {state['out']}, or pass another --work for this one."
             )
         if state["recipe"] != self.recipe.es_digest:
-            old = state.get("es_recipe")  # None: written before it was saved
-            changed = {} if old is None else _changes(old, _es_part(self.recipe))
-            generations = self.recipe.es.generations
+            old = state.get("es_recipe")
+            if old is None:
+                raise ValueError(
+                    f"train: {path} was written for another recipe, by a LossRAG that did not "
+                    "record which fields it had: it resumes only with the recipe that wrote it. "
+                    "Use another --work folder for this one, or remove that folder to start over."
+                )
+            changed = _changes(old, _es_part(self.recipe))
             if (
-                changed
-                and set(changed) == {"es.generations"}
-                and generations >= state["generation"]
+                set(changed) == {"es.generations"}
+                and self.recipe.es.generations >= state["generation"]
             ):
                 console.print(f"continuing with es.generations {changed['es.generations']}")
             else:
                 said = "; ".join(f"{k} {v}" for k, v in changed.items())
                 raise ValueError(
-                    f"train: {path} was written for another recipe"
-                    + (f" ({said})" if said else "")
-                    + "; only es.generations can change on --resume (to no fewer than the "
-                    f"{state['generation']} done). Use another --work folder for this one, or "
-                    "remove that folder to start over."
+                    f"train: {path} was written for another recipe ({said}); only es.generations "
+                    f"can change on --resume (to no fewer than the {state['generation']} done). "
+                    "Use another --work folder for this one, or remove that folder to start over."
                 )
         sizes = {len(state[k]) for k in ("theta", "m", "v")}
         saved = state.get("params")
@@ -382,6 +389,9 @@ def train(
         m, v = np.array(state["m"]), np.array(state["v"])
         if not state["history"]:
             state["history"].append({"generation": 0, "objective": objective(theta)})
+        for done in state["history"][1:]:  # a run made longer: its old end is not evaluated
+            if not _evaluated(done["generation"], es):
+                done.pop("objective", None)
         for generation in range(state["generation"], es.generations):
             noise = np.random.default_rng([recipe.seed, 5, generation]).standard_normal(
                 (es.population, len(PARAMS))
@@ -412,12 +422,11 @@ def train(
                 "theta": dict(zip(PARAMS, theta.round(4).tolist(), strict=True)),
                 "grad": dict(zip(PARAMS, grad.round(4).tolist(), strict=True)),
             }
-            if t % es.eval_every == 0 or t == es.generations:
+            if _evaluated(t, es):
                 entry["objective"] = objective(theta)
             state["history"].append(entry)
             # the whole history each time: a generation redone after a resume is logged once
-            log = "".join(json.dumps(e) + "\n" for e in state["history"])
-            atomic_write_text(work / "log.jsonl", log)
+            atomic_write_text(work / "log.jsonl", _log(state["history"]))
             state.update(
                 generation=t,
                 theta=theta.tolist(),
@@ -428,6 +437,10 @@ def train(
             checkpoint.save(state)
             last = entry.get("objective")
             advance(progress, bar, "" if last is None else f"objective {last:+.4f}")
+        if "objective" not in state["history"][-1]:  # a resume at the end of a shorter run
+            state["history"][-1]["objective"] = objective(theta)
+        atomic_write_text(work / "log.jsonl", _log(state["history"]))
+        checkpoint.save(state)
         online = _online_phase(recipe, state, checkpoint, objective, pool, progress)
     curve = [(h["generation"], h["objective"]) for h in state["history"] if "objective" in h]
     _plot(curve, work / "meta_objective.png")
@@ -467,6 +480,16 @@ def train(
     return summary
 
 
+def _evaluated(generation: int, es: Any) -> bool:
+    """Whether the held-out meta-objective is measured after ``generation``."""
+    return generation % es.eval_every == 0 or generation == es.generations
+
+
+def _log(history: list[dict[str, Any]]) -> str:
+    """``log.jsonl``: one line per generation."""
+    return "".join(json.dumps(entry) + "\n" for entry in history)
+
+
 def _online_phase(
     recipe: Recipe,
     state: dict[str, Any],
@@ -484,10 +507,10 @@ def _online_phase(
     spec, dist, theta = recipe.online, recipe.problems, state["theta"]
     if spec.rounds == 0:
         return {"rounds": 0, "shipped": False}
-    if state.get("online", {}).get("recipe") != recipe.digest:
+    if state.get("online", {}).get("recipe") != recipe.online_digest:
         torch.manual_seed(recipe.seed)
         state["online"] = {
-            "recipe": recipe.digest,
+            "recipe": recipe.online_digest,
             "round": 0,
             "phi": _weights(Correction(FEATURES)),
             "drift": [],

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from lossrag._util import data_dir, suggest
 from lossrag.train.generate import Distribution
 
-__all__ = ["ES", "Online", "Recipe", "load_recipe"]
+__all__ = ["ES", "Online", "Recipe", "load_recipe", "shipped_recipes"]
 
 
 class ES(BaseModel):
@@ -93,6 +93,12 @@ class Recipe(BaseModel):
         return _sha(self.model_dump())
 
     @property
+    def online_digest(self) -> str:
+        """SHA-256 of what the online phase depends on (the ES phase's and its own fields): a
+        checkpoint of it stays valid when only the name, description or workers change."""
+        return _sha(self.model_dump(include={"seed", "problems", "es", "online"}))
+
+    @property
     def es_digest(self) -> str:
         """SHA-256 of what the ES phase depends on (seed, problems, ES schedule): a checkpoint
         of it stays valid when only the description, workers or online phase change."""
@@ -114,7 +120,7 @@ def load_recipe(path: str | os.PathLike[str]) -> Recipe:
     offending field."""
     path = Path(path)
     shipped = data_dir("training") / f"{path}.toml"
-    if not path.exists() and path.suffix == "" and len(path.parts) == 1 and shipped.is_file():
+    if not path.is_file() and path.suffix == "" and len(path.parts) == 1 and shipped.is_file():
         path = shipped
     try:
         data = tomllib.loads(path.read_text())
