@@ -326,12 +326,9 @@ def test_train_writes_a_loadable_policy_and_resumes_exactly(tmp_path, monkeypatc
     assert full["reference"] == resumed["reference"] == es_module.REFERENCE
 
 
-def test_a_correction_that_does_not_ship_is_the_same_after_a_resume(tmp_path, monkeypatch):
-    """Its hidden layers (its last layer is zero) were drawn from whatever state the RNG was
-    in when the policy was written: another one after a resume (found by a user trial)."""
-    recipe = load_recipe(_recipe(tmp_path, TINY.replace("rounds = 2", "rounds = 0")))
-    quiet = Console(quiet=True)
-    train(recipe, tmp_path / "full", tmp_path / "work-full", console=quiet)
+def _stopped_after_generation_1(recipe, tmp_path, monkeypatch) -> None:
+    """Train ``recipe`` into ``cut`` (work folder ``work-cut``) until its first generation is
+    saved, then stop it as Ctrl-C would."""
     original = es_module._Checkpoint.save
 
     def stop_after_the_first_generation(self, state):
@@ -341,8 +338,17 @@ def test_a_correction_that_does_not_ship_is_the_same_after_a_resume(tmp_path, mo
 
     monkeypatch.setattr(es_module._Checkpoint, "save", stop_after_the_first_generation)
     with pytest.raises(KeyboardInterrupt):
-        train(recipe, tmp_path / "cut", tmp_path / "work-cut", console=quiet)
+        train(recipe, tmp_path / "cut", tmp_path / "work-cut", console=Console(quiet=True))
     monkeypatch.setattr(es_module._Checkpoint, "save", original)
+
+
+def test_a_correction_that_does_not_ship_is_the_same_after_a_resume(tmp_path, monkeypatch):
+    """Its hidden layers (its last layer is zero) were drawn from whatever state the RNG was
+    in when the policy was written: another one after a resume (found by a user trial)."""
+    recipe = load_recipe(_recipe(tmp_path, TINY.replace("rounds = 2", "rounds = 0")))
+    quiet = Console(quiet=True)
+    train(recipe, tmp_path / "full", tmp_path / "work-full", console=quiet)
+    _stopped_after_generation_1(recipe, tmp_path, monkeypatch)
     torch.manual_seed(11)  # a new process
     train(recipe, tmp_path / "cut", tmp_path / "work-cut", resume=True, console=quiet)
     full, cut = (load_policy(tmp_path / f).correction.state_dict() for f in ("full", "cut"))
@@ -401,17 +407,7 @@ def test_a_run_resumed_where_a_shorter_recipe_ends_is_evaluated_there(tmp_path, 
     quiet = Console(quiet=True)
     every2 = TINY.replace("eval_every = 1", "eval_every = 2")
     recipe = load_recipe(_recipe(tmp_path, every2))
-    original = es_module._Checkpoint.save
-
-    def stop_after_the_first_generation(self, state):
-        original(self, state)
-        if state["generation"] == 1:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(es_module._Checkpoint, "save", stop_after_the_first_generation)
-    with pytest.raises(KeyboardInterrupt):
-        train(recipe, tmp_path / "cut", tmp_path / "work-cut", console=quiet)
-    monkeypatch.setattr(es_module._Checkpoint, "save", original)
+    _stopped_after_generation_1(recipe, tmp_path, monkeypatch)
     state = json.loads((tmp_path / "work-cut" / "checkpoint.json").read_text())
     assert "objective" not in state["history"][-1]  # generation 1 is off the schedule of 2
     shorter = load_recipe(_recipe(tmp_path, every2.replace("generations = 2", "generations = 1")))
@@ -420,6 +416,20 @@ def test_a_run_resumed_where_a_shorter_recipe_ends_is_evaluated_there(tmp_path, 
     assert [o["generation"] for o in resumed["objective"]] == [0, 1]
     assert resumed["objective"] == fresh["objective"]
     assert resumed["parameters"] == fresh["parameters"]
+
+
+def _state(generation: int) -> dict[str, object]:
+    """A trainer's state after ``generation`` generations, as a checkpoint holds it."""
+    zeros = [0.0] * len(PARAMS)
+    return {
+        "generation": generation,
+        "theta": zeros,
+        "m": zeros,
+        "v": zeros,
+        "history": [],
+        "baseline": {},
+        "elapsed_s": 1.0,
+    }
 
 
 def test_checkpoints_of_older_code_are_said_for_what_they_are(tmp_path):
@@ -433,13 +443,7 @@ def test_checkpoints_of_older_code_are_said_for_what_they_are(tmp_path):
     old = {
         "format": 1,
         "recipe": recipe.es_digest,
-        "generation": 2,
-        "theta": [0.0] * len(PARAMS),
-        "m": [0.0] * len(PARAMS),
-        "v": [0.0] * len(PARAMS),
-        "history": [],
-        "baseline": {},
-        "elapsed_s": 1.0,
+        **_state(generation=2),
         "online": {"round": 2, "with_correction": 0.1},
     }
     (work / "checkpoint.prev.json").write_text(json.dumps(old))
@@ -463,15 +467,7 @@ def test_corrupt_checkpoint_falls_back_to_the_previous_one(tmp_path):
     work.mkdir()
     recipe = load_recipe(_recipe(tmp_path))
     checkpoint = es_module._Checkpoint(work, recipe, "code1", tmp_path / "p")
-    state = {
-        "generation": 1,
-        "theta": [0.0] * len(PARAMS),
-        "m": [0.0] * len(PARAMS),
-        "v": [0.0] * len(PARAMS),
-        "history": [],
-        "baseline": {},
-        "elapsed_s": 1.0,
-    }
+    state = _state(generation=1)
     checkpoint.save(state)
     checkpoint.save(dict(state, generation=2))
     (work / "checkpoint.json").write_text('{"format": 1, "recipe": "abc", "gen')
