@@ -342,24 +342,6 @@ def _stopped_after_generation_1(recipe, tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(es_module._Checkpoint, "save", original)
 
 
-def test_a_correction_that_does_not_ship_is_the_same_after_a_resume(tmp_path, monkeypatch):
-    """Its hidden layers (its last layer is zero) were drawn from whatever state the RNG was
-    in when the policy was written: another one after a resume (found by a user trial)."""
-    recipe = load_recipe(_recipe(tmp_path, TINY.replace("rounds = 2", "rounds = 0")))
-    quiet = Console(quiet=True)
-    train(recipe, tmp_path / "full", tmp_path / "work-full", console=quiet)
-    _stopped_after_generation_1(recipe, tmp_path, monkeypatch)
-    torch.manual_seed(11)  # a new process
-    train(recipe, tmp_path / "cut", tmp_path / "work-cut", resume=True, console=quiet)
-    full, cut = (load_policy(tmp_path / f).correction.state_dict() for f in ("full", "cut"))
-    assert full.keys() == cut.keys()
-    for name, value in full.items():
-        torch.testing.assert_close(cut[name], value, rtol=0, atol=0)
-    assert (tmp_path / "full" / "correction.npz").read_bytes() == (
-        tmp_path / "cut" / "correction.npz"
-    ).read_bytes()
-
-
 def test_train_says_what_a_work_folder_holds_and_continues_a_longer_run(tmp_path):
     """A finished run is not offered a resume; a run is continued only into its own policy
     folder (a symbolic link to it is that folder); a policy already at --out is replaced only
@@ -403,19 +385,26 @@ def test_train_says_what_a_work_folder_holds_and_continues_a_longer_run(tmp_path
 
 def test_a_run_resumed_where_a_shorter_recipe_ends_is_evaluated_there(tmp_path, monkeypatch):
     """Stopped after generation 1 of 2 and resumed as a 1-generation run, the ES phase ends at
-    once: its last generation is evaluated as a fresh 1-generation run's is."""
+    once: its last generation is evaluated as a fresh 1-generation run's is. And the correction
+    that does not ship (no online phase) is the fresh run's: its hidden layers (its last layer
+    is zero) were drawn from whatever state the RNG was in when the policy was written, another
+    one after a resume (found by a user trial)."""
     quiet = Console(quiet=True)
-    every2 = TINY.replace("eval_every = 1", "eval_every = 2")
-    recipe = load_recipe(_recipe(tmp_path, every2))
-    _stopped_after_generation_1(recipe, tmp_path, monkeypatch)
+    every2 = TINY.replace("eval_every = 1", "eval_every = 2").replace("rounds = 2", "rounds = 0")
+    _stopped_after_generation_1(load_recipe(_recipe(tmp_path, every2)), tmp_path, monkeypatch)
     state = json.loads((tmp_path / "work-cut" / "checkpoint.json").read_text())
     assert "objective" not in state["history"][-1]  # generation 1 is off the schedule of 2
     shorter = load_recipe(_recipe(tmp_path, every2.replace("generations = 2", "generations = 1")))
+    torch.manual_seed(11)  # each run a process of its own, its RNG in another state
     resumed = train(shorter, tmp_path / "cut", tmp_path / "work-cut", resume=True, console=quiet)
+    torch.manual_seed(12)
     fresh = train(shorter, tmp_path / "fresh", tmp_path / "work-fresh", console=quiet)
     assert [o["generation"] for o in resumed["objective"]] == [0, 1]
     assert resumed["objective"] == fresh["objective"]
     assert resumed["parameters"] == fresh["parameters"]
+    assert (tmp_path / "fresh" / "correction.npz").read_bytes() == (
+        tmp_path / "cut" / "correction.npz"
+    ).read_bytes()
 
 
 def _state(generation: int) -> dict[str, object]:
