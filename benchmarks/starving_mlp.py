@@ -5,14 +5,17 @@ An MLP (64 → 64 → 32, ReLU, one linear head per task) on scikit-learn's digi
 ``ink`` (the raw pixel sum, about 313 ± 37, MAE). Adam (lr 1e-3), 600 steps of 64 samples drawn
 with replacement, every method with ``normalize_targets="auto"`` (so the comparison is of the
 weighting alone). Printed: every task's test metric per method, mean ± std over seeds, and
-whether a task is more than 3 % worse (relative) than the better of EW and FAMO::
+whether a task is more than 3 % worse (relative) than the better of EW and FAMO
+(``default@KEY=JSON,...``: the shipped policy with settings overridden)::
 
-    python benchmarks/starving_mlp.py --seeds 5   # default, ew, famo, geometricmean, dbmtl, lossrag
+    python benchmarks/starving_mlp.py --seeds 5 --methods \
+        default,ew,famo,geometricmean,dbmtl,lossrag,default@max_ratio=2,default@max_ratio=1
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 
 import torch
@@ -21,6 +24,7 @@ from sklearn.model_selection import train_test_split
 from torch import nn
 
 import lossrag
+import lossrag.policy
 
 TASKS = [
     lossrag.Task("digit", kind="classification", num_classes=10, metric="accuracy"),
@@ -66,8 +70,12 @@ def run(method: str, seed: int, steps: int = 600) -> dict[str, float]:
     torch.manual_seed(seed)
     model = Net()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    policy: str | lossrag.policy.LossRAG = method
+    if method.startswith("default@"):  # the shipped policy with settings overridden
+        pairs = (kv.split("=", 1) for kv in method.split("@", 1)[1].split(","))
+        policy = lossrag.policy.load_policy("default", **{k: json.loads(v) for k, v in pairs})
     composer = lossrag.wrap(
-        model, TASKS, method, shared=model.trunk, seed=seed, normalize_targets="auto"
+        model, TASKS, policy, shared=model.trunk, seed=seed, normalize_targets="auto"
     )
     order = torch.Generator().manual_seed(seed)
     for _ in range(steps):
