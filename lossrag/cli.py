@@ -249,10 +249,15 @@ def train(
     except (OSError, ValueError) as err:
         _fail(str(err))
     except KeyboardInterrupt:
+        saved = any((folder / f).exists() for f in ("checkpoint.json", "checkpoint.prev.json"))
+        again = (
+            f"lossrag train {shlex.quote(str(recipe))} --out {shlex.quote(str(out))} --work "
+            f"{shlex.quote(str(folder))}{' --resume' if saved else ''}{' --force' if force else ''}"
+        )
         console.print(
-            f"interrupted: continue with lossrag train {shlex.quote(str(recipe))} --out "
-            f"{shlex.quote(str(out))} --work {shlex.quote(str(folder))} --resume"
-            f"{' --force' if force else ''} (from the last checkpoint)",
+            f"interrupted: continue with {again} (from the last checkpoint)"
+            if saved
+            else f"interrupted before the first checkpoint: start again with {again}",
             highlight=False,
             markup=False,
         )

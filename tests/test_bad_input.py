@@ -64,6 +64,12 @@ def test_a_mistyped_policy_folder_is_suggested_and_a_work_folder_named(
         FileNotFoundError, match=r"work folder \(checkpoints, log, plot\) writing .*tiny\.$"
     ):
         lossrag.wrap(model, digits.tasks, "lossrag-train/tiny")
+    with pytest.raises(FileNotFoundError, match=r"nor a shipped policy .* Did you mean 'tiny'\?"):
+        lossrag.policy.load_policy("tny")
+    # a folder named like a method: the name is the method's, and wrap says how to get the folder
+    shutil.copytree(policy_folder("default"), tmp_path / "famo")
+    with pytest.warns(UserWarning, match=r"'famo' is the method .* pass './famo' or a pathlib"):
+        assert lossrag.wrap(model, digits.tasks, "famo").policy_name == "famo"
 
 
 def test_default_policy_loads_or_says_it_is_missing(digits):

@@ -237,7 +237,7 @@ def test_policy_folder_round_trip_and_integrity(tmp_path, digits):
     state = as_object.state_dict()
     as_object.load_state_dict({**state, "policy": "lossrag"})
     changed = lossrag.wrap(model, digits.tasks, load_policy(folder, k=3), shared=model.trunk)
-    assert changed.policy_name == "lossrag" and changed.policy_version is None
+    assert changed.policy_name == "mine (k changed)" and changed.policy_version is None
 
     altered = tmp_path / "altered"
     shutil.copytree(folder, altered)
@@ -419,6 +419,42 @@ def _state(generation: int) -> dict[str, object]:
         "baseline": {},
         "elapsed_s": 1.0,
     }
+
+
+def test_a_perturbation_past_a_floor_bound_still_makes_a_policy():
+    """ES may carry a floor's log-parameter past 0 (a share above 1): the floor is then the
+    highest share below 1 (no evidence passes it), not a crash that every resume repeats
+    (found by a user trial at es.sigma = 1.5)."""
+    theta = initial_parameters()
+    for name in ("gross_floor", "label_floor"):
+        theta[PARAMS.index(name)] = 0.7  # e^0.7 = 2
+    prior = policy_from(theta).prior
+    assert 0.999 < prior.gross_floor < 1 and 0.999 < prior.label_floor < 1
+    assert policy_from(initial_parameters()).prior.gross_floor == pytest.approx(0.02)
+
+
+def test_a_checkpoint_of_the_wrong_shape_is_refused_and_the_previous_one_used(tmp_path):
+    """Valid JSON that is not a checkpoint (found by a user trial: a traceback) is refused as
+    corrupt; the resume says it starts from the previous checkpoint and which generation."""
+    recipe = load_recipe(_recipe(tmp_path))
+    work = tmp_path / "work"
+    work.mkdir()
+    checkpoint = es_module._Checkpoint(work, recipe, "code", tmp_path / "p")
+    checkpoint.save(_state(generation=1))
+    checkpoint.save(_state(generation=2))
+    for bad in ("null", "[1]", '{"format": 1, "generation": "2"}'):
+        good = json.loads((work / "checkpoint.json").read_text())
+        for key, value in (("generation", "2"), ("theta", ["x"])):
+            (work / "checkpoint.json").write_text(json.dumps({**good, key: value}))
+            console = Console(record=True, width=300)
+            assert checkpoint.load(console)["generation"] == 1
+            said = console.export_text()
+            assert f"{key} missing or not a" in said and "previous checkpoint" in said
+        (work / "checkpoint.json").write_text(bad)
+        console = Console(record=True, width=300)
+        assert checkpoint.load(console)["generation"] == 1
+        assert "resuming from the previous checkpoint" in console.export_text()
+        (work / "checkpoint.json").write_text(json.dumps(good))
 
 
 def test_checkpoints_of_older_code_are_said_for_what_they_are(tmp_path):
@@ -606,6 +642,17 @@ def test_save_policy_never_replaces_what_is_not_a_policy(tmp_path):
     save_policy(LossRAG(), tmp_path / "empty")
     save_policy(LossRAG(temperature=2.0), tmp_path / "empty")  # a policy folder: replaced
     assert load_policy(tmp_path / "empty").temperature == 2.0
+    # a symbolic link to a policy folder: written where it points, the link kept
+    (tmp_path / "link").symlink_to(tmp_path / "empty")
+    save_policy(LossRAG(temperature=3.0), tmp_path / "link")
+    assert (tmp_path / "link").is_symlink() and load_policy(tmp_path / "empty").temperature == 3.0
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+    # a policy folder holding files of the user's: refused, they are kept (found by a trial)
+    (tmp_path / "empty" / "notes.txt").write_text("mine")
+    (tmp_path / "empty" / "evals").mkdir()
+    with pytest.raises(FileExistsError, match=r"files that are not its policy's \(evals/, notes"):
+        save_policy(LossRAG(), tmp_path / "empty")
+    assert (tmp_path / "empty" / "notes.txt").read_text() == "mine"
 
 
 def test_cli_train_and_policies_list(tmp_path):
@@ -648,6 +695,8 @@ def test_cli_policies_show(tmp_path):
         "reference": "EW with targets normalised",
         "elapsed_s": 40.0,
         "workers": 1,
+        # a near tie told apart (it read "+0.0206 without it, +0.0206 with it")
+        "online": {"rounds": 2, "prior_only": 0.020585, "with_correction": 0.020562},
     }
     (copy / "card.json").write_text(json.dumps(other))
     shown = runner.invoke(app, ["policies", "show", str(copy)], env={"COLUMNS": "80"})
@@ -656,6 +705,7 @@ def test_cli_policies_show(tmp_path):
     assert "[experimental] scores by MAE" in text and "+0.1000 -> +0.2500 over 2" in text
     assert "against EW with targets normalised, on held-out problems; higher is better)" in text
     assert "time 40 s on 1 worker " in text and "fell" not in text
+    assert "+0.020585 without it, +0.020562 with it: does not ship" in text
     other["training"]["objective"] = [0.25, 0.1]
     (copy / "card.json").write_text(json.dumps(other))
     shown = runner.invoke(app, ["policies", "show", str(copy)], env={"COLUMNS": "80"})
@@ -670,6 +720,29 @@ def test_cli_policies_show(tmp_path):
     missing = runner.invoke(app, ["policies", "show", "defualt"])
     said = " ".join(missing.output.split())
     assert missing.exit_code == 2 and "neither a folder nor a shipped policy" in said
+
+
+def test_cli_train_interrupted_says_how_to_go_on(tmp_path, monkeypatch):
+    """With a checkpoint: the command that resumes it; before the first one: the command that
+    starts again (it said "--resume (from the last checkpoint)" with none, found by a trial)."""
+    import lossrag.train
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(lossrag.train, "train", interrupted)
+    monkeypatch.chdir(tmp_path)
+    recipe = _recipe(tmp_path, TINY)
+    result = CliRunner().invoke(app, ["train", str(recipe), "--out", "p", "--force"])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 130
+    assert "interrupted before the first checkpoint: start again with lossrag train" in said
+    assert "--work lossrag-train/p --force" in said and "--resume" not in said
+    (tmp_path / "lossrag-train" / "p").mkdir(parents=True)
+    (tmp_path / "lossrag-train" / "p" / "checkpoint.prev.json").write_text("{}")
+    result = CliRunner().invoke(app, ["train", str(recipe), "--out", "p"])
+    said = " ".join(result.output.split())
+    assert "continue with lossrag train" in said and "--resume (from the last checkpoint)" in said
 
 
 @pytest.mark.parametrize("end", [0.50, 0.60])
@@ -772,8 +845,11 @@ def test_kill_stops_lossrag_train_and_its_workers(tmp_path, signum):
     command = [str(script), "train", str(recipe), "--out", str(tmp_path / "p")]
     command += ["--work", str(tmp_path / "w")]
     said = " ".join(_stops_with_its_workers(command, tmp_path, signum, 30).split())
-    assert f"interrupted: continue with lossrag train {recipe} --out {tmp_path / 'p'}" in said
-    assert f"--work {tmp_path / 'w'} --resume" in said
+    again = f"lossrag train {recipe} --out {tmp_path / 'p'} --work {tmp_path / 'w'}"
+    if (tmp_path / "w" / "checkpoint.json").exists():  # stopped after its first generation
+        assert f"interrupted: continue with {again} --resume (from the last checkpoint)" in said
+    else:
+        assert f"interrupted before the first checkpoint: start again with {again}" in said
 
 
 @pytest.mark.parametrize(("curve", "zero_line"), [((0.547, 0.568), False), ((-0.01, 0.02), True)])

@@ -902,7 +902,7 @@ def _make_policy(policy: str | os.PathLike[str] | Method) -> tuple[Method, str, 
     it (the first 12 hex digits of its ``policy.json``'s SHA-256, which tells two policies
     trained by the same code apart; ``None`` for other methods)."""
     if isinstance(policy, Method):
-        source = getattr(policy, "source", None)  # a policy loaded from a folder, unchanged
+        source = getattr(policy, "source", None)  # a policy loaded from a folder
         if source is not None:
             return policy, source[0], source[1]
         return policy, policy.name or type(policy).__name__, _shipped_version(policy)
@@ -940,6 +940,13 @@ def _make_policy(policy: str | os.PathLike[str] | Method) -> tuple[Method, str, 
         raise ValueError(
             f"Unknown policy {policy!r}: neither a method, a shipped policy nor a folder "
             f"here.{hint} Known: {', '.join(names)}{folders}."
+        )
+    if (pathlib.Path(policy) / "card.json").is_file():
+        warnings.warn(
+            f"wrap: policy {policy!r} is the method of that name; for the policy folder "
+            f"{policy!r} here pass './{policy}' or a pathlib.Path.",
+            UserWarning,
+            stacklevel=4,
         )
     made = make_method(policy)
     return made, policy, _shipped_version(made)

@@ -87,7 +87,11 @@ def _training(training: dict[str, Any]) -> list[tuple[str, str]]:
         said = f"{_value(online['rounds'])} Reptile rounds"
         alone, corrected = online.get("prior_only"), online.get("with_correction")
         if isinstance(alone, int | float) and isinstance(corrected, int | float):
-            said += f"; held-out objective {alone:+.4f} without it, {corrected:+.4f} with it"
+            digits = 4 if f"{alone:+.4f}" != f"{corrected:+.4f}" else 6  # a near tie, told apart
+            said += (
+                f"; held-out objective {alone:+.{digits}f} without it, {corrected:+.{digits}f} "
+                "with it"
+            )
         said += ": ships" if online.get("shipped") else ": does not ship (kept beside it)"
         items.append(("correction Δφ", said))
     return items

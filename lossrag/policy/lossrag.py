@@ -128,8 +128,9 @@ class LossRAG(Method):
     kind: ClassVar[Literal["loss", "gradient"]] = "loss"
     randomized = True
     composes_terms = True
-    #: The card name and version of the policy folder it was loaded from, unchanged
-    #: (:func:`~lossrag.policy.store.load_policy`): what runs record it by.
+    #: The card name and version of the policy folder it was loaded from
+    #: (:func:`~lossrag.policy.store.load_policy`; with settings changed, a name that says so
+    #: and no version): what runs record it by.
     source: tuple[str, str | None] | None = None
 
     def __init__(

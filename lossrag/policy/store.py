@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, with_c
 from typing_extensions import TypedDict  # pydantic needs this one before Python 3.12
 
 import lossrag
-from lossrag._util import atomic_write_text, data_dir
+from lossrag._util import atomic_write_text, data_dir, suggest
 from lossrag.embed import EMBED_VERSION
 from lossrag.policy.lossrag import FEATURES, LossRAG
 from lossrag.policy.net import Correction
@@ -187,16 +187,30 @@ def _settings_bytes(policy: LossRAG) -> bytes:
 
 
 def writable_folder(folder: str | os.PathLike[str]) -> Path:
-    """``folder`` as an absolute path that :func:`save_policy` may write: absent, empty, or a
-    policy folder (holding a ``card.json``), which it replaces. Raises ``FileExistsError`` for
-    a file or a folder of other contents, which would be lost."""
-    target = Path(os.path.abspath(folder))
+    """``folder`` as the absolute path that :func:`save_policy` may write (a symbolic link
+    resolved: the policy goes where it points): absent, empty, or a policy folder holding only
+    its policy's files (its card and the files the card lists), which it replaces. Raises
+    ``FileExistsError`` for a file or a folder holding other files, which would be lost."""
+    target = Path(os.path.realpath(folder))
     if target.exists() and not target.is_dir():
         raise FileExistsError(f"Policy folder {folder}: a file of that name exists.")
-    if target.is_dir() and any(target.iterdir()) and not (target / "card.json").is_file():
+    if not target.is_dir() or not any(target.iterdir()):
+        return target
+    if not (target / "card.json").is_file():
         raise FileExistsError(
             f"Policy folder {folder} exists and is not a policy folder (no card.json); its "
             "contents would be replaced. Choose a new or empty folder."
+        )
+    try:
+        listed = json.loads((target / "card.json").read_text()).get("checksums", {})
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        listed = {}
+    own = {"card.json", *listed}
+    others = sorted(p.name + "/" * p.is_dir() for p in target.iterdir() if p.name not in own)
+    if others:
+        raise FileExistsError(
+            f"Policy folder {folder} holds files that are not its policy's ({', '.join(others)}); "
+            "replacing the policy would lose them. Move them, or choose another folder."
         )
     return target
 
@@ -280,8 +294,14 @@ def policy_folder(source: str | os.PathLike[str]) -> Path:
     if path.is_dir():
         return path
     known = ", ".join(shipped) or "none"
+    try:
+        here = [p.name for p in Path().iterdir() if (p / "card.json").is_file()]
+    except OSError:  # an unreadable working directory
+        here = []
+    close = suggest(path.name, [*shipped, *here])
+    hint = f" Did you mean {close[0]!r}?" if close else ""
     raise FileNotFoundError(
-        f"Policy {str(source)!r} is neither a folder nor a shipped policy (shipped: {known})."
+        f"Policy {str(source)!r} is neither a folder nor a shipped policy (shipped: {known}).{hint}"
     )
 
 
@@ -402,8 +422,9 @@ def read_correction(path: str | os.PathLike[str], correction: Correction) -> Cor
 def load_policy(source: str | os.PathLike[str] = "default", **overrides: Any) -> LossRAG:
     """A :class:`LossRAG` with a saved policy's settings and correction; ``overrides`` replace
     settings (e.g. ``total_steps``). The shipped ``"default"`` is a :class:`DefaultPolicy`
-    (which also chooses its target normalisation). Without overrides it carries its card's
-    name and version (:attr:`LossRAG.source`), which runs record it by."""
+    (which also chooses its target normalisation). It carries its card's name and version
+    (:attr:`LossRAG.source`), which runs record it by; with overrides, the name says which
+    settings changed and the version is ``None``."""
     if isinstance(source, str) and source == "default":
         policy: LossRAG = DefaultPolicy(**overrides)
         card = read_card(policy_folder(source))
@@ -423,8 +444,9 @@ def load_policy(source: str | os.PathLike[str] = "default", **overrides: Any) ->
                 f"Policy {str(source)!r}: the settings of its policy.json do not make a LossRAG "
                 f"policy: {err}"
             ) from err
-    if not overrides:
-        policy.source = (card.name, card.version)
+    # what runs record it by: with overrides it is no longer the policy of that version
+    changed = f" ({', '.join(sorted(overrides))} changed)" if overrides else ""
+    policy.source = (card.name + changed, None if overrides else card.version)
     return policy
 
 

@@ -66,6 +66,9 @@ _START_AT_ZERO = 0.25
 _EVAL_OFFSET = 1_000_000  # held-out problems are numbered from here; training ones below
 _FORMAT = 1
 _ONLINE_OFFSET = 500_000  # problems of the online phase are numbered from here
+#: The highest evidence floor (a share, below 1): a perturbation that carries a floor's
+#: log-parameter past 0 gets this, no evidence passes it, and the run goes on.
+_HIGHEST_FLOOR = math.nextafter(1.0, 0.0)
 #: What the meta-objective compares the policy with (recorded in the card); cards written
 #: before it was recorded compared it with EW on raw targets.
 REFERENCE = "EW with targets normalised as the policy's (normalize_targets='auto')"
@@ -100,6 +103,8 @@ def policy_from(
     ``weights`` (None: zero) describe; ``online`` adapts Δφ from a query stream."""
     values = policy_values(theta)
     named = dict(zip(PARAMS, values, strict=True))
+    for floor in ("gross_floor", "label_floor"):  # a share below 1: ES may carry one past it
+        named[floor] = min(named[floor], _HIGHEST_FLOOR)
     prior = Prior(**{k: named[k] for k in Prior.model_fields})
     cls = LossRAGOnline if online else LossRAG
     policy = cls(  # as the shipped policy (DefaultPolicy): targets far from unit scale normalised
@@ -232,13 +237,18 @@ class _Checkpoint:
                 continue
             try:
                 state = json.loads(path.read_text())
-                keys = {"generation", "theta", "m", "v", "history", "baseline", "elapsed_s"}
-                if state.get("format") != _FORMAT or not keys <= set(state):
-                    raise ValueError("fields missing")
+                if not isinstance(state, dict) or state.get("format") != _FORMAT:
+                    raise ValueError("not a checkpoint of this format")
+                _check_fields(state)
             except (ValueError, UnicodeDecodeError) as err:
                 console.print(f"[yellow]checkpoint {path} is corrupt ({err}); refused[/]")
                 continue
             self._check(path, state, console)
+            if path == self.previous:
+                console.print(
+                    f"resuming from the previous checkpoint {path} (generation "
+                    f"{state['generation']})"
+                )
             return state
         return None
 
@@ -286,6 +296,26 @@ class _Checkpoint:
                 f"[yellow]resuming across a code change ({state['code']} -> {self.code}); the "
                 "card records the code that finishes the training[/]"
             )
+
+
+def _check_fields(state: dict[str, Any]) -> None:
+    """Raise ``ValueError`` unless ``state`` has a checkpoint's fields, of their types."""
+    numbers = (int, float)
+    kinds: dict[str, tuple[type, ...]] = {
+        "history": (list,),
+        "baseline": (dict,),
+        "elapsed_s": numbers,
+        "generation": (int,),
+    }
+    for key, kind in kinds.items():
+        if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool):
+            raise ValueError(f"{key} missing or not a {' or '.join(k.__name__ for k in kind)}")
+    for key in ("theta", "m", "v"):
+        values = state.get(key)
+        if not isinstance(values, list) or not all(
+            isinstance(x, numbers) and not isinstance(x, bool) for x in values
+        ):
+            raise ValueError(f"{key} missing or not a list of numbers")
 
 
 def _es_part(recipe: Recipe) -> dict[str, Any]:
