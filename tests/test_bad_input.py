@@ -13,6 +13,7 @@ import torch
 
 import lossrag
 from lossrag.compose import NonFiniteLossError
+from lossrag.weighting import make_method
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -257,21 +258,36 @@ def test_state_from_another_configuration_is_refused(digits):
         lossrag.wrap(model, digits.tasks, "uw").load_state_dict({"step": 3})
 
 
-def test_famo_refuses_non_positive_losses_by_name(digits):
+def _negative_nll_batch(digits):
+    """A model, tasks and a batch whose ``ink`` loss (a Gaussian NLL at the target:
+    log(0.05) + ½log(2π)) is negative."""
     tasks = [
         digits.tasks[0],
         lossrag.Task("ink", kind="regression", loss="gaussian_nll", loss_params={"sigma": 0.05}),
     ]
     model = digits.model()
-    composer = lossrag.wrap(model, tasks, "famo")
     x, y = digits.batch(0)
     out = {k: v for k, v in model(x).items() if k != "parity"}
-    # the Gaussian NLL at the target is log(0.05) + ½log(2π) < 0
+    return model, tasks, out, {"digit": y["digit"], "ink": out["ink"].detach()}
+
+
+def test_famo_refuses_non_positive_losses_by_name(digits):
+    model, tasks, out, targets = _negative_nll_batch(digits)
+    composer = lossrag.wrap(model, tasks, "famo")
     with pytest.raises(ValueError, match=r"task\(s\) 'ink' \(-2.08 <= 0\) do not"):
-        composer.backward(out, {"digit": y["digit"], "ink": out["ink"].detach()})
+        composer.backward(out, targets)
     assert composer.step == 0 and torch.equal(
         composer.method.scalarizer._w.detach(), torch.zeros(2)
     )
+
+
+def test_stch_takes_logarithms_only_in_its_nadir_form(digits):
+    model, tasks, out, targets = _negative_nll_batch(digits)
+    assert not lossrag.wrap(model, tasks, "stch").backward(out, targets).skipped
+    composer = lossrag.wrap(model, tasks, make_method("stch", nadir=True, warmup=0))
+    with pytest.raises(ValueError, match=r"task\(s\) 'ink' \(-2.08 <= 0\) do not"):
+        composer.backward(out, targets)
+    assert composer.step == 0 and composer.method.state_dict()["count"] == 0
 
 
 def test_non_finite_gradient_from_finite_losses_is_skipped(digits):

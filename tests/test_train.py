@@ -342,6 +342,26 @@ def _stopped_after_generation_1(recipe, tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(es_module._Checkpoint, "save", original)
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="work folders are locked on POSIX only")
+def test_train_refuses_a_work_folder_another_run_is_using(tmp_path):
+    recipe, work, quiet = load_recipe(_recipe(tmp_path)), tmp_path / "work", Console(quiet=True)
+    work.mkdir()
+    other = es_module._WorkLock(work)
+    other.take()
+    try:
+        with pytest.raises(BlockingIOError, match=rf"run \(process {os.getpid()}\) is using"):
+            train(recipe, tmp_path / "p", work, console=quiet)
+        assert not (tmp_path / "p").exists() and os.listdir(work) == ["lock"]
+    finally:
+        other.release()
+    (work / "checkpoint.json").write_text("{}")
+    with pytest.raises(ValueError, match="holds the checkpoint of an unfinished run"):
+        train(recipe, tmp_path / "p", work, console=quiet)
+    again = es_module._WorkLock(work)  # the failed run let go of the folder
+    again.take()
+    again.release()
+
+
 def test_train_says_what_a_work_folder_holds_and_continues_a_longer_run(tmp_path):
     """A finished run is not offered a resume; a run is continued only into its own policy
     folder (a symbolic link to it is that folder); a policy already at --out is replaced only

@@ -30,6 +30,7 @@ import json
 import math
 import multiprocessing as mp
 import os
+import sys
 import time
 import warnings
 from collections.abc import Sequence
@@ -333,6 +334,44 @@ def _changes(old: Any, new: Any, prefix: str = "") -> dict[str, str]:
     return {} if old == new else {prefix.rstrip("."): f"{old} -> {new}"}
 
 
+class _WorkLock:
+    """An exclusive lock on a work folder (``flock`` on its file ``lock``, which names the
+    holding process), held until :meth:`release` or the process ends: two runs never write one
+    work folder. POSIX only; elsewhere nothing is locked."""
+
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.file: io.TextIOWrapper | None = None
+
+    def take(self) -> None:
+        """Lock the work folder if it exists and is not locked by this run yet; raise
+        ``BlockingIOError`` naming the process that holds it."""
+        if sys.platform == "win32" or self.file is not None or not self.work.is_dir():
+            return
+        import fcntl
+
+        file = open(self.work / "lock", "a+")  # noqa: SIM115 (held open: it holds the lock)
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            file.seek(0)
+            holder = file.read().strip() or "?"
+            file.close()
+            raise BlockingIOError(
+                f"train: another run (process {holder}) is using --work {self.work}; wait for it "
+                "to end, or pass another --work."
+            ) from None
+        file.truncate(0)
+        file.write(f"{os.getpid()}\n")
+        file.flush()
+        self.file = file
+
+    def release(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+
 def train(
     recipe: Recipe,
     out: Path,
@@ -345,7 +384,24 @@ def train(
     """Run ``recipe``: the policy folder goes to ``out`` (a policy already there is replaced
     only with ``replace``); checkpoints, the log and the plot of the meta-objective to ``work``.
     Returns the training summary written into the policy's card. Everything is checked before
-    any folder is made or any run starts."""
+    any folder is made or any run starts; a work folder another run is using is refused
+    (``BlockingIOError``)."""
+    lock = _WorkLock(work)
+    try:
+        return _train(recipe, out, work, lock, resume, replace, console or Console())
+    finally:
+        lock.release()
+
+
+def _train(
+    recipe: Recipe,
+    out: Path,
+    work: Path,
+    lock: _WorkLock,
+    resume: bool,
+    replace: bool,
+    console: Console,
+) -> dict[str, Any]:
     import torch
 
     from lossrag.bench.runner import (
@@ -356,7 +412,7 @@ def train(
     )
     from lossrag.policy.store import correction_bytes, read_card, save_policy, writable_folder
 
-    console = console or Console()
+    lock.take()  # an existing work folder: before its checkpoint is read
     target = writable_folder(out)  # before any work: a folder that is not a policy is kept
     if target.resolve() == work.resolve() or target.resolve() in work.resolve().parents:
         raise ValueError(f"train: --work {work} is inside --out {out}; keep them apart.")
@@ -373,6 +429,7 @@ def train(
     if not os.access(target.parent, os.W_OK):
         raise PermissionError(f"train: cannot write the policy folder {out} (its parent).")
     work.mkdir(parents=True, exist_ok=True)
+    lock.take()  # a new one: before anything is written
     es, dist = recipe.es, recipe.problems
     if resume and state is None:
         console.print(f"no checkpoint in {work}: starting from the beginning")

@@ -23,6 +23,9 @@ from lossrag.weighting.ew import EW  # re-exported: EW lives apart, it needs no 
 
 __all__ = ["DWA", "EW", "FAMO", "IMTLL", "RLW", "STCH", "UW", "GeometricMean"]
 
+#: Added inside the authors' logarithms in the nadir form of STCH.
+_EPS = 1e-20
+
 
 class _Scalarized(LossMethod):
     """A torchjd scalarizer plus, if it has parameters, the Adam that learns them."""
@@ -124,19 +127,91 @@ class GeometricMean(_Scalarized):
 
 @register_method
 class STCH(_Scalarized):
-    """Smooth Tchebycheff scalarisation (Lin et al., ICML 2024): ``μ log Σ exp(L_i/(Kμ))``.
+    """Smooth Tchebycheff scalarisation (Lin et al., ICML 2024), in one of two forms.
+
+    - ``nadir=False`` (the default, torchjd's form): ``μ log Σ exp(L_i/(Kμ))`` on the raw
+      losses. With losses of very different scales every task but the largest gets a weight of
+      about 0 (``benchmarks/collapse.md``).
+    - ``nadir=True``, the authors' multi-task form (their LibMTL weighting, repository
+      ``Xi-L/STCH``): for the first ``warmup`` epochs ``Σ log L_i`` (weights ``1/L_i``); the
+      nadir ``n`` is the mean loss over epoch ``warmup`` (still trained on ``Σ log L_i``);
+      afterwards ``μK log Σ exp(log(L_i/n_i)/μ)``, i.e. weights ``K softmax_i(log(L/n)/μ)/L_i``.
+      Every loss must be positive. An epoch ends at ``Composer.epoch_end()``, or every
+      ``period`` steps when ``period`` is given: without either the warm-up never ends.
 
     Args:
-        mu: Smoothing parameter; the paper studies {0.01, 0.1, 0.5, 1} and finds no single best.
+        mu: Smoothing parameter (> 0); the paper studies {0.01, 0.1, 0.5, 1} and finds no
+            single best, its code's default is 1.
+        nadir: The authors' multi-task form (above) instead of the raw one.
+        warmup: Epochs trained on ``Σ log L`` before the nadir is measured (their default 4).
+        period: Steps per epoch when ``Composer.epoch_end()`` is not called.
     """
 
     name = "stch"
 
-    def __init__(self, mu: float = 1.0) -> None:
-        self.mu = mu
+    def __init__(
+        self, mu: float = 1.0, nadir: bool = False, warmup: int = 4, period: int | None = None
+    ) -> None:
+        if not mu > 0:
+            raise ValueError(f"STCH: mu must be positive, got {mu}.")
+        if warmup < 0:
+            raise ValueError(f"STCH: warmup must be a non-negative number of epochs, got {warmup}.")
+        if period is not None and period < 1:
+            raise ValueError(f"STCH: period must be a positive number of steps, got {period}.")
+        self.mu, self.nadir, self.warmup, self.period = mu, nadir, warmup, period
+        if nadir:  # the instance flag shadows the class's: the composer checks L > 0
+            object.__setattr__(self, "positive_losses", True)
+        self._epochs, self._calls, self._count = 0, 0, 0
+        self._sum: Tensor | None = None
+        self._nadir: Tensor | None = None
 
     def _build(self, num_terms: int) -> sc.Scalarizer:
         return sc.STCH(mu=self.mu)
+
+    def weigh(self, losses: Tensor) -> Tensor:
+        if not self.nadir:
+            return super().weigh(losses)
+        values = losses.detach().cpu().clone().requires_grad_(True)
+        with torch.enable_grad():
+            if self._nadir is None:  # warm-up, and the epoch the nadir is measured on
+                total = torch.log(values + _EPS).sum()
+                if self._epochs >= self.warmup:
+                    batch = values.detach()
+                    self._sum = batch if self._sum is None else self._sum + batch
+                    self._count += 1
+            else:
+                logs = torch.log(values / self._nadir + _EPS) / self.mu
+                total = self.mu * len(values) * torch.logsumexp(logs, dim=0)
+        (weights,) = torch.autograd.grad(total, values)
+        self._calls += 1
+        if self.period is not None and self._calls % self.period == 0:
+            self.epoch_end()
+        return weights.to(losses)
+
+    def epoch_end(self) -> None:
+        if not self.nadir:
+            return
+        if self._nadir is None and self._sum is not None:
+            self._nadir = self._sum / self._count
+        self._epochs += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        if not self.nadir:
+            return super().state_dict()
+        return {
+            "epochs": self._epochs,
+            "calls": self._calls,
+            "count": self._count,
+            "sum": self._sum,
+            "nadir": self._nadir,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not self.nadir:
+            super().load_state_dict(state)
+            return
+        self._epochs, self._calls, self._count = state["epochs"], state["calls"], state["count"]
+        self._sum, self._nadir = state["sum"], state["nadir"]
 
 
 @register_method
