@@ -284,7 +284,7 @@ def test_famo_refuses_non_positive_losses_by_name(digits):
 def test_stch_takes_logarithms_only_in_its_nadir_form(digits):
     model, tasks, out, targets = _negative_nll_batch(digits)
     assert not lossrag.wrap(model, tasks, "stch").backward(out, targets).skipped
-    composer = lossrag.wrap(model, tasks, make_method("stch", nadir=True, warmup=0))
+    composer = lossrag.wrap(model, tasks, make_method("stch", nadir=True, warmup_epochs=0))
     with pytest.raises(ValueError, match=r"task\(s\) 'ink' \(-2.08 <= 0\) do not"):
         composer.backward(out, targets)
     assert composer.step == 0 and composer.method.state_dict()["count"] == 0

@@ -455,6 +455,39 @@ def test_huggingface_checkpoints_predict_in_user_units_and_resume_exactly(
     )
 
 
+def test_huggingface_trainer_ends_the_methods_epochs(tmp_path: Path) -> None:
+    """Each epoch's end reaches the method: DWA weighs by its last two epochs' losses after two
+    epochs (before, the Trainer never called ``epoch_end`` and DWA stayed uniform)."""
+    example = _example()
+    from transformers import TrainingArguments
+
+    from lossrag.integrations.huggingface import LossRAGTrainer
+
+    torch.manual_seed(0)
+    model = example.TwoTaskNet()
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        num_train_epochs=3,
+        per_device_train_batch_size=64,
+        use_cpu=True,
+        report_to=[],
+        save_strategy="no",
+        disable_tqdm=True,
+    )
+    trainer = LossRAGTrainer(
+        model=model,
+        args=args,
+        train_dataset=example.Rows(256),
+        tasks=example.TASKS,
+        policy="dwa",
+        shared=model.trunk,
+    )
+    trainer.train()
+    assert len(trainer.composer.method.scalarizer._previous_averages) == 2
+    weights = trainer.composer.last_record.task_weights()
+    assert weights["kind"] != weights["size"], weights
+
+
 def test_huggingface_trainer_refuses_gradient_methods(tmp_path: Path) -> None:
     example = _example()
     from transformers import TrainingArguments

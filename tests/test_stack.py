@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import lossrag
-from lossrag.weighting import available
+from lossrag.weighting import available, make_method
 
 #: Methods that need ``query=`` or a metric source are covered by their own tests.
 PLAIN = sorted(
@@ -225,6 +225,44 @@ def test_a_step_the_scaler_skips_leaves_the_method_state_unchanged(digits, polic
     assert all(
         torch.equal(a, b) for a, b in zip(fresh.parameters(), model.parameters(), strict=True)
     )
+
+
+@pytest.mark.parametrize("method", ["dwa", "stch"])
+def test_an_epoch_that_ends_after_a_skipped_step_stays_ended(digits, method):
+    """The state a skipped step returns to ends the epoch too: DWA rolls its history, STCH's
+    nadir form counts its warm-up (the epoch was lost before, found by a review)."""
+
+    def run(steps, skip):
+        model = digits.model(0)
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**14)
+        policy = make_method(
+            method, **({"nadir": True, "warmup_epochs": 0} if method == "stch" else {})
+        )
+        composer = lossrag.wrap(
+            model,
+            digits.tasks,
+            policy,
+            shared=model.trunk,
+            seed=0,
+            scaler=scaler,
+            normalize_targets=False,
+        )
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
+        for i in steps:
+            if i == "end":
+                composer.epoch_end()
+                continue
+            x, y = digits.batch(i)
+            opt.zero_grad()
+            loss = composer.loss(model(x), y)
+            scaler.scale(loss * (float("inf") if i == skip else 1.0)).backward()
+            scaler.step(opt)
+            scaler.update()
+        return composer.method.state_dict()
+
+    skipped = run([0, 1, 2, "end", 3], skip=2)
+    assert _same(skipped, run([0, 1, "end", 3], skip=None))
+    assert not _same(skipped, run([0, 1, 3], skip=None))
 
 
 def test_scaler_with_a_gradient_method_is_refused(digits):

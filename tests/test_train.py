@@ -351,7 +351,7 @@ def test_train_refuses_a_work_folder_another_run_is_using(tmp_path):
     try:
         with pytest.raises(BlockingIOError, match=rf"run \(process {os.getpid()}\) is using"):
             train(recipe, tmp_path / "p", work, console=quiet)
-        assert not (tmp_path / "p").exists() and os.listdir(work) == ["lock"]
+        assert not (tmp_path / "p").exists() and os.listdir(work) == [es_module.LOCK_FILE]
     finally:
         other.release()
     (work / "checkpoint.json").write_text("{}")
@@ -360,6 +360,13 @@ def test_train_refuses_a_work_folder_another_run_is_using(tmp_path):
     again = es_module._WorkLock(work)  # the failed run let go of the folder
     again.take()
     again.release()
+    with pytest.raises(ValueError, match="is inside --out"):  # checked before any lock
+        train(recipe, tmp_path / "q", tmp_path / "q", console=quiet)
+    assert not (tmp_path / "q").exists()
+    (tmp_path / "q").mkdir()
+    with pytest.raises(ValueError, match="is inside --out"):
+        train(recipe, tmp_path / "q", tmp_path / "q", console=quiet)
+    assert os.listdir(tmp_path / "q") == []
 
 
 def test_train_says_what_a_work_folder_holds_and_continues_a_longer_run(tmp_path):

@@ -50,15 +50,16 @@ def test_stch():
 
 def test_stch_nadir_form_follows_the_authors_multi_task_code():
     # warm-up (2 epochs of 2 steps): the weights of Σ log L; epoch 2 measures the nadir
-    method = make_method("stch", nadir=True, warmup=2, period=2, mu=0.5)
+    method = make_method("stch", nadir=True, warmup_epochs=2, period=2, mu=0.5)
     method.setup(3, [])
     assert method.positive_losses and not type(method).positive_losses
     for _ in range(4):
         torch.testing.assert_close(method.weigh(LOSSES), 1 / LOSSES)
+        method.epoch_end()  # ignored: `period` ends the epochs
     method.weigh(LOSSES)
     torch.testing.assert_close(method.weigh(2 * LOSSES), 1 / (2 * LOSSES))
     nadir = 1.5 * LOSSES  # the mean over epoch 2
-    resumed = make_method("stch", nadir=True, warmup=2, period=2, mu=0.5)
+    resumed = make_method("stch", nadir=True, warmup_epochs=2, period=2, mu=0.5)
     resumed.setup(3, [])
     resumed.load_state_dict(method.state_dict())
     losses = torch.tensor([1.0, 1.0, 3.0])
@@ -69,15 +70,26 @@ def test_stch_nadir_form_follows_the_authors_multi_task_code():
 
 
 def test_stch_without_epochs_stays_in_warm_up_and_checks_its_arguments():
-    method = make_method("stch", nadir=True, warmup=0)
+    method = make_method("stch", nadir=True, warmup_epochs=0)
     method.setup(3, [])
     for _ in range(5):
         torch.testing.assert_close(method.weigh(LOSSES), 1 / LOSSES)
     method.epoch_end()  # the nadir: the mean of the five steps' losses
     torch.testing.assert_close(method.weigh(LOSSES), 3 * torch.full((3,), 1 / 3) / LOSSES)
-    for bad, word in [({"mu": 0.0}, "mu"), ({"warmup": -1}, "warmup"), ({"period": 0}, "period")]:
+    for bad, word in [
+        ({"mu": 0.0}, "mu must be positive"),
+        ({"nadir": True, "warmup_epochs": -1}, "warmup_epochs must be"),
+        ({"nadir": True, "period": 0}, "period must be"),
+        ({"period": 20}, "belong to the nadir form"),
+    ]:
         with pytest.raises(ValueError, match=word):
             make_method("stch", **bad)
+    raw = make_method("stch")
+    raw.setup(3, [])
+    with pytest.raises(ValueError, match=r"saved by the nadir form \(nadir=True\); this STCH is"):
+        raw.load_state_dict(method.state_dict())
+    with pytest.raises(ValueError, match=r"saved by the raw form"):
+        method.load_state_dict(raw.state_dict())
 
 
 def test_famo_initial_weights():

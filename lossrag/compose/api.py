@@ -52,8 +52,9 @@ def wrap(
     Loss-based methods: ``loss = composer.loss(model(x), y)`` is a scalar to call ``backward()``
     on (under DDP, AMP's ``GradScaler`` or Lightning as usual). Every method:
     ``composer.backward(model(x), y)`` fills ``.grad`` and returns the step's record.
-    DWA weighs by epoch-average losses: call ``composer.epoch_end()`` at the end of each epoch
-    (or build ``lossrag.weighting.DWA(period=steps_per_epoch)``).
+    DWA weighs by epoch-average losses and STCH's nadir form counts its warm-up in epochs: call
+    ``composer.epoch_end()`` at the end of each epoch (or build them with
+    ``period=steps_per_epoch``, e.g. ``lossrag.weighting.DWA(period=...)``).
 
     >>> import torch, lossrag
     >>> from lossrag.models import MultiTaskMLP

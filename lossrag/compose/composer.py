@@ -767,7 +767,14 @@ class Composer:
 
     # ------------------------------------------------------------------ state and lifecycle
     def epoch_end(self) -> None:
-        """Tell the method an epoch ended (DWA rolls its epoch-average losses)."""
+        """Tell the method an epoch ended (DWA rolls its epoch-average losses, STCH counts its
+        warm-up). The state a step the GradScaler skips returns to ends the epoch too."""
+        if self._snapshot is not None:
+            now = self.snapshot()
+            self.restore(self._snapshot)
+            self.method.epoch_end()
+            self._snapshot = self.snapshot()
+            self.restore(now)
         self.method.epoch_end()
 
     def plain_state_dict(self) -> dict[str, Tensor]:

@@ -9,8 +9,9 @@ also holds one column per task, named after it, with the targets. ``compute_loss
 columns out, runs the model on the rest and returns ``composer.loss(outputs, targets)``. The
 ``gradient_accumulation_steps`` micro-batches of one optimizer step form one composer window
 (the method's weights update once per optimizer step; the Trainer divides each micro-batch's
-loss itself). Evaluation batches give the unweighted sum of the task losses and never update the
-method. A checkpoint written while training holds the model with its heads in the targets' units
+loss itself). Each epoch's end reaches ``composer.epoch_end()`` (DWA, STCH's nadir form).
+Evaluation batches give the unweighted sum of the task losses and never update the method. A
+checkpoint written while training holds the model with its heads in the targets' units
 (``normalize_targets``) and, in :data:`STATE_FILE`, the composer's state and the normalised
 heads, which ``train(resume_from_checkpoint=...)`` restores.
 
@@ -61,6 +62,16 @@ __all__ = ["STATE_FILE", "LossRAGTrainer"]
 
 #: File of a checkpoint folder that holds the composer's state and the normalised heads.
 STATE_FILE = "lossrag_composer.pt"
+
+
+class _EpochEnd(transformers.TrainerCallback):
+    """Tells the composer that a training epoch ended."""
+
+    def __init__(self, composer: Composer) -> None:
+        self.composer = composer
+
+    def on_epoch_end(self, *args: Any, **kwargs: Any) -> None:
+        self.composer.epoch_end()
 
 
 class LossRAGTrainer(transformers.Trainer):
@@ -122,6 +133,7 @@ class LossRAGTrainer(transformers.Trainer):
             )
         self._window: Any = None  # the open composer.accumulate(...) context, if any
         self._training = False  # inside train(): the composer is open
+        self.add_callback(_EpochEnd(self.composer))
 
     def compute_loss(
         self,

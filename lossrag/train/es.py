@@ -75,6 +75,8 @@ _HIGHEST_FLOOR = math.nextafter(1.0, 0.0)
 REFERENCE = "EW with targets normalised as the policy's (normalize_targets='auto')"
 #: File of a policy folder holding the online phase's Δφ when it did not ship.
 ONLINE_CORRECTION = "online_correction.npz"
+#: The file of a work folder that :class:`_WorkLock` locks.
+LOCK_FILE = ".lossrag-train.lock"
 #: A correction's weights as nested lists (JSON, picklable): parameter name -> values.
 Weights = dict[str, Any]
 
@@ -335,9 +337,9 @@ def _changes(old: Any, new: Any, prefix: str = "") -> dict[str, str]:
 
 
 class _WorkLock:
-    """An exclusive lock on a work folder (``flock`` on its file ``lock``, which names the
-    holding process), held until :meth:`release` or the process ends: two runs never write one
-    work folder. POSIX only; elsewhere nothing is locked."""
+    """An exclusive lock on a work folder (``flock`` on its file ``.lossrag-train.lock``, which
+    names the holding process), held until :meth:`release` or the process ends: two runs never
+    write one work folder. POSIX only; elsewhere nothing is locked."""
 
     def __init__(self, work: Path) -> None:
         self.work = work
@@ -350,7 +352,7 @@ class _WorkLock:
             return
         import fcntl
 
-        file = open(self.work / "lock", "a+")  # noqa: SIM115 (held open: it holds the lock)
+        file = open(self.work / LOCK_FILE, "a+")  # noqa: SIM115 (held open: it holds the lock)
         try:
             fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -412,7 +414,6 @@ def _train(
     )
     from lossrag.policy.store import correction_bytes, read_card, save_policy, writable_folder
 
-    lock.take()  # an existing work folder: before its checkpoint is read
     target = writable_folder(out)  # before any work: a folder that is not a policy is kept
     if target.resolve() == work.resolve() or target.resolve() in work.resolve().parents:
         raise ValueError(f"train: --work {work} is inside --out {out}; keep them apart.")
@@ -421,6 +422,7 @@ def _train(
             f"train: --out {out} holds the policy {read_card(target).name!r}; pass --force to "
             "replace it when training ends, or choose another folder."
         )
+    lock.take()  # an existing work folder: before its checkpoint is read
     checkpoint = _Checkpoint(work, recipe, code_fingerprint(), target)
     if not resume:
         checkpoint.refuse_start()

@@ -133,32 +133,45 @@ class STCH(_Scalarized):
       losses. With losses of very different scales every task but the largest gets a weight of
       about 0 (``benchmarks/collapse.md``).
     - ``nadir=True``, the authors' multi-task form (their LibMTL weighting, repository
-      ``Xi-L/STCH``): for the first ``warmup`` epochs ``Σ log L_i`` (weights ``1/L_i``); the
-      nadir ``n`` is the mean loss over epoch ``warmup`` (still trained on ``Σ log L_i``);
-      afterwards ``μK log Σ exp(log(L_i/n_i)/μ)``, i.e. weights ``K softmax_i(log(L/n)/μ)/L_i``.
-      Every loss must be positive. An epoch ends at ``Composer.epoch_end()``, or every
-      ``period`` steps when ``period`` is given: without either the warm-up never ends.
+      ``Xi-L/STCH``): ``Σ log L_i`` (weights ``1/L_i``) for ``warmup_epochs`` epochs and one
+      more, over which the nadir ``n`` is averaged; afterwards ``μK log Σ exp(log(L_i/n_i)/μ)``,
+      i.e. weights ``K softmax_i(log(L/n)/μ)/L_i``. Every loss must be positive. An epoch ends
+      at ``Composer.epoch_end()`` or, when ``period`` is given, every ``period`` steps (the
+      calls are then ignored); without either the warm-up never ends.
 
     Args:
         mu: Smoothing parameter (> 0); the paper studies {0.01, 0.1, 0.5, 1} and finds no
             single best, its code's default is 1.
         nadir: The authors' multi-task form (above) instead of the raw one.
-        warmup: Epochs trained on ``Σ log L`` before the nadir is measured (their default 4).
-        period: Steps per epoch when ``Composer.epoch_end()`` is not called.
+        warmup_epochs: Epochs trained on ``Σ log L`` before the one the nadir is measured over
+            (nadir form only; the authors' default, 4, when not given).
+        period: Steps per epoch, for loops that do not call ``Composer.epoch_end()`` (nadir form
+            only).
     """
 
     name = "stch"
 
     def __init__(
-        self, mu: float = 1.0, nadir: bool = False, warmup: int = 4, period: int | None = None
+        self,
+        mu: float = 1.0,
+        nadir: bool = False,
+        warmup_epochs: int | None = None,
+        period: int | None = None,
     ) -> None:
         if not mu > 0:
             raise ValueError(f"STCH: mu must be positive, got {mu}.")
-        if warmup < 0:
-            raise ValueError(f"STCH: warmup must be a non-negative number of epochs, got {warmup}.")
+        if not nadir and (warmup_epochs is not None or period is not None):
+            raise ValueError(
+                "STCH: warmup_epochs and period belong to the nadir form (nadir=True)."
+            )
+        warmup_epochs = 4 if warmup_epochs is None else warmup_epochs
+        if warmup_epochs < 0:
+            raise ValueError(
+                f"STCH: warmup_epochs must be a non-negative number of epochs, got {warmup_epochs}."
+            )
         if period is not None and period < 1:
             raise ValueError(f"STCH: period must be a positive number of steps, got {period}.")
-        self.mu, self.nadir, self.warmup, self.period = mu, nadir, warmup, period
+        self.mu, self.nadir, self.warmup_epochs, self.period = mu, nadir, warmup_epochs, period
         if nadir:  # the instance flag shadows the class's: the composer checks L > 0
             object.__setattr__(self, "positive_losses", True)
         self._epochs, self._calls, self._count = 0, 0, 0
@@ -173,9 +186,9 @@ class STCH(_Scalarized):
             return super().weigh(losses)
         values = losses.detach().cpu().clone().requires_grad_(True)
         with torch.enable_grad():
-            if self._nadir is None:  # warm-up, and the epoch the nadir is measured on
+            if self._nadir is None:  # warm-up, and the epoch the nadir is measured over
                 total = torch.log(values + _EPS).sum()
-                if self._epochs >= self.warmup:
+                if self._epochs >= self.warmup_epochs:
                     batch = values.detach()
                     self._sum = batch if self._sum is None else self._sum + batch
                     self._count += 1
@@ -185,12 +198,14 @@ class STCH(_Scalarized):
         (weights,) = torch.autograd.grad(total, values)
         self._calls += 1
         if self.period is not None and self._calls % self.period == 0:
-            self.epoch_end()
+            self._end_epoch()
         return weights.to(losses)
 
     def epoch_end(self) -> None:
-        if not self.nadir:
-            return
+        if self.nadir and self.period is None:
+            self._end_epoch()
+
+    def _end_epoch(self) -> None:
         if self._nadir is None and self._sum is not None:
             self._nadir = self._sum / self._count
         self._epochs += 1
@@ -207,11 +222,23 @@ class STCH(_Scalarized):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        saved_nadir = "epochs" in state
+        if saved_nadir != self.nadir:
+            saved, this = ("nadir", "raw") if saved_nadir else ("raw", "nadir")
+            raise ValueError(
+                f"STCH: this state was saved by the {saved} form (nadir={saved_nadir}); this "
+                f"STCH is the {this} form."
+            )
         if not self.nadir:
             super().load_state_dict(state)
             return
         self._epochs, self._calls, self._count = state["epochs"], state["calls"], state["count"]
-        self._sum, self._nadir = state["sum"], state["nadir"]
+        # on the CPU, where the weights are computed (a checkpoint may be mapped elsewhere)
+        self._sum, self._nadir = _on_cpu(state["sum"]), _on_cpu(state["nadir"])
+
+
+def _on_cpu(tensor: Tensor | None) -> Tensor | None:
+    return None if tensor is None else tensor.cpu()
 
 
 @register_method
@@ -219,8 +246,8 @@ class DWA(_Scalarized):
     """Dynamic weight average (Liu, Johns & Davison, CVPR 2019), temperature 2.
 
     The weights use the ratio of the last two *epoch* average losses. The history rolls at each
-    ``Composer.epoch_end()``, or every ``period`` steps when ``period`` is given; until two epochs
-    have passed the weights are uniform (1 each).
+    ``Composer.epoch_end()`` or, when ``period`` is given, every ``period`` steps (the calls are
+    then ignored); until two epochs have passed the weights are uniform (1 each).
     """
 
     name = "dwa"
@@ -239,10 +266,14 @@ class DWA(_Scalarized):
         weights = super().weigh(losses)
         self._calls += 1
         if self.period is not None and self._calls % self.period == 0:
-            self.epoch_end()
+            self._roll()
         return weights
 
     def epoch_end(self) -> None:
+        if self.period is None:
+            self._roll()
+
+    def _roll(self) -> None:
         scalarizer: Any = self.scalarizer
         scalarizer.step()
 
@@ -258,8 +289,8 @@ class DWA(_Scalarized):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         s: Any = self.scalarizer
         self._calls = int(state["calls"])
-        s._loss_sum, s._n_batches = state["loss_sum"], int(state["n_batches"])
-        s._previous_averages = list(state["previous"])
+        s._loss_sum, s._n_batches = _on_cpu(state["loss_sum"]), int(state["n_batches"])
+        s._previous_averages = [t.cpu() for t in state["previous"]]
 
 
 @register_method
