@@ -6,6 +6,7 @@ import copy
 import json
 import math
 import shutil
+import warnings
 from typing import Any
 
 import pytest
@@ -285,9 +286,43 @@ def test_stch_takes_logarithms_only_in_its_nadir_form(digits):
     model, tasks, out, targets = _negative_nll_batch(digits)
     assert not lossrag.wrap(model, tasks, "stch").backward(out, targets).skipped
     composer = lossrag.wrap(model, tasks, make_method("stch", nadir=True, warmup_epochs=0))
-    with pytest.raises(ValueError, match=r"task\(s\) 'ink' \(-2.08 <= 0\) do not"):
+    with pytest.raises(ValueError, match=r"task\(s\) 'ink' \(-2.08 <= -1e-20\) do not"):
         composer.backward(out, targets)
     assert composer.step == 0 and composer.method.state_dict()["count"] == 0
+    # a loss of exactly 0 (a task fit to float precision) is taken as log(0 + ε), as the
+    # authors' code takes it (a user trial's easy task stopped the run)
+    model, tasks, out, targets = _negative_nll_batch(digits)
+    composer = lossrag.wrap(model, tasks, make_method("stch", nadir=True, warmup_epochs=0))
+    certain = 1e4 * torch.nn.functional.one_hot(targets["digit"], 10).float()
+    sure = {**out, "digit": 0 * out["digit"] + certain}
+    record = composer.backward(sure, {**targets, "ink": out["ink"].detach() + 1.0})
+    assert not record.skipped and record.losses["digit"] == 0.0
+    for bad in [{"nadir": "yes"}, {"nadir": True, "warmup_epochs": 1.5}]:
+        with pytest.raises(TypeError, match=r"STCH: (nadir must be True or False|warmup_epochs)"):
+            make_method("stch", **bad)
+
+
+@pytest.mark.parametrize("policy", ["dwa", "stch-nadir"])
+def test_a_method_that_counts_epochs_says_when_none_ended(digits, policy):
+    def method(**kw):
+        return (
+            make_method("stch", nadir=True, **kw)
+            if policy == "stch-nadir"
+            else make_method(policy, **kw)
+        )
+
+    x, y = digits.batch(0)
+    for ends, kw, warned in [(False, {}, True), (True, {}, False), (False, {"period": 2}, False)]:
+        model = digits.model()
+        composer = lossrag.wrap(model, digits.tasks, method(**kw), shared=model.trunk)
+        composer.backward(model(x), y)
+        if ends:
+            composer.epoch_end()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            composer.close()
+        said = [str(w.message) for w in caught if "counts epochs" in str(w.message)]
+        assert bool(said) == warned, (ends, kw, said)
 
 
 def test_non_finite_gradient_from_finite_losses_is_skipped(digits):

@@ -261,6 +261,32 @@ def test_lightning_checkpoints_predict_in_user_units_and_resume_exactly(
         assert torch.equal(a, b)
 
 
+def test_lightning_resumed_at_an_epochs_last_step_ends_that_epoch(
+    digits: Any, tmp_path: Path
+) -> None:
+    """A checkpoint written every n steps at an epoch's last step holds the composer before
+    that epoch ended; the resumed fit ends it, and DWA continues exactly (found by a user
+    trial: it ran one epoch behind)."""
+    loader = DataLoader(Rows(digits.x, digits.y, n=128), batch_size=32)  # 4 steps an epoch
+
+    def fit(ckpt: Path | None = None) -> LossRAGModule:
+        model = digits.model()
+        module = LossRAGModule(model, digits.tasks, "dwa", shared=model.trunk, lr=1e-2, seed=0)
+        every = lightning.pytorch.callbacks.ModelCheckpoint(
+            dirpath=tmp_path / "ckpt", every_n_train_steps=4, save_top_k=-1
+        )
+        trainer(max_steps=12, enable_checkpointing=True, callbacks=[every]).fit(
+            module, loader, ckpt_path=ckpt
+        )
+        return module
+
+    whole = fit()
+    resumed = fit(tmp_path / "ckpt" / "epoch=0-step=4.ckpt")
+    assert resumed.composer.epochs == whole.composer.epochs == 3
+    for a, b in zip(resumed.parameters(), whole.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize(("init_scale", "skipped"), [(2.0**40, True), (2.0**10, False)])
 def test_lightning_fp16_scaler_skips_leave_the_method_state(
     digits: Any, init_scale: float, skipped: bool
@@ -455,37 +481,53 @@ def test_huggingface_checkpoints_predict_in_user_units_and_resume_exactly(
     )
 
 
-def test_huggingface_trainer_ends_the_methods_epochs(tmp_path: Path) -> None:
+def test_huggingface_trainer_ends_the_methods_epochs_and_resumes_at_an_epochs_end(
+    tmp_path: Path,
+) -> None:
     """Each epoch's end reaches the method: DWA weighs by its last two epochs' losses after two
-    epochs (before, the Trainer never called ``epoch_end`` and DWA stayed uniform)."""
+    epochs (before, the Trainer never called ``epoch_end`` and DWA stayed uniform). A run resumed
+    from a checkpoint written at an epoch's last step, before that epoch ended, ends it and
+    continues exactly (found by a user trial: DWA ran one epoch behind)."""
     example = _example()
     from transformers import TrainingArguments
 
     from lossrag.integrations.huggingface import LossRAGTrainer
 
-    torch.manual_seed(0)
-    model = example.TwoTaskNet()
-    args = TrainingArguments(
-        output_dir=str(tmp_path),
-        num_train_epochs=3,
-        per_device_train_batch_size=64,
-        use_cpu=True,
-        report_to=[],
-        save_strategy="no",
-        disable_tqdm=True,
-    )
-    trainer = LossRAGTrainer(
-        model=model,
-        args=args,
-        train_dataset=example.Rows(256),
-        tasks=example.TASKS,
-        policy="dwa",
-        shared=model.trunk,
-    )
-    trainer.train()
-    assert len(trainer.composer.method.scalarizer._previous_averages) == 2
-    weights = trainer.composer.last_record.task_weights()
+    def run(out: Path, resume: Path | None = None) -> Any:
+        torch.manual_seed(0)
+        model = example.TwoTaskNet()
+        args = TrainingArguments(
+            output_dir=str(out),
+            num_train_epochs=3,
+            per_device_train_batch_size=64,
+            use_cpu=True,
+            report_to=[],
+            save_strategy="steps",
+            save_steps=4,  # 256 rows: the last step of each epoch
+            disable_tqdm=True,
+            seed=0,
+        )
+        trainer = LossRAGTrainer(
+            model=model,
+            args=args,
+            train_dataset=example.Rows(256),
+            tasks=example.TASKS,
+            policy="dwa",
+            shared=model.trunk,
+            wrap_options={"seed": 0},
+        )
+        trainer.train(resume_from_checkpoint=None if resume is None else str(resume))
+        return model, trainer.composer
+
+    whole, composer = run(tmp_path / "whole")
+    assert composer.epochs == 3 and len(composer.method.scalarizer._previous_averages) == 2
+    weights = composer.last_record.task_weights()
     assert weights["kind"] != weights["size"], weights
+    for step in (4, 8):
+        resumed, again = run(tmp_path / f"from-{step}", tmp_path / "whole" / f"checkpoint-{step}")
+        assert again.epochs == 3
+        for a, b in zip(resumed.parameters(), whole.parameters(), strict=True):
+            assert torch.equal(a, b), step
 
 
 def test_huggingface_trainer_refuses_gradient_methods(tmp_path: Path) -> None:

@@ -123,6 +123,8 @@ class Composer:
         seed = torch.initial_seed() if options.seed is None else options.seed
         self._rng = torch.Generator().manual_seed(seed).get_state()
         self.step = 0
+        #: Epoch ends received (:meth:`epoch_end`).
+        self.epochs = 0
         self._skips = 0
         self._window: _Window | None = None
         self.window_weights: Tensor | None = None
@@ -776,6 +778,14 @@ class Composer:
             self._snapshot = self.snapshot()
             self.restore(now)
         self.method.epoch_end()
+        self.epochs += 1
+
+    def end_epochs_until(self, completed: int) -> None:
+        """Call :meth:`epoch_end` until ``completed`` epochs have ended: for a framework's
+        resumed run, whose checkpoint was written at an epoch's last step, before that epoch's
+        end reached the composer."""
+        while self.epochs < completed:
+            self.epoch_end()
 
     def plain_state_dict(self) -> dict[str, Tensor]:
         """The model's ``state_dict()`` (of the module under DDP and ``torch.compile``) as a
@@ -813,6 +823,7 @@ class Composer:
             "policy": self.policy_name,
             "tasks": [t.name for t in self.tasks],
             "step": self.step,
+            "epochs": self.epochs,
             "skips": self._skips,
             "rng": self._rng.clone(),
             "method": self.method.state_dict(),
@@ -844,6 +855,7 @@ class Composer:
             )
         self.method.load_state_dict(dict(state["method"]))
         self.step = int(state["step"])
+        self.epochs = int(state.get("epochs", 0))  # a state from before epochs were counted
         self._skips = int(state["skips"])
         self._rng = state["rng"].to("cpu", torch.uint8).clone()  # loaded onto a device or not
         self._rerun_batches = list(state["pending"])
@@ -883,6 +895,14 @@ class Composer:
             hook.remove()
         self._hooks.clear()
         self.recorder.close()
+        if getattr(self.method, "needs_epochs", False) and self.epochs == 0 and self.step > 0:
+            warnings.warn(
+                f"Policy {self.policy_name!r} counts epochs, but composer.epoch_end() was never "
+                f"called in {self.step} steps (nor period= given), so it never left its first "
+                "epoch (DWA: equal weights; STCH's nadir form: its warm-up). Call "
+                "composer.epoch_end() after each epoch, or build it with period=steps_per_epoch.",
+                stacklevel=2,
+            )
 
     def __enter__(self) -> Composer:
         return self

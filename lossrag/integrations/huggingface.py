@@ -9,7 +9,8 @@ also holds one column per task, named after it, with the targets. ``compute_loss
 columns out, runs the model on the rest and returns ``composer.loss(outputs, targets)``. The
 ``gradient_accumulation_steps`` micro-batches of one optimizer step form one composer window
 (the method's weights update once per optimizer step; the Trainer divides each micro-batch's
-loss itself). Each epoch's end reaches ``composer.epoch_end()`` (DWA, STCH's nadir form).
+loss itself). Each epoch's end reaches ``composer.epoch_end()`` (DWA, STCH's nadir form; a run
+resumed from a checkpoint written at an epoch's last step catches up on that epoch's end).
 Evaluation batches give the unweighted sum of the task losses and never update the method. A
 checkpoint written while training holds the model with its heads in the targets' units
 (``normalize_targets``) and, in :data:`STATE_FILE`, the composer's state and the normalised
@@ -40,6 +41,7 @@ a ``label`` or ``label_ids`` column to ``labels``: name the tasks otherwise.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -65,10 +67,15 @@ STATE_FILE = "lossrag_composer.pt"
 
 
 class _EpochEnd(transformers.TrainerCallback):
-    """Tells the composer that a training epoch ended."""
+    """Tells the composer that a training epoch ended; at an epoch's start, catches up on the
+    end of one that a checkpoint written at its last step did not see."""
 
     def __init__(self, composer: Composer) -> None:
         self.composer = composer
+
+    def on_epoch_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        # the state's epoch is fractional; at an epoch's last step it is a whole number exactly
+        self.composer.end_epochs_until(math.floor(state.epoch))
 
     def on_epoch_end(self, *args: Any, **kwargs: Any) -> None:
         self.composer.epoch_end()

@@ -17,13 +17,15 @@ step for you:
   ``LossRAGModule(..., accumulate_grad_batches=n)`` instead. Gradient clipping by the Trainer
   is refused too (clip in :meth:`LossRAGModule.on_before_optimizer_step` if needed).
 
-It also calls ``composer.epoch_end()`` at each epoch end (DWA), logs each task's weight and loss
-every ``Trainer(log_every_n_steps=...)`` optimizer steps (``lossrag/weight/<task>``,
-``lossrag/loss/<task>``; reading a record costs one device sync, so it is not done at other
-steps), keeps the composer's state in Lightning checkpoints and closes the composer when fitting
-ends. Batches are ``(x, {task: target})`` pairs; override :meth:`LossRAGModule.split_batch` for
-another layout and :meth:`LossRAGModule.configure_optimizers` for another optimizer. Subclasses
-that override a hook of this class must call ``super()``.
+It also calls ``composer.epoch_end()`` at each epoch end (DWA, STCH's nadir form; a run resumed
+from a checkpoint written at an epoch's last step catches up on that epoch's end), logs each
+task's weight and loss every ``Trainer(log_every_n_steps=...)`` optimizer steps
+(``lossrag/weight/<task>``, ``lossrag/loss/<task>``; reading a record costs one device sync, so
+it is not done at other steps), keeps the composer's state in Lightning checkpoints and closes
+the composer when fitting ends. Batches are ``(x, {task: target})`` pairs; override
+:meth:`LossRAGModule.split_batch` for another layout and
+:meth:`LossRAGModule.configure_optimizers` for another optimizer. Subclasses that override a
+hook of this class must call ``super()``.
 
 Example (the same code runs with ``strategy="ddp", devices=2``)::
 
@@ -267,6 +269,13 @@ class LossRAGModule(lightning.LightningModule):
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """The optimizer step's micro-batches are complete: close the composer's window."""
         self._close_window(partial_ok=True)
+
+    def on_train_start(self) -> None:
+        """A fit resumed from a checkpoint written at an epoch's last step, before the epoch
+        ended: that end reaches the method now (Lightning resumes in the next epoch without
+        ending it)."""
+        if self._composer is not None:
+            self._composer.end_epochs_until(self.current_epoch)
 
     def on_train_epoch_end(self) -> None:
         """Close any window left open, step epoch schedulers (manual mode) and tell the method

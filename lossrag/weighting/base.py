@@ -66,6 +66,9 @@ class Method(ABC):
     #: True when ``weigh`` needs the live losses with their graph (GradNorm differentiates them
     #: with respect to the last shared layer); the others get the detached, all-reduced losses.
     live_losses: ClassVar[bool] = False
+    #: True when the method counts epochs (``Composer.epoch_end()``) and gets no ``period``
+    #: (DWA, STCH's nadir form): the composer warns at ``close()`` if no epoch ever ended.
+    needs_epochs: bool = False
     #: The target normalisation the method trains with when ``wrap`` is not told
     #: (``normalize_targets=None``): ``False``, ``True`` or ``"auto"`` (a saved policy's own, the
     #: one it was trained with, on the instance).

@@ -48,6 +48,7 @@ _FORWARDED_FLAGS = (
     "needs_rerun",
     "needs_query",
     "needs_metrics",
+    "needs_epochs",
 )
 #: Options that belong to the curriculum in :func:`curriculum_from_name`; the rest go to the inner.
 _OWN_OPTIONS = ("order", "steps", "criterion", "warmup")
@@ -94,6 +95,11 @@ class Curriculum(LossMethod):
         for flag in _FORWARDED_FLAGS:  # instance values shadow the class flags the composer reads
             object.__setattr__(self, flag, getattr(self.inner, flag, False))
         self.names: list[str] | None = None
+
+    @property
+    def min_losses(self) -> Sequence[float] | None:
+        """The inner method's lower bounds of the losses, if it has any."""
+        return getattr(self.inner, "min_losses", None)
 
     # ------------------------------------------------------------------ composer hooks
     def setup(self, num_terms: int, last_shared: Sequence[nn.Parameter]) -> None:

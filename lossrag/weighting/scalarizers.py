@@ -145,8 +145,8 @@ class STCH(_Scalarized):
         nadir: The authors' multi-task form (above) instead of the raw one.
         warmup_epochs: Epochs trained on ``Σ log L`` before the one the nadir is measured over
             (nadir form only; the authors' default, 4, when not given).
-        period: Steps per epoch, for loops that do not call ``Composer.epoch_end()`` (nadir form
-            only).
+        period: Optimizer steps per epoch, for loops that do not call ``Composer.epoch_end()``
+            (nadir form only).
     """
 
     name = "stch"
@@ -160,6 +160,11 @@ class STCH(_Scalarized):
     ) -> None:
         if not mu > 0:
             raise ValueError(f"STCH: mu must be positive, got {mu}.")
+        if not isinstance(nadir, bool):
+            raise TypeError(f"STCH: nadir must be True or False, got {nadir!r}.")
+        for option, value in (("warmup_epochs", warmup_epochs), ("period", period)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise TypeError(f"STCH: {option} must be a whole number, got {value!r}.")
         if not nadir and (warmup_epochs is not None or period is not None):
             raise ValueError(
                 "STCH: warmup_epochs and period belong to the nadir form (nadir=True)."
@@ -172,11 +177,18 @@ class STCH(_Scalarized):
         if period is not None and period < 1:
             raise ValueError(f"STCH: period must be a positive number of steps, got {period}.")
         self.mu, self.nadir, self.warmup_epochs, self.period = mu, nadir, warmup_epochs, period
-        if nadir:  # the instance flag shadows the class's: the composer checks L > 0
+        if nadir:  # the instance flag shadows the class's: the composer checks L >= 0
             object.__setattr__(self, "positive_losses", True)
+        self.needs_epochs = nadir and period is None
         self._epochs, self._calls, self._count = 0, 0, 0
         self._sum: Tensor | None = None
         self._nadir: Tensor | None = None
+
+    @property
+    def min_losses(self) -> list[float] | None:
+        """The nadir form's lower bound of each loss: ``-ε`` (a loss of exactly 0, a task fit
+        to float precision, is taken as the authors' code takes it, ``log(0 + ε)``)."""
+        return [-_EPS] * self.num_terms if self.nadir else None
 
     def _build(self, num_terms: int) -> sc.Scalarizer:
         return sc.STCH(mu=self.mu)
@@ -257,6 +269,7 @@ class DWA(_Scalarized):
             raise ValueError(f"DWA: period must be a positive number of steps, got {period}.")
         self.temperature = temperature
         self.period = period
+        self.needs_epochs = period is None
         self._calls = 0
 
     def _build(self, num_terms: int) -> sc.Scalarizer:
