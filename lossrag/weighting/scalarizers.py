@@ -135,7 +135,8 @@ class STCH(_Scalarized):
     - ``nadir=True``, the authors' multi-task form (their LibMTL weighting, repository
       ``Xi-L/STCH``): ``Σ log L_i`` (weights ``1/L_i``) for ``warmup_epochs`` epochs and one
       more, over which the nadir ``n`` is averaged; afterwards ``μK log Σ exp(log(L_i/n_i)/μ)``,
-      i.e. weights ``K softmax_i(log(L/n)/μ)/L_i``. Every loss must be positive. An epoch ends
+      i.e. weights ``K softmax_i(log(L/n)/μ)/L_i``. Every loss must be non-negative (one of
+      exactly 0 is taken as the authors' code takes it, ``log(0 + 1e-20)``). An epoch ends
       at ``Composer.epoch_end()`` or, when ``period`` is given, every ``period`` steps (the
       calls are then ignored); without either the warm-up never ends.
 
