@@ -1,21 +1,24 @@
-"""STCH's two forms on suite problems (issue 15, "faithful to the references"): the raw form the
-suite's table runs (``stch``) against the authors' multi-task form (``STCH(nadir=True)``: a
-``Σ log L`` warm-up of 4 epochs, then smooth Tchebycheff on ``log(L/nadir)``), every task's test
-metric and Δm against single-task learning, seeds side by side::
+"""A method with its settings changed, on suite problems, beside the one-commit run's rows (issue
+15: a baseline must be measured in the form its authors use). Every task's test metric, Δm
+against single-task learning, the worst task and the starved tasks, seeds side by side::
 
-    python benchmarks/stch_forms.py --problems gradnorm-synth-t2,digits-mtl,mnist1d-mtl --seeds 3
+    python benchmarks/variants.py stch '{"nadir": true}' --label "stch (nadir)" \
+        --problems gradnorm-synth-t2,digits-mtl,mnist1d-mtl --seeds 3
+    python benchmarks/variants.py dbmtl '{"beta": 0.0}' --problems qm9
 
-The nadir form is trained here with this checkout's code; the other rows (``stch``, ``ew``,
-``famo``, ``geometricmean``, ``lossrag-default``) and the single-task metrics are read from the
-one-commit run (``benchmarks/full/runs``, commit ``967e0bb``, whose ``stch`` is the raw form,
-unchanged since). Columns as the suite's: the worst task's change against single-task learning
-and the tasks starved (more than 3 % worse, relative, than the better of EW and FAMO).
+The variant is trained here with this checkout's code (its runs kept in
+``benchmarks/variants/<method>-<settings>/``, trained again when the code changes); the other rows
+(the method at its defaults, ``ew``, ``famo``, ``geometricmean``, ``lossrag-default``) and the
+single-task metrics are read from the one-commit run (``benchmarks/full/runs``, commit
+``967e0bb``). Columns as the suite's: the worst task's change against single-task learning and
+the tasks starved (more than 3 % worse, relative, than the better of EW and FAMO).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 from pathlib import Path
 
@@ -30,9 +33,8 @@ from lossrag.bench.runner import code_fingerprint
 from lossrag.weighting import make_method
 
 RUNS = Path(__file__).parent / "full" / "runs"
-OWN = Path(__file__).parent / "stch_forms"
-STORED = ("stch", "ew", "famo", "geometricmean", "lossrag-default")
-NADIR = "stch (nadir)"
+OWN = Path(__file__).parent / "variants"
+STORED = ("ew", "famo", "geometricmean", "lossrag-default")
 
 
 def _stored(kind: str, problem: str, method: str, seed: int, task: str | None = None) -> dict:
@@ -40,15 +42,16 @@ def _stored(kind: str, problem: str, method: str, seed: int, task: str | None = 
     return json.loads((RUNS / f"{name}.json").read_text())["metrics"]
 
 
-def _nadir_run(problem: Problem, seed: int) -> dict[str, float]:
-    """The nadir form's test metrics on ``problem`` at ``seed``: kept in ``stch_forms/`` with
-    the code that trained them, trained again when the code changed."""
-    path = OWN / f"{problem.name}__s{seed}.json"
+def _variant_run(method: str, settings: dict, problem: Problem, seed: int) -> dict[str, float]:
+    """The variant's test metrics on ``problem`` at ``seed``: kept with the code that trained
+    them, trained again when the code changed."""
+    name = f"{method}-{json.dumps(settings, sort_keys=True, separators=(',', '='))}"
+    path = OWN / re.sub(r"[^\w.=,-]", "", name) / f"{problem.name}__s{seed}.json"
     code = code_fingerprint()
     if path.exists() and json.loads(path.read_text())["code"] == code:
         return json.loads(path.read_text())["metrics"]
-    metrics = fit(problem, make_method("stch", nadir=True), seed).metrics
-    path.parent.mkdir(exist_ok=True)
+    metrics = fit(problem, make_method(method, **settings), seed).metrics
+    path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps({"metrics": metrics, "code": code}))
     return metrics
 
@@ -61,10 +64,15 @@ def _spread(values: list[float], form: str = "+.1f") -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("method")
+    parser.add_argument("settings", help="JSON: the arguments that differ from its defaults")
+    parser.add_argument("--label", help="the variant's row name (default: method + settings)")
     parser.add_argument("--problems", default="gradnorm-synth-t2,digits-mtl,mnist1d-mtl")
     parser.add_argument("--seeds", type=int, default=3)
     args = parser.parse_args()
     torch.set_num_threads(1)
+    settings = json.loads(args.settings)
+    label = args.label or f"{args.method} {args.settings}"
     for name in args.problems.split(","):
         problem = get_problem(name)
         seeds = range(args.seeds)
@@ -73,9 +81,9 @@ def main() -> None:
             for task in problem.scored
         }
         rows: dict[str, list[dict[str, float]]] = {
-            m: [_stored("train", name, m, s) for s in seeds] for m in STORED
+            m: [_stored("train", name, m, s) for s in seeds] for m in (args.method, *STORED)
         }
-        rows[NADIR] = [_nadir_run(problem, s) for s in seeds]
+        rows[label] = [_variant_run(args.method, settings, problem, s) for s in seeds]
         means = {
             m: {t: statistics.fmean(r[t] for r in runs) for t in problem.scored}
             for m, runs in rows.items()
