@@ -287,6 +287,19 @@ def test_lightning_resumed_at_an_epochs_last_step_ends_that_epoch(
         assert torch.equal(a, b)
 
 
+def test_lightning_a_trainer_used_again_does_not_end_a_new_modules_epochs(digits: Any) -> None:
+    """The catch-up is for a fit resumed from a checkpoint only: a Trainer fitted again keeps
+    its epoch count, which a new module's composer never saw (found by a review)."""
+    loader = DataLoader(Rows(digits.x, digits.y, n=128), batch_size=32)
+    run = trainer(max_epochs=2)
+    first = LossRAGModule(digits.model(), digits.tasks, "dwa", lr=1e-2, seed=0)
+    run.fit(first, loader)
+    second = LossRAGModule(digits.model(), digits.tasks, "dwa", lr=1e-2, seed=0)
+    run.fit_loop.max_epochs = 3
+    run.fit(second, loader)
+    assert first.composer.epochs == 2 and second.composer.epochs == 1
+
+
 @pytest.mark.parametrize(("init_scale", "skipped"), [(2.0**40, True), (2.0**10, False)])
 def test_lightning_fp16_scaler_skips_leave_the_method_state(
     digits: Any, init_scale: float, skipped: bool

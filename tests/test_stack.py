@@ -265,6 +265,27 @@ def test_an_epoch_that_ends_after_a_skipped_step_stays_ended(digits, method):
     assert not _same(skipped, run([0, 1, 3], skip=None))
 
 
+def test_a_state_that_did_not_count_epochs_takes_the_frameworks_count(digits):
+    """A composer state saved before epoch ends were counted holds the ends its method saw: a
+    framework's catch-up takes its own count instead of replaying them (found by a review)."""
+    model = digits.model(0)
+    composer = lossrag.wrap(model, digits.tasks, "dwa", shared=model.trunk, seed=0)
+    x, y = digits.batch(0)
+    composer.backward(model(x), y)
+    composer.epoch_end()
+    state = composer.state_dict()
+    del state["epochs"]
+    resumed = lossrag.wrap(model, digits.tasks, "dwa", shared=model.trunk, seed=0)
+    resumed.load_state_dict(state)
+    ends = []
+    resumed.method.epoch_end = lambda: ends.append(resumed.step)  # type: ignore[method-assign]
+    assert resumed.epochs is None
+    resumed.end_epochs_until(1)
+    assert resumed.epochs == 1 and ends == []
+    resumed.end_epochs_until(2)  # one more epoch ended before the framework resumed
+    assert resumed.epochs == 2 and ends == [1]
+
+
 def test_scaler_with_a_gradient_method_is_refused(digits):
     model = digits.model(0)
     with pytest.raises(ValueError, match="scaler= works with loss-based methods"):

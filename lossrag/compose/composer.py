@@ -123,8 +123,9 @@ class Composer:
         seed = torch.initial_seed() if options.seed is None else options.seed
         self._rng = torch.Generator().manual_seed(seed).get_state()
         self.step = 0
-        #: Epoch ends received (:meth:`epoch_end`).
-        self.epochs = 0
+        #: Epoch ends received (:meth:`epoch_end`); ``None`` after loading a state saved before
+        #: they were counted, until :meth:`end_epochs_until` takes the framework's count.
+        self.epochs: int | None = 0
         self._skips = 0
         self._window: _Window | None = None
         self.window_weights: Tensor | None = None
@@ -778,12 +779,16 @@ class Composer:
             self._snapshot = self.snapshot()
             self.restore(now)
         self.method.epoch_end()
-        self.epochs += 1
+        if self.epochs is not None:
+            self.epochs += 1
 
     def end_epochs_until(self, completed: int) -> None:
         """Call :meth:`epoch_end` until ``completed`` epochs have ended: for a framework's
         resumed run, whose checkpoint was written at an epoch's last step, before that epoch's
-        end reached the composer."""
+        end reached the composer. A state that did not count its epochs takes ``completed``
+        as its count (its method holds the epoch ends it saw)."""
+        if self.epochs is None:
+            self.epochs = completed
         while self.epochs < completed:
             self.epoch_end()
 
@@ -855,7 +860,8 @@ class Composer:
             )
         self.method.load_state_dict(dict(state["method"]))
         self.step = int(state["step"])
-        self.epochs = int(state.get("epochs", 0))  # a state from before epochs were counted
+        epochs = state.get("epochs")  # None: a state from before epochs were counted
+        self.epochs = None if epochs is None else int(epochs)
         self._skips = int(state["skips"])
         self._rng = state["rng"].to("cpu", torch.uint8).clone()  # loaded onto a device or not
         self._rerun_batches = list(state["pending"])

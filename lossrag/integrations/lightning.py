@@ -166,6 +166,7 @@ class LossRAGModule(lightning.LightningModule):
         self._composer: Composer | None = None
         self._closed = True
         self._restored: dict[str, Any] | None = None
+        self._from_checkpoint = False  # this fit restored the composer from a checkpoint
         self._window: Any = None  # the open composer.accumulate(...) context, if any
 
     # ------------------------------------------------------------------ the composer
@@ -199,6 +200,7 @@ class LossRAGModule(lightning.LightningModule):
     def on_fit_start(self) -> None:
         """Build the composer, carrying over the state of a previous fit or a checkpoint."""
         state = self._restored
+        self._from_checkpoint |= state is not None
         if state is None and self._composer is not None:
             state = self._composer.state_dict()
         self._composer = self.build_composer()
@@ -273,9 +275,10 @@ class LossRAGModule(lightning.LightningModule):
     def on_train_start(self) -> None:
         """A fit resumed from a checkpoint written at an epoch's last step, before the epoch
         ended: that end reaches the method now (Lightning resumes in the next epoch without
-        ending it)."""
-        if self._composer is not None:
+        ending it). Only then: a Trainer used again keeps its epoch count for a new module."""
+        if self._composer is not None and self._from_checkpoint:
             self._composer.end_epochs_until(self.current_epoch)
+        self._from_checkpoint = False
 
     def on_train_epoch_end(self) -> None:
         """Close any window left open, step epoch schedulers (manual mode) and tell the method
@@ -329,6 +332,7 @@ class LossRAGModule(lightning.LightningModule):
             if self._composer is not None and not self._closed:
                 self._restore(state)
                 self._restored = None
+                self._from_checkpoint = True
 
     def _restore(self, state: dict[str, Any]) -> None:
         """Load a checkpoint's composer state into the open composer and put back the heads as
