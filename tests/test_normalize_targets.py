@@ -540,5 +540,6 @@ def test_targets_far_from_unit_scale_left_raw_are_warned_of_once():
     assert "Task 'tiny'" in said[1] and "normalize_targets=True" in said[1]
     assert first_steps("ew", normalize_targets=False) == []
     assert first_steps("default") == []
+    assert "takes the log of each loss" in first_steps("famo")[0]  # scale-free, but slow
     y["price"][3] = float("nan")  # the scale of the finite targets, not NaN
     assert "(first batch: mean 1008, std 67.77)" in first_steps("ew")[0]

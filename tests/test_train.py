@@ -280,7 +280,8 @@ def test_train_writes_a_loadable_policy_and_resumes_exactly(tmp_path, monkeypatc
     # the online phase: two Reptile rounds moved Δφ; it ships only if it beat the prior alone
     online = full["online"]
     assert online["round"] == 2 and len(online["drift"]) == 2 and online["drift"][0] > 0
-    assert online["shipped"] == (online["with_correction"] > online["prior_only"])
+    gain = online["with_correction"] - online["prior_only"]
+    assert online["shipped"] == (gain > 2 * online["gain_se"])  # beyond the held-out noise
     last = trained.correction.rho[-1].weight
     assert bool(last.abs().sum() > 0) == online["shipped"]  # Δφ = 0 starts at a zero last layer
 
@@ -343,6 +344,22 @@ def _stopped_after_generation_1(recipe, tmp_path, monkeypatch) -> None:
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="work folders are locked on POSIX only")
+@pytest.mark.parametrize(
+    ("corrected", "ships"),
+    [
+        ([0.52, 0.51, 0.53, 0.52], True),  # a small gain on every problem
+        ([0.50, 0.50, 0.50, 0.60], False),  # one problem's: within the noise (mean +0.025)
+        ([0.49, 0.51, 0.49, 0.51], False),  # no gain
+        ([0.70], False),  # one problem never tells
+    ],
+)
+def test_the_correction_ships_only_on_a_gain_beyond_the_held_out_noise(corrected, ships):
+    """Paired over the held-out problems, the mean gain must exceed twice its standard error
+    (a plain comparison of the two means would ship the second case)."""
+    alone = [0.5] * len(corrected)
+    assert es_module.correction_ships(alone, corrected) is ships
+
+
 def test_train_refuses_a_work_folder_another_run_is_using(tmp_path):
     recipe, work, quiet = load_recipe(_recipe(tmp_path)), tmp_path / "work", Console(quiet=True)
     work.mkdir()
@@ -723,7 +740,12 @@ def test_cli_policies_show(tmp_path):
         "elapsed_s": 40.0,
         "workers": 1,
         # a near tie told apart (it read "+0.0206 without it, +0.0206 with it")
-        "online": {"rounds": 2, "prior_only": 0.020585, "with_correction": 0.020562},
+        "online": {
+            "rounds": 2,
+            "prior_only": 0.020585,
+            "with_correction": 0.020562,
+            "gain_se": 0.0011,
+        },
     }
     (copy / "card.json").write_text(json.dumps(other))
     shown = runner.invoke(app, ["policies", "show", str(copy)], env={"COLUMNS": "80"})
@@ -732,7 +754,8 @@ def test_cli_policies_show(tmp_path):
     assert "[experimental] scores by MAE" in text and "+0.1000 -> +0.2500 over 2" in text
     assert "against EW with targets normalised, on held-out problems; higher is better)" in text
     assert "time 40 s on 1 worker " in text and "fell" not in text
-    assert "+0.020585 without it, +0.020562 with it: does not ship" in text
+    said = "+0.020585 without it, +0.020562 with it (standard error of the gain 0.0011; it ships"
+    assert said + " above twice that): does not ship" in text
     other["training"]["objective"] = [0.25, 0.1]
     (copy / "card.json").write_text(json.dumps(other))
     shown = runner.invoke(app, ["policies", "show", str(copy)], env={"COLUMNS": "80"})

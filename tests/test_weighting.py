@@ -90,6 +90,12 @@ def test_stch_without_epochs_stays_in_warm_up_and_checks_its_arguments():
         raw.load_state_dict(method.state_dict())
     with pytest.raises(ValueError, match=r"saved by the raw form"):
         method.load_state_dict(raw.state_dict())
+    other = make_method("stch", nadir=True, warmup_epochs=3)
+    other.setup(3, [])
+    with pytest.raises(ValueError, match="warmup_epochs=0; this STCH has warmup_epochs=3"):
+        other.load_state_dict(method.state_dict())
+    old = {k: v for k, v in method.state_dict().items() if k not in ("warmup_epochs", "period")}
+    other.load_state_dict(old)  # a state saved before the options were: taken as it is
 
 
 def test_famo_initial_weights():

@@ -137,11 +137,16 @@ def check_compiled(outputs: Mapping[str, Tensor], policy: str) -> None:
             )
 
 
-def warn_raw_targets(tasks: Sequence[Task], targets: Mapping[str, Tensor], policy: str) -> None:
+def warn_raw_targets(
+    tasks: Sequence[Task], targets: Mapping[str, Tensor], policy: str, log_losses: bool = False
+) -> None:
     """Warn, naming each, of the regression tasks whose first batch is far from standard units
     (:func:`lossrag.targets.far_from_unit`) when nothing normalises them: their loss then
     weighs by their scale against the other tasks' (a user trial's target in the hundreds,
-    under EW, took every class task down to chance; reads the batch on the host, once)."""
+    under EW, took every class task down to chance), or, under a method that takes ``log L``
+    (``log_losses``: FAMO, GLS, DB-MTL, ...), gets a gradient divided by that scale, so the
+    task learns slowly (a pixel-sum target in the tens of thousands was never learnt under
+    STCH's nadir form). Reads the batch on the host, once."""
     from lossrag.targets import far_from_unit
 
     for task in tasks:
@@ -154,10 +159,16 @@ def warn_raw_targets(tasks: Sequence[Task], targets: Mapping[str, Tensor], polic
             continue
         mu, sigma = float(rows.mean(0).pow(2).mean().sqrt()), float(rows.var(0).mean().sqrt())
         if far_from_unit(mu, sigma):
+            effect = (
+                "which takes the log of each loss, so the task's gradient is divided by its "
+                "loss and it learns slowly"
+                if log_losses
+                else "so its loss weighs by their scale against the other tasks'"
+            )
             warnings.warn(
                 f"Task {task.name!r}: its targets are far from standard units (first batch: "
                 f"mean {mu:.4g}, std {sigma:.4g}) and policy {policy!r} leaves them as they "
-                "are, so its loss weighs by their scale against the other tasks'. Pass "
+                f"are, {effect}. Pass "
                 "normalize_targets=True (or 'auto') to train on standardised targets, "
                 "predictions staying in your units, or normalize_targets=False to keep them.",
                 stacklevel=5,

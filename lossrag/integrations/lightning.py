@@ -18,7 +18,10 @@ step for you:
   is refused too (clip in :meth:`LossRAGModule.on_before_optimizer_step` if needed).
 
 It also calls ``composer.epoch_end()`` at each epoch end (DWA, STCH's nadir form; a run resumed
-from a checkpoint written at an epoch's last step catches up on that epoch's end), logs each
+from a checkpoint written at an epoch's last step catches up on that epoch's end; the epochs
+then fall where Lightning puts them: resumed with ``max_steps`` from a checkpoint written at an
+epoch end, Lightning 2.6 itself ends the next epochs one step late (4 batches an epoch: at steps
+5, 9, 12, not 4, 8, 12), with or without LossRAG: Lightning-AI/pytorch-lightning#19617), logs each
 task's weight and loss every ``Trainer(log_every_n_steps=...)`` optimizer steps
 (``lossrag/weight/<task>``, ``lossrag/loss/<task>``; reading a record costs one device sync, so
 it is not done at other steps), keeps the composer's state in Lightning checkpoints and closes

@@ -90,11 +90,20 @@ def _training(training: dict[str, Any]) -> list[tuple[str, str]]:
             digits = 4 if f"{alone:+.4f}" != f"{corrected:+.4f}" else 6  # a near tie, told apart
             said += (
                 f"; held-out objective {alone:+.{digits}f} without it, {corrected:+.{digits}f} "
-                "with it"
+                f"with it{gain_se(online)}"
             )
         said += ": ships" if online.get("shipped") else ": does not ship (kept beside it)"
         items.append(("correction Δφ", said))
     return items
+
+
+def gain_se(online: dict[str, Any]) -> str:
+    """The standard error of the correction's held-out gain, in words, when the online phase
+    measured it (empty for cards trained before it was)."""
+    se = online.get("gain_se")
+    if not isinstance(se, int | float):
+        return ""
+    return f" (standard error of the gain {se:.4f}; it ships above twice that)"
 
 
 def render_card(card: PolicyCard, folder: Path) -> Group:

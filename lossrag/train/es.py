@@ -20,7 +20,7 @@ The online phase (a recipe's ``[online]``) then trains the correction Δφ with 
 Reptile (Nichol et al., 2018) over runs in which the ES policy adapts Δφ from a query stream
 (:mod:`lossrag.meta.online`, the one-step look-ahead). The whole-run meta-objective on the
 held-out problems is the long-horizon check: the trained Δφ ships only if the frozen policy with
-it beats the prior alone there.
+it beats the prior alone there by more than twice the standard error of the paired gain.
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ __all__ = [
     "ONLINE_CORRECTION",
     "PARAMS",
     "REFERENCE",
+    "correction_ships",
     "initial_parameters",
     "policy_from",
     "policy_values",
@@ -463,16 +464,16 @@ def _train(
             state["baseline"] = {str(s): m for s, m in zip(eval_seeds, baseline, strict=True)}
             state["reference"] = REFERENCE
 
-        def objective(theta: np.ndarray, correction: Weights | None = None) -> float:
+        def objectives(theta: np.ndarray, correction: Weights | None = None) -> list[float]:
+            """The log-ratio against EW on each held-out problem."""
             found = pool.map(_run, [(dist, s, theta.tolist(), correction) for s in eval_seeds])
-            return float(
-                np.mean(
-                    [
-                        _log_ratio(m, state["baseline"][str(s)], dist, s, es.clip)
-                        for s, m in zip(eval_seeds, found, strict=True)
-                    ]
-                )
-            )
+            return [
+                _log_ratio(m, state["baseline"][str(s)], dist, s, es.clip)
+                for s, m in zip(eval_seeds, found, strict=True)
+            ]
+
+        def objective(theta: np.ndarray) -> float:
+            return float(np.mean(objectives(theta)))
 
         theta = np.array(state["theta"])
         m, v = np.array(state["m"]), np.array(state["v"])
@@ -530,7 +531,7 @@ def _train(
             state["history"][-1]["objective"] = objective(theta)
         atomic_write_text(work / "log.jsonl", _log(state["history"]))
         checkpoint.save(state)
-        online = _online_phase(recipe, state, checkpoint, objective, pool, progress)
+        online = _online_phase(recipe, state, checkpoint, objectives, pool, progress)
     curve = [(h["generation"], h["objective"]) for h in state["history"] if "objective" in h]
     _plot(curve, work / "meta_objective.png")
     summary = {
@@ -583,12 +584,13 @@ def _online_phase(
     recipe: Recipe,
     state: dict[str, Any],
     checkpoint: _Checkpoint,
-    objective: Any,
+    objectives: Any,
     pool: ProcessPoolExecutor,
     progress: Progress,
 ) -> dict[str, Any]:
     """Reptile over the online loop (see the module docstring), checkpointed every round in
-    ``state["online"]``; returns it with the held-out objectives and whether Δφ ships."""
+    ``state["online"]``; returns it with the held-out objectives and whether Δφ ships
+    (:func:`correction_ships`)."""
     import torch
 
     from lossrag.bench.runner import advance
@@ -627,13 +629,35 @@ def _online_phase(
         checkpoint.save(state)
         advance(progress, bar, f"online: |mean adapted Δφ - Δφ| {drift**0.5:.4f}")
     if "with_correction" not in online:
-        online["prior_only"] = objective(np.array(theta))
-        online["with_correction"] = objective(np.array(theta), online["phi"])
-        online["shipped"] = online["with_correction"] > online["prior_only"]
+        alone = objectives(np.array(theta))
+        corrected = objectives(np.array(theta), online["phi"])
+        online["prior_only"], online["with_correction"] = _mean(alone), _mean(corrected)
+        online["gain_se"] = _standard_error(np.subtract(corrected, alone))
+        online["shipped"] = correction_ships(alone, corrected)
         online["elapsed_s"] = time.perf_counter() - started
         checkpoint.save(state)
     kept = {k: v for k, v in online.items() if k != "recipe"}
     return kept | {"rounds": spec.rounds, "problems": spec.rounds * spec.population}
+
+
+def correction_ships(alone: Sequence[float], corrected: Sequence[float]) -> bool:
+    """Whether the trained correction ships: its gain in the held-out objective, paired problem
+    by problem, must exceed twice its standard error (a gain the size of the problems' noise,
+    which a single mean comparison would take, is not one; a single problem never tells)."""
+    gains = np.subtract(corrected, alone)
+    se = _standard_error(gains)
+    return se is not None and _mean(gains) > 2 * se
+
+
+def _mean(values: Sequence[float] | np.ndarray) -> float:
+    return float(np.mean(values))
+
+
+def _standard_error(values: np.ndarray) -> float | None:
+    """Standard error of the mean (None for fewer than two values)."""
+    if len(values) < 2:
+        return None
+    return float(values.std(ddof=1) / math.sqrt(len(values)))
 
 
 def _plot(curve: list[tuple[int, float]], path: Path) -> None:

@@ -47,7 +47,8 @@ class Online(BaseModel):
     correction online from a query stream (their validation split), every run starting from the
     current Δφ; Δφ then moves ``step`` of the way to the mean of the adapted ones (Reptile). The
     whole-run objective on the held-out problems decides what ships: the trained Δφ only if it
-    beats the prior alone (Δφ = 0) there.
+    beats the prior alone (Δφ = 0) there by more than twice the paired gain's standard error
+    (:func:`lossrag.train.es.correction_ships`).
 
     Attributes:
         rounds: Reptile rounds (0: no online phase; Δφ stays 0).

@@ -227,6 +227,8 @@ class STCH(_Scalarized):
         if not self.nadir:
             return super().state_dict()
         return {
+            "warmup_epochs": self.warmup_epochs,
+            "period": self.period,
             "epochs": self._epochs,
             "calls": self._calls,
             "count": self._count,
@@ -245,6 +247,12 @@ class STCH(_Scalarized):
         if not self.nadir:
             super().load_state_dict(state)
             return
+        for option in ("warmup_epochs", "period"):  # states before these were saved: unchecked
+            if option in state and state[option] != getattr(self, option):
+                raise ValueError(
+                    f"STCH: this state was saved with {option}={state[option]}; this STCH has "
+                    f"{option}={getattr(self, option)}, whose nadir would be measured elsewhere."
+                )
         self._epochs, self._calls, self._count = state["epochs"], state["calls"], state["count"]
         # on the CPU, where the weights are computed (a checkpoint may be mapped elsewhere)
         self._sum, self._nadir = _on_cpu(state["sum"]), _on_cpu(state["nadir"])
