@@ -73,6 +73,7 @@ def main() -> None:
     torch.set_num_threads(1)
     settings = json.loads(args.settings)
     label = args.label or f"{args.method} {args.settings}"
+    totals: dict[str, list[tuple[float, int]]] = {}  # per row: (Δm, starved) on each problem
     for name in args.problems.split(","):
         problem = get_problem(name)
         seeds = range(args.seeds)
@@ -96,14 +97,21 @@ def main() -> None:
         print("| --- " * (len(problem.scored) + 4) + "|")
         print(f"| single-task | | | | {' | '.join(f'{stl[t]:.4g}' for t in problem.scored)} |")
         for method, runs in rows.items():
-            dm = _spread([delta_m(r, stl, problem.higher_is_better) for r in runs])
+            deltas = [delta_m(r, stl, problem.higher_is_better) for r in runs]
             cells = [_spread([r[t] for r in runs], ".4g") for t in problem.scored]
             w, hungry = worst[f"{name}|{method}"], starved[f"{name}|{method}"]["tasks"]
             named = f" ({', '.join(hungry)})" if hungry else ""
+            totals.setdefault(method, []).append((statistics.fmean(deltas), len(hungry)))
             print(
-                f"| {method} | {dm} | {w['change']:+.1f} % ({w['task']}) | {len(hungry)}{named} | "
-                f"{' | '.join(cells)} |"
+                f"| {method} | {_spread(deltas)} | {w['change']:+.1f} % ({w['task']}) | "
+                f"{len(hungry)}{named} | {' | '.join(cells)} |"
             )
+
+    print(f"\nOver the {len(args.problems.split(','))} problems (mean of the per-problem Δm)")
+    print("| method | mean Δm | starved tasks |\n| --- | --- | --- |")
+    for method, found in totals.items():
+        mean, total = statistics.fmean(d for d, _ in found), sum(n for _, n in found)
+        print(f"| {method} | {mean:+.1f} | {total} |")
 
 
 if __name__ == "__main__":
