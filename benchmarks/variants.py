@@ -74,7 +74,8 @@ def main() -> None:
     settings = json.loads(args.settings)
     label = args.label or f"{args.method} {args.settings}"
     totals: dict[str, list[tuple[float, int]]] = {}  # per row: (Δm, starved) on each problem
-    for name in args.problems.split(","):
+    problems = args.problems.split(",")
+    for name in problems:
         problem = get_problem(name)
         seeds = range(args.seeds)
         stl = {
@@ -107,7 +108,7 @@ def main() -> None:
                 f"{len(hungry)}{named} | {' | '.join(cells)} |"
             )
 
-    print(f"\nOver the {len(args.problems.split(','))} problems (mean of the per-problem Δm)")
+    print(f"\nOver the {len(problems)} problems (mean of the per-problem Δm)")
     print("| method | mean Δm | starved tasks |\n| --- | --- | --- |")
     for method, found in totals.items():
         mean, total = statistics.fmean(d for d, _ in found), sum(n for _, n in found)

@@ -279,12 +279,12 @@ def train(
         )
     online = summary["online"]
     if online["rounds"]:
-        from lossrag.policy.cardview import gain_se
+        from lossrag.policy.cardview import gain_note
 
         console.print(
             f"online phase: {online['problems']} problems; held-out meta-objective with the "
             f"trained correction {online['with_correction']:+.4f}, prior alone "
-            f"{online['prior_only']:+.4f}{gain_se(online)}: "
+            f"{online['prior_only']:+.4f}{gain_note(online)}: "
             + ("the correction ships" if online["shipped"] else "the correction stays 0")
         )
 

@@ -540,6 +540,11 @@ def test_targets_far_from_unit_scale_left_raw_are_warned_of_once():
     assert "Task 'tiny'" in said[1] and "normalize_targets=True" in said[1]
     assert first_steps("ew", normalize_targets=False) == []
     assert first_steps("default") == []
-    assert "takes the log of each loss" in first_steps("famo")[0]  # scale-free, but slow
+    # methods that divide each loss by its level: the scale cancels, the size does not; a
+    # small target is not warned of
+    for scale_free in ("famo", "geometricmean", "lossrag", "curriculum+famo"):
+        (said,) = first_steps(scale_free)
+        assert "Task 'price'" in said and "so their scale does not weigh" in said, scale_free
+    assert "weighs by their scale" in first_steps("go4align")[0]  # its weights keep L's scale
     y["price"][3] = float("nan")  # the scale of the finite targets, not NaN
     assert "(first batch: mean 1008, std 67.77)" in first_steps("ew")[0]

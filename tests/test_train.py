@@ -193,6 +193,8 @@ def test_recipe_errors_name_the_field(tmp_path):
         load_recipe(_recipe(tmp_path, TINY.replace("tasks = [2, 3]", "tasks = [5, 3]")))
     with pytest.raises(ValueError, match=r"es\.sigma: Input should be greater than 0"):
         load_recipe(_recipe(tmp_path, TINY.replace("[es]", "[es]\nsigma = -1")))
+    with pytest.raises(ValueError, match=r"es\.clip: Input should be a finite number"):
+        load_recipe(_recipe(tmp_path, TINY.replace("[es]", "[es]\nclip = inf")))
     with pytest.raises(ValueError, match=r"online\.step: Input should be less than or equal to 1"):
         load_recipe(_recipe(tmp_path, TINY.replace("[online]", "[online]\nstep = 2")))
     edited = load_recipe(_recipe(tmp_path, TINY.replace("rounds = 2", "rounds = 3")))
@@ -343,7 +345,6 @@ def _stopped_after_generation_1(recipe, tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(es_module._Checkpoint, "save", original)
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="work folders are locked on POSIX only")
 @pytest.mark.parametrize(
     ("corrected", "ships"),
     [
@@ -351,15 +352,25 @@ def _stopped_after_generation_1(recipe, tmp_path, monkeypatch) -> None:
         ([0.50, 0.50, 0.50, 0.60], False),  # one problem's: within the noise (mean +0.025)
         ([0.49, 0.51, 0.49, 0.51], False),  # no gain
         ([0.70], False),  # one problem never tells
+        ([0.52, 0.52, 0.52, 0.52], True),  # the same gain everywhere: standard error 0
+        ([0.50, 0.50, 0.50, 0.50], False),  # no gain anywhere, standard error 0
+        ([0.6, 0.6, 0.6, float("nan")], False),  # a non-finite objective says nothing
     ],
 )
 def test_the_correction_ships_only_on_a_gain_beyond_the_held_out_noise(corrected, ships):
     """Paired over the held-out problems, the mean gain must exceed twice its standard error
     (a plain comparison of the two means would ship the second case)."""
     alone = [0.5] * len(corrected)
-    assert es_module.correction_ships(alone, corrected) is ships
+    se, shipped = es_module.correction_gain(alone, corrected)
+    gains = np.subtract(corrected, alone)
+    assert shipped is ships
+    if len(gains) < 2 or not np.isfinite(gains).all():
+        assert se is None
+    else:
+        assert se == pytest.approx(gains.std(ddof=1) / np.sqrt(len(gains)), abs=1e-15)
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="work folders are locked on POSIX only")
 def test_train_refuses_a_work_folder_another_run_is_using(tmp_path):
     recipe, work, quiet = load_recipe(_recipe(tmp_path)), tmp_path / "work", Console(quiet=True)
     work.mkdir()
@@ -754,8 +765,8 @@ def test_cli_policies_show(tmp_path):
     assert "[experimental] scores by MAE" in text and "+0.1000 -> +0.2500 over 2" in text
     assert "against EW with targets normalised, on held-out problems; higher is better)" in text
     assert "time 40 s on 1 worker " in text and "fell" not in text
-    said = "+0.020585 without it, +0.020562 with it (standard error of the gain 0.0011; it ships"
-    assert said + " above twice that): does not ship" in text
+    said = "+0.020585 without it, +0.020562 with it (standard error of the gain 0.0011)"
+    assert said + ": does not ship" in text
     other["training"]["objective"] = [0.25, 0.1]
     (copy / "card.json").write_text(json.dumps(other))
     shown = runner.invoke(app, ["policies", "show", str(copy)], env={"COLUMNS": "80"})
@@ -824,6 +835,12 @@ def test_cli_train_says_when_the_held_out_objective_fell(tmp_path, monkeypatch, 
         recipe = _recipe(tmp_path, TINY.replace("steps = [8, 12]", f"steps = {steps}"))
         result = CliRunner().invoke(app, ["train", str(recipe), "--out", str(tmp_path / "q")])
         assert result.exit_code == 0 and ("hardly a run" in result.output) == warned
+    # an online phase: the held-out check with the gain's standard error
+    online = {"rounds": 2, "problems": 4, "prior_only": 0.5, "with_correction": 0.52}
+    summary["online"] = online | {"gain_se": 0.004, "shipped": True}
+    result = CliRunner().invoke(app, ["train", str(recipe), "--out", str(tmp_path / "o")])
+    said = " ".join(result.output.split())
+    assert "+0.5000 (standard error of the gain 0.004): the correction ships" in said
 
 
 def _children(pid: int) -> set[int]:

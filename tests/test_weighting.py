@@ -96,6 +96,10 @@ def test_stch_without_epochs_stays_in_warm_up_and_checks_its_arguments():
         other.load_state_dict(method.state_dict())
     old = {k: v for k, v in method.state_dict().items() if k not in ("warmup_epochs", "period")}
     other.load_state_dict(old)  # a state saved before the options were: taken as it is
+    stepped = make_method("stch", nadir=True, warmup_epochs=0, period=5)
+    stepped.setup(3, [])
+    with pytest.raises(ValueError, match="period=None; this STCH has period=5"):
+        stepped.load_state_dict(method.state_dict())
 
 
 def test_famo_initial_weights():

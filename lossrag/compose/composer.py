@@ -382,7 +382,7 @@ class Composer:
             check_compiled(outputs, self.policy_name)
         first = self.step == 0 and (window is None or window.count == 0)
         if first and self.normalizer is None and self.options.normalize_targets is None:
-            warn_raw_targets(self.tasks, targets, self.policy_name, self.method.positive_losses)
+            warn_raw_targets(self.tasks, targets, self.policy_name, self.method.scale_free)
         if not self.sync.checked:
             self.sync.check(
                 {

@@ -90,20 +90,22 @@ def _training(training: dict[str, Any]) -> list[tuple[str, str]]:
             digits = 4 if f"{alone:+.4f}" != f"{corrected:+.4f}" else 6  # a near tie, told apart
             said += (
                 f"; held-out objective {alone:+.{digits}f} without it, {corrected:+.{digits}f} "
-                f"with it{gain_se(online)}"
+                f"with it{gain_note(online)}"
             )
         said += ": ships" if online.get("shipped") else ": does not ship (kept beside it)"
         items.append(("correction Δφ", said))
     return items
 
 
-def gain_se(online: dict[str, Any]) -> str:
-    """The standard error of the correction's held-out gain, in words, when the online phase
-    measured it (empty for cards trained before it was)."""
-    se = online.get("gain_se")
-    if not isinstance(se, int | float):
+def gain_note(online: dict[str, Any]) -> str:
+    """The standard error of the correction's held-out gain, in words, where the online phase
+    measured it (cards trained before: nothing)."""
+    if "gain_se" not in online:
         return ""
-    return f" (standard error of the gain {se:.4f}; it ships above twice that)"
+    se = online["gain_se"]
+    if not isinstance(se, int | float):  # one held-out problem, or a non-finite objective
+        return " (no standard error of the gain)"
+    return f" (standard error of the gain {se:.2g})"
 
 
 def render_card(card: PolicyCard, folder: Path) -> Group:

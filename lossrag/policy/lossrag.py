@@ -128,6 +128,7 @@ class LossRAG(Method):
     kind: ClassVar[Literal["loss", "gradient"]] = "loss"
     randomized = True
     composes_terms = True
+    scale_free = True  # each term's loss is divided by its (bounded) level
     #: The card name and version of the policy folder it was loaded from
     #: (:func:`~lossrag.policy.store.load_policy`; with settings changed, a name that says so
     #: and no version): what runs record it by.

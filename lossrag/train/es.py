@@ -53,7 +53,8 @@ __all__ = [
     "ONLINE_CORRECTION",
     "PARAMS",
     "REFERENCE",
-    "correction_ships",
+    "SHIP_STANDARD_ERRORS",
+    "correction_gain",
     "initial_parameters",
     "policy_from",
     "policy_values",
@@ -590,7 +591,7 @@ def _online_phase(
 ) -> dict[str, Any]:
     """Reptile over the online loop (see the module docstring), checkpointed every round in
     ``state["online"]``; returns it with the held-out objectives and whether Δφ ships
-    (:func:`correction_ships`)."""
+    (:func:`correction_gain`)."""
     import torch
 
     from lossrag.bench.runner import advance
@@ -628,36 +629,35 @@ def _online_phase(
         online["elapsed_s"] = time.perf_counter() - started
         checkpoint.save(state)
         advance(progress, bar, f"online: |mean adapted Δφ - Δφ| {drift**0.5:.4f}")
-    if "with_correction" not in online:
+    if "gain_se" not in online:  # not measured yet, or by older code with another rule
         alone = objectives(np.array(theta))
         corrected = objectives(np.array(theta), online["phi"])
-        online["prior_only"], online["with_correction"] = _mean(alone), _mean(corrected)
-        online["gain_se"] = _standard_error(np.subtract(corrected, alone))
-        online["shipped"] = correction_ships(alone, corrected)
+        online["prior_only"] = float(np.mean(alone))
+        online["with_correction"] = float(np.mean(corrected))
+        online["gain_se"], online["shipped"] = correction_gain(alone, corrected)
         online["elapsed_s"] = time.perf_counter() - started
         checkpoint.save(state)
     kept = {k: v for k, v in online.items() if k != "recipe"}
     return kept | {"rounds": spec.rounds, "problems": spec.rounds * spec.population}
 
 
-def correction_ships(alone: Sequence[float], corrected: Sequence[float]) -> bool:
-    """Whether the trained correction ships: its gain in the held-out objective, paired problem
-    by problem, must exceed twice its standard error (a gain the size of the problems' noise,
-    which a single mean comparison would take, is not one; a single problem never tells)."""
+#: The correction ships when its mean held-out gain exceeds this many standard errors.
+SHIP_STANDARD_ERRORS = 2.0
+
+
+def correction_gain(
+    alone: Sequence[float], corrected: Sequence[float]
+) -> tuple[float | None, bool]:
+    """The standard error of the correction's gain in the held-out objective, paired problem by
+    problem (None for a single problem), and whether the correction ships: its mean gain must
+    exceed :data:`SHIP_STANDARD_ERRORS` standard errors (a gain the size of the problems' noise,
+    which a plain comparison of the two means would take, is not one; one problem never
+    tells)."""
     gains = np.subtract(corrected, alone)
-    se = _standard_error(gains)
-    return se is not None and _mean(gains) > 2 * se
-
-
-def _mean(values: Sequence[float] | np.ndarray) -> float:
-    return float(np.mean(values))
-
-
-def _standard_error(values: np.ndarray) -> float | None:
-    """Standard error of the mean (None for fewer than two values)."""
-    if len(values) < 2:
-        return None
-    return float(values.std(ddof=1) / math.sqrt(len(values)))
+    if len(gains) < 2 or not np.isfinite(gains).all():
+        return None, False
+    se = float(gains.std(ddof=1) / math.sqrt(len(gains)))
+    return se, float(gains.mean()) > SHIP_STANDARD_ERRORS * se
 
 
 def _plot(curve: list[tuple[int, float]], path: Path) -> None:

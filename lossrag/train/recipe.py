@@ -37,7 +37,7 @@ class ES(BaseModel):
     lr: float = Field(default=0.05, gt=0.0, le=1.0)
     eval_every: int = Field(default=5, ge=1)
     eval_problems: int = Field(default=8, ge=1)
-    clip: float = Field(default=1.0, gt=0.0)
+    clip: float = Field(default=1.0, gt=0.0, allow_inf_nan=False)
 
 
 class Online(BaseModel):
@@ -48,7 +48,7 @@ class Online(BaseModel):
     current Δφ; Δφ then moves ``step`` of the way to the mean of the adapted ones (Reptile). The
     whole-run objective on the held-out problems decides what ships: the trained Δφ only if it
     beats the prior alone (Δφ = 0) there by more than twice the paired gain's standard error
-    (:func:`lossrag.train.es.correction_ships`).
+    (:func:`lossrag.train.es.correction_gain`).
 
     Attributes:
         rounds: Reptile rounds (0: no online phase; Δφ stays 0).

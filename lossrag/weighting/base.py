@@ -50,6 +50,10 @@ class Method(ABC):
     #: True when the method takes log L (FAMO, the geometric mean): every loss must exceed its
     #: lower bound, ``min_losses`` when the method has one, else 0.
     positive_losses: ClassVar[bool] = False
+    #: True when the weighting divides each loss by its own level (``log L``, ``L / EMA L``: FAMO,
+    #: the geometric mean, DB-MTL, STCH's nadir form, the LossRAG policies), so a task's loss
+    #: scale does not weigh against the other tasks' (what the raw-target warning says).
+    scale_free: ClassVar[bool] = False
     #: True when the method needs the losses of the previous batch re-evaluated after the user's
     #: optimizer step (FAMO); the composer does it with one no-grad forward at the next step.
     needs_rerun: ClassVar[bool] = False

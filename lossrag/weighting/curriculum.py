@@ -45,6 +45,7 @@ _FORWARDED_FLAGS = (
     "randomized",
     "per_task_gradients",
     "positive_losses",
+    "scale_free",
     "needs_rerun",
     "needs_query",
     "needs_metrics",

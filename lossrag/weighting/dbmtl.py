@@ -63,6 +63,7 @@ class DBMTL(GradMethod):
 
     name = "dbmtl"
     positive_losses: ClassVar[bool] = True
+    scale_free: ClassVar[bool] = True
     heads_weighted: ClassVar[bool] = True
 
     def __init__(self, beta: float = 0.9, beta_sigma: float = 0.0, eps: float = 1e-8) -> None:

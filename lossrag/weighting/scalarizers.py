@@ -120,6 +120,7 @@ class GeometricMean(_Scalarized):
 
     name = "geometricmean"
     positive_losses = True
+    scale_free = True
 
     def _build(self, num_terms: int) -> sc.Scalarizer:
         return sc.GeometricMean()
@@ -178,8 +179,9 @@ class STCH(_Scalarized):
         if period is not None and period < 1:
             raise ValueError(f"STCH: period must be a positive number of steps, got {period}.")
         self.mu, self.nadir, self.warmup_epochs, self.period = mu, nadir, warmup_epochs, period
-        if nadir:  # the instance flag shadows the class's: the composer checks L >= 0
+        if nadir:  # the instance flags shadow the class's: the composer checks L >= 0
             object.__setattr__(self, "positive_losses", True)
+            object.__setattr__(self, "scale_free", True)
         self.needs_epochs = nadir and period is None
         self._epochs, self._calls, self._count = 0, 0, 0
         self._sum: Tensor | None = None
@@ -333,6 +335,7 @@ class FAMO(_Scalarized):
     name = "famo"
     needs_rerun = True
     positive_losses = True
+    scale_free = True
 
     def __init__(
         self,
