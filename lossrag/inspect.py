@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from lossrag._util import suggest
 from lossrag.record import StepRecord, Term
 
 __all__ = [
@@ -169,7 +170,11 @@ def task_multipliers(record: StepRecord) -> dict[str, float | None]:
 def _tasks(records: Sequence[StepRecord], task: str | None) -> list[str]:
     names = list(records[0].losses)
     if task is not None and task not in names:
-        raise ValueError(f"Task {task!r} is not in this trace; its tasks are {', '.join(names)}.")
+        close = suggest(task, names)
+        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+        raise ValueError(
+            f"Task {task!r} is not in this trace.{hint} Its tasks are {', '.join(names)}."
+        )
     return [task] if task is not None else names
 
 
@@ -336,13 +341,14 @@ def render_context(
     is not shown)."""
     names = _tasks(records, task)
     refresh = [r for r in records if r.context]
-    title = f"context at refresh steps ({len(refresh)} refreshes)"
+    n = len(refresh)
+    title = f"context at refresh steps ({n} refresh{'es' if n != 1 else ''})"
     if not refresh:
         return Group(Table(title=title))
     stride = max(1, len(refresh) // max(rows, 1))
     chosen = [r for i, r in enumerate(refresh) if i % stride == 0 or i == len(refresh) - 1]
     if len(chosen) < len(refresh):
-        title = f"context at refresh steps ({len(chosen)} of {len(refresh)} refreshes)"
+        title = f"context at refresh steps ({len(chosen)} of {n} refreshes)"
     features = [
         k
         for k in dict.fromkeys(k for r in chosen for v in r.context.values() for k in v)

@@ -22,8 +22,12 @@ class Term(BaseModel):
     ``note`` says why a retrieval policy lists the term (``retrieved``, ``explore``), why its gate
     changed (``on: ...``, ``off: ...``) or why it held (``stays on: ...``, ``stays off: ...``).
     ``loss`` is the library entry id (``huber(delta=0.5)``).
-    ``utility`` is the measured hypergradient ``dL_Q/dw`` of the term at an online meta-step
-    (negative: more weight would lower the query loss). ``multiplier`` is the term's effective
+    ``utility`` has two meanings, by the step: at a retrieval, the gates' input, the candidate's
+    score minus its task's natural loss's (positive: the score favours switching it on; with no
+    corruption evidence every candidate's is minus the prior's switch cost; the natural loss's is
+    0, or minus the best active alternative's); at an online meta-step (``query=``), the
+    measured hypergradient ``dL_Q/dw`` (negative: more weight would lower the query loss).
+    ``multiplier`` is the term's effective
     multiplier on its raw loss: ``weight`` divided by the loss scale the method normalises by
     (equal to ``weight`` for methods that do not normalise); ``None`` when not recorded (older
     traces), when the method produces no weights, or for a term switched on at this step (it

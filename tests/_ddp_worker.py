@@ -119,7 +119,7 @@ def non_finite(rank: int, out: str) -> None:
     torch.manual_seed(0)
     model = MultiTaskMLP(12, [16, 8], TASKS)
     net = DistributedDataParallel(model)
-    composer = lossrag.wrap(net, TASKS, "uw", seed=0)
+    composer = lossrag.wrap(net, TASKS, "uw", seed=0, trace=Path(out, "non_finite.jsonl"))
     before = composer.method.state_dict()
     x, y = batches()[0]
     y = {k: v[rank * 16 : (rank + 1) * 16].clone() for k, v in y.items()}
@@ -130,4 +130,5 @@ def non_finite(rank: int, out: str) -> None:
     assert record is not None
     untouched = all(p.grad is None or not bool(p.grad.any()) for p in model.parameters())
     state_same = str(before) == str(composer.method.state_dict())
+    composer.close()
     Path(out, f"non_finite{rank}.txt").write_text(f"{record.skipped} {untouched} {state_same}")

@@ -154,6 +154,8 @@ def test_inspect_errors(digits, tmp_path):
     trace, _ = _run(digits, tmp_path, steps=2)
     result = runner.invoke(app, ["inspect", str(trace), "--task", "nope"])
     assert result.exit_code == 2 and "not in this trace" in result.output
+    result = runner.invoke(app, ["inspect", str(trace), "--task", "ikn"])  # a typo: the closest
+    assert result.exit_code == 2 and "Did you mean 'ink'?" in " ".join(result.output.split())
     result = runner.invoke(app, ["inspect", str(trace), "--step", "50"])
     assert result.exit_code == 2 and "Step 50" in result.output
     result = runner.invoke(app, ["inspect", str(tmp_path / "missing.jsonl")])

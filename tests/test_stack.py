@@ -305,6 +305,8 @@ def test_unknown_option_names_the_closest(digits):
             lossrag.wrap(model, digits.tasks, "ew", normalize_targets=mode)
     with pytest.raises(ValueError, match=r"meta_objective must be .*got .mean."):
         lossrag.wrap(model, digits.tasks, "ew", meta_objective="mean")
+    with pytest.raises(ValueError, match=r"meta_every belongs to learning from a query set, and"):
+        lossrag.wrap(model, digits.tasks, "famo", meta_every=5)  # silently ignored before
 
 
 @pytest.mark.parametrize(
@@ -561,6 +563,10 @@ def test_a_micro_batch_beyond_the_window_is_refused(digits):
             part = slice(8 * k, 8 * (k + 1))
             composer.loss(model(x[part]), {n: v[part] for n, v in y.items()}).backward()
     assert composer.step == 2
+    short = pytest.warns(UserWarning, match=r"this step's gradient is 1/2 .* accumulate\(1\)")
+    with short, composer.accumulate(2):  # a short last window: said, with the way out
+        composer.loss(model(x[:8]), {n: v[:8] for n, v in y.items()}).backward()
+    assert composer.step == 3
 
 
 def test_a_task_without_spread_at_first_is_tracked_once_its_sigma_is_known(digits):

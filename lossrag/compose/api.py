@@ -42,7 +42,8 @@ def wrap(
         shared: The shared trunk, a submodule of ``model``. Gradient-based methods work on its
             parameters, GradNorm on its last layer, representation losses and the retrieval
             policies' context on its output.
-        trace: Path of a JSONL file that receives every :class:`~lossrag.StepRecord`.
+        trace: Path of a JSONL file that receives every :class:`~lossrag.StepRecord` (under
+            DDP, rank 0 writes it: every rank's records agree; give every rank the same path).
         **options: The keyword options of :class:`lossrag.compose.Options` (``seed``,
             ``max_skips``, ``query``, ``meta_every``, ``meta_objective``, ``optimizer``,
             ``query_tasks``, ``query_objective``, ``scaler``, ``trace_every``,

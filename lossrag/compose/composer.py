@@ -54,6 +54,8 @@ class _Window:
     divide: bool = True
     count: int = 0
     skipped: bool = False
+    #: Why it was skipped (the first reason given).
+    reason: str | None = None
     batches: list[Batch] = field(default_factory=list)
     #: Sum of the micro-batches' (all-reduced) losses, and the method's state before its
     #: update at the first micro-batch: the update is redone with the window's mean losses.
@@ -127,6 +129,7 @@ class Composer:
         #: they were counted, until :meth:`end_epochs_until` takes the framework's count.
         self.epochs: int | None = 0
         self._skips = 0
+        self._skip_said = False  # the first skipped step is warned of, the later ones recorded
         self._window: _Window | None = None
         self.window_weights: Tensor | None = None
         self._rerun_batches: list[Batch] = []
@@ -148,8 +151,11 @@ class Composer:
         #: The step at which target normalisation started: its first batch whose regression
         #: targets were all finite (``None``: not yet).
         self.targets_began: int | None = None
-        self.recorder = Recorder(
-            trace, options.trace_every, self._annotate, append=options.trace_append
+        self.recorder = Recorder(  # one trace per run: rank 0's (every rank's records agree)
+            trace if self.sync.rank == 0 else None,
+            options.trace_every,
+            self._annotate,
+            append=options.trace_append,
         )
         self._setup_hooks(composes or representation)
 
@@ -354,7 +360,9 @@ class Composer:
             if 0 < window.count < n and divide:
                 warnings.warn(
                     f"Composer.accumulate({n}) saw {window.count} micro-batches; each loss was "
-                    f"divided by {n}.",
+                    f"divided by {n}, so this step's gradient is {window.count}/{n} of the "
+                    f"micro-batches' mean. Open accumulate({window.count}) for a short last "
+                    "window.",
                     stacklevel=3,
                 )
             self._close_window()
@@ -420,6 +428,8 @@ class Composer:
                 self._window = None
             raise
         try:
+            if self._window.skipped and not self._skip_said:
+                self._say_skipped(targets, self._window.reason)
             if observed is not None:
                 summed = self.sync.sum(observed)
                 stats = self._target_stats
@@ -433,6 +443,29 @@ class Composer:
             self.inputs = None
             if own:
                 self._close_window()
+
+    def _say_skipped(self, targets: Mapping[str, Tensor], why: str | None) -> None:
+        """Warn of the first skipped step: why, and which tasks' targets are not finite when
+        some are (a user trial's 1 % of NaN targets, meant as missing labels, skipped 135 of 300
+        steps without a word). Reads the targets back from the device, on this step only."""
+        self._skip_said = True
+        bad = [
+            name
+            for name, t in targets.items()
+            if t.is_floating_point() and not bool(torch.isfinite(t).all())
+        ]
+        cause = (
+            f" The targets of {', '.join(map(repr, bad))} hold NaN or inf in this batch: "
+            "LossRAG takes them as values, not as missing labels; drop or fill those rows."
+            if bad
+            else ""
+        )
+        warnings.warn(
+            f"Composer: step {self.step} was skipped ({why or 'non-finite values'}): no task "
+            f"trained on it.{cause} Later skipped steps are only recorded (record.skipped); "
+            f"more than max_skips={self.options.max_skips} in a row raise NonFiniteLossError.",
+            stacklevel=5,
+        )
 
     def _finite_targets(self, targets: Mapping[str, Tensor]) -> bool:
         """Whether every regression target of this batch is finite, on every rank (reads the
@@ -520,6 +553,8 @@ class Composer:
                 record.reason = "a later micro-batch of this optimizer step was skipped" + (
                     f" ({why})" if why else ""
                 )
+        if not window.skipped:
+            window.reason = why
         window.skipped = True
 
     def undo_skipped_step(self) -> None:

@@ -77,6 +77,10 @@ class Options(BaseModel):
     normalize_targets: bool | Literal["auto"] | None = None
 
 
+#: The options that only mean something with ``query=``.
+_QUERY_OPTIONS = ("meta_every", "meta_objective", "query_tasks", "query_objective")
+
+
 def parse_options(options: dict[str, Any]) -> Options:
     """Validate ``wrap``'s keyword options; errors name the option and what was expected."""
     known = set(Options.model_fields)
@@ -90,9 +94,17 @@ def parse_options(options: dict[str, Any]) -> Options:
             f"wrap: normalize_targets must be True, False, 'auto' or None, got {mode!r}."
         )
     try:
-        return Options(**options)
+        parsed = Options(**options)
     except ValidationError as err:
         first = err.errors()[0]
         name = str(first["loc"][0])
         expected = str(first["msg"]).replace("Input should be", "must be")
         raise ValueError(f"wrap: {name} {expected}, got {options.get(name)!r}.") from None
+    if parsed.query is None:  # said, not silently ignored (a user trial's meta_every=5)
+        for key in _QUERY_OPTIONS:
+            if options.get(key) is not None:
+                raise ValueError(
+                    f"wrap: {key} belongs to learning from a query set, and no query= was given "
+                    "(pass query=<iterable of (x, y) batches>, or leave it out)."
+                )
+    return parsed
