@@ -25,7 +25,6 @@ __all__ = [
     "render_targets",
     "retrievals",
     "run_title",
-    "task_multipliers",
 ]
 
 
@@ -153,20 +152,6 @@ def run_title(record: StepRecord) -> str:
     return f"{name} (policy {version})" if version else name
 
 
-def task_multipliers(record: StepRecord) -> dict[str, float | None]:
-    """Task name -> sum of the effective multipliers (:attr:`Term.multiplier`) of its active
-    terms; ``None`` for a task with an active term whose multiplier was not recorded."""
-    out: dict[str, float | None] = {}
-    for term in record.terms:
-        if not term.active:
-            out.setdefault(term.task, 0.0)
-            continue
-        prev = out.get(term.task, 0.0)
-        m = term.multiplier
-        out[term.task] = None if m is None or prev is None else prev + m
-    return out
-
-
 def _tasks(records: Sequence[StepRecord], task: str | None) -> list[str]:
     names = list(records[0].losses)
     if task is not None and task not in names:
@@ -237,7 +222,7 @@ def render_summary(
     names = _tasks(records, task)
     kept = [r for r in records if not r.skipped] or list(records)
     means = mean_weights(kept)
-    multipliers = task_multipliers(kept[-1])
+    multipliers = kept[-1].task_multipliers()
     with_mult = any(t.multiplier is not None for r in kept for t in r.terms)
     title = f"per task over {len(records)} steps ({run_title(records[0])})"
     columns = ["task", "first loss", "last loss", "mean w", "min w", "max w", "last w"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,37 +26,41 @@ def plot_weights(
 ) -> Path:
     """Plot each task's weight over the steps (skipped steps marked) and write a PNG to ``path``.
 
-    Methods without weights (GradDrop, ConFIG) get a note instead of lines. For a retrieval
-    policy a second panel shows, per term, the steps at which it was active (its gate).
+    Methods without weights (GradDrop, ConFIG) get a note instead of lines. For a method that
+    divides the losses by their scales (the retrieval policies) a second panel shows each task's
+    effective multiplier on its raw loss, log scale: what the task gets, where the weight alone
+    can mislead (a user trial's noise task had a mean weight above the 10-class task's and a
+    multiplier less than half of it). For a retrieval policy a last panel shows, per term, the
+    steps at which it was active (its gate).
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
+    kept = [r for r in records if not r.skipped]
+    weights = _series(kept, StepRecord.task_weights)
+    multipliers = _series(kept, StepRecord.task_multipliers)
+    scaled = bool(multipliers) and multipliers != weights
     gated = any(t.note is not None for r in records for t in r.terms)
-    if gated:
-        fig, (ax, gates_ax) = plt.subplots(
-            2, 1, figsize=(8, 7.5), sharex=True, gridspec_kw={"height_ratios": [3, 2]}
-        )
-        _plot_gates(gates_ax, records)
-    else:
-        fig, ax = plt.subplots(figsize=(8, 4.5))
-    series: dict[str, tuple[list[int], list[float]]] = {}
-    skipped = [r.step for r in records if r.skipped]
-    for r in records:
-        if r.skipped:
-            continue
-        for task, w in r.task_weights().items():
-            if w is not None:
-                xs, ys = series.setdefault(task, ([], []))
-                xs.append(r.step)
-                ys.append(w)
-    for task, (xs, ys) in series.items():
+    heights = [3] + [2] * scaled + [2] * gated
+    fig, axes = plt.subplots(
+        len(heights),
+        1,
+        figsize=(8, 4.5 + 2.5 * (len(heights) - 1)),
+        sharex=True,
+        gridspec_kw={"height_ratios": heights},
+        squeeze=False,
+        layout="constrained",
+    )
+    ax, *below = axes[:, 0]
+    for task, (xs, ys) in weights.items():
         ax.plot(xs, ys, label=task, linewidth=1.2)
+    skipped = [r.step for r in records if r.skipped]
     if skipped:
         ax.plot(skipped, [0.0] * len(skipped), "rx", label="skipped step")
-    if not series:
+    if not weights:
         ax.text(
             0.5,
             0.5,
@@ -66,17 +70,47 @@ def plot_weights(
         )
     method = records[0].method if records else "?"
     ax.set(ylabel="task weight", title=title or f"weights over time ({method})")
-    if not gated:  # with the gates below, the shared axis is labelled there
-        ax.set_xlabel("step")
-    else:
-        ax.tick_params(labelbottom=True)
-    if series or skipped:
+    if weights or skipped:
         ax.legend(fontsize=8, ncol=2)
+    if scaled:
+        scale_ax = below.pop(0)
+        for task, (xs, ys) in multipliers.items():  # a term switched off (0) is left out
+            scale_ax.plot(xs, [y if y > 0 else float("nan") for y in ys], label=task, lw=1.2)
+        scale_ax.grid(alpha=0.3)
+        scale_ax.set(
+            yscale="log",
+            ylabel="multiplier",
+            title="effective multiplier on each task's raw loss (weight / loss scale)",
+        )
+        # plain numbers (after the scale, which resets them): 1, 10 and, between, 2 and 5
+        scale_ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        scale_ax.yaxis.set_minor_formatter(
+            FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "25" else "")
+        )
+    if gated:
+        _plot_gates(below.pop(0), records)
     ax.grid(alpha=0.3)
+    for panel in axes[:, 0]:
+        panel.tick_params(labelbottom=True)
+    axes[-1, 0].set_xlabel("step")
     out = Path(path)
     atomic_write_bytes(out, _figure_bytes(fig))
     plt.close(fig)
     return out
+
+
+def _series(
+    records: Sequence[StepRecord], per_task: Callable[[StepRecord], dict[str, float | None]]
+) -> dict[str, tuple[list[int], list[float]]]:
+    """Task -> the steps and values of ``per_task`` where it has one."""
+    series: dict[str, tuple[list[int], list[float]]] = {}
+    for r in records:
+        for task, value in per_task(r).items():
+            if value is not None:
+                xs, ys = series.setdefault(task, ([], []))
+                xs.append(r.step)
+                ys.append(value)
+    return series
 
 
 def _plot_gates(ax: Any, records: Sequence[StepRecord]) -> None:

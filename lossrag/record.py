@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -90,13 +90,21 @@ class StepRecord(BaseModel):
 
     def task_weights(self) -> dict[str, float | None]:
         """Task name -> sum of the weights of its active terms (``None`` if the method has none)."""
+        return self._per_task(lambda term: term.weight)
+
+    def task_multipliers(self) -> dict[str, float | None]:
+        """Task name -> sum of the effective multipliers (:attr:`Term.multiplier`) of its active
+        terms; ``None`` for a task with an active term whose multiplier was not recorded."""
+        return self._per_task(lambda term: term.multiplier)
+
+    def _per_task(self, value: Callable[[Term], float | None]) -> dict[str, float | None]:
         out: dict[str, float | None] = {}
         for term in self.terms:
             if not term.active:
                 out.setdefault(term.task, 0.0)
                 continue
-            prev = out.get(term.task, 0.0)
-            out[term.task] = None if term.weight is None or prev is None else prev + term.weight
+            prev, v = out.get(term.task, 0.0), value(term)
+            out[term.task] = None if v is None or prev is None else prev + v
         return out
 
 

@@ -208,6 +208,28 @@ def test_inspect_shows_mean_weights_and_gates(digits, tmp_path):
     assert result.exit_code == 0, result.output
     assert "mean w" in result.output and "active at the end" in result.output
     assert (tmp_path / "w.png").stat().st_size > 10_000
+    # three panels: the weights, the effective multipliers (the policy divides by the losses'
+    # scales, so the weights alone can mislead), the gates; EW's plot has the weights alone
+    from matplotlib.image import imread
+
+    from lossrag.plots import plot_weights
+
+    records = lossrag.read_trace(trace)
+    ew = [
+        r.model_copy(
+            update={
+                "terms": [
+                    t.model_copy(update={"multiplier": t.weight}) for t in r.terms if t.note is None
+                ]
+            }
+        )
+        for r in records
+    ]
+    tall, short = (
+        imread(plot_weights(records, tmp_path / "p.png")),
+        imread(plot_weights(ew, tmp_path / "e.png")),
+    )
+    assert tall.shape[0] > 1.7 * short.shape[0]  # 9.5 inches high against 4.5
     step = CliRunner().invoke(app, ["inspect", str(trace), "--step", "0"], env={"COLUMNS": "160"})
     assert "not counted" in step.output and "explore" in step.output
 
