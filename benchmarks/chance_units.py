@@ -3,17 +3,21 @@ classification task's loss scale in units of its chance-level loss ``log C`` ins
 loss (which is about ``log C``), so that a 10-class task's loss is no longer divided by 3.3 times
 what a binary task's is (the mechanism ``lossrag inspect --plot`` shows on
 ``benchmarks/starving_mlp.py``'s problem: the binary task's multiplier grows to several times the
-10-class task's). Regression terms keep their first loss as unit.
+10-class task's). Regression terms keep their first loss as unit. The division comes after the
+policy's ``max_ratio`` bound, so it also moves a class task's cap (×2.3 for 10 classes, ÷1.44
+for 2), and it applies to every classification term, a switched-on robust loss's too.
 
 It patches ``LossRAG.coefficients`` in this process, then runs ``starving_mlp.py`` (5 seeds) and
 ``variants.py`` on the eight suite problems the one-commit run has finished (3 seeds; the
-patched runs kept in ``benchmarks/variants/chance-units/``)::
+patched runs kept in ``benchmarks/variants/chance-units-<hash of the patch>/``)::
 
     python benchmarks/chance_units.py > benchmarks/chance_units.txt
 """
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import math
 import runpy
 import sys
@@ -52,7 +56,8 @@ def main() -> None:
     runpy.run_path(str(HERE / "starving_mlp.py"), run_name="__main__")
     print("\n# variants.py on the eight finished suite problems (default: chance units)")
     variants = runpy.run_path(str(HERE / "variants.py"))
-    variants["main"].__globals__["OWN"] = HERE / "variants" / "chance-units"
+    patch = hashlib.sha256(inspect.getsource(coefficients).encode()).hexdigest()[:8]
+    variants["main"].__globals__["OWN"] = HERE / "variants" / f"chance-units-{patch}"
     sys.argv = ["variants.py", "lossrag-default", "{}", "--label", "default, chance units"]
     sys.argv += ["--problems", PROBLEMS, "--seeds", "3"]
     variants["main"]()

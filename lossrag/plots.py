@@ -44,7 +44,8 @@ def plot_weights(
     multipliers = _series(kept, StepRecord.task_multipliers)
     scaled = bool(multipliers) and multipliers != weights
     gated = any(t.note is not None for r in records for t in r.terms)
-    heights = [3] + [2] * scaled + [2] * gated
+    heights = [3, *([2] if scaled else []), *([2] if gated else [])]
+    colours = {task: f"C{i}" for i, task in enumerate(dict.fromkeys([*weights, *multipliers]))}
     fig, axes = plt.subplots(
         len(heights),
         1,
@@ -56,7 +57,7 @@ def plot_weights(
     )
     ax, *below = axes[:, 0]
     for task, (xs, ys) in weights.items():
-        ax.plot(xs, ys, label=task, linewidth=1.2)
+        ax.plot(xs, ys, label=task, color=colours[task], linewidth=1.2)
     skipped = [r.step for r in records if r.skipped]
     if skipped:
         ax.plot(skipped, [0.0] * len(skipped), "rx", label="skipped step")
@@ -75,7 +76,8 @@ def plot_weights(
     if scaled:
         scale_ax = below.pop(0)
         for task, (xs, ys) in multipliers.items():  # a term switched off (0) is left out
-            scale_ax.plot(xs, [y if y > 0 else float("nan") for y in ys], label=task, lw=1.2)
+            positive = [y if y > 0 else float("nan") for y in ys]
+            scale_ax.plot(xs, positive, label=task, color=colours[task], linewidth=1.2)
         scale_ax.grid(alpha=0.3)
         scale_ax.set(
             yscale="log",

@@ -28,12 +28,12 @@ class Term(BaseModel):
     0, or minus the best active alternative's); at an online meta-step (``query=``), the
     measured hypergradient ``dL_Q/dw`` (negative: more weight would lower the query loss).
     ``multiplier`` is the term's effective multiplier on its raw loss: ``weight`` divided by the
-    loss scale the method normalises by (equal to ``weight`` for methods that do not normalise);
-    ``None`` when not recorded (older traces), when the method produces no weights, or for a
-    term switched on at this step (it trains from the next step on: its task trained with its
-    other terms at this one). ``seen`` and ``mean_utility``: a retrieval policy's evidence on the
-    term's gate at a retrieval, the number of utilities measured since it was first retrieved or
-    last switched off and their mean (the gate compares the mean with a confidence bound).
+    loss scale the method normalises by, recorded by the retrieval policies; ``None`` for the
+    other methods, in older traces, or for a term switched on at this step (it trains from the
+    next step on: its task trained with its other terms at this one). ``seen`` and
+    ``mean_utility``: a retrieval policy's evidence on the term's gate at a retrieval, the number
+    of utilities measured since it was first retrieved or last switched off and their mean (the
+    gate compares the mean with a confidence bound).
     """
 
     model_config = ConfigDict(extra="forbid")

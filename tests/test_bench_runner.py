@@ -51,8 +51,9 @@ def test_plan_counts_and_protocol_exclusions():
 
 
 def test_meta_every_reaches_the_query_methods_runs(monkeypatch):
-    """``--meta-every`` goes to every training and cost run (``wrap(meta_every=...)``), not to
-    the single-task baselines; without it ``wrap`` keeps its default."""
+    """``--meta-every`` goes to every training and cost run (``wrap(meta_every=...)``) of a
+    method with a query stream, not to the single-task baselines nor the other methods; without
+    it ``wrap`` keeps its default."""
     import lossrag.bench.fit as fit_module
 
     cfg = BenchConfig(problems=["digits-mtl"], methods=["lossrag-online"], seeds=[0], meta_every=10)
@@ -71,6 +72,11 @@ def test_meta_every_reaches_the_query_methods_runs(monkeypatch):
             fit_module.fit(get_problem("digits-mtl"), "lossrag-online", 0, meta_every=every)
     assert seen[0]["meta_every"] == 10 and "meta_every" not in seen[1]
     assert seen[0]["query"] is not None
+    # a method without a query stream is not given it (wrap refuses it there: --meta-every 10
+    # with ew among the methods crashed its runs)
+    with pytest.raises(RuntimeError, match="wrapped"):
+        fit_module.fit(get_problem("digits-mtl"), "ew", 0, meta_every=10)
+    assert "meta_every" not in seen[2] and seen[2]["query"] is None
     with pytest.raises(ValueError, match="meta_every"):
         BenchConfig(problems=["digits-mtl"], methods=["ew"], seeds=[0], meta_every=0)
 

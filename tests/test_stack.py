@@ -305,8 +305,14 @@ def test_unknown_option_names_the_closest(digits):
             lossrag.wrap(model, digits.tasks, "ew", normalize_targets=mode)
     with pytest.raises(ValueError, match=r"meta_objective must be .*got .mean."):
         lossrag.wrap(model, digits.tasks, "ew", meta_objective="mean")
-    with pytest.raises(ValueError, match=r"meta_every belongs to learning from a query set, and"):
-        lossrag.wrap(model, digits.tasks, "famo", meta_every=5)  # silently ignored before
+    for option, value in [
+        ("meta_every", 5),  # silently ignored before
+        ("meta_objective", "common"),
+        ("query_tasks", ["digit"]),
+        ("query_objective", "natural"),
+    ]:
+        with pytest.raises(ValueError, match=f"{option} belongs to learning from a query set"):
+            lossrag.wrap(model, digits.tasks, "famo", **{option: value})
 
 
 @pytest.mark.parametrize(
@@ -563,7 +569,7 @@ def test_a_micro_batch_beyond_the_window_is_refused(digits):
             part = slice(8 * k, 8 * (k + 1))
             composer.loss(model(x[part]), {n: v[part] for n, v in y.items()}).backward()
     assert composer.step == 2
-    short = pytest.warns(UserWarning, match=r"this step's gradient is 1/2 .* accumulate\(1\)")
+    short = pytest.warns(UserWarning, match=r"divided by 2\. Open accumulate\(1\) for a short")
     with short, composer.accumulate(2):  # a short last window: said, with the way out
         composer.loss(model(x[:8]), {n: v[:8] for n, v in y.items()}).backward()
     assert composer.step == 3

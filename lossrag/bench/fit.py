@@ -85,7 +85,8 @@ def fit(
         optimizer=optimizer,
         query_tasks=[n for n in problem.scored if n in names] if needs_query else None,
         normalize_targets=normalize_targets,
-        **({} if meta_every is None else {"meta_every": meta_every}),
+        # the meta-steps' interval: only a method that learns from the query stream has them
+        **({"meta_every": meta_every} if needs_query and meta_every is not None else {}),
     )
     order = torch.Generator().manual_seed(seed)
     wall0, cpu0 = time.perf_counter(), time.process_time()

@@ -360,9 +360,7 @@ class Composer:
             if 0 < window.count < n and divide:
                 warnings.warn(
                     f"Composer.accumulate({n}) saw {window.count} micro-batches; each loss was "
-                    f"divided by {n}, so this step's gradient is {window.count}/{n} of the "
-                    f"micro-batches' mean. Open accumulate({window.count}) for a short last "
-                    "window.",
+                    f"divided by {n}. Open accumulate({window.count}) for a short last window.",
                     stacklevel=3,
                 )
             self._close_window()
@@ -428,8 +426,6 @@ class Composer:
                 self._window = None
             raise
         try:
-            if self._window.skipped and not self._skip_said:
-                self._say_skipped(targets, self._window.reason)
             if observed is not None:
                 summed = self.sync.sum(observed)
                 stats = self._target_stats
@@ -438,6 +434,8 @@ class Composer:
                 self._window.batches.append(
                     (copy_tree(self.inputs), {k: v.detach().clone() for k, v in targets.items()})
                 )
+            if self._window.skipped and not self._skip_said:  # last: a warning may raise
+                self._say_skipped(targets, self._window.reason)
         finally:
             self._window.count += 1
             self.inputs = None
@@ -454,12 +452,13 @@ class Composer:
             for name, t in targets.items()
             if t.is_floating_point() and not bool(torch.isfinite(t).all())
         ]
-        cause = (
-            f" The targets of {', '.join(map(repr, bad))} hold NaN or inf in this batch: "
-            "LossRAG takes them as values, not as missing labels; drop or fill those rows."
-            if bad
-            else ""
-        )
+        if bad:
+            cause = (
+                f" The targets of {', '.join(map(repr, bad))} hold NaN or inf in this batch: "
+                "LossRAG takes them as values, not as missing labels; drop or fill those rows."
+            )
+        else:  # under DDP the step is skipped on every rank, the bad rows are on one
+            cause = " (This rank's targets are finite.)" if self.sync.active else ""
         warnings.warn(
             f"Composer: step {self.step} was skipped ({why or 'non-finite values'}): no task "
             f"trained on it.{cause} Later skipped steps are only recorded (record.skipped); "
@@ -544,18 +543,16 @@ class Composer:
         """This optimizer step is skipped (``why``): no re-evaluation after it, counted toward
         max_skips; the step's record (kept from its first micro-batch) says so, and why."""
         window = self._window
-        if window is None:
+        if window is None or window.skipped:
             return
-        if not window.skipped and window.count > 0:
+        if window.count > 0:
             record = self.recorder.last()
             if record is not None:
                 record.skipped = True
                 record.reason = "a later micro-batch of this optimizer step was skipped" + (
                     f" ({why})" if why else ""
                 )
-        if not window.skipped:
-            window.reason = why
-        window.skipped = True
+        window.skipped, window.reason = True, why
 
     def undo_skipped_step(self) -> None:
         """If the GradScaler skipped the previous optimizer step (its scale went down), return
