@@ -468,7 +468,7 @@ class LossRAG(Method):
         if task not in self.gross:
             return "not measured for this task"
         floor = self.prior.floor_of(self.tasks[task].kind)
-        return f"share {self.gross[task]:.3g} ≤ floor {floor:g}"
+        return f"share {self.gross[task]:.3g} ≤ floor {floor:.3g}"
 
     def _listed(self) -> list[Candidate]:
         """Every candidate of the last retrieval, in :meth:`candidate_keys` order."""
