@@ -124,7 +124,7 @@ from torch.utils.hooks import RemovableHandle
 
 from lossrag.tasks import Task
 
-__all__ = ["FAR_OFFSET", "FAR_SCALE", "TargetNormalizer", "far_from_unit"]
+__all__ = ["FAR_OFFSET", "FAR_SCALE", "TargetNormalizer", "far_above_unit", "far_from_unit"]
 
 #: ``auto`` normalises a target only when its first batch is far from standard units: ``σ``
 #: outside ``[1/FAR_SCALE, FAR_SCALE]`` or its mean further than ``FAR_OFFSET·σ`` from 0.
@@ -376,7 +376,13 @@ def far_from_unit(mu: float, sigma: float) -> bool:
     """Whether a target with mean ``mu`` (the root mean square of its dimensions' means) and
     standard deviation ``sigma`` is far from standard units (:data:`FAR_SCALE`,
     :data:`FAR_OFFSET`)."""
-    return not 1 / FAR_SCALE <= sigma <= FAR_SCALE or abs(mu) > FAR_OFFSET * sigma
+    return not 1 / FAR_SCALE <= sigma or far_above_unit(mu, sigma)  # a NaN σ counts as far
+
+
+def far_above_unit(mu: float, sigma: float) -> bool:
+    """Whether such a target is far from standard units by its size: ``σ`` above
+    :data:`FAR_SCALE` or its mean further than ``FAR_OFFSET·σ`` from 0."""
+    return sigma > FAR_SCALE or abs(mu) > FAR_OFFSET * sigma
 
 
 class TargetNormalizer:

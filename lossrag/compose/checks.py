@@ -149,7 +149,7 @@ def warn_raw_targets(
     price target, about 1000, still had an MAE of 990 to 1000 after 300 Adam steps under FAMO,
     the geometric mean or the LossRAG policy; 923 under EW). Reads the batch on the host,
     once."""
-    from lossrag.targets import FAR_OFFSET, FAR_SCALE, far_from_unit
+    from lossrag.targets import far_above_unit, far_from_unit
 
     for task in tasks:
         t = targets.get(task.name)
@@ -164,7 +164,7 @@ def warn_raw_targets(
             continue
         if not scale_free:
             effect = ", so its loss weighs by their scale against the other tasks'"
-        elif sigma > FAR_SCALE or mu > FAR_OFFSET * sigma:
+        elif far_above_unit(mu, sigma):
             effect = (
                 ": it divides each loss by its level, so their scale does not weigh against "
                 "the other tasks', but predictions that far from 0 take the optimizer many "
