@@ -376,7 +376,7 @@ def far_from_unit(mu: float, sigma: float) -> bool:
     """Whether a target with mean ``mu`` (the root mean square of its dimensions' means) and
     standard deviation ``sigma`` is far from standard units (:data:`FAR_SCALE`,
     :data:`FAR_OFFSET`)."""
-    return not 1 / FAR_SCALE <= sigma or far_above_unit(mu, sigma)  # a NaN σ counts as far
+    return not sigma >= 1 / FAR_SCALE or far_above_unit(mu, sigma)  # a NaN σ counts as far
 
 
 def far_above_unit(mu: float, sigma: float) -> bool:
