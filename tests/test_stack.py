@@ -627,3 +627,25 @@ def test_weights_are_retaken_when_the_terms_change_inside_a_window(digits):
         policy._reweigh()
         composer.loss(model(x[16:]), {k: v[16:] for k, v in y.items()}).backward()
     assert len(taken) == 2 and TermKey("ink", other) in taken[1]
+
+
+@pytest.mark.parametrize("policy", ["mgda", "nashmtl"])
+def test_a_short_window_divides_a_gradient_methods_gradients_by_its_length(digits, policy):
+    """``accumulate(4)`` fed two micro-batches: every gradient (the aggregated direction, the
+    heads', weighted or not) is half that of ``accumulate(2)`` over the same two, as a
+    loss-based method's is; the direction was the shared parameters' mean and the heads' sum
+    over 4 before."""
+
+    def window(n):
+        def step(c, m, x, y):
+            with c.accumulate(n):
+                for k in range(2):
+                    part = slice(8 * k, 8 * (k + 1))
+                    c.backward(m(x[part]), {name: v[part] for name, v in y.items()})
+
+        return step
+
+    full, _ = _run(digits, policy, window(2), steps=1)
+    with pytest.warns(UserWarning, match=r"saw 2 micro-batches; each loss was divided by 4"):
+        short, _ = _run(digits, policy, window(4), steps=1)
+    torch.testing.assert_close(short[0], full[0] / 2, rtol=1e-5, atol=1e-8)

@@ -338,9 +338,10 @@ class Composer:
         whose loss is not finite skips the whole optimizer step (the method's update is undone,
         the later micro-batches give no gradient). One record is kept per optimizer step. A
         micro-batch beyond the ``n``-th raises ``ValueError`` (nothing of it is counted) and
-        fewer than ``n`` warn when the block ends, unless ``divide=False``, which leaves the
-        losses undivided, for trainers that divide by the number of micro-batches themselves
-        (Lightning's ``accumulate_grad_batches``, Hugging Face's
+        fewer than ``n`` warn when the block ends (every gradient was divided by ``n``, a
+        gradient-based method's direction and heads included), unless ``divide=False``, which
+        leaves the losses undivided, for trainers that divide by the number of micro-batches
+        themselves (Lightning's ``accumulate_grad_batches``, Hugging Face's
         ``gradient_accumulation_steps``).
 
         >>> # with composer.accumulate(4):

@@ -524,11 +524,16 @@ class GradStep(Step):
             return
         n = window.count
         rows = kept.get("heads")
+        # a short window: every gradient is the micro-batches' sum over the window's length, as
+        # the plain heads' already is (see Composer.accumulate); the method still aggregates the
+        # mean per-task gradients, the direction of the batch that came
+        share = n / window.length
         weights, reason = self._apply(
             kept["jacobian"] / n,
             kept["reached"],
             kept["stats"] / n,
-            lambda: None if rows is None else self._weighted_heads(rows / n),
+            lambda: None if rows is None else self._weighted_heads(rows / window.length),
+            share,
         )
         record = self.c.recorder.last()
         if record is not None:
@@ -553,10 +558,11 @@ class GradStep(Step):
         reached: list[bool],
         stats: Tensor,
         head_grads: Callable[[], list[Tensor | None] | None],
+        share: float = 1.0,
     ) -> tuple[list[float] | None, str | None]:
-        """Aggregate, then write the direction into the shared parameters' ``.grad`` and the
-        heads' gradients (``None``: already written) into theirs: ``(weights, None)``, or
-        ``(None, why)`` when skipped."""
+        """Aggregate, then write the direction (times ``share``) into the shared parameters'
+        ``.grad`` and the heads' gradients (``None``: already written) into theirs:
+        ``(weights, None)``, or ``(None, why)`` when skipped."""
         c, method = self.c, self.method
         observe = getattr(method, "observe_losses", None)
         if observe is not None:
@@ -569,6 +575,8 @@ class GradStep(Step):
         if heads is not None and not all_finite(heads):
             return None, "non-finite gradient"
         shared, head_params = self._split()
+        if share != 1.0:
+            direction = direction * share
         sizes = [p.numel() for p in shared]
         pieces = [
             d.view_as(p).to(p.dtype) if r else None
