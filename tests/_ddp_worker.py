@@ -82,6 +82,7 @@ def run(rank: int, world: int, port: int, methods: list[str], out: str) -> None:
         torch.save(results, Path(out) / f"rank{rank}.pt")
         mismatch(rank, out)
         non_finite(rank, out)
+        unwritable_trace(rank, out)
         # tear down in step: the DDP modules left by the cases above go while the group lives,
         # and neither rank closes its connections while the other still talks (a rank aborted
         # in gloo's teardown, after writing every result, in 3 of about 30 runs under load)
@@ -132,3 +133,19 @@ def non_finite(rank: int, out: str) -> None:
     state_same = str(before) == str(composer.method.state_dict())
     composer.close()
     Path(out, f"non_finite{rank}.txt").write_text(f"{record.skipped} {untouched} {state_same}")
+
+
+def unwritable_trace(rank: int, out: str) -> None:
+    """A trace path rank 0 cannot write (under a file): ``wrap`` raises on every rank, naming
+    the path, instead of rank 1 waiting for rank 0 at the first step."""
+    blocker = Path(out, "blocker")
+    if rank == 0:
+        blocker.write_text("a file, not a folder")
+    dist.barrier()
+    model = MultiTaskMLP(12, [16, 8], TASKS)
+    try:
+        lossrag.wrap(DistributedDataParallel(model), TASKS, "uw", trace=blocker / "t.jsonl")
+        message = "no error"
+    except ValueError as err:
+        message = str(err)
+    Path(out, f"unwritable{rank}.txt").write_text(message)

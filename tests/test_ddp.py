@@ -94,6 +94,13 @@ def test_mismatched_tasks_are_an_error_on_every_rank(two_ranks):
         assert "tasks" in message
 
 
+def test_a_trace_rank_0_cannot_write_is_an_error_on_every_rank(two_ranks):
+    for rank in (0, 1):
+        message = (two_ranks[2] / f"unwritable{rank}.txt").read_text()
+        assert "cannot be written" in message and "blocker" in message, message
+        assert message.startswith("on rank 0: ") == (rank == 1)
+
+
 def test_a_non_finite_loss_on_one_rank_skips_every_rank(two_ranks):
     for rank in (0, 1):
         assert (two_ranks[2] / f"non_finite{rank}.txt").read_text() == "True True True"

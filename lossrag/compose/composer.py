@@ -151,13 +151,29 @@ class Composer:
         #: The step at which target normalisation started: its first batch whose regression
         #: targets were all finite (``None``: not yet).
         self.targets_began: int | None = None
-        self.recorder = Recorder(  # one trace per run: rank 0's (every rank's records agree)
-            trace if self.sync.rank == 0 else None,
-            options.trace_every,
-            self._annotate,
-            append=options.trace_append,
-        )
+        self.recorder = self._recorder(trace)
         self._setup_hooks(composes or representation)
+
+    def _recorder(self, trace: str | os.PathLike[str] | None) -> Recorder:
+        """The recorder; one trace per run, rank 0's (every rank's records agree). A trace rank
+        0 cannot write is an error on every rank (the others would wait for it at the first
+        step until the process group's timeout)."""
+        error: str | None = None
+        recorder = None
+        try:
+            recorder = Recorder(
+                trace if self.sync.rank == 0 else None,
+                self.options.trace_every,
+                self._annotate,
+                append=self.options.trace_append,
+            )
+        except ValueError as err:
+            error = str(err)
+        error = self.sync.share(error)
+        if error is not None:
+            raise ValueError(error if self.sync.rank == 0 else f"on rank 0: {error}")
+        assert recorder is not None
+        return recorder
 
     # ------------------------------------------------------------------ set-up
     def _check_stack(self, representation: bool) -> None:
