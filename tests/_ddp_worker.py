@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import os
 import sys
+import warnings
 from datetime import timedelta
 from pathlib import Path
 
@@ -126,7 +127,10 @@ def non_finite(rank: int, out: str) -> None:
     y = {k: v[rank * 16 : (rank + 1) * 16].clone() for k, v in y.items()}
     if rank == 1:
         y["ink"][0] = float("nan")
-    composer.loss(net(x[rank * 16 : (rank + 1) * 16]), y).backward()
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        composer.loss(net(x[rank * 16 : (rank + 1) * 16]), y).backward()
+    Path(out, f"non_finite_said{rank}.txt").write_text("\n".join(str(w.message) for w in said))
     record = composer.last_record
     assert record is not None
     untouched = all(p.grad is None or not bool(p.grad.any()) for p in model.parameters())

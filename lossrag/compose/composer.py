@@ -469,13 +469,18 @@ class Composer:
             for name, t in targets.items()
             if t.is_floating_point() and not bool(torch.isfinite(t).all())
         ]
-        if bad:
-            cause = (
-                f" The targets of {', '.join(map(repr, bad))} hold NaN or inf in this batch: "
-                "LossRAG takes them as values, not as missing labels; drop or fill those rows."
-            )
-        else:  # under DDP the step is skipped on every rank, the bad rows are on one
-            cause = " (This rank's targets are finite.)" if self.sync.active else ""
+        # under DDP every rank skips the step (and says so here), the bad rows may be on one
+        held = [(rank, names) for rank, names in enumerate(self.sync.gather(bad)) if names]
+        where = [
+            ", ".join(map(repr, names)) + (f" on rank {rank}" if self.sync.active else "")
+            for rank, names in held
+        ]
+        cause = (
+            f" The targets of {'; '.join(where)} hold NaN or inf in this batch: LossRAG takes "
+            "them as values, not as missing labels; drop or fill those rows."
+            if where
+            else ""
+        )
         warnings.warn(
             f"Composer: step {self.step} was skipped ({why or 'non-finite values'}): no task "
             f"trained on it.{cause} Later skipped steps are only recorded (record.skipped); "
