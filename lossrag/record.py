@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -113,8 +114,9 @@ class TraceWriter:
     A trace file holds exactly one run. When ``path`` already holds records (another run, e.g. a
     script run again), that file is first renamed to the first free ``<name>.1``, ``<name>.2``, ...
     (so the highest number is the newest of the older runs) with a warning naming the new file,
-    and this run starts a fresh file; runs are never mixed in one file. The file is opened when
-    the writer is made, so an unwritable path fails at ``wrap`` time.
+    and this run starts a fresh file; runs are never mixed in one file. A folder, a path that is
+    not a regular file, or a file that does not hold a trace is refused and left untouched. The
+    file is opened when the writer is made, so an unwritable path fails at ``wrap`` time.
 
     Args:
         path: The trace file.
@@ -126,6 +128,7 @@ class TraceWriter:
 
     def __init__(self, path: str | os.PathLike[str], *, append: bool = False) -> None:
         self.path = Path(path)
+        _refuse_foreign(self.path)
         rotated = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -172,6 +175,33 @@ class TraceWriter:
         if self._handle is not None:
             self._handle.close()
             self._handle = None
+
+
+#: How every trace line starts (a record's first field), ``json.dumps``'s spacing allowed.
+_TRACE_START = re.compile(rb'\s*\{\s*"step"\s*:')
+
+
+def _refuse_foreign(path: Path) -> None:
+    """Raise, touching nothing, when ``path`` is a folder, not a regular file, or a file with
+    content that does not start as a trace does: moving it aside or appending to it would
+    mislay or corrupt the user's data (a user trial's ``trace="out"`` moved its working folder
+    to ``out.1``)."""
+    if path.is_dir():
+        raise ValueError(
+            f"Trace path {str(path)!r} is a folder; give a file in it, e.g. "
+            f"{str(path / 'trace.jsonl')!r}."
+        )
+    if path.exists() and not path.is_file():
+        raise ValueError(f"Trace path {str(path)!r} is not a regular file; give a file path.")
+    if path.is_file() and path.stat().st_size > 0:
+        with open(path, "rb") as handle:
+            head = handle.read(64)
+        if not _TRACE_START.match(head):
+            raise ValueError(
+                f"Trace path {str(path)!r} holds a file that is not a LossRAG trace; it was left "
+                "as it is. Give another path (an existing trace is moved aside to <name>.1, or "
+                "continued with trace_append=True)."
+            )
 
 
 def _rotate(path: Path) -> Path | None:

@@ -476,3 +476,28 @@ def test_a_step_shows_each_task_loss_once():
     console.print(render_step([record], 0))
     out = console.export_text()
     assert "task loss" in out and out.count("0.1235") == 1
+
+
+def test_a_trace_path_that_is_not_a_trace_is_refused_and_left_alone(tmp_path):
+    """A user trial's ``trace="out"`` moved its working folder to ``out.1``, and a CSV given as
+    the trace was moved aside as "a run": a folder, a non-trace file and ``"."`` are refused,
+    naming the path, and nothing on disk changes."""
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / "keep").write_text("mine")
+    data = tmp_path / "data.csv"
+    data.write_text("a,b\n1,2\n")
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    with pytest.raises(ValueError, match=r"'.*out' is a folder; give a file in it"):
+        TraceWriter(folder)
+    for append in (False, True):
+        with pytest.raises(ValueError, match=r"data\.csv' holds a file that is not a LossRAG"):
+            TraceWriter(data, append=append)
+    with pytest.raises(ValueError, match=r"'\.' is a folder"):
+        TraceWriter(".")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+    assert data.read_text() == "a,b\n1,2\n"
+    old = tmp_path / "old.jsonl"  # json.dumps's spacing: still a trace, moved aside
+    old.write_text(json.dumps({"step": 0, "method": "ew", "losses": {}, "terms": []}) + "\n")
+    with pytest.warns(UserWarning, match=r"old\.jsonl\.1"):
+        TraceWriter(old).close()
