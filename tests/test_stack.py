@@ -649,3 +649,34 @@ def test_a_short_window_divides_a_gradient_methods_gradients_by_its_length(digit
     with pytest.warns(UserWarning, match=r"saw 2 micro-batches; each loss was divided by 4"):
         short, _ = _run(digits, policy, window(4), steps=1)
     torch.testing.assert_close(short[0], full[0] / 2, rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("policy", ["mgda", "uw"])
+def test_the_trace_holds_an_accumulated_steps_complete_record(digits, tmp_path, policy):
+    """A record is written when its optimizer step's window closes: a gradient method's
+    weights (set once the window's gradients are aggregated) were null in the trace, and a
+    skip found at a later micro-batch was missing from it."""
+    model = digits.model(0)
+    trace = tmp_path / "t.jsonl"
+    composer = lossrag.wrap(
+        model, digits.tasks, policy, shared=model.trunk, seed=0, trace=trace, trace_every=1
+    )
+    x, y = digits.batch(0)
+    for bad in (False, True):
+        with composer.accumulate(2):
+            for k in range(2):
+                part = {n: v[8 * k : 8 * (k + 1)].clone() for n, v in y.items()}
+                if bad and k == 1:
+                    part["ink"][0] = float("nan")
+                out = model(x[8 * k : 8 * (k + 1)])
+                if policy == "mgda":
+                    composer.backward(out, part)
+                else:
+                    composer.loss(out, part).backward()
+    composer.close()
+    good, skipped = lossrag.read_trace(trace)
+    assert not good.skipped and all(t.weight is not None for t in good.terms if t.active)
+    assert good.task_weights() == pytest.approx(
+        {t.task: t.weight for t in good.terms if t.active}
+    )
+    assert skipped.skipped and "later micro-batch" in (skipped.reason or "")

@@ -520,6 +520,7 @@ class Composer:
             return
         self._rerun_batches = [] if window.skipped else window.batches
         self.strategy.end_window(window)
+        self.recorder.release()  # the step's record is complete
         self.step += 1
         if window.skipped:
             self._skips += 1
@@ -818,9 +819,10 @@ class Composer:
 
     # ------------------------------------------------------------------ records
     def _keep(self, item: Pending | StepRecord) -> None:
-        """Keep the first micro-batch's record of each optimizer step."""
+        """Keep the first micro-batch's record of each optimizer step (written to the trace
+        when the step's window closes)."""
         if self._window is None or self._window.count == 0:
-            self.recorder.keep(item)
+            self.recorder.keep(item, hold=self._window is not None)
 
     # ------------------------------------------------------------------ state and lifecycle
     def epoch_end(self) -> None:
