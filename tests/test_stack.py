@@ -676,7 +676,5 @@ def test_the_trace_holds_an_accumulated_steps_complete_record(digits, tmp_path, 
     composer.close()
     good, skipped = lossrag.read_trace(trace)
     assert not good.skipped and all(t.weight is not None for t in good.terms if t.active)
-    assert good.task_weights() == pytest.approx(
-        {t.task: t.weight for t in good.terms if t.active}
-    )
+    assert good.task_weights() == pytest.approx({t.task: t.weight for t in good.terms if t.active})
     assert skipped.skipped and "later micro-batch" in (skipped.reason or "")
