@@ -120,6 +120,10 @@ def test_duplicate_tasks(digits):
         (lambda o, y: y.__setitem__("digit", y["digit"] + 10), r"must lie in \[0, 10\)"),
         (lambda o, y: y.__setitem__("ink", y["ink"][:, None]), "does not match output shape"),
         (lambda o, y: y.__setitem__("ink", y["ink"].long()), "float target"),
+        (  # an empty batch was a skipped step, "non-finite loss in digit:ce, ..."
+            lambda o, y: [d.__setitem__(k, v[:0]) for d in (o, y) for k, v in list(d.items())],
+            r"Task 'digit': the batch holds no samples",
+        ),
     ],
 )
 def test_bad_batch_raises_and_composer_survives(digits, mutate, message):

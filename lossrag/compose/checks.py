@@ -114,6 +114,11 @@ def check_batch(
     _same_keys("targets", set(targets), heads)
     for task in tasks:
         if task.kind != "representation":
+            if targets[task.name].dim() > 0 and len(targets[task.name]) == 0:
+                raise ValueError(
+                    f"Task {task.name!r}: the batch holds no samples (its targets have 0 rows); "
+                    "skip empty batches before composer.loss/backward."
+                )
             task.check(outputs[task.name], targets[task.name], values=values)
             if not outputs[task.name].requires_grad:
                 raise ValueError(
