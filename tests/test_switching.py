@@ -22,6 +22,7 @@ from lossrag.policy.evidence import (
     mislabel_mask,
 )
 from lossrag.policy.gates import Gates
+from lossrag.policy.rescue import REDESCENDING
 from lossrag.policy.weights import weights
 
 TASKS = [
@@ -225,6 +226,20 @@ def test_with_a_query_stream_gross_errors_still_switch_a_robust_loss_on():
 def _until_switched():
     """The shipped policy trained on 15 % gross errors until a robust loss is on for the dirty
     task, then that loss made to return NaN: ``(policy, model, opt, composer, step, robust)``."""
+    policy, model, opt, composer, step, robust = _switched()
+    loss = policy.library.loss
+
+    def broken(task, entry, *args):
+        value = loss(task, entry, *args)
+        return value * float("nan") if entry == robust else value
+
+    policy.library.loss = broken
+    return policy, model, opt, composer, step, robust
+
+
+def _switched():
+    """The shipped policy trained on 15 % gross errors until a robust loss is on for the dirty
+    task: ``(policy, model, opt, composer, step, robust)``."""
     torch.manual_seed(0)
     policy = load_policy("default", refresh_every=20)
     model = MultiTaskMLP(8, [64], TASKS)
@@ -239,13 +254,6 @@ def _until_switched():
         opt.step()
         step += 1
     robust = next(e for e in policy.active["dirty"] if e != "l2")
-    loss = policy.library.loss
-
-    def broken(task, entry, *args):
-        value = loss(task, entry, *args)
-        return value * float("nan") if entry == robust else value
-
-    policy.library.loss = broken
     return policy, model, opt, composer, step, robust
 
 
@@ -380,3 +388,37 @@ def test_flipped_labels_switch_a_robust_loss_on_and_clean_labels_keep_cross_entr
 
     quiet, _ = _train_labels(load_policy("default", refresh_every=20), 0.0)
     assert quiet.method.active == {"noisy": ["ce"], "clean": ["ce"]}
+
+
+@pytest.mark.parametrize(("seen", "kept"), [(0.0, True), (0.3, False), (0.9, None)])
+def test_a_task_left_with_robust_losses_that_see_a_minority_gets_its_natural_loss_back(seen, kept):
+    """The dirty task on redescending losses alone (its natural loss off, as the gates leave it
+    once they have proved themselves). At a refresh where they see none of the batch (every
+    residual beyond their scale: no gradient again, a user trial's collapse), L2 comes back
+    beside them; where they see a minority (they hold the predictions at its mode), L2 comes
+    back in their place; where they see the majority nothing changes. The records say why."""
+    policy, model, opt, composer, step, _ = _switched()
+    entries = policy.library.entries
+    robust = [e for e in entries if entries[e].name in REDESCENDING][:2]
+    assert robust, sorted(e.name for e in entries.values())
+    policy.active["dirty"] = list(robust)
+    x, y = _data(128, step, 0.0)
+    with torch.no_grad():
+        out = model(x)["dirty"]
+    far = torch.arange(128) >= int(seen * 128)  # these targets lie far beyond every scale
+    y["dirty"] = torch.where(far, out + 100 * y["dirty"].std(), out)
+    while not policy.due(composer.step):
+        composer.step += 1
+    opt.zero_grad()
+    record = composer.backward(model(x), y)
+    assert not record.skipped
+    notes = {t.loss: t.note for t in record.terms if t.task == "dirty" and t.note}
+    if kept is None:
+        assert policy.active["dirty"] == robust and not policy.rescues
+        return
+    assert policy.active["dirty"] == ([*robust, "l2"] if kept else ["l2"])
+    said = f"on: rescue (the task's robust losses saw {seen:.0%} of the batch; "
+    assert notes["l2"] == said + ("it joins them)" if kept else "they go off)"), notes
+    off = {k.loss for k, why in policy.rescues.items() if why.startswith("off: rescue")}
+    assert off == (set() if kept else set(robust))
+    composer.close()

@@ -13,7 +13,9 @@ At a refresh (every ``refresh_every`` steps, weights held in between; :mod:`.sch
    relative to the task's natural loss; the natural loss's own is minus the best active
    alternative's; :mod:`.gates`); weights: each task's from its natural loss's score,
    ``K·((1 − floor)·softmax(a/τ) + floor/K)``, split between its active terms by their scores
-   (:mod:`.weights`).
+   (:mod:`.weights`);
+4. a regression task left with redescending losses that see a minority of its batch gets its
+   natural loss back (:mod:`.rescue`).
 
 Every step the training loss is ``Σ w_i · L_i / scale_i`` (:mod:`.terms` gives each ``L_i``),
 ``scale_i`` the term's *bounded* loss scale (:meth:`lossrag.context.LossTracker.scales`): its
@@ -48,6 +50,7 @@ from lossrag.policy.evidence import corruption
 from lossrag.policy.gates import Gates
 from lossrag.policy.net import Correction
 from lossrag.policy.prior import Prior
+from lossrag.policy.rescue import IDLE, MAJORITY, REDESCENDING
 from lossrag.policy.retrieval import Candidate, least_misled, measure, search
 from lossrag.policy.schedule import Schedule
 from lossrag.policy.scoring import FEATURES, Scored, candidate_rows, scores, smooth, task_context
@@ -226,6 +229,8 @@ class LossRAG(Method):
         #: The tasks whose query losses online meta-steps lower (``None``: no query stream).
         self.query_tasks: frozenset[str] | None = None
         self.notes: dict[TermKey, str] = {}
+        #: Natural losses switched on again at the last refresh (:meth:`_rescue`), with why.
+        self.rescues: dict[TermKey, str] = {}
         self.gross: dict[str, float] = {}
         self.toward: dict[str, str] = {}  # task -> the entry its gross errors mislead least
 
@@ -302,6 +307,7 @@ class LossRAG(Method):
         ``FloatingPointError`` (the composer keeps the last weights) on a non-finite statistic."""
         retrieve = self.schedule.start(step)
         context = self._context(step, features, losses)
+        rescued = self._rescue(outputs, targets)
         first = not self.candidates
         if retrieve or first:
             self.rank = effective_rank(features)  # the correction's global feature
@@ -316,10 +322,42 @@ class LossRAG(Method):
         if not retrieve:
             self.scores.update(zip(self.candidate_keys(), scored, strict=True))
             self._reweigh()
-            return [], ctx
+            return (self.candidate_terms() if rescued else []), ctx
         listed = self._update(scored, gate=not first)
         self.schedule.retrieved()
         return listed, ctx
+
+    def _rescue(self, outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor]) -> bool:
+        """Switch a regression task's natural loss on again where only redescending losses are
+        on and they see a minority of this batch (:mod:`.rescue`); whether one was (its note in
+        :attr:`rescues` until the next refresh)."""
+        self.rescues = {}
+        rescued = False
+        for name, ids in self.active.items():
+            task, natural = self.tasks[name], self.natural[name]
+            names = {self.library.entries[e].name for e in ids}
+            if task.kind != "regression" or natural in ids or not names <= REDESCENDING:
+                continue
+            share = self.library.seen_share(task, ids, outputs, targets)
+            if share >= MAJORITY:
+                continue
+            key = TermKey(name, natural)
+            saw = f"the task's robust losses saw {share:.0%} of the batch"
+            if share >= IDLE:  # they fit a minority's mode: the task starts over on its own
+                self.rescues |= {TermKey(name, e): f"off: rescue ({saw})" for e in ids}
+                ids.clear()
+            ids.append(natural)
+            self.rescues[key] = f"on: rescue ({saw}; " + (
+                "they go off)" if share >= IDLE else "it joins them)"
+            )
+            for k in self.rescues:
+                self.gates.count.pop(k, None)  # their gates start over
+                self.gates.evidence.pop(k, None)
+            self.schedule.gates_moved = True
+            rescued = True
+        if rescued:
+            self._reweigh()
+        return rescued
 
     def _context(self, step: int, features: Tensor, losses: list[Tensor]) -> dict[str, list[float]]:
         """Per task, the context features of its first active term (and their smoothed copy)."""
@@ -438,7 +476,7 @@ class LossRAG(Method):
         terms = []
         for key, c in zip(self.candidate_keys(), self._listed(), strict=True):
             on = c.entry in self.active[key.task]
-            note = self.notes.get(key) or ("active" if on else "retrieved")
+            note = self.rescues.get(key) or self.notes.get(key) or ("active" if on else "retrieved")
             if note.startswith("stays off") and not self._evident(key.task):
                 note = f"stays off: no corruption evidence ({self._evidence_of(key.task)})"
             if c.explore and not note.startswith(("on:", "off:")):

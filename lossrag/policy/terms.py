@@ -16,6 +16,7 @@ from torch import Tensor
 from lossrag.index import Entry
 from lossrag.losses import Loss, registry
 from lossrag.policy.evidence import metric_aligned
+from lossrag.policy.rescue import seen_share
 from lossrag.tasks import Task
 
 __all__ = ["TermLosses"]
@@ -63,6 +64,19 @@ class TermLosses:
                 return 1.0
             self.target_scale[task.name] = std
         return self.target_scale[task.name]
+
+    def seen_share(
+        self,
+        task: Task,
+        entry_ids: list[str],
+        outputs: Mapping[str, Tensor],
+        targets: Mapping[str, Tensor],
+    ) -> float:
+        """:func:`lossrag.policy.rescue.seen_share` of a regression task's ``entry_ids`` on this
+        batch, in the target's standard units (as :meth:`loss` gives them)."""
+        s = self.scale(task, targets[task.name])
+        modules = [self.module(e) for e in entry_ids]
+        return seen_share(modules, outputs[task.name] / s, targets[task.name] / s)
 
     def loss(
         self,
