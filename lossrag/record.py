@@ -128,9 +128,9 @@ class TraceWriter:
 
     def __init__(self, path: str | os.PathLike[str], *, append: bool = False) -> None:
         self.path = Path(path)
-        _refuse_foreign(self.path)
         rotated = None
         try:
+            _refuse_foreign(self.path)
             self.path.parent.mkdir(parents=True, exist_ok=True)
             if append:
                 self._handle: IO[str] | None = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115

@@ -501,3 +501,16 @@ def test_a_trace_path_that_is_not_a_trace_is_refused_and_left_alone(tmp_path):
     old.write_text(json.dumps({"step": 0, "method": "ew", "losses": {}, "terms": []}) + "\n")
     with pytest.warns(UserWarning, match=r"old\.jsonl\.1"):
         TraceWriter(old).close()
+
+
+def test_a_trace_path_that_cannot_be_read_is_a_value_error_naming_it(tmp_path, monkeypatch):
+    """A folder the process may not enter (``PermissionError`` from the path checks, as a user
+    without rights sees it) is the same ``ValueError`` as any unwritable path: under DDP rank 0
+    shares it with the other ranks, which would otherwise wait for it."""
+
+    def refused(self):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(type(tmp_path), "is_dir", refused)
+    with pytest.raises(ValueError, match=r"locked.*cannot be written: .*Permission denied"):
+        TraceWriter(tmp_path / "locked" / "t.jsonl")

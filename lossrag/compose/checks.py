@@ -14,6 +14,7 @@ from lossrag.tasks import Task
 __all__ = [
     "check_batch",
     "check_compiled",
+    "check_not_empty",
     "check_shared",
     "check_tasks",
     "last_layer",
@@ -114,17 +115,24 @@ def check_batch(
     _same_keys("targets", set(targets), heads)
     for task in tasks:
         if task.kind != "representation":
-            if targets[task.name].dim() > 0 and len(targets[task.name]) == 0:
-                raise ValueError(
-                    f"Task {task.name!r}: the batch holds no samples (its targets have 0 rows); "
-                    "skip empty batches before composer.loss/backward."
-                )
             task.check(outputs[task.name], targets[task.name], values=values)
             if not outputs[task.name].requires_grad:
                 raise ValueError(
                     f"Task {task.name!r}: its output does not require grad (computed under "
                     "torch.no_grad() or detached?); nothing could be trained."
                 )
+
+
+def check_not_empty(targets: Mapping[str, Tensor]) -> None:
+    """Refuse a batch of no samples (its losses would be the NaN of an empty mean, a skipped
+    step said to be non-finite). Single-process only: under DDP one rank's error would leave
+    the others waiting, and there the step is skipped on every rank instead."""
+    for name, target in targets.items():
+        if isinstance(target, Tensor) and target.dim() > 0 and len(target) == 0:
+            raise ValueError(
+                f"Task {name!r}: the batch holds no samples (its targets have 0 rows); skip "
+                "empty batches before composer.loss/backward."
+            )
 
 
 def check_compiled(outputs: Mapping[str, Tensor], policy: str) -> None:

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from lossrag.compose.checks import (
     check_batch,
     check_compiled,
+    check_not_empty,
     check_shared,
     check_tasks,
     last_layer,
@@ -158,7 +159,7 @@ class Composer:
         """The recorder; one trace per run, rank 0's (every rank's records agree). A trace rank
         0 cannot write is an error on every rank (the others would wait for it at the first
         step until the process group's timeout)."""
-        error: str | None = None
+        failure: Exception | None = None
         recorder = None
         try:
             recorder = Recorder(
@@ -167,11 +168,13 @@ class Composer:
                 self._annotate,
                 append=self.options.trace_append,
             )
-        except ValueError as err:
-            error = str(err)
-        error = self.sync.share(error)
+        except Exception as err:  # any failure: every rank must hear of it (see above)
+            failure = err
+        error = self.sync.share(None if failure is None else str(failure))
+        if failure is not None:
+            raise failure
         if error is not None:
-            raise ValueError(error if self.sync.rank == 0 else f"on rank 0: {error}")
+            raise ValueError(f"on rank 0: {error}")
         assert recorder is not None
         return recorder
 
@@ -401,6 +404,8 @@ class Composer:
                 "divide=False) if your trainer divides the losses itself."
             )
         check_batch(self.tasks, outputs, targets, values)
+        if not self.sync.active:
+            check_not_empty(targets)
         if self.step == 0 and not self.compiled and self._graph_bound:
             check_compiled(outputs, self.policy_name)
         first = self.step == 0 and (window is None or window.count == 0)
@@ -469,18 +474,16 @@ class Composer:
             for name, t in targets.items()
             if t.is_floating_point() and not bool(torch.isfinite(t).all())
         ]
-        # under DDP every rank skips the step (and says so here), the bad rows may be on one
-        held = [(rank, names) for rank, names in enumerate(self.sync.gather(bad)) if names]
-        where = [
-            ", ".join(map(repr, names)) + (f" on rank {rank}" if self.sync.active else "")
-            for rank, names in held
-        ]
-        cause = (
-            f" The targets of {'; '.join(where)} hold NaN or inf in this batch: LossRAG takes "
-            "them as values, not as missing labels; drop or fill those rows."
-            if where
-            else ""
-        )
+        # no collective here: under DDP no_sync() a non-finite gradient can skip one rank alone
+        here = f" on rank {self.sync.rank}" if self.sync.active else ""
+        if bad:
+            cause = (
+                f" The targets of {', '.join(map(repr, bad))} hold NaN or inf in this batch"
+                f"{here}: LossRAG takes them as values, not as missing labels; drop or fill those "
+                "rows."
+            )
+        else:  # under DDP the step is skipped on every rank, the bad rows may be on another
+            cause = f" (The targets{here} are finite.)" if self.sync.active else ""
         warnings.warn(
             f"Composer: step {self.step} was skipped ({why or 'non-finite values'}): no task "
             f"trained on it.{cause} Later skipped steps are only recorded (record.skipped); "
