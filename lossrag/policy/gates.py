@@ -118,6 +118,16 @@ class Gates:
         self.count[key], self.evidence[key] = (0 if on else run), (n, mean)
         return on, why
 
+    def force(self, key: TermKey, on: bool) -> None:
+        """A term switched from outside its utilities (:mod:`lossrag.policy.rescue`): its gate
+        starts over as after a switch of its own, on (no run of negative utilities, no evidence
+        against it) or off (one utility of at most 0: it earns its way back)."""
+        self.count[key] = 0
+        if on:
+            self.evidence.pop(key, None)
+        else:
+            self.evidence[key] = (1, min(0.0, self.evidence.get(key, (0, 0.0))[1]))
+
     def held(self, key: TermKey, active: bool) -> str | None:
         """Why the term's gate, just updated, did not move (the rule it has not met yet; the
         numbers are the term's utility and evidence); ``None`` for an active term whose last

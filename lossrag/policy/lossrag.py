@@ -229,7 +229,7 @@ class LossRAG(Method):
         #: The tasks whose query losses online meta-steps lower (``None``: no query stream).
         self.query_tasks: frozenset[str] | None = None
         self.notes: dict[TermKey, str] = {}
-        #: Natural losses switched on again at the last refresh (:meth:`_rescue`), with why.
+        #: The terms the last refresh's rescue switched (:meth:`_rescue`), with why.
         self.rescues: dict[TermKey, str] = {}
         self.gross: dict[str, float] = {}
         self.toward: dict[str, str] = {}  # task -> the entry its gross errors mislead least
@@ -307,7 +307,6 @@ class LossRAG(Method):
         ``FloatingPointError`` (the composer keeps the last weights) on a non-finite statistic."""
         retrieve = self.schedule.start(step)
         context = self._context(step, features, losses)
-        rescued = self._rescue(outputs, targets)
         first = not self.candidates
         if retrieve or first:
             self.rank = effective_rank(features)  # the correction's global feature
@@ -319,12 +318,15 @@ class LossRAG(Method):
         ctx = {n: _recorded(v) for n, v in context.items()}
         for name, share in self.gross.items():
             ctx[name]["gross_share"] = share
-        if not retrieve:
+        listed: list[Term] = []
+        if retrieve:
+            listed = self._update(scored, gate=not first)
+            self.schedule.retrieved()
+        else:
             self.scores.update(zip(self.candidate_keys(), scored, strict=True))
             self._reweigh()
-            return (self.candidate_terms() if rescued else []), ctx
-        listed = self._update(scored, gate=not first)
-        self.schedule.retrieved()
+        if self._rescue(outputs, targets):  # last: the gates cannot undo it at once
+            listed = self._with_rescues(listed)
         return listed, ctx
 
     def _rescue(self, outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor]) -> bool:
@@ -332,32 +334,54 @@ class LossRAG(Method):
         on and they see a minority of this batch (:mod:`.rescue`); whether one was (its note in
         :attr:`rescues` until the next refresh)."""
         self.rescues = {}
-        rescued = False
+        entries = self.library.entries
         for name, ids in self.active.items():
             task, natural = self.tasks[name], self.natural[name]
-            names = {self.library.entries[e].name for e in ids}
-            if task.kind != "regression" or natural in ids or not names <= REDESCENDING:
+            # (a natural loss that is itself redescending would bring no pull back)
+            if task.kind != "regression" or natural in ids or entries[natural].name in REDESCENDING:
+                continue
+            if not {entries[e].name for e in ids} <= REDESCENDING:
                 continue
             share = self.library.seen_share(task, ids, outputs, targets)
             if share >= MAJORITY:
                 continue
-            key = TermKey(name, natural)
             saw = f"the task's robust losses saw {share:.0%} of the batch"
-            if share >= IDLE:  # they fit a minority's mode: the task starts over on its own
-                self.rescues |= {TermKey(name, e): f"off: rescue ({saw})" for e in ids}
-                ids.clear()
-            ids.append(natural)
-            self.rescues[key] = f"on: rescue ({saw}; " + (
-                "they go off)" if share >= IDLE else "it joins them)"
-            )
-            for k in self.rescues:
-                self.gates.count.pop(k, None)  # their gates start over
-                self.gates.evidence.pop(k, None)
+            # seeing a minority they hold its mode: the task starts over on its natural loss;
+            # seeing almost nothing, the natural loss joins them (room made by their lowest)
+            keep = [] if share >= IDLE else self._best(name, ids, self.max_terms - 1)
+            for e in ids:
+                if e not in keep:
+                    self.rescues[TermKey(name, e)] = f"off: rescue ({saw})"
+                    self.gates.force(TermKey(name, e), on=False)
+            ids[:] = [*keep, natural]
+            key = TermKey(name, natural)
+            joins = "it joins them" if keep else "in their place"
+            self.rescues[key] = f"on: rescue ({saw}; {joins})"
+            self.gates.force(key, on=True)
             self.schedule.gates_moved = True
-            rescued = True
-        if rescued:
+        if self.rescues:
             self._reweigh()
-        return rescued
+        return bool(self.rescues)
+
+    def _best(self, task: str, ids: list[str], n: int) -> list[str]:
+        """The ``n`` best-scored of a task's entries ``ids``, in their order."""
+        ranked = sorted(ids, key=lambda e: self.scores.get(TermKey(task, e), 0.0), reverse=True)
+        return [e for e in ids if e in ranked[: max(n, 0)]]
+
+    def _with_rescues(self, listed: list[Term]) -> list[Term]:
+        """``listed`` with the terms :meth:`_rescue` just switched, as they are now, and why."""
+        switched = {
+            key: Term.model_construct(
+                task=key.task,
+                loss=key.loss,
+                weight=self.weights.get(key, 0.0),
+                active=key.loss in self.active[key.task],
+                score=self.scores.get(key),
+                note=why,
+            )
+            for key, why in self.rescues.items()
+        }
+        return [t for t in listed if TermKey(t.task, t.loss) not in switched] + [*switched.values()]
 
     def _context(self, step: int, features: Tensor, losses: list[Tensor]) -> dict[str, list[float]]:
         """Per task, the context features of its first active term (and their smoothed copy)."""
@@ -476,7 +500,7 @@ class LossRAG(Method):
         terms = []
         for key, c in zip(self.candidate_keys(), self._listed(), strict=True):
             on = c.entry in self.active[key.task]
-            note = self.rescues.get(key) or self.notes.get(key) or ("active" if on else "retrieved")
+            note = self.notes.get(key) or ("active" if on else "retrieved")
             if note.startswith("stays off") and not self._evident(key.task):
                 note = f"stays off: no corruption evidence ({self._evidence_of(key.task)})"
             if c.explore and not note.startswith(("on:", "off:")):

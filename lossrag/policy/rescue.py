@@ -10,10 +10,13 @@ natural loss back (a user trial, ``benchmarks/outlier_collapse.py``: 3 of 6 seed
 task). A robust estimate fits the majority of its samples, so at each refresh a task whose
 active losses are all redescending and give fewer than :data:`MAJORITY` of its target values at
 least :data:`SEEN` of the quadratic's influence switches its natural loss on again
-(:meth:`lossrag.policy.LossRAG.refresh`): beside them while they see almost nothing (fewer
-than :data:`IDLE`: the natural loss brings the residuals back within their scale), in their
-place while they see a minority (they hold the predictions at its mode: kept on beside the
-natural loss, whose multiplier is a fraction of theirs, they held one seed's task there).
+(:meth:`lossrag.policy.LossRAG.refresh`, after its gates): beside the best-scored of them
+while they see almost nothing (fewer than :data:`IDLE`: the natural loss brings the residuals
+back within their scale; ``max_terms`` kept), in their place while they see a minority (they
+hold the predictions at its mode: kept on beside the natural loss, whose multiplier is a
+fraction of theirs, they held one seed's task there). The gates of the terms switched start
+over (:meth:`lossrag.policy.gates.Gates.force`). A natural loss that is itself redescending
+is not brought back.
 
 >>> import torch
 >>> from lossrag.losses import registry
