@@ -825,7 +825,7 @@ class Composer:
         """Keep the first micro-batch's record of each optimizer step (written to the trace
         when the step's window closes)."""
         if self._window is None or self._window.count == 0:
-            self.recorder.keep(item, hold=self._window is not None)
+            self.recorder.keep(item)
 
     # ------------------------------------------------------------------ state and lifecycle
     def epoch_end(self) -> None:

@@ -146,16 +146,14 @@ class Recorder:
         self._last: _Kept | None = None
         self._unwritten: list[_Kept] = []
 
-    def keep(self, item: Pending | StepRecord, *, hold: bool = False) -> None:
-        """Keep ``item`` as the last record and queue it for the trace; ``hold``: not written
-        before :meth:`release` (the record of an optimizer step whose later micro-batches may
-        still change it: a gradient method's weights, a skip)."""
+    def keep(self, item: Pending | StepRecord) -> None:
+        """Keep ``item`` as the last record and queue it for the trace, written at the next
+        :meth:`release` (its optimizer step's later micro-batches may still change it: a
+        gradient method's weights, a skip)."""
         self._last = _Kept(item, self.notice, None if self.annotate is None else self.annotate())
         self.notice = None
         if self.writer is not None:
             self._unwritten.append(self._last)
-            if not hold:
-                self.release()
 
     def release(self) -> None:
         """Write the queued records if they are due: a record already read, or ``every`` of
