@@ -356,6 +356,19 @@ def test_cosmos_and_pbi_match_torchjd():
     torch.testing.assert_close(_setup(COSMOS(lambda_=0.0), 3).weigh(losses), r)  # type: ignore[attr-defined]
 
 
+def test_pbi_takes_float64_losses():
+    """The toy feeds float64 losses; PBI's dot products do not promote, so w and z* follow."""
+    pref, ref = [0.2, 0.5, 0.3], [0.1, 0.0, 0.2]
+    losses = torch.tensor([0.5, 2.0, 1.0], dtype=torch.float64)
+    method = _setup(PBI(theta=5.0, preference=pref, reference=ref), 3)
+    got = method.weigh(losses)  # type: ignore[attr-defined]
+    w, z = (torch.tensor(v, dtype=torch.float64) for v in (pref, ref))
+    expected = _scalarizer_weights(sc.PBI(5.0, w, z), losses)
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, expected)
+    assert method.weigh(losses.float()).dtype == torch.float32  # type: ignore[attr-defined]
+
+
 def test_cosmos_weights_by_hand():
     """∂/∂L_i [r·L − λ r·L/(‖r‖‖L‖)] = r_i − λ (r_i/(‖r‖‖L‖) − (r·L) L_i/(‖r‖‖L‖³))."""
     losses = torch.tensor([3.0, 4.0], dtype=torch.float64)

@@ -4,7 +4,10 @@ The toy has closed-form gradients, so each start point gets its own method objec
 ``lossrag.wrap`` builds) fed with the objective values and gradients. Methods that take
 gradients through autograd (GradNorm) see a linearised graph ``L_i + ⟨θ − θ₀, ∇f_i⟩`` whose value
 and gradient at θ₀ are exact; FAMO receives the objectives after each step as its re-evaluation.
-GradDrop and ConFIG produce directions that are not weighted sums and are not run here.
+Not run here (:data:`TOY_UNSUPPORTED`): GradDrop, ConFIG and DB-MTL, whose directions are not
+weighted sums of this step's two gradients (DB-MTL's mixes past steps' gradients), and the
+retrieval policies, which compose their loss terms from a task's outputs and targets (the toy has
+two objective values, no outputs).
 
 FAMO runs as its authors ran this toy (``Cranial-XIX/FAMO``, ``experiments/toy/trainer.py`` and
 ``run.sh``): bounds ``b = (−21·0.1, −21)`` below the objectives, which are negative in places
@@ -35,8 +38,17 @@ TOY_OPTIONS: dict[str, dict[str, Any]] = {
     "famo": {"min_losses": (-2.1, -21.0), "weight_decay": 0.0},
 }
 
-#: Methods whose update is not a weighted sum of the two gradients.
-TOY_UNSUPPORTED = frozenset({"graddrop", "config"})
+#: Methods the toy cannot run, with the reason: an update that is not a weighted sum of this step's
+#: two gradients, or loss terms composed from a task's outputs and targets.
+TOY_UNSUPPORTED: dict[str, str] = {
+    "graddrop": "its direction is not a weighted sum of the two gradients",
+    "config": "its direction is not a weighted sum of the two gradients",
+    "dbmtl": "its direction is an EMA of past steps' gradients, not a weighted sum of this step's",
+    **dict.fromkeys(
+        ("lossrag", "lossrag-online", "lossrag-default", "lossrag-default-online"),
+        "it composes loss terms from a task's outputs and targets; the toy has two values",
+    ),
+}
 
 
 class _MethodRule:
@@ -46,7 +58,7 @@ class _MethodRule:
         self, name: str, starts: int, seed: int, options: Mapping[str, Any] | None = None
     ) -> None:
         if name in TOY_UNSUPPORTED:
-            raise ValueError(f"toy2d: method {name!r} gives no per-task weights; it is not run.")
+            raise ValueError(f"toy2d: method {name!r} is not run: {TOY_UNSUPPORTED[name]}.")
         chosen = dict(TOY_OPTIONS.get(name, {}) if options is None else options)
         self.thetas = [nn.Parameter(torch.zeros(2, dtype=torch.float64)) for _ in range(starts)]
         self.methods: list[Method] = []

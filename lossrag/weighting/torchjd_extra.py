@@ -340,3 +340,12 @@ class PBI(_Preference):
                 )
             reference = torch.tensor(self.reference)
         return sc.PBI(self.theta, self._preference(num_terms), reference)
+
+    def weigh(self, losses: Tensor) -> Tensor:
+        """As the base class, with ``w`` and ``z*`` in the losses' dtype (PBI's dot products do
+        not promote float32 to float64)."""
+        s: Any = self.scalarizer
+        s.weights = s.weights.to(losses.dtype)
+        if s.reference is not None:
+            s.reference = s.reference.to(losses.dtype)
+        return super().weigh(losses)
