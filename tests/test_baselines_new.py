@@ -367,6 +367,8 @@ def test_pbi_takes_float64_losses():
     assert got.dtype == torch.float64
     torch.testing.assert_close(got, expected)
     assert method.weigh(losses.float()).dtype == torch.float32  # type: ignore[attr-defined]
+    drawn = _setup(PBI(resample=True), 3)  # a fresh float32 draw each step
+    assert drawn.weigh(losses).dtype == torch.float64  # type: ignore[attr-defined]
 
 
 def test_cosmos_weights_by_hand():

@@ -5,7 +5,7 @@ The toy has closed-form gradients, so each start point gets its own method objec
 gradients through autograd (GradNorm) see a linearised graph ``L_i + ⟨θ − θ₀, ∇f_i⟩`` whose value
 and gradient at θ₀ are exact; FAMO receives the objectives after each step as its re-evaluation.
 Not run here (:data:`TOY_UNSUPPORTED`): GradDrop, ConFIG and DB-MTL, whose directions are not
-weighted sums of this step's two gradients (DB-MTL's mixes past steps' gradients), and the
+weighted sums of this step's two gradients (DB-MTL's sums EMAs over past steps), and the
 retrieval policies, which compose their loss terms from a task's outputs and targets (the toy has
 two objective values, no outputs).
 
@@ -43,7 +43,7 @@ TOY_OPTIONS: dict[str, dict[str, Any]] = {
 TOY_UNSUPPORTED: dict[str, str] = {
     "graddrop": "its direction is not a weighted sum of the two gradients",
     "config": "its direction is not a weighted sum of the two gradients",
-    "dbmtl": "its direction is an EMA of past steps' gradients, not a weighted sum of this step's",
+    "dbmtl": "its direction sums EMAs of the gradients, not a weighted sum of this step's two",
     **dict.fromkeys(
         ("lossrag", "lossrag-online", "lossrag-default", "lossrag-default-online"),
         "it composes loss terms from a task's outputs and targets; the toy has two values",

@@ -261,7 +261,11 @@ class _Preference(_Scalarized):
             alpha = torch.full((self.num_terms,), self.concentration)
             scalarizer: Any = self.scalarizer
             scalarizer.weights = torch.distributions.Dirichlet(alpha).sample()
+        self._follow_dtype(losses.dtype)
         return super().weigh(losses)
+
+    def _follow_dtype(self, dtype: torch.dtype) -> None:
+        """Put the scalariser's vectors in the losses' dtype where its arithmetic needs it."""
 
     def state_dict(self) -> dict[str, Any]:
         s: Any = self.scalarizer
@@ -341,11 +345,10 @@ class PBI(_Preference):
             reference = torch.tensor(self.reference)
         return sc.PBI(self.theta, self._preference(num_terms), reference)
 
-    def weigh(self, losses: Tensor) -> Tensor:
-        """As the base class, with ``w`` and ``z*`` in the losses' dtype (PBI's dot products do
-        not promote float32 to float64)."""
+    def _follow_dtype(self, dtype: torch.dtype) -> None:
+        """``w`` and ``z*`` in the losses' dtype: PBI's dot products do not promote float32 to
+        float64 (the toy's losses)."""
         s: Any = self.scalarizer
-        s.weights = s.weights.to(losses.dtype)
+        s.weights = s.weights.to(dtype)
         if s.reference is not None:
-            s.reference = s.reference.to(losses.dtype)
-        return super().weigh(losses)
+            s.reference = s.reference.to(dtype)
