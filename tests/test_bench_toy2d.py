@@ -294,3 +294,15 @@ def test_every_method_runs_on_the_toy_or_says_why_not(name: str) -> None:
         return
     run = run_toy(name, 0, steps=20, starts=[0, 2])
     assert np.isfinite(run.pareto_distance).all() and np.isfinite(run.final).all()
+
+
+def test_methods_that_take_log_losses_get_bounds_below_the_toys_objectives() -> None:
+    """GLS ran on the toy until its losses went negative; GO4Align ran on them silently."""
+    infima = np.array([-1.9989, -19.989])
+    for name in QUICK_METHODS:
+        if name in TOY_UNSUPPORTED:
+            continue
+        method = make_method(name, **TOY_OPTIONS.get(name, {}))
+        if method.positive_losses:
+            bounds = getattr(method, "min_losses", None)
+            assert bounds is not None and (np.array(bounds) < infima).all(), name

@@ -5,9 +5,10 @@ The toy has closed-form gradients, so each start point gets its own method objec
 gradients through autograd (GradNorm) see a linearised graph ``L_i + ⟨θ − θ₀, ∇f_i⟩`` whose value
 and gradient at θ₀ are exact; FAMO receives the objectives after each step as its re-evaluation.
 Not run here (:data:`TOY_UNSUPPORTED`): GradDrop, ConFIG and DB-MTL, whose directions are not
-weighted sums of this step's two gradients (DB-MTL's sums EMAs over past steps), and the
-retrieval policies, which compose their loss terms from a task's outputs and targets (the toy has
-two objective values, no outputs).
+weighted sums of this step's two gradients (DB-MTL's sums EMAs over past steps); GLS, GO4Align and
+DB-MTL, which take the logarithm of each loss, while the toy's objectives go below 0 and only FAMO
+takes lower bounds; and the retrieval policies, which compose their loss terms from a task's
+outputs and targets (the toy has two objective values, no outputs).
 
 FAMO runs as its authors ran this toy (``Cranial-XIX/FAMO``, ``experiments/toy/trainer.py`` and
 ``run.sh``): bounds ``b = (−21·0.1, −21)`` below the objectives, which are negative in places
@@ -38,12 +39,17 @@ TOY_OPTIONS: dict[str, dict[str, Any]] = {
     "famo": {"min_losses": (-2.1, -21.0), "weight_decay": 0.0},
 }
 
+_NEGATIVE = "it takes the logarithm of each loss, and the toy's objectives go below 0"
+
 #: Methods the toy cannot run, with the reason: an update that is not a weighted sum of this step's
-#: two gradients, or loss terms composed from a task's outputs and targets.
+#: two gradients, the logarithm of losses that go negative, or loss terms composed from a task's
+#: outputs and targets.
 TOY_UNSUPPORTED: dict[str, str] = {
     "graddrop": "its direction is not a weighted sum of the two gradients",
     "config": "its direction is not a weighted sum of the two gradients",
-    "dbmtl": "its direction sums EMAs of the gradients, not a weighted sum of this step's two",
+    "dbmtl": f"{_NEGATIVE}; its direction sums EMAs of the gradients, not this step's two",
+    "geometricmean": _NEGATIVE,
+    "go4align": _NEGATIVE,
     **dict.fromkeys(
         ("lossrag", "lossrag-online", "lossrag-default", "lossrag-default-online"),
         "it composes loss terms from a task's outputs and targets; the toy has two values",
