@@ -4,7 +4,9 @@
 
 Each output folder's jobs are taken in the order ``lossrag bench`` submits them and given to the
 first free worker (the runner's process pool does the same); a job's time is its process CPU time
-(``cpu_s``, one thread), or its elapsed time where no CPU time was recorded (cost jobs).
+(``cpu_s``, one thread), or its elapsed time where no CPU time was recorded (cost jobs). A job
+that an earlier folder already holds (runs copied between folders, as ``benchmarks/full5`` holds
+``benchmarks/full``'s seeds 0-2) is counted once, in the first.
 """
 
 from __future__ import annotations
@@ -17,11 +19,15 @@ from pathlib import Path
 from lossrag.bench.runner import BenchConfig, plan
 
 
-def job_times(out: Path) -> tuple[list[float], int]:
-    """Recorded seconds of the jobs of ``out`` in submission order, and how many are missing."""
+def job_times(out: Path, counted: set[str]) -> tuple[list[float], int]:
+    """Recorded seconds of the jobs of ``out`` not in ``counted``, in submission order, and how
+    many are missing; adds the keys it counts to ``counted``."""
     config = BenchConfig.model_validate_json((out / "config.json").read_text())
     times, missing = [], 0
     for job in plan(config):
+        if job.key in counted:
+            continue
+        counted.add(job.key)
         path = out / "runs" / f"{job.key}.json"
         if not path.exists():
             missing += 1
@@ -45,8 +51,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     total_cpu = total_wall = 0.0
+    counted: set[str] = set()
     for out in args.outs:
-        times, missing = job_times(out)
+        times, missing = job_times(out, counted)
         wall = makespan(times, args.workers)
         total_cpu, total_wall = total_cpu + sum(times), total_wall + wall
         print(
