@@ -4,16 +4,25 @@ run)."""
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 from typer.testing import CliRunner
 
 from lossrag.bench.metrics import delta_m
 from lossrag.bench.problems import get_problem
-from lossrag.bench.runner import QUICK_METHODS, BenchConfig, plan, report_finished, run_bench
+from lossrag.bench.runner import (
+    QUICK_METHODS,
+    BenchConfig,
+    plan,
+    report_finished,
+    run_bench,
+    toy_skipped,
+)
 from lossrag.cli import app
 
 
@@ -45,6 +54,12 @@ def test_plan_counts_and_protocol_exclusions():
     assert ("train", "gradnorm-synth-t40", "mgda") not in kinds  # T = 40: gradient methods out
     assert ("train", "gradnorm-synth-t40", "ew") in kinds
     assert ("toy", "toy2d", "graddrop") not in kinds and ("toy", "toy2d", "mgda") in kinds
+    oracle = {"digits-mtl": {"digit": {"loss": "focal", "params": {}}}}
+    both = BenchConfig(
+        problems=["digits-mtl", "toy2d"], methods=["ew@oracle"], seeds=[0], oracle=oracle
+    )
+    assert {j.problem for j in plan(both) if j.method == "ew@oracle"} == {"digits-mtl"}
+    assert toy_skipped(both) == {"ew@oracle": "the toy has no loss oracle"}
     stl = [j for j in jobs if j.kind == "stl" and j.problem == "digits-mtl"]
     assert len(stl) == 2 * len(get_problem("digits-mtl").scored)
     assert len({j.key for j in jobs}) == len(jobs)
@@ -249,7 +264,9 @@ def test_toy2d_runs_per_start_point_and_reports(tmp_path):
         problems=["toy2d"], methods=["ew", "mgda", "graddrop"], seeds=[0], toy_steps=300
     )
     assert len([j for j in plan(cfg) if j.method == "ew"]) == 5
-    run_bench(cfg, out)
+    stream = io.StringIO()
+    run_bench(cfg, out, console=Console(file=stream, width=200))
+    assert "toy2d does not run graddrop: its direction is not a weighted sum" in stream.getvalue()
     payload = json.loads((out / "results.json").read_text())
     assert set(payload["toy2d"]) == {"ew", "mgda"}  # GradDrop gives no weights: not run
     assert len(payload["toy2d"]["mgda"]["pareto_distance"]) == 5

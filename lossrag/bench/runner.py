@@ -102,18 +102,31 @@ class BenchConfig(BaseModel):
                 )
 
 
+def toy_skipped(config: BenchConfig) -> dict[str, str]:
+    """The methods of ``config`` that ``toy2d`` does not run, with the reason (none without it)."""
+    from lossrag.bench.toyrun import TOY_UNSUPPORTED
+
+    if "toy2d" not in config.problems:
+        return {}
+    skipped = {m: TOY_UNSUPPORTED[m] for m in config.methods if m in TOY_UNSUPPORTED}
+    skipped.update(
+        (m, "the toy has no loss oracle") for m in config.methods if m.endswith(ORACLE_SUFFIX)
+    )
+    return skipped
+
+
 def plan(config: BenchConfig) -> list[Job]:
     """Every job of the benchmark: methods × problems × seeds, single-task runs, cost runs."""
     from lossrag.bench.problems import Toy2D, get_problem
-    from lossrag.bench.toyrun import TOY_UNSUPPORTED
 
     jobs: list[Job] = []
     for name in config.problems:
         if name == "toy2d":
+            skipped = toy_skipped(config)
             jobs += [
                 Job(kind="toy", problem=name, method=m, seed=0, steps=config.toy_steps, start=s)
                 for m in config.methods
-                if m not in TOY_UNSUPPORTED
+                if m not in skipped
                 for s in range(len(Toy2D().starts))
             ]
             continue
@@ -251,6 +264,8 @@ def run_bench(
     """
     console = console or Console()
     config.validate_names()
+    for method, why in toy_skipped(config).items():
+        console.print(f"[yellow]note:[/yellow] toy2d does not run {method}: {why}.")
     _prepare(out, config, resume, force)
     fingerprint = code_fingerprint()
     todo, results = [], []
