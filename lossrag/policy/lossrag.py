@@ -41,7 +41,7 @@ from torch import Tensor
 from lossrag.context import TERM_FEATURES, LossTracker, effective_rank, global_features
 from lossrag.embed import Embedder
 from lossrag.index import Entry, LossIndex, default_index
-from lossrag.keys import TermKey, nest, unnest
+from lossrag.keys import TermKey
 from lossrag.losses import registry
 from lossrag.meta.learner import CorrectionLearner
 from lossrag.meta.objectives import Objective
@@ -50,10 +50,11 @@ from lossrag.policy.evidence import corruption
 from lossrag.policy.gates import Gates
 from lossrag.policy.net import Correction
 from lossrag.policy.prior import Prior
-from lossrag.policy.rescue import IDLE, MAJORITY, REDESCENDING
+from lossrag.policy.rescue import rescue
 from lossrag.policy.retrieval import Candidate, least_misled, measure, search
 from lossrag.policy.schedule import Schedule
 from lossrag.policy.scoring import FEATURES, Scored, candidate_rows, scores, smooth, task_context
+from lossrag.policy.state import load_state, state_of
 from lossrag.policy.terms import TermLosses
 from lossrag.record import Term
 from lossrag.tasks import NATURAL_LOSS, Task
@@ -331,42 +332,25 @@ class LossRAG(Method):
 
     def _rescue(self, outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor]) -> bool:
         """Switch a regression task's natural loss on again where only redescending losses are
-        on and they see a minority of this batch (:mod:`.rescue`); whether one was (its note in
-        :attr:`rescues` until the next refresh)."""
-        self.rescues = {}
-        entries = self.library.entries
-        for name, ids in self.active.items():
-            task, natural = self.tasks[name], self.natural[name]
-            # (a natural loss that is itself redescending would bring no pull back)
-            if task.kind != "regression" or natural in ids or entries[natural].name in REDESCENDING:
-                continue
-            if not {entries[e].name for e in ids} <= REDESCENDING:
-                continue
-            share = self.library.seen_share(task, ids, outputs, targets)
-            if share >= MAJORITY:
-                continue
-            saw = f"the task's robust losses saw {share:.0%} of the batch"
-            # seeing a minority they hold its mode: the task starts over on its natural loss;
-            # seeing almost nothing, the natural loss joins them (room made by their lowest)
-            keep = [] if share >= IDLE else self._best(name, ids, self.max_terms - 1)
-            for e in ids:
-                if e not in keep:
-                    self.rescues[TermKey(name, e)] = f"off: rescue ({saw})"
-                    self.gates.force(TermKey(name, e), on=False)
-            ids[:] = [*keep, natural]
-            key = TermKey(name, natural)
-            joins = "it joins them" if keep else "in their place"
-            self.rescues[key] = f"on: rescue ({saw}; {joins})"
-            self.gates.force(key, on=True)
-            self.schedule.gates_moved = True
+        on and they see a minority of this batch (:func:`.rescue.rescue`; the switched terms'
+        gates start over); whether one was (its note in :attr:`rescues` until the next
+        refresh)."""
+        self.rescues = rescue(
+            self.active,
+            self.natural,
+            self.tasks,
+            self.library,
+            self.scores,
+            self.max_terms,
+            outputs,
+            targets,
+        )
+        for key, why in self.rescues.items():
+            self.gates.force(key, on=why.startswith("on:"))
         if self.rescues:
+            self.schedule.gates_moved = True
             self._reweigh()
         return bool(self.rescues)
-
-    def _best(self, task: str, ids: list[str], n: int) -> list[str]:
-        """The ``n`` best-scored of a task's entries ``ids``, in their order."""
-        ranked = sorted(ids, key=lambda e: self.scores.get(TermKey(task, e), 0.0), reverse=True)
-        return [e for e in ids if e in ranked[: max(n, 0)]]
 
     def _with_rescues(self, listed: list[Term]) -> list[Term]:
         """``listed`` with the terms :meth:`_rescue` just switched, as they are now, and why."""
@@ -623,62 +607,13 @@ class LossRAG(Method):
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
-        """Active sets, scores, weights, trackers, gates and Δφ (plain containers, tensors;
-        a mapping by term is ``{task: {loss: value}}``)."""
-        return {
-            "active": {k: list(v) for k, v in self.active.items()},
-            "entries": {
-                k: [e.name, dict(e.params), e.kind] for k, e in self.library.entries.items()
-            },
-            "scores": nest(self.scores),
-            "weights": nest(self.weights),
-            "target_scale": dict(self.library.target_scale),
-            "smoothed": {k: list(v) for k, v in self.smoothed.items()},
-            **self.schedule.state_dict(),
-            "rank": self.rank,
-            "candidates": {
-                k: [
-                    [c.entry, c.retrieval, c.explore, list(c.vector), c.gsnr, c.scale, c.gross_grad]
-                    for c in v
-                ]
-                for k, v in self.candidates.items()
-            },
-            "gross": dict(self.gross),
-            "toward": dict(self.toward),
-            "tracker": self.tracker.state_dict(),
-            "gates": self.gates.state_dict(),
-            "correction": self.correction.state_dict(),
-            **self.learner.state_dict(),
-        }
+        """Active sets, scores, weights, trackers, gates and Δφ as plain containers and
+        tensors (:mod:`.state`)."""
+        return state_of(self)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`, or one written before term keys were typed (keyed by
-        ``"task:loss"`` strings)."""
-        tasks = list(self.tasks)
-        self.library.entries = {
-            k: Entry(n, dict(p), kind) for k, (n, p, kind) in state["entries"].items()
-        }
-        self.active = {k: list(v) for k, v in state["active"].items()}
-        self.scores = {k: float(v) for k, v in unnest(state["scores"], tasks).items()}
-        self.weights = {k: float(v) for k, v in unnest(state["weights"], tasks).items()}
-        self.library.target_scale = dict(state["target_scale"])
-        self.smoothed = {k: list(v) for k, v in state["smoothed"].items()}
-        self.schedule.load_state_dict(state)
-        retrieval = state.get("retrieval", ())
-        self.rank = float(state.get("rank", retrieval[3] if len(retrieval) > 3 else 0.0))
-        self.candidates = {  # a state from before the gross-error evidence has 6 fields
-            k: [
-                Candidate(e, float(r), bool(x), list(v), float(g), float(c), *map(float, rest))
-                for e, r, x, v, g, c, *rest in cands
-            ]
-            for k, cands in state["candidates"].items()
-        }
-        self.gross = {k: float(v) for k, v in state.get("gross", {}).items()}
-        self.toward = dict(state.get("toward", {}))
-        self.tracker.load_state_dict(state["tracker"], tasks)
-        self.gates.load_state_dict(state["gates"], tasks)
-        self.correction.load_state_dict(state["correction"])
-        self.learner.load_state_dict(state, tasks)
+        """Restore :meth:`state_dict`, or one of an older version (:mod:`.state`)."""
+        load_state(self, state)
 
 
 @register_method

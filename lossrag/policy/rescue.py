@@ -27,12 +27,19 @@ is not brought back.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-__all__ = ["IDLE", "MAJORITY", "REDESCENDING", "SEEN", "seen_share"]
+from lossrag.keys import TermKey
+
+if TYPE_CHECKING:
+    from lossrag.policy.terms import TermLosses
+    from lossrag.tasks import Task
+
+__all__ = ["IDLE", "MAJORITY", "REDESCENDING", "SEEN", "rescue", "seen_share"]
 
 #: Losses whose influence falls to 0 beyond their scale.
 REDESCENDING = frozenset({"tukey", "welsch", "geman_mcclure", "cauchy"})
@@ -60,3 +67,46 @@ def seen_share(
             (psi,) = torch.autograd.grad(loss(z, t).sum(), z)
         seen |= psi * width * u.sign() >= SEEN * u.abs()  # ψ(u)/u ≥ SEEN, u ≠ 0
     return float(seen.float().mean())
+
+
+def rescue(
+    active: dict[str, list[str]],
+    natural: Mapping[str, str],
+    tasks: Mapping[str, Task],
+    library: TermLosses,
+    scores: Mapping[TermKey, float],
+    max_terms: int,
+    outputs: Mapping[str, Tensor],
+    targets: Mapping[str, Tensor],
+) -> dict[TermKey, str]:
+    """Apply the rule (the module docstring) to every task on this batch, changing ``active``
+    in place; the terms it switched, each with its note (``"on: rescue (...)"`` or
+    ``"off: rescue (...)"``). ``scores`` rank a task's robust losses when the best of them
+    stay on beside the natural loss."""
+    switched: dict[TermKey, str] = {}
+    entries = library.entries
+    for name, ids in active.items():
+        task, own = tasks[name], natural[name]
+        # (a natural loss that is itself redescending would bring no pull back)
+        if task.kind != "regression" or own in ids or entries[own].name in REDESCENDING:
+            continue
+        if not {entries[e].name for e in ids} <= REDESCENDING:
+            continue
+        share = library.seen_share(task, ids, outputs, targets)
+        if share >= MAJORITY:
+            continue
+        saw = f"the task's robust losses saw {share:.0%} of the batch"
+        # seeing a minority they hold its mode: the task starts over on its natural loss;
+        # seeing almost nothing, the natural loss joins them (room made by their lowest)
+        keep = [] if share >= IDLE else _best(name, ids, max_terms - 1, scores)
+        switched.update({TermKey(name, e): f"off: rescue ({saw})" for e in ids if e not in keep})
+        ids[:] = [*keep, own]
+        joins = "it joins them" if keep else "in their place"
+        switched[TermKey(name, own)] = f"on: rescue ({saw}; {joins})"
+    return switched
+
+
+def _best(task: str, ids: list[str], n: int, scores: Mapping[TermKey, float]) -> list[str]:
+    """The ``n`` best-scored of a task's entries ``ids``, in their order."""
+    ranked = sorted(ids, key=lambda e: scores.get(TermKey(task, e), 0.0), reverse=True)
+    return [e for e in ids if e in ranked[: max(n, 0)]]
