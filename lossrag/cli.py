@@ -114,7 +114,7 @@ def library_show(name: Annotated[str, typer.Argument(help="loss name")]) -> None
         if key == "params":
             value = (
                 "\n".join(
-                    f"{k}: default {p['default']:g}, range [{p['low']:g}, {p['high']:g}], "
+                    f"{k}: default {p['default']:g}, range {spec.params[k].range_text}, "
                     f"grid {p['grid']}"
                     for k, p in value.items()
                 )

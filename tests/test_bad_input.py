@@ -186,6 +186,52 @@ def test_nan_loss_skips_without_touching_state(digits, policy):
     _ok_step(composer, model, digits)
 
 
+@pytest.mark.parametrize(("policy", "normalize"), [("ew", True), ("famo", True), ("famo", False)])
+def test_a_skipped_step_takes_nothing_from_its_batch(digits, policy, normalize):
+    """A run with a skipped batch (a NaN input: every loss non-finite, the targets finite) ends
+    exactly as the run without it. Found by a user trial: the normaliser folded the skipped
+    batch's targets into its statistics, and FAMO dropped its pending re-evaluation of the step
+    before. Only the step count moves (the normaliser observes every batch of its first 64)."""
+
+    def run(bad_at: int | None) -> torch.Tensor:
+        model = digits.model()
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        composer = lossrag.wrap(
+            model, digits.tasks, policy, shared=model.trunk, normalize_targets=normalize
+        )
+        for i in range(6):
+            if i == bad_at:
+                x, y = digits.batch(9)
+                x = x.clone()
+                x[0] = math.nan
+                opt.zero_grad()
+                with pytest.warns(UserWarning, match="skipped"):
+                    assert composer.backward(model(x), y).skipped
+                opt.step()
+            x, y = digits.batch(i)
+            opt.zero_grad()
+            composer.backward(model(x), y)
+            opt.step()
+        composer.close()
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    assert torch.equal(run(None), run(3))
+
+
+@pytest.mark.parametrize("policy", ["ew", "default"])
+def test_a_skip_names_its_tasks_in_the_same_words_for_every_policy(digits, policy):
+    """The retrieval policies said ``non-finite loss in ink:l2``, the baselines ``... in
+    task(s) ink`` (found by a user trial); the policies add their terms."""
+    model = digits.model()
+    composer = lossrag.wrap(model, digits.tasks, policy, shared=model.trunk)
+    x, y = digits.batch(0)
+    bad = dict(y, ink=y["ink"].clone())
+    bad["ink"][3] = math.nan
+    with pytest.warns(UserWarning, match="skipped"):
+        record = composer.backward(model(x), bad)
+    assert record.skipped and (record.reason or "").startswith("non-finite loss in task(s) ink")
+
+
 @pytest.mark.parametrize("policy", ["ew", "rlw", "uw"])
 def test_nan_target_through_loss_gives_no_gradient(digits, policy):
     """``composer.loss()`` at a non-finite step gave a zero loss whose backward made NaN

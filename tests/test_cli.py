@@ -144,3 +144,10 @@ print(signal.getsignal(signal.SIGINT) is signal.SIG_IGN)
             [sys.executable, "-c", code, start], capture_output=True, text=True, timeout=60
         )
         assert done.stdout.strip().splitlines()[-1] == ignored, done.stderr
+
+
+def test_library_show_gives_each_range_as_the_errors_do():
+    """``library show huber`` said ``range [0, inf]`` while a bad ``delta`` is refused with
+    ``delta in (0, inf)`` (found by a user trial)."""
+    result = CliRunner().invoke(app, ["library", "show", "huber"])
+    assert result.exit_code == 0 and "range (0, inf)" in _text(result.output)

@@ -64,6 +64,9 @@ class _Window:
     snapshot: tuple[dict[str, Any], Tensor] | None = None
     #: What a step strategy gathers over the window (gradient methods: summed Jacobians).
     extra: dict[str, Any] = field(default_factory=dict)
+    #: The micro-batches' target statistics (all-reduced), folded in when the window closes
+    #: unless it was skipped: a skipped step leaves the normaliser as it was.
+    targets: Tensor | None = None
 
 
 class Composer:
@@ -449,9 +452,8 @@ class Composer:
             raise
         try:
             if observed is not None:
-                summed = self.sync.sum(observed)
-                stats = self._target_stats
-                self._target_stats = summed if stats is None else stats + summed
+                summed, stats = self.sync.sum(observed), self._window.targets
+                self._window.targets = summed if stats is None else stats + summed
             if self.method.needs_rerun and self.inputs is not None:
                 self._window.batches.append(
                     (copy_tree(self.inputs), {k: v.detach().clone() for k, v in targets.items()})
@@ -521,7 +523,11 @@ class Composer:
         window, self._window = self._window, None
         if window is None or window.count == 0:
             return
-        self._rerun_batches = [] if window.skipped else window.batches
+        if not window.skipped:  # a skipped step keeps the last one's re-evaluation pending
+            self._rerun_batches = window.batches
+            if window.targets is not None:
+                stats = self._target_stats
+                self._target_stats = window.targets if stats is None else stats + window.targets
         self.strategy.end_window(window)
         self.recorder.release()  # the step's record is complete
         self.step += 1

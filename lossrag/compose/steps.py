@@ -238,7 +238,8 @@ class PolicyStep(Step):
         context: dict[str, dict[str, float]] = {}
         if bad or (window is not None and window.skipped):
             why = (
-                f"non-finite loss in {', '.join(f'{k.task}:{k.loss}' for k in bad)}"
+                f"non-finite loss in task(s) {', '.join(dict.fromkeys(k.task for k in bad))} "
+                f"(terms {', '.join(f'{k.task}:{k.loss}' for k in bad)})"
                 if bad
                 else "an earlier micro-batch of this optimizer step was skipped"
             )
