@@ -186,12 +186,15 @@ def test_nan_loss_skips_without_touching_state(digits, policy):
     _ok_step(composer, model, digits)
 
 
-@pytest.mark.parametrize(("policy", "normalize"), [("ew", True), ("famo", True), ("famo", False)])
+@pytest.mark.parametrize(
+    ("policy", "normalize"), [("ew", True), ("famo", True), ("famo", False), ("rlw", False)]
+)
 def test_a_skipped_step_takes_nothing_from_its_batch(digits, policy, normalize):
     """A run with a skipped batch (a NaN input: every loss non-finite, the targets finite) ends
     exactly as the run without it. Found by a user trial: the normaliser folded the skipped
-    batch's targets into its statistics, and FAMO dropped its pending re-evaluation of the step
-    before. Only the step count moves (the normaliser observes every batch of its first 64)."""
+    batch's targets into its statistics, FAMO dropped its pending re-evaluation of the step
+    before, RLW drew its weights. Only the step count moves (the normaliser observes every
+    batch of its first 64)."""
 
     def run(bad_at: int | None) -> torch.Tensor:
         model = digits.model()

@@ -20,9 +20,9 @@ class Options(BaseModel):
             retrieval policy's exploration draw from it, never from the global one). Defaults
             to ``torch.initial_seed()``.
         max_skips: Consecutive non-finite steps tolerated before ``NonFiniteLossError``
-            (counted where the composer reads the losses: every ``backward``, and ``loss`` with
-            a method that reads them; EW's and RLW's ``loss`` decide on the device and count
-            none).
+            (counted where the composer reads the losses: every ``backward``, and ``loss`` on
+            the CPU or with a method that reads them; EW's and RLW's ``loss`` on an accelerator
+            decide on the device and count none).
         query: An iterable (cycled when it runs out) of held-out ``(x, y)`` batches shaped like
             training batches. With a retrieval policy it turns on online meta-adaptation; the
             query-learning baselines (``autolambda``, ``metaweighting``) need it.

@@ -96,7 +96,9 @@ class LossStep(Step):
         timings["losses"] = time.perf_counter() - t0
         reason, step, window = None, c.step, c.window
         names = c.pairs()
-        host = None if not method.reads_losses else stats.tolist()
+        # read on the CPU, where it is free: a skipped step then leaves the method (RLW's draw)
+        # untouched
+        host = stats.tolist() if method.reads_losses or on_cpu else None
         if window is not None and window.skipped:
             why = "an earlier micro-batch of this optimizer step was skipped"
             return self._skipped(losses, names, host or [math.nan] * len(names), why, timings)
