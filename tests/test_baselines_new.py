@@ -371,6 +371,18 @@ def test_pbi_takes_float64_losses():
     assert drawn.weigh(losses).dtype == torch.float64  # type: ignore[attr-defined]
 
 
+def test_pbi_keeps_its_preference_under_half_precision_losses():
+    """Half-precision losses are weighed in float32: casting ``w`` to them in place rounded a
+    fixed preference for every later step (0.2 -> 0.19995)."""
+    pref = [0.2, 0.5, 0.3]
+    method = _setup(PBI(theta=5.0, preference=pref), 3)
+    losses = torch.tensor([0.5, 2.0, 1.0])
+    before = method.weigh(losses)  # type: ignore[attr-defined]
+    assert method.weigh(losses.half()).dtype == torch.float16  # type: ignore[attr-defined]
+    assert torch.equal(method.scalarizer.weights, torch.tensor(pref))  # type: ignore[attr-defined]
+    assert torch.equal(method.weigh(losses), before)  # type: ignore[attr-defined]
+
+
 def test_cosmos_weights_by_hand():
     """∂/∂L_i [r·L − λ r·L/(‖r‖‖L‖)] = r_i − λ (r_i/(‖r‖‖L‖) − (r·L) L_i/(‖r‖‖L‖³))."""
     losses = torch.tensor([3.0, 4.0], dtype=torch.float64)

@@ -261,11 +261,13 @@ class _Preference(_Scalarized):
             alpha = torch.full((self.num_terms,), self.concentration)
             scalarizer: Any = self.scalarizer
             scalarizer.weights = torch.distributions.Dirichlet(alpha).sample()
-        self._follow_dtype(losses.dtype)
-        return super().weigh(losses)
+        working = self._working_dtype(losses.dtype)
+        return super().weigh(losses.to(working)).to(losses.dtype)
 
-    def _follow_dtype(self, dtype: torch.dtype) -> None:
-        """Put the scalariser's vectors in the losses' dtype where its arithmetic needs it."""
+    def _working_dtype(self, dtype: torch.dtype) -> torch.dtype:
+        """The dtype the scalariser computes in for losses of ``dtype`` (widening its vectors
+        where its arithmetic needs one dtype, never narrowing them)."""
+        return dtype
 
     def state_dict(self) -> dict[str, Any]:
         s: Any = self.scalarizer
@@ -345,10 +347,13 @@ class PBI(_Preference):
             reference = torch.tensor(self.reference)
         return sc.PBI(self.theta, self._preference(num_terms), reference)
 
-    def _follow_dtype(self, dtype: torch.dtype) -> None:
-        """``w`` and ``z*`` in the losses' dtype: PBI's dot products do not promote float32 to
-        float64 (the toy's losses)."""
+    def _working_dtype(self, dtype: torch.dtype) -> torch.dtype:
+        """The wider of the losses' dtype and ``w``'s, ``w`` and ``z*`` widened to it: PBI's
+        dot products do not promote float32 to float64 (the toy's losses), and half-precision
+        losses must not round a fixed preference for good."""
         s: Any = self.scalarizer
-        s.weights = s.weights.to(dtype)
+        working = torch.promote_types(s.weights.dtype, dtype)
+        s.weights = s.weights.to(working)
         if s.reference is not None:
-            s.reference = s.reference.to(dtype)
+            s.reference = s.reference.to(working)
+        return working
