@@ -51,7 +51,7 @@ def train(method: str, rank: int = 0, world: int = 1) -> dict[str, list[torch.Te
         options = {"query": [(x[part] + 0.1, {k: v[part] for k, v in y.items()})], "meta_every": 1}
     composer = lossrag.wrap(net, TASKS, method, shared=model.trunk, seed=0, **options)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    weights, params = [], []
+    weights, params, losses = [], [], []
     for x, y in batches():
         xs, ys = (
             x[rank * per : (rank + 1) * per],
@@ -66,10 +66,11 @@ def train(method: str, rank: int = 0, world: int = 1) -> dict[str, list[torch.Te
         assert record is not None and not record.skipped, (method, record)
         w = [t.weight if t.weight is not None else float("nan") for t in record.terms if t.active]
         weights.append(torch.tensor(w, dtype=torch.float64))
+        losses.append(torch.tensor([record.losses[t.name] for t in TASKS], dtype=torch.float64))
         opt.step()
         params.append(torch.cat([p.detach().reshape(-1) for p in model.parameters()]).clone())
     composer.close()
-    return {"weights": weights, "params": params}
+    return {"weights": weights, "params": params, "losses": losses}
 
 
 def run(rank: int, world: int, port: int, methods: list[str], out: str) -> None:
@@ -82,6 +83,7 @@ def run(rank: int, world: int, port: int, methods: list[str], out: str) -> None:
         results = {m: train(m, rank, world) for m in methods}
         torch.save(results, Path(out) / f"rank{rank}.pt")
         mismatch(rank, out)
+        mismatch_loss(rank, out)
         non_finite(rank, out)
         unwritable_trace(rank, out)
         # tear down in step: the DDP modules left by the cases above go while the group lives,
@@ -114,6 +116,25 @@ def mismatch(rank: int, out: str) -> None:
     except ValueError as err:
         message = str(err)
     Path(out, f"mismatch{rank}.txt").write_text(message)
+
+
+def mismatch_loss(rank: int, out: str) -> None:
+    """Rank 1 gives a task another loss (a user trial's ranks trained different losses
+    silently): every rank must raise at the first step."""
+    tasks = list(TASKS)
+    if rank == 1:
+        tasks[2] = lossrag.Task("ink", kind="regression", metric="mae", loss="huber")
+    torch.manual_seed(0)
+    model = MultiTaskMLP(12, [16, 8], TASKS)
+    net = DistributedDataParallel(model)
+    composer = lossrag.wrap(net, tasks, "ew", seed=0)
+    x, y = batches()[0]
+    try:
+        composer.loss(net(x[:4]), {t.name: y[t.name][:4] for t in tasks}).backward()
+        message = "no error"
+    except ValueError as err:
+        message = str(err)
+    Path(out, f"mismatch_loss{rank}.txt").write_text(message)
 
 
 def non_finite(rank: int, out: str) -> None:

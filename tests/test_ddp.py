@@ -68,6 +68,8 @@ def test_ranks_agree_and_match_one_process(two_ranks, method):
     rank0, rank1 = two_ranks[0][method], two_ranks[1][method]
     assert _equal(rank0["weights"], rank1["weights"]), "weights differ across ranks"
     assert _equal(rank0["params"], rank1["params"]), "parameters differ across ranks"
+    # the records give every rank's losses averaged (they gave each rank's own half)
+    assert _equal(rank0["losses"], rank1["losses"]), "recorded losses differ across ranks"
     if method in RANK0:
         return
     single = worker.train(method)
@@ -77,6 +79,8 @@ def test_ranks_agree_and_match_one_process(two_ranks, method):
     if method == "gradnorm":  # its weights follow gradient norms on the last shared layer
         tol = 1e-4
     for a, b in zip(rank0["params"], single["params"], strict=True):
+        assert float((a - b).abs().max() / b.abs().max()) < tol
+    for a, b in zip(rank0["losses"], single["losses"], strict=True):
         assert float((a - b).abs().max() / b.abs().max()) < tol
     for a, b in zip(rank0["weights"], single["weights"], strict=True):
         finite = torch.isfinite(b)
@@ -92,6 +96,12 @@ def test_mismatched_tasks_are_an_error_on_every_rank(two_ranks):
         assert "configured differently" in message
         assert "policy: 'famo' vs 'uw'" in message or "policy: 'uw' vs 'famo'" in message
         assert "tasks" in message
+
+
+def test_a_task_with_another_loss_on_one_rank_is_an_error_on_every_rank(two_ranks):
+    for rank in (0, 1):
+        message = (two_ranks[2] / f"mismatch_loss{rank}.txt").read_text()
+        assert "configured differently" in message and "huber" in message, message
 
 
 def test_a_trace_rank_0_cannot_write_is_an_error_on_every_rank(two_ranks):

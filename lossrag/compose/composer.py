@@ -10,7 +10,7 @@ import pathlib
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -418,7 +418,9 @@ class Composer:
             self.sync.check(
                 {
                     "policy": self.policy_name,
-                    "tasks": [(t.name, t.kind) for t in self.tasks],
+                    # every field: a rank with another loss, its settings or metric trained
+                    # that loss silently (found by a user trial)
+                    "tasks": [asdict(t) for t in self.tasks],
                     "accumulate(n)": None if self._window is None else self._window.length,
                     "seed": self.options.seed,
                     "normalize_targets": self.target_mode,

@@ -154,7 +154,7 @@ class LossStep(Step):
                 timings=timings,
             )
 
-        return total, Pending(losses.detach(), held, make, finite)
+        return total, Pending(stats, held, make, finite)  # the losses of every rank, averaged
 
     @property
     def method(self) -> LossMethod:
@@ -272,7 +272,8 @@ class PolicyStep(Step):
         total = (coefficients * losses).sum() / c.window_length
         state = self._state()  # as of this step, for a record read later
 
-        def make(values: list[float], w: list[float] | None, ok: bool) -> StepRecord:
+        def make(_: list[float], w: list[float] | None, ok: bool) -> StepRecord:
+            # the losses of every rank, averaged (as the policy observed them)
             record = self._record(step, terms, values, candidates, timings, context, state)
             record.reason = note
             return record
