@@ -18,6 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 if TYPE_CHECKING:
+    from lossrag.bench.runner import BenchConfig
     from lossrag.losses import LossSpec
 
 app = typer.Typer(
@@ -386,7 +387,7 @@ def _start_bench(
 ) -> None:
     """Run a new benchmark in ``out`` (``bench run`` and ``bench quick``)."""
     from lossrag.bench.oracle import load_oracle
-    from lossrag.bench.runner import BenchConfig, run_bench
+    from lossrag.bench.runner import BenchConfig
 
     if seeds < 1:
         _fail(f"--seeds must be at least 1, got {seeds}.")
@@ -399,9 +400,25 @@ def _start_bench(
             oracle=load_oracle(oracle).choices() if oracle else {},
             meta_every=meta_every,
         )
-        run_bench(config, out, jobs=jobs, force=force, console=console)
+        _run_bench(config, out, jobs, force=force)
     except ValueError as err:
         _fail(str(err))
+
+
+def _run_bench(config: BenchConfig, out: Path, jobs: int, **options: bool) -> None:
+    """:func:`~lossrag.bench.runner.run_bench`; interrupted, say how to continue (exit 130)."""
+    from lossrag.bench.runner import run_bench
+
+    try:
+        run_bench(config, out, jobs=jobs, console=console, **options)
+    except KeyboardInterrupt:
+        again = f"lossrag bench resume --out {shlex.quote(str(out))} --jobs {jobs}"
+        console.print(
+            f"interrupted: continue with {again} (finished runs are kept)",
+            highlight=False,
+            markup=False,
+        )
+        raise typer.Exit(code=130) from None
 
 
 @bench_app.command("run")
@@ -504,14 +521,14 @@ def bench_oracle(
 def bench_resume(out: _Out = Path("lossrag-bench"), jobs: _Jobs = 2) -> None:
     """Continue the interrupted benchmark in --out with the configuration it was started with
     (runs that crashed run again), then write its reports."""
-    from lossrag.bench.runner import BenchConfig, run_bench
+    from lossrag.bench.runner import BenchConfig
 
     saved = out / "config.json"
     if not saved.is_file():
         _fail(f"{out} holds no benchmark to resume (no config.json); start one: lossrag bench run.")
     try:
         config = BenchConfig.model_validate_json(saved.read_text())
-        run_bench(config, out, jobs=jobs, resume=True, console=console)
+        _run_bench(config, out, jobs, resume=True)
     except (OSError, ValueError) as err:
         _fail(str(err))
 

@@ -147,3 +147,13 @@ def test_the_printed_table_keeps_whole_rows_at_80_columns(tmp_path: Path) -> Non
     table = (tmp_path / "table.md").read_text().splitlines()
     header = next(line for line in table if line.startswith("| method | digits-mtl |"))
     assert header in printed and len(header) > 80
+
+
+def test_one_seed_gives_no_spread(tmp_path: Path) -> None:
+    """One seed printed ``+10.5 ± 0.0``, a spread nobody measured (found by a user trial)."""
+    config = BenchConfig(problems=["digits-mtl"], methods=list(RUNS), seeds=[0])
+    results = [r for r in _results() if r["job"]["seed"] == 0]
+    write_reports(config, results, tmp_path)
+    table = (tmp_path / "table.md").read_text()
+    row = next(line for line in table.splitlines() if line.startswith("| ew |"))
+    assert "±" not in row and "| +" in row

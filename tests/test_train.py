@@ -251,6 +251,13 @@ def test_policy_folder_round_trip_and_integrity(tmp_path, digits):
     (altered / "policy.json").unlink()
     with pytest.raises(FileNotFoundError, match=r"policy\.json is missing"):
         read_card(altered)
+    # a broken card names what is wrong in one line (it gave pydantic's whole report)
+    (altered / "card.json").write_text("{ broken")
+    with pytest.raises(ValueError, match=r"not a valid card \(the file: Invalid JSON[^\n]*\)\.$"):
+        read_card(altered)
+    (altered / "card.json").write_text(json.dumps({**card.model_dump(), "name": None}))
+    with pytest.raises(ValueError, match=r"not a valid card \(name: Input should be a valid str"):
+        read_card(altered)
 
     old = tmp_path / "old"
     shutil.copytree(folder, old)
@@ -406,8 +413,12 @@ def test_train_says_what_a_work_folder_holds_and_continues_a_longer_run(tmp_path
     every2 = TINY.replace("eval_every = 1", "eval_every = 2")
     recipe = load_recipe(_recipe(tmp_path, every2.replace("generations = 2", "generations = 3")))
     train(recipe, tmp_path / "p", tmp_path / "work", console=quiet)
-    with pytest.raises(FileExistsError, match=r"--out .*p holds the policy 'tiny'; pass --force"):
+    # the finished run is said first: --force alone would not get past it (a user trial was
+    # told to pass --force, then refused for the finished run)
+    with pytest.raises(ValueError, match=r"holds a finished run, writing .*p; pass another --work"):
         train(recipe, tmp_path / "p", tmp_path / "work", console=quiet)
+    with pytest.raises(FileExistsError, match=r"--out .*p holds the policy 'tiny'; pass --force"):
+        train(recipe, tmp_path / "p", tmp_path / "work-2", console=quiet)
     with pytest.raises(ValueError, match=r"holds a finished run, writing .*p; pass another --work"):
         train(recipe, tmp_path / "q", tmp_path / "work", console=quiet)
     assert not (tmp_path / "q").exists()
@@ -895,11 +906,14 @@ def _stops_with_its_workers(command: list[str], cwd: Path, signum: int, wait: fl
 def test_kill_int_stops_a_benchmark_before_its_queued_jobs(tmp_path):
     """``kill -INT`` stops ``lossrag bench run`` and its workers at once: without the handler
     the pool ran every queued job first (about a minute here; found by a user trial, where a
-    bigger run seemed to hang)."""
+    bigger run seemed to hang). It says how to continue (it printed nothing, found by a user
+    trial)."""
     script = Path(sys.executable).parent / "lossrag"
     command = [str(script), "bench", "run", "--problems", "digits-mtl"]
     command += ["--methods", "ew,uw,dwa,famo,rlw,mgda", "--seeds", "5", "--jobs", "2"]
-    _stops_with_its_workers([*command, "--out", str(tmp_path / "b")], tmp_path, signal.SIGINT, 20)
+    out = tmp_path / "b"
+    said = _stops_with_its_workers([*command, "--out", str(out)], tmp_path, signal.SIGINT, 20)
+    assert f"continue with lossrag bench resume --out {out} --jobs 2" in " ".join(said.split())
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads Linux /proc")

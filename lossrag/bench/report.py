@@ -285,7 +285,7 @@ def _cell(values: Sequence[float] | None) -> str:
     if not values:
         return "–"
     mean, std = _mean_std(values)
-    return f"{mean:+.1f} ± {std:.1f}"
+    return f"{mean:+.1f} ± {std:.1f}" if len(values) > 1 else f"{mean:+.1f}"  # one seed: no spread
 
 
 def markdown_table(config: Mapping[str, Any], summary: Mapping[str, Any]) -> str:

@@ -327,7 +327,12 @@ def read_card(folder: str | os.PathLike[str]) -> PolicyCard:
             f"Policy folder {folder} has no card.json{_work_folder_hint(folder)}."
         ) from err
     except ValidationError as err:
-        raise ValueError(f"Policy folder {folder}: card.json is not a valid card: {err}") from err
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'the file'}: {e['msg']}" for e in err.errors()
+        )
+        raise ValueError(
+            f"Policy folder {folder}: card.json is not a valid card ({problems})."
+        ) from None
     if card.format not in _READABLE or (card.embed_version, card.features) != (
         EMBED_VERSION,
         FEATURES,

@@ -419,15 +419,15 @@ def _train(
     target = writable_folder(out)  # before any work: a folder that is not a policy is kept
     if target.resolve() == work.resolve() or target.resolve() in work.resolve().parents:
         raise ValueError(f"train: --work {work} is inside --out {out}; keep them apart.")
+    lock.take()  # an existing work folder: before its checkpoint is read
+    checkpoint = _Checkpoint(work, recipe, code_fingerprint(), target)
+    if not resume:  # first: --force would not get past a finished run in --work
+        checkpoint.refuse_start()
     if (target / "card.json").is_file() and not replace:
         raise FileExistsError(
             f"train: --out {out} holds the policy {read_card(target).name!r}; pass --force to "
             "replace it when training ends, or choose another folder."
         )
-    lock.take()  # an existing work folder: before its checkpoint is read
-    checkpoint = _Checkpoint(work, recipe, code_fingerprint(), target)
-    if not resume:
-        checkpoint.refuse_start()
     state = checkpoint.load(console) if resume else None
     target.parent.mkdir(parents=True, exist_ok=True)
     if not os.access(target.parent, os.W_OK):
