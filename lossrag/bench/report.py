@@ -636,7 +636,7 @@ def _plots(
         runs.sort(key=lambda r: cfg["methods"].index(r["job"]["method"]))
         if not runs:
             continue
-        cols = 4
+        cols = min(4, len(runs))  # no blank panels beside fewer than four methods
         rows = math.ceil(len(runs) / cols)
         fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.4 * rows), squeeze=False)
         for ax, r in zip(axes.flat, runs, strict=False):
@@ -658,7 +658,7 @@ def _plots(
         from lossrag.bench.problems import Toy2D
 
         front = Toy2D().pareto
-        cols = 4
+        cols = min(4, len(toy))
         rows = math.ceil(len(toy) / cols)
         fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3 * rows), squeeze=False)
         for ax, (m, r) in zip(axes.flat, toy.items(), strict=False):
