@@ -3,6 +3,7 @@ few steps on its half of a fixed global batch and saves each step's weights and 
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import os
 import sys
@@ -84,6 +85,7 @@ def run(rank: int, world: int, port: int, methods: list[str], out: str) -> None:
         torch.save(results, Path(out) / f"rank{rank}.pt")
         mismatch(rank, out)
         mismatch_loss(rank, out)
+        mismatch_loss(rank, out, params={"delta": 1.0})
         non_finite(rank, out)
         unwritable_trace(rank, out)
         # tear down in step: the DDP modules left by the cases above go while the group lives,
@@ -118,12 +120,16 @@ def mismatch(rank: int, out: str) -> None:
     Path(out, f"mismatch{rank}.txt").write_text(message)
 
 
-def mismatch_loss(rank: int, out: str) -> None:
+def mismatch_loss(rank: int, out: str, params: dict[str, float] | None = None) -> None:
     """Rank 1 gives a task another loss (a user trial's ranks trained different losses
-    silently): every rank must raise at the first step."""
+    silently): every rank must raise at the first step. With ``params``, both ranks use Huber,
+    rank 1 with ``params`` (its defaults written out: the same loss, no error)."""
     tasks = list(TASKS)
+    huber = lossrag.Task("ink", kind="regression", metric="mae", loss="huber")
+    if params is not None:
+        tasks[2] = huber
     if rank == 1:
-        tasks[2] = lossrag.Task("ink", kind="regression", metric="mae", loss="huber")
+        tasks[2] = huber if params is None else dataclasses.replace(huber, loss_params=params)
     torch.manual_seed(0)
     model = MultiTaskMLP(12, [16, 8], TASKS)
     net = DistributedDataParallel(model)
@@ -134,7 +140,7 @@ def mismatch_loss(rank: int, out: str) -> None:
         message = "no error"
     except ValueError as err:
         message = str(err)
-    Path(out, f"mismatch_loss{rank}.txt").write_text(message)
+    Path(out, f"mismatch_loss{rank}{'' if params is None else '_same'}.txt").write_text(message)
 
 
 def non_finite(rank: int, out: str) -> None:

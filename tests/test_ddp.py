@@ -102,6 +102,8 @@ def test_a_task_with_another_loss_on_one_rank_is_an_error_on_every_rank(two_rank
     for rank in (0, 1):
         message = (two_ranks[2] / f"mismatch_loss{rank}.txt").read_text()
         assert "configured differently" in message and "huber" in message, message
+        # a loss setting written out at its default is the same loss
+        assert (two_ranks[2] / f"mismatch_loss{rank}_same.txt").read_text() == "no error"
 
 
 def test_a_trace_rank_0_cannot_write_is_an_error_on_every_rank(two_ranks):

@@ -545,9 +545,14 @@ def write_reports(
     warning = code_warning(summary)
     text = (
         (f"{warning}\n\n" if warning else "")
-        + f"Δm% vs single-task learning (lower is better; each run against the single-task "
-        f"metrics averaged over seeds), mean ± std over seeds "
-        f"{cfg['seeds']}; MR = mean rank over each problem's scored metrics, averaged over "
+        + "Δm% vs single-task learning (lower is better; each run against the single-task "
+        "metrics averaged over seeds), "
+        + (
+            f"mean ± std over seeds {cfg['seeds']}"
+            if len(cfg["seeds"]) > 1
+            else f"one seed ({cfg['seeds'][0]}), no spread"
+        )
+        + f"; MR = mean rank over each problem's scored metrics, averaged over "
         f"problems; mean Δm = mean over problems of the seed-mean Δm; worst task = the task "
         f"most worse than STL, relative, on each problem (seed-mean metrics, %, positive is "
         f"worse), averaged over problems; starved = tasks more than "

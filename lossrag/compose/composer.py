@@ -418,9 +418,9 @@ class Composer:
             self.sync.check(
                 {
                     "policy": self.policy_name,
-                    # every field: a rank with another loss, its settings or metric trained
-                    # that loss silently (found by a user trial)
-                    "tasks": [asdict(t) for t in self.tasks],
+                    # every field, a loss's settings with their defaults: a rank with another
+                    # loss, its settings or metric trained it silently (found by a user trial)
+                    "tasks": [{**asdict(t), "loss_params": loss.params} for t, loss in self.terms],
                     "accumulate(n)": None if self._window is None else self._window.length,
                     "seed": self.options.seed,
                     "normalize_targets": self.target_mode,
@@ -579,6 +579,12 @@ class Composer:
         window = self._window
         if window is None or window.skipped:
             return
+        if window.count == 0 and self.options.scaler is not None:
+            # skipped before the method's update: first undo an earlier step the GradScaler
+            # skipped; the scale it drops for this one has no update to undo (the snapshot is
+            # an earlier step's, whose update stands)
+            self.undo_skipped_step()
+            self._scale_seen = None
         if window.count > 0:
             record = self.recorder.last()
             if record is not None:

@@ -96,9 +96,9 @@ class LossStep(Step):
         timings["losses"] = time.perf_counter() - t0
         reason, step, window = None, c.step, c.window
         names = c.pairs()
-        # read on the CPU, where it is free: a skipped step then leaves the method (RLW's draw)
-        # untouched
-        host = stats.tolist() if method.reads_losses or on_cpu else None
+        # read on the CPU, where it is free, and in backward(), whose record reads it anyway: a
+        # skipped step then leaves the method (RLW's draw) untouched
+        host = stats.tolist() if method.reads_losses or on_cpu or not c.user_backward else None
         if window is not None and window.skipped:
             why = "an earlier micro-batch of this optimizer step was skipped"
             return self._skipped(losses, names, host or [math.nan] * len(names), why, timings)
@@ -696,6 +696,8 @@ def skip_loss(losses: Tensor, scaled: bool) -> Tensor:
 
 def _non_finite(names: Sequence[TermKey], values: Sequence[float]) -> str:
     bad = [t for (t, _), v in zip(names, values, strict=True) if not math.isfinite(v)]
+    if not bad:  # finite losses whose weighted sum overflowed
+        return "non-finite weighted sum of finite losses"
     return f"non-finite loss in task(s) {', '.join(bad)}"
 
 
