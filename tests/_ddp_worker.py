@@ -107,16 +107,7 @@ def mismatch(rank: int, out: str) -> None:
     """Rank 1 lists the tasks in another order and picks another policy: every rank must raise
     a clear error at the first step (not hang)."""
     tasks = TASKS if rank == 0 else TASKS[::-1]
-    torch.manual_seed(0)
-    model = MultiTaskMLP(12, [16, 8], TASKS)
-    net = DistributedDataParallel(model)
-    composer = lossrag.wrap(net, tasks, "famo" if rank == 0 else "uw", seed=0)
-    x, y = batches()[0]
-    try:
-        composer.loss(net(x[:4]), {t.name: y[t.name][:4] for t in tasks}).backward()
-        message = "no error"
-    except ValueError as err:
-        message = str(err)
+    message = _first_step(tasks, "famo" if rank == 0 else "uw")
     Path(out, f"mismatch{rank}.txt").write_text(message)
 
 
@@ -130,17 +121,22 @@ def mismatch_loss(rank: int, out: str, params: dict[str, float] | None = None) -
         tasks[2] = huber
     if rank == 1:
         tasks[2] = huber if params is None else dataclasses.replace(huber, loss_params=params)
+    message = _first_step(tasks, "ew")
+    Path(out, f"mismatch_loss{rank}{'' if params is None else '_same'}.txt").write_text(message)
+
+
+def _first_step(tasks: list[lossrag.Task], policy: str) -> str:
+    """The error of this rank's first DDP step with ``tasks`` and ``policy``, or "no error"."""
     torch.manual_seed(0)
     model = MultiTaskMLP(12, [16, 8], TASKS)
     net = DistributedDataParallel(model)
-    composer = lossrag.wrap(net, tasks, "ew", seed=0)
+    composer = lossrag.wrap(net, tasks, policy, seed=0)
     x, y = batches()[0]
     try:
         composer.loss(net(x[:4]), {t.name: y[t.name][:4] for t in tasks}).backward()
-        message = "no error"
     except ValueError as err:
-        message = str(err)
-    Path(out, f"mismatch_loss{rank}{'' if params is None else '_same'}.txt").write_text(message)
+        return str(err)
+    return "no error"
 
 
 def non_finite(rank: int, out: str) -> None:
