@@ -298,8 +298,8 @@ def inspect(
     rows: Annotated[
         int,
         typer.Option(
-            help="about this many steps in the table, evenly spread, and the last (at most 8 "
-            "refresh steps in the context tables)"
+            help="about this many steps in the table, evenly spread, and the last (in the "
+            "context tables at most 8 refresh steps and the last)"
         ),
     ] = 25,
     candidates: Annotated[

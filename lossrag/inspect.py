@@ -320,8 +320,8 @@ def _how(stats: Mapping[str, float]) -> str:
 def render_context(
     records: Sequence[StepRecord], task: str | None = None, rows: int = 8, width: int = 80
 ) -> Group:
-    """At a retrieval policy's refresh steps (evenly thinned to about ``rows`` steps, the last
-    always shown): each task's context features and the weight it got at that step (a few
+    """At a retrieval policy's refresh steps (evenly thinned to at most ``rows`` steps and the
+    last): each task's context features and the weight it got at that step (a few
     features per table; ``cos_query``, which traces written before it was left out list as 0,
     is not shown)."""
     names = _tasks(records, task)
@@ -330,7 +330,7 @@ def render_context(
     title = f"context at refresh steps ({n} refresh{'es' if n != 1 else ''})"
     if not refresh:
         return Group(Table(title=title))
-    stride = max(1, len(refresh) // max(rows, 1))
+    stride = max(1, -(-len(refresh) // max(rows, 1)))  # at most ``rows``, then the last
     chosen = [r for i, r in enumerate(refresh) if i % stride == 0 or i == len(refresh) - 1]
     if len(chosen) < len(refresh):
         title = f"context at refresh steps ({len(chosen)} of {n} refreshes)"

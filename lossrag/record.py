@@ -93,8 +93,18 @@ class StepRecord(BaseModel):
 
     def task_multipliers(self) -> dict[str, float | None]:
         """Task name -> sum of the effective multipliers (:attr:`Term.multiplier`) of its active
-        terms; ``None`` for a task with an active term whose multiplier was not recorded."""
-        return self._per_task(lambda term: term.multiplier)
+        terms that have one (a term switched on at this step's refresh trains from the next
+        step and has none yet); ``None`` for a task none of whose active terms has one."""
+        sums: dict[str, float] = {}
+        measured, unmeasured = set(), set()
+        for term in self.terms:
+            sums.setdefault(term.task, 0.0)
+            if term.active and term.multiplier is not None:
+                sums[term.task] += term.multiplier
+                measured.add(term.task)
+            elif term.active:
+                unmeasured.add(term.task)
+        return {t: None if t in unmeasured - measured else v for t, v in sums.items()}
 
     def _per_task(self, value: Callable[[Term], float | None]) -> dict[str, float | None]:
         out: dict[str, float | None] = {}

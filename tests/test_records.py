@@ -514,3 +514,35 @@ def test_a_trace_path_that_cannot_be_read_is_a_value_error_naming_it(tmp_path, m
     monkeypatch.setattr(type(tmp_path), "is_dir", refused)
     with pytest.raises(ValueError, match=r"locked.*cannot be written: .*Permission denied"):
         TraceWriter(tmp_path / "locked" / "t.jsonl")
+
+
+def test_the_context_tables_show_at_most_eight_refreshes_and_the_last():
+    """Twelve refreshes showed all twelve while the help said "at most 8" (a user trial)."""
+    from rich.console import Console
+
+    from lossrag.inspect import render_context
+
+    ctx = {"a": {"log_loss_ratio": -0.5}}
+    records = [_rec(50 * i, {"a": 1.0}, context=ctx) for i in range(12)]
+    console = Console(record=True, width=200)
+    console.print(render_context(records, rows=8))
+    # steps 0, 100, ..., 500 and the last, 550
+    said = " ".join(console.export_text().split())
+    assert "context at refresh steps (7 of 12 refreshes)" in said
+
+
+def test_a_term_switched_on_at_this_step_leaves_its_task_multiplier_measured():
+    """A term switched on at a refresh trains from the next step and has no multiplier yet; its
+    task's multiplier was ``None`` at that step (a gap in the plots; a user trial)."""
+    record = StepRecord(
+        step=200,
+        method="default",
+        losses={"ink": 1.0, "c": 1.0},
+        terms=[
+            Term(task="ink", loss="l2", weight=0.4, multiplier=0.387),
+            Term(task="ink", loss="tukey(c=0.5)", weight=0.5, multiplier=None),
+            Term(task="c", loss="ce", weight=1.0, multiplier=None),
+            Term(task="c", loss="focal", weight=0.0, active=False),
+        ],
+    )
+    assert record.task_multipliers() == {"ink": 0.387, "c": None}

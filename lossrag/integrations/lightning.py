@@ -369,10 +369,12 @@ class LossRAGModule(lightning.LightningModule):
             window.__exit__(None, None, None)
 
     def _log_record(self, first: bool) -> None:
-        """Log the weights and losses at the first micro-batch of every
-        ``log_every_n_steps``-th optimizer step (reading the record syncs with the device)."""
+        """Log the weights and losses at the first micro-batch of the optimizer steps whose logs
+        Lightning writes: step ``s`` with ``(s + 1) % log_every_n_steps == 0``, written under
+        ``s`` (reading the record syncs with the device). At ``s % n == 0`` they were written
+        ``n − 1`` steps late, under another step (found by a user trial)."""
         every = max(1, int(getattr(self.trainer, "log_every_n_steps", 50)))  # set at run time
-        if not first or self.trainer.global_step % every != 0:
+        if not first or (self.trainer.global_step + 1) % every != 0:
             return
         record = self.composer.last_record
         if record is not None:
