@@ -6,7 +6,7 @@ import json
 import os
 import re
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
@@ -89,7 +89,14 @@ class StepRecord(BaseModel):
 
     def task_weights(self) -> dict[str, float | None]:
         """Task name -> sum of the weights of its active terms (``None`` if the method has none)."""
-        return self._per_task(lambda term: term.weight)
+        out: dict[str, float | None] = {}
+        for term in self.terms:
+            if not term.active:
+                out.setdefault(term.task, 0.0)
+                continue
+            prev = out.get(term.task, 0.0)
+            out[term.task] = None if term.weight is None or prev is None else prev + term.weight
+        return out
 
     def task_multipliers(self) -> dict[str, float | None]:
         """Task name -> sum of the effective multipliers (:attr:`Term.multiplier`) of its active
@@ -105,16 +112,6 @@ class StepRecord(BaseModel):
             elif term.active:
                 unmeasured.add(term.task)
         return {t: None if t in unmeasured - measured else v for t, v in sums.items()}
-
-    def _per_task(self, value: Callable[[Term], float | None]) -> dict[str, float | None]:
-        out: dict[str, float | None] = {}
-        for term in self.terms:
-            if not term.active:
-                out.setdefault(term.task, 0.0)
-                continue
-            prev, v = out.get(term.task, 0.0), value(term)
-            out[term.task] = None if v is None or prev is None else prev + v
-        return out
 
 
 class TraceWriter:
