@@ -371,10 +371,13 @@ class LossRAGModule(lightning.LightningModule):
     def _log_record(self, first: bool) -> None:
         """Log the weights and losses at the first micro-batch of the optimizer steps whose logs
         Lightning writes: step ``s`` with ``(s + 1) % log_every_n_steps == 0``, written under
-        ``s`` (reading the record syncs with the device). At ``s % n == 0`` they were written
-        ``n − 1`` steps late, under another step (found by a user trial)."""
-        every = max(1, int(getattr(self.trainer, "log_every_n_steps", 50)))  # set at run time
-        if not first or (self.trainer.global_step + 1) % every != 0:
+        ``s`` (under this module's manual accumulation, Lightning counts micro-batches: under
+        the step's last one). At ``s % n == 0`` they were written ``n − 1`` steps late, under
+        another step (found by a user trial). A run stopped early (``trainer.should_stop``)
+        between those steps does not log its last one; ``log_every_n_steps=0`` logs nothing.
+        Reading the record syncs with the device."""
+        every = int(getattr(self.trainer, "log_every_n_steps", 50))  # set at run time
+        if not first or every <= 0 or (self.trainer.global_step + 1) % every != 0:
             return
         record = self.composer.last_record
         if record is not None:
